@@ -1,0 +1,61 @@
+"""The ``vinvl`` command tree; each group is a small module that parses arguments and calls the library.
+
+The full tree (later work fills it in; ``vinvl --help`` lists what exists today):
+``extract``, ``draw``, ``tsv``, ``features``, ``labelmap``, ``download``,
+``detector train|eval``, ``datasets``, ``oscar <task>``, ``corpus``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+import typer
+
+from .. import __version__
+from ..errors import VinvlError
+from . import features as _features
+from . import labelmap as _labelmap
+from . import tsv as _tsv
+
+app = typer.Typer(
+    name="vinvl",
+    help="VinVL region features, file formats and Oscar+ in pure PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(_tsv.app, name="tsv")
+app.add_typer(_features.app, name="features")
+app.add_typer(_labelmap.app, name="labelmap")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vinvl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """VinVL region features, file formats and Oscar+ in pure PyTorch."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI and return its exit code; user errors print one line and give 2, never a traceback."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="vinvl")
+    except SystemExit as e:  # typer's standalone mode exits: help, usage errors (2), typer.Exit
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except VinvlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # lookups by key/name raise KeyError with a message naming the file
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0

@@ -1,0 +1,80 @@
+"""``vinvl tsv``: index, check, show and merge TSV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import tsv as T
+from ..errors import VinvlError
+from ..features import ROW_KINDS, first_row_kind, row_checker
+
+app = typer.Typer(help="TSV + .lineidx files: index, check, show, merge.", no_args_is_help=True)
+
+
+@app.command("index")
+def index(
+    files: List[Path] = typer.Argument(..., help="TSV files to index."),
+) -> None:
+    """Build (or rebuild) each file's .lineidx by scanning it."""
+    for f in files:
+        out = T.build_lineidx(f)
+        typer.echo(f"{out}: {len(T.read_lineidx(out))} rows")
+
+
+@app.command("check")
+def check(
+    file: Path = typer.Argument(..., help="TSV file to check."),
+    kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}."),
+    columns: Optional[int] = typer.Option(None, help="Expected number of columns (default: the first row's)."),
+    max_report: int = typer.Option(1000, help="Print at most this many problems."),
+) -> None:
+    """Report every bad line of a file in one pass; exit 2 if there is any."""
+    if kind not in ROW_KINDS:
+        raise VinvlError(f"--kind must be one of {', '.join(ROW_KINDS)}")
+    chosen = first_row_kind(file) if kind == "auto" else kind
+    rows, problems = T.check_tsv(
+        file, columns=columns, row_check=None if chosen == "plain" else row_checker(chosen, file)
+    )
+    for p in problems[:max_report]:
+        typer.echo(f"error: {p}", err=True)
+    if len(problems) > max_report:
+        typer.echo(f"... and {len(problems) - max_report} more problems", err=True)
+    if problems:
+        typer.echo(f"{file}: {len(problems)} problems in {rows} rows ({chosen})", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{file}: {rows} rows OK ({chosen})")
+
+
+@app.command("show")
+def show(
+    file: Path = typer.Argument(..., help="TSV file."),
+    row: Optional[int] = typer.Option(None, help="0-based row number."),
+    key: Optional[str] = typer.Option(None, help="Key (first column)."),
+    width: int = typer.Option(120, help="Truncate each field to this many characters (0: no limit)."),
+) -> None:
+    """Print one row (by number or key), one field per line; with neither, the row count."""
+    t = T.TSVFile(file, build_index=True)
+    if row is None and key is None:
+        typer.echo(f"{file}: {len(t)} rows")
+        return
+    if row is not None and key is not None:
+        raise VinvlError("give --row or --key, not both")
+    if row is not None and not 0 <= row < len(t):
+        raise VinvlError(f"{file}: row {row} out of range (0..{len(t) - 1})")
+    fields = t[row] if row is not None else t.get(key)  # type: ignore[arg-type]
+    for i, value in enumerate(fields):
+        text = value if not width or len(value) <= width else value[:width] + f"... ({len(value)} chars)"
+        typer.echo(f"[{i}] {text}")
+
+
+@app.command("merge")
+def merge(
+    shards: List[Path] = typer.Argument(..., help="TSV shards, in order."),
+    out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it)."),
+) -> None:
+    """Concatenate shards with a rebased .lineidx (rows are copied, not re-read)."""
+    T.merge_tsv(shards, out)
+    typer.echo(f"{out}: {len(T.read_lineidx(T.lineidx_path(out)))} rows")

@@ -1,0 +1,535 @@
+"""Region-feature codecs and the row formats of VinVL/Oscar files (formats.md).
+
+The 2054-d layout, the base64 float32 codec and every row format live here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import pybase64
+
+from .errors import FormatError
+from .tsv import PathLike, TSVFile, TSVWriter, iter_tsv, read_key_index, write_key_index
+
+REGION_DIM = 2048
+GEOMETRY_DIM = 6
+OSCAR_DIM = REGION_DIM + GEOMETRY_DIM  # 2054
+DEFAULT_SAVE_SUBSET = ("rect", "class", "conf", "feature")
+
+_F32 = np.dtype("<f4")
+
+
+# -- base64 float32 ---------------------------------------------------------------
+def encode_floats(array: Any) -> str:
+    """Base64 of an array's values as little-endian float32 (C order), as the original writes."""
+    arr = np.ascontiguousarray(array, dtype=_F32)
+    return pybase64.b64encode(arr.reshape(-1).view(np.uint8)).decode("ascii")
+
+
+def decode_floats(
+    data: Union[str, bytes, memoryview],
+    dim: Optional[int] = None,
+    *,
+    path: Optional[PathLike] = None,
+    line: Optional[int] = None,
+    key: Optional[str] = None,
+) -> np.ndarray:
+    """Decode base64 little-endian float32 into a read-only array, ``(n, dim)`` if ``dim`` is given."""
+    try:
+        raw = pybase64.b64decode(data, validate=True)
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"invalid base64 feature data ({e})", path, line=line, key=key) from None
+    unit = 4 * (dim or 1)
+    if len(raw) % unit:
+        what = f"4 x {dim}" if dim else "4"
+        raise FormatError(
+            f"feature blob of {len(raw)} bytes is not a multiple of {what} bytes", path, line=line, key=key
+        )
+    arr = np.frombuffer(raw, dtype=_F32)
+    return arr.reshape(-1, dim) if dim else arr
+
+
+# -- the 2054-d layout --------------------------------------------------------------
+def box_geometry(boxes: Any, image_w: float, image_h: float) -> np.ndarray:
+    """The 6-d box geometry ``[x1/W, y1/H, x2/W, y2/H, (x2-x1)/W, (y2-y1)/H]`` as float32 ``(N, 6)``.
+
+    ``boxes`` are xyxy in original-image pixels and ``W, H`` the original image size; the
+    maths is done in float64 and rounded once to float32 (the community converters' numpy path).
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not (image_w > 0 and image_h > 0):
+        raise ValueError(f"image size must be positive, got {image_w} x {image_h}")
+    w, h = float(image_w), float(image_h)
+    geo = np.stack(
+        [b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h, (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h],
+        axis=1,
+    )
+    return geo.astype(np.float32)
+
+
+def oscar_region_features(features: Any, boxes: Any, image_w: float, image_h: float) -> np.ndarray:
+    """Oscar's 2054-d region input: ``concat(2048-d feature, box_geometry(boxes, W, H))`` as float32 ``(N, 2054)``."""
+    f = np.asarray(features, dtype=np.float32).reshape(-1, REGION_DIM)
+    g = box_geometry(boxes, image_w, image_h)
+    if len(f) != len(g):
+        raise ValueError(f"{len(f)} feature rows but {len(g)} boxes")
+    return np.concatenate([f, g], axis=1)
+
+
+def split_oscar_region_features(x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``(N, 2054)`` Oscar inputs back into the 2048-d features and the 6-d geometry."""
+    a = np.asarray(x).reshape(-1, OSCAR_DIM)
+    return a[:, :REGION_DIM], a[:, REGION_DIM:]
+
+
+# -- detector predictions.tsv ---------------------------------------------------------
+@dataclass
+class Prediction:
+    """One image's detections as a ``predictions.tsv`` row holds them (boxes in original pixels)."""
+
+    key: str
+    boxes: np.ndarray
+    classes: list[str]
+    scores: np.ndarray
+    features: Optional[np.ndarray] = None
+    attributes: Optional[list[list[str]]] = None
+    attr_scores: Optional[list[list[float]]] = None
+    image_h: Optional[int] = None
+    image_w: Optional[int] = None
+    object_extra: Optional[list[dict[str, Any]]] = None
+    top_extra: dict[str, Any] = field(default_factory=lambda: {"relations": None})
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        n = len(self.boxes)
+        if len(self.classes) != n or len(self.scores) != n:
+            raise ValueError(f"{self.key}: {n} boxes, {len(self.classes)} classes, {len(self.scores)} scores")
+        if self.features is not None:
+            f = np.asarray(self.features, dtype=np.float32)
+            if f.ndim != 2:
+                f = f.reshape(n, -1) if n else f.reshape(0, REGION_DIM)
+            if len(f) != n:
+                raise ValueError(f"{self.key}: {len(f)} feature rows for {n} boxes")
+            self.features = f
+        for name in ("attributes", "attr_scores", "object_extra"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"{self.key}: {len(v)} {name} entries for {n} boxes")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def tags(self) -> str:
+        """Oscar's tag text: the class names joined by spaces."""
+        return " ".join(self.classes)
+
+    def region_features(self, image_w: Optional[float] = None, image_h: Optional[float] = None) -> np.ndarray:
+        """The ``(N, 2054)`` Oscar inputs, using the row's own image size unless one is given."""
+        w = image_w if image_w is not None else self.image_w
+        h = image_h if image_h is not None else self.image_h
+        if w is None or h is None:
+            raise FormatError("no image size in the row: give one (e.g. from hw.tsv)", key=self.key)
+        if self.features is None:
+            raise FormatError("row has no features", key=self.key)
+        return oscar_region_features(self.features, self.boxes, w, h)
+
+    def to_json(self, subset: Sequence[str] = DEFAULT_SAVE_SUBSET) -> str:
+        """The row's JSON exactly as the original writes it (key order, bbox_id, json.dumps separators).
+
+        ``subset`` uses the original's TSV_SAVE_SUBSET names: rect, class, conf, feature,
+        attr_labels (writes ``attributes``) and attr_scores; image size keys follow when known.
+        """
+        objects = []
+        for i in range(len(self)):
+            obj: dict[str, Any] = {}
+            if "rect" in subset:
+                obj["rect"] = [float(v) for v in self.boxes[i]]
+            obj["bbox_id"] = i
+            if "class" in subset:
+                obj["class"] = self.classes[i]
+            if "conf" in subset:
+                obj["conf"] = float(self.scores[i])
+            if "feature" in subset and self.features is not None:
+                obj["feature"] = encode_floats(self.features[i])
+            if "attr_labels" in subset and self.attributes is not None:
+                obj["attributes"] = list(self.attributes[i])
+            if "attr_scores" in subset and self.attr_scores is not None:
+                obj["attr_scores"] = [float(np.float32(s)) for s in self.attr_scores[i]]
+            if self.object_extra is not None:
+                for k, v in self.object_extra[i].items():
+                    obj.setdefault(k, v)
+            objects.append(obj)
+        top: dict[str, Any] = {"objects": objects}
+        top.update(self.top_extra)
+        if self.image_h is not None:
+            top["image_h"] = int(self.image_h)
+        if self.image_w is not None:
+            top["image_w"] = int(self.image_w)
+        return json.dumps(top)
+
+    def to_row(self, subset: Sequence[str] = DEFAULT_SAVE_SUBSET) -> list[str]:
+        """The ``[key, json]`` fields of this prediction's ``predictions.tsv`` row."""
+        return [self.key, self.to_json(subset)]
+
+    @classmethod
+    def from_json(
+        cls, key: str, text: Union[str, bytes], *, path: Optional[PathLike] = None, line: Optional[int] = None
+    ) -> "Prediction":
+        """Parse a row's JSON: ``{"objects": [...], ...}`` or a plain list of objects."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"invalid JSON ({e})", path, line=line, key=key) from None
+        top_extra: dict[str, Any] = {}
+        image_h = image_w = None
+        if isinstance(data, dict):
+            if "objects" not in data:
+                raise FormatError("JSON object without an 'objects' list", path, line=line, key=key)
+            objects = data["objects"]
+            for k, v in data.items():
+                if k == "image_h":
+                    image_h = v
+                elif k == "image_w":
+                    image_w = v
+                elif k != "objects":
+                    top_extra[k] = v
+        else:
+            objects = data
+        if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+            raise FormatError("'objects' must be a list of JSON objects", path, line=line, key=key)
+        known = {"rect", "bbox_id", "class", "conf", "feature", "attributes", "attr_scores", "image_h", "image_w"}
+        boxes, classes, scores, feats, attrs, attr_scores, extras = [], [], [], [], [], [], []
+        for j, o in enumerate(objects):
+            try:
+                rect = o["rect"]
+                boxes.append([float(v) for v in rect])
+                if len(rect) != 4:
+                    raise ValueError("rect must have 4 numbers")
+                classes.append(str(o["class"]))
+                scores.append(float(o.get("conf", 1.0)))
+            except (KeyError, TypeError, ValueError) as e:
+                raise FormatError(f"object {j}: bad or missing {e}", path, line=line, key=key) from None
+            if "feature" in o:
+                feats.append(decode_floats(o["feature"], path=path, line=line, key=key))
+            attrs.append(o.get("attributes"))
+            attr_scores.append(o.get("attr_scores"))
+            extras.append({k: v for k, v in o.items() if k not in known})
+            image_h = o.get("image_h", image_h)
+            image_w = o.get("image_w", image_w)
+        if feats and len(feats) != len(objects):
+            raise FormatError("some objects have a feature and some do not", path, line=line, key=key)
+        if feats and len({len(f) for f in feats}) != 1:
+            raise FormatError("objects' features differ in length", path, line=line, key=key)
+        if any(a is not None for a in attrs) and any(a is None for a in attrs):
+            raise FormatError("some objects have attributes and some do not", path, line=line, key=key)
+        return cls(
+            key=key,
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            classes=classes,
+            scores=np.asarray(scores, dtype=np.float32),
+            features=np.stack(feats) if feats else None,
+            attributes=attrs if objects and attrs[0] is not None else None,
+            attr_scores=attr_scores if objects and attr_scores[0] is not None else None,
+            image_h=image_h,
+            image_w=image_w,
+            object_extra=extras if any(extras) else None,
+            top_extra=top_extra,
+        )
+
+
+def read_predictions(path: PathLike) -> Iterator[Prediction]:
+    """Stream the rows of a ``predictions.tsv`` (no index needed)."""
+    for n, fields in iter_tsv(path, columns=2):
+        key = _text(fields[0], path, n)
+        yield Prediction.from_json(key, fields[1], path=path, line=n)
+
+
+# -- Oscar features.tsv ---------------------------------------------------------------
+def format_features_row(key: str, features: Any, dim: int = OSCAR_DIM) -> list[str]:
+    """Oscar's ``features.tsv`` row ``[key, num_boxes, base64(float32[num_boxes * dim])]``."""
+    arr = np.asarray(features, dtype=np.float32).reshape(-1, dim)
+    return [key, str(len(arr)), encode_floats(arr)]
+
+
+def parse_features_row(
+    fields: Sequence[Union[str, bytes, memoryview]], dim: int = OSCAR_DIM, *, path: Optional[PathLike] = None, line: Optional[int] = None
+) -> tuple[str, np.ndarray]:
+    """Parse ``[key, num_boxes, base64]`` into ``(key, (num_boxes, dim) float32)``, checking the count."""
+    if len(fields) != 3:
+        raise FormatError(f"expected 3 columns (key, num_boxes, features), found {len(fields)}", path, line=line)
+    key = _text(fields[0], path, line)
+    try:
+        n = int(fields[1])
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise FormatError(f"num_boxes is not a non-negative integer: {fields[1]!r}", path, line=line, key=key) from None
+    arr = decode_floats(fields[2], dim, path=path, line=line, key=key)
+    if len(arr) != n:
+        raise FormatError(f"num_boxes says {n} but the blob holds {len(arr)} rows of {dim}", path, line=line, key=key)
+    return key, arr
+
+
+def format_caption_features_row(key: str, features: Any, dim: int = OSCAR_DIM) -> list[str]:
+    """Captioning's feature row ``[key, {"num_boxes": n, "features": base64}]``."""
+    arr = np.asarray(features, dtype=np.float32).reshape(-1, dim)
+    return [key, json.dumps({"num_boxes": len(arr), "features": encode_floats(arr)})]
+
+
+def parse_caption_features_row(
+    fields: Sequence[Union[str, bytes]], dim: int = OSCAR_DIM, *, path: Optional[PathLike] = None, line: Optional[int] = None
+) -> tuple[str, np.ndarray]:
+    """Parse captioning's ``[key, {"num_boxes", "features"}]`` row into ``(key, (n, dim))``."""
+    if len(fields) != 2:
+        raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
+    key = _text(fields[0], path, line)
+    try:
+        obj = json.loads(fields[1])
+        n, blob = int(obj["num_boxes"]), obj["features"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"expected {{'num_boxes', 'features'}} JSON ({e})", path, line=line, key=key) from None
+    arr = decode_floats(blob, dim, path=path, line=line, key=key)
+    if len(arr) != n:
+        raise FormatError(f"num_boxes says {n} but the blob holds {len(arr)} rows of {dim}", path, line=line, key=key)
+    return key, arr
+
+
+class FeatureTSV:
+    """Random access to an Oscar feature TSV (either row variant) by row or image key."""
+
+    def __init__(self, path: PathLike, dim: int = OSCAR_DIM, key_index: Optional[PathLike] = None) -> None:
+        """Open ``path``; ``key_index`` is an ``imageid2idx.json`` (default: the one beside it, if any)."""
+        path = Path(path)
+        if key_index is None and (path.parent / "imageid2idx.json").is_file():
+            key_index = path.parent / "imageid2idx.json"
+        self.dim = dim
+        self.tsv = TSVFile(path, build_index=True, key_index=read_key_index(key_index) if key_index else None)
+
+    def __len__(self) -> int:
+        return len(self.tsv)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
+        data = self.tsv.raw_row(i)
+        line = (i % len(self.tsv)) + 1
+        # Hot path: locate the two TABs and decode the blob in place, with no copy of the row.
+        t1 = data.find(b"\t", 0, 4096)
+        t2 = data.find(b"\t", t1 + 1, t1 + 32) if t1 >= 0 else -1
+        if t2 < 0 or data.find(b"\t", t2 + 1) >= 0:
+            fields = data[:-1].split(b"\t")
+            if len(fields) == 2:
+                return parse_caption_features_row(fields, self.dim, path=self.tsv.path, line=line)
+            return parse_features_row(fields, self.dim, path=self.tsv.path, line=line)
+        view = memoryview(data)
+        return parse_features_row(
+            (data[:t1], data[t1 + 1 : t2], view[t2 + 1 : len(data) - 1]), self.dim, path=self.tsv.path, line=line
+        )
+
+    def get(self, key: str) -> np.ndarray:
+        """The ``(num_boxes, dim)`` features of image ``key``."""
+        return self[self.tsv.index_of(key)][1]
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for i, fields in enumerate(self.tsv.iter_bytes()):
+            parse = parse_caption_features_row if len(fields) == 2 else parse_features_row
+            yield parse(fields, self.dim, path=self.tsv.path, line=i + 1)
+
+
+# -- label TSV (tags), hw TSV ------------------------------------------------------------
+def format_label_row(prediction: Prediction) -> list[str]:
+    """Oscar's label row ``[key, [{"class", "conf", "rect"(, "attributes")}...]]`` for a prediction."""
+    objs = []
+    for i in range(len(prediction)):
+        o: dict[str, Any] = {
+            "class": prediction.classes[i],
+            "conf": float(prediction.scores[i]),
+            "rect": [float(v) for v in prediction.boxes[i]],
+        }
+        if prediction.attributes is not None:
+            o["attributes"] = list(prediction.attributes[i])
+        objs.append(o)
+    return [prediction.key, json.dumps(objs)]
+
+
+def parse_label_row(
+    fields: Sequence[Union[str, bytes]], *, path: Optional[PathLike] = None, line: Optional[int] = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Parse a label row ``[key, [{"class": ...}, ...]]`` (also accepts a predictions-style row)."""
+    if len(fields) != 2:
+        raise FormatError(f"expected 2 columns (key, JSON list), found {len(fields)}", path, line=line)
+    key = _text(fields[0], path, line)
+    try:
+        data = json.loads(fields[1])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"invalid JSON ({e})", path, line=line, key=key) from None
+    if isinstance(data, dict) and "objects" in data:
+        data = data["objects"]
+    if not isinstance(data, list) or not all(isinstance(o, dict) and "class" in o for o in data):
+        raise FormatError("expected a JSON list of objects with a 'class'", path, line=line, key=key)
+    return key, data
+
+
+def tags_text(objects: Sequence[dict[str, Any]]) -> str:
+    """Oscar's tag text of a label row: class names joined by spaces."""
+    return " ".join(str(o["class"]) for o in objects)
+
+
+def format_hw_row(key: str, height: int, width: int) -> list[str]:
+    """An ``hw.tsv`` row ``[key, [{"height": h, "width": w}]]``."""
+    return [key, json.dumps([{"height": int(height), "width": int(width)}])]
+
+
+def parse_hw_row(
+    fields: Sequence[Union[str, bytes]], *, path: Optional[PathLike] = None, line: Optional[int] = None
+) -> tuple[str, int, int]:
+    """Parse an ``hw.tsv`` row into ``(key, height, width)`` (a bare object is accepted too)."""
+    if len(fields) != 2:
+        raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
+    key = _text(fields[0], path, line)
+    try:
+        data = json.loads(fields[1])
+        if isinstance(data, list):
+            data = data[0]
+        h, w = int(data["height"]), int(data["width"])
+        if h <= 0 or w <= 0:
+            raise ValueError("size must be positive")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise FormatError(f'expected [{{"height": h, "width": w}}] ({e})', path, line=line, key=key) from None
+    return key, h, w
+
+
+class _ImageSizes:
+    """Image sizes from an ``hw.tsv``, fast when rows come in the same order, random access otherwise."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._stream = iter_tsv(self.path, columns=2)
+        self._tsv: Optional[TSVFile] = None
+
+    def get(self, key: str) -> tuple[int, int]:
+        if self._stream is not None:
+            try:
+                n, fields = next(self._stream)
+                k, h, w = parse_hw_row(fields, path=self.path, line=n)
+                if k == key:
+                    return h, w
+            except StopIteration:
+                pass
+            self._stream = None
+        if self._tsv is None:
+            self._tsv = TSVFile(self.path, build_index=True, columns=2)
+        try:
+            i = self._tsv.index_of(key)
+        except KeyError:
+            raise FormatError("no image size for this key", self.path, key=key) from None
+        _, h, w = parse_hw_row(self._tsv.fields_bytes(i), path=self.path, line=i + 1)
+        return h, w
+
+
+def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = None) -> dict[str, Any]:
+    """Convert a detector ``predictions.tsv`` into Oscar inputs in ``out_dir``, streaming.
+
+    Writes ``features.tsv`` (2054-d), ``label.tsv`` (tags), ``imageid2idx.json`` and the
+    ``.lineidx`` files. Image sizes come from each row's ``image_h``/``image_w`` or from ``hw``.
+    Nothing is written at the final names unless the whole conversion succeeds.
+    """
+    out = Path(out_dir)
+    sizes = _ImageSizes(hw) if hw is not None else None
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    boxes = 0
+    with TSVWriter(out / "features.tsv", columns=3) as fw, TSVWriter(out / "label.tsv", columns=2) as lw:
+        for n, fields in iter_tsv(predictions, columns=2):
+            key = _text(fields[0], predictions, n)
+            if key in seen:
+                raise FormatError(f"duplicate key (first at line {seen[key]})", predictions, line=n, key=key)
+            seen[key] = n
+            pred = Prediction.from_json(key, fields[1], path=predictions, line=n)
+            if pred.features is None and len(pred):
+                raise FormatError("row has no 'feature' for its objects", predictions, line=n, key=key)
+            if sizes is not None:
+                h, w = sizes.get(key)
+            elif pred.image_h is not None and pred.image_w is not None:
+                h, w = pred.image_h, pred.image_w
+            else:
+                raise FormatError("row has no image_h/image_w: pass the hw.tsv (--hw)", predictions, line=n, key=key)
+            feats = (
+                oscar_region_features(pred.features, pred.boxes, w, h)
+                if len(pred)
+                else np.zeros((0, OSCAR_DIM), np.float32)
+            )
+            fw.write(format_features_row(key, feats))
+            lw.write(format_label_row(pred))
+            keys.append(key)
+            boxes += len(pred)
+        if not keys:
+            raise FormatError("file is empty (no rows)", predictions)
+    write_key_index(out / "imageid2idx.json", ((k, i) for i, k in enumerate(keys)))
+    return {"images": len(keys), "boxes": boxes, "out_dir": os.fspath(out)}
+
+
+def _text(raw: Union[str, bytes], path: Optional[PathLike], line: Optional[int]) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"invalid UTF-8 at byte {e.start} of the field", path, line=line) from None
+
+
+ROW_KINDS = ("auto", "plain", "features", "caption-features", "predictions", "label", "hw")
+
+
+def detect_row_kind(fields: Sequence[bytes]) -> str:
+    """Guess which VinVL row format a TSV row is in (for checking files of unknown kind)."""
+    if len(fields) == 3 and fields[1].isdigit():
+        return "features"
+    if len(fields) == 2:
+        head = fields[1][:16].lstrip()
+        if head.startswith(b'{"objects"'):
+            return "predictions"
+        if head.startswith(b'{"num_boxes"'):
+            return "caption-features"
+        if head.startswith(b'[{"height"'):
+            return "hw"
+        if head.startswith(b"["):
+            return "label"
+    return "plain"
+
+
+def row_checker(kind: str, path: Optional[PathLike] = None, dim: int = OSCAR_DIM):
+    """A ``(fields, line) -> None`` check that raises :class:`FormatError` for a bad row of ``kind``."""
+    if kind not in ROW_KINDS or kind == "auto":
+        raise ValueError(f"unknown row kind {kind!r}; one of {', '.join(ROW_KINDS[1:])}")
+
+    def check(fields: list[bytes], line: int) -> None:
+        if kind == "features":
+            parse_features_row(fields, dim, path=path, line=line)
+        elif kind == "caption-features":
+            parse_caption_features_row(fields, dim, path=path, line=line)
+        elif kind == "predictions":
+            if len(fields) != 2:
+                raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
+            Prediction.from_json(_text(fields[0], path, line), fields[1], path=path, line=line)
+        elif kind == "label":
+            parse_label_row(fields, path=path, line=line)
+        elif kind == "hw":
+            parse_hw_row(fields, path=path, line=line)
+
+    return check
+
+
+def first_row_kind(path: PathLike) -> str:
+    """The detected row kind of a TSV's first row (``plain`` for an empty or unreadable one)."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline()
+    except OSError:
+        return "plain"
+    return detect_row_kind(line.rstrip(b"\n").split(b"\t")) if line else "plain"

@@ -1,0 +1,677 @@
+"""TSV + .lineidx store of the VinVL/Oscar ecosystem: random access, streaming writes, merging.
+
+This module knows nothing of what the columns mean (see :mod:`vinvl.features`).
+
+Format (../shared/spec/formats.md): one row per ``\\n``-terminated line, TAB-separated, no
+quoting; the index ``splitext(path)[0] + '.lineidx'`` holds one decimal byte offset per
+row; ``.lineidx.8b`` holds the same offsets as little-endian int64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import FormatError, VinvlError
+
+PathLike = Union[str, os.PathLike]
+Field = Union[str, bytes]
+
+_KEY_PROBE = 4096  # bytes read to find a row's key without reading the whole row
+_SCAN_CHUNK = 16 << 20
+
+
+def lineidx_path(tsv_path: PathLike) -> Path:
+    """The ``.lineidx`` path of a TSV: ``features.tsv`` -> ``features.lineidx``."""
+    return Path(os.path.splitext(os.fspath(tsv_path))[0] + ".lineidx")
+
+
+def lineidx8b_path(tsv_path: PathLike) -> Path:
+    """The binary ``.lineidx.8b`` path of a TSV."""
+    return Path(os.path.splitext(os.fspath(tsv_path))[0] + ".lineidx.8b")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def scan_offsets(tsv_path: PathLike) -> np.ndarray:
+    """Offsets of every row, found by scanning the file (the ground truth for an index)."""
+    path = Path(tsv_path)
+    if not path.is_file():
+        raise FormatError("no such file", path)
+    starts = [np.zeros(1, dtype=np.int64)]
+    pos = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_SCAN_CHUNK)
+            if not chunk:
+                break
+            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64)
+            starts.append(nl + (pos + 1))
+            pos += len(chunk)
+            last = chunk[-1:]
+    offsets = np.concatenate(starts)
+    if pos == 0:
+        return np.zeros(0, dtype=np.int64)
+    if last != b"\n":
+        raise FormatError(
+            "last row is truncated (no newline at end of file)", path, line=len(offsets)
+        )
+    return offsets[:-1]
+
+
+def _write_lineidx_text(offsets: np.ndarray, out: Path) -> None:
+    tmp = _tmp_name(out)
+    try:
+        with open(tmp, "wb") as f:
+            if len(offsets):
+                f.write(("\n".join(map(str, offsets.tolist())) + "\n").encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def build_lineidx(tsv_path: PathLike, out: Optional[PathLike] = None) -> Path:
+    """Scan a TSV and write its ``.lineidx`` atomically; returns the index path."""
+    offsets = scan_offsets(tsv_path)
+    target = Path(out) if out is not None else lineidx_path(tsv_path)
+    _write_lineidx_text(offsets, target)
+    return target
+
+
+def read_lineidx(path: PathLike) -> np.ndarray:
+    """Read a text ``.lineidx`` (or a ``.lineidx.8b`` by its suffix) into int64 offsets."""
+    path = Path(path)
+    if path.name.endswith(".8b"):
+        raw = path.read_bytes()
+        if len(raw) % 8:
+            raise FormatError(f"size {len(raw)} is not a multiple of 8 bytes", path)
+        return np.frombuffer(raw, dtype="<i8").astype(np.int64)
+    raw = path.read_bytes()
+    if not raw:
+        return np.zeros(0, dtype=np.int64)
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    else:
+        raise FormatError("last line is truncated (no newline)", path, line=len(lines))
+    for i, ln in enumerate(lines):
+        if not ln.isdigit():
+            raise FormatError(f"not a byte offset: {ln[:40]!r}", path, line=i + 1)
+    return np.array([int(x) for x in lines], dtype=np.int64)
+
+
+class TSVFile:
+    """Random access to a TSV by row and by key (first column); safe to share with DataLoader workers.
+
+    The file is opened lazily per process, so a pickled or forked copy re-opens its own handle.
+    Every row read is checked against the index (it must span exactly to the next offset and
+    end with a newline), so a stale or truncated ``.lineidx`` is reported, never silently used.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        build_index: bool = False,
+        write_index: bool = False,
+        key_index: Optional[Mapping[str, int]] = None,
+        columns: Optional[int] = None,
+    ) -> None:
+        """Open ``path``; a missing index is an error unless ``build_index`` (``write_index`` saves it)."""
+        self.path = Path(path)
+        self.columns = columns
+        if not self.path.is_file():
+            raise FormatError("no such file", self.path)
+        self.size = self.path.stat().st_size
+        self._offsets = self._load_offsets(build_index, write_index)
+        self._ends = np.append(self._offsets[1:], self.size) if len(self._offsets) else self._offsets
+        self._key_to_row: Optional[dict[str, int]] = (
+            None if key_index is None else {str(k): int(v) for k, v in key_index.items()}
+        )
+        if self._key_to_row is not None:
+            for k, v in self._key_to_row.items():
+                if not 0 <= v < len(self):
+                    raise FormatError(f"key index points at row {v}, the file has {len(self)} rows", self.path, key=k)
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+
+    def _load_offsets(self, build: bool, write: bool) -> np.ndarray:
+        text, binary = lineidx_path(self.path), lineidx8b_path(self.path)
+        if text.is_file():
+            idx_path, offsets = text, read_lineidx(text)
+        elif binary.is_file():
+            idx_path, offsets = binary, read_lineidx(binary)
+        elif build or write:
+            offsets = scan_offsets(self.path)
+            if write:
+                _write_lineidx_text(offsets, text)
+            return offsets
+        else:
+            raise FormatError(
+                f"no index {text.name}: build it with `vinvl tsv index {self.path}`", self.path
+            )
+        self._validate_offsets(offsets, idx_path)
+        return offsets
+
+    def _validate_offsets(self, offsets: np.ndarray, idx_path: Path) -> None:
+        if len(offsets) == 0:
+            if self.size:
+                raise FormatError(f"index {idx_path.name} is empty but the file is not: stale index", self.path)
+            return
+        if offsets[0] != 0:
+            raise FormatError(f"index {idx_path.name} does not start at offset 0: stale index", self.path)
+        bad = np.flatnonzero(np.diff(offsets) <= 0)
+        if len(bad):
+            raise FormatError(f"index {idx_path.name} offsets not increasing: stale index", self.path, line=int(bad[0]) + 2)
+        if offsets[-1] >= self.size:
+            raise FormatError(
+                f"index {idx_path.name} points past the end of the file ({int(offsets[-1])} >= {self.size}): stale index",
+                self.path,
+                line=len(offsets),
+            )
+        with open(self.path, "rb") as f:
+            f.seek(self.size - 1)
+            if f.read(1) != b"\n":
+                raise FormatError("last row is truncated (no newline at end of file)", self.path, line=len(offsets))
+            if offsets[-1] > 0:
+                f.seek(int(offsets[-1]) - 1)
+            if offsets[-1] > 0 and f.read(1) != b"\n":
+                raise FormatError(f"index {idx_path.name} does not match the file: stale index", self.path, line=len(offsets))
+
+    # -- process-local handle -------------------------------------------------
+    def _handle(self) -> int:
+        pid = os.getpid()
+        if self._fd is None or self._pid != pid:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._pid = pid
+        return self._fd
+
+    def close(self) -> None:
+        """Close this process's file handle (it is re-opened on the next read)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fd"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "TSVFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- rows -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Byte offset of every row (read-only view)."""
+        view = self._offsets.view()
+        view.flags.writeable = False
+        return view
+
+    def _check_row(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.path}: row {i} out of range ({n} rows)")
+        return i % n if n else i
+
+    def raw_row(self, i: int) -> bytes:
+        """Row ``i`` (0-based) as read, newline included: one ``pread``, checked against the index."""
+        i = self._check_row(i)
+        start, end = int(self._offsets[i]), int(self._ends[i])
+        data = os.pread(self._handle(), end - start, start)
+        if len(data) != end - start or data.find(b"\n") != len(data) - 1:
+            raise FormatError(
+                "row does not match the index (stale or truncated .lineidx, or a torn write)",
+                self.path,
+                line=i + 1,
+            )
+        return data
+
+    def row_bytes(self, i: int) -> bytes:
+        """Row ``i`` (0-based) as raw bytes without its newline."""
+        return self.raw_row(i)[:-1]
+
+    def split_row(self, data: bytes, i: int) -> list[bytes]:
+        """Split a row's bytes into fields, checking the column count if one is expected."""
+        fields = data.split(b"\t")
+        if self.columns is not None and len(fields) != self.columns:
+            raise FormatError(f"expected {self.columns} columns, found {len(fields)}", self.path, line=i + 1)
+        return fields
+
+    def fields_bytes(self, i: int) -> list[bytes]:
+        """Row ``i`` as a list of raw byte fields."""
+        i = self._check_row(i)
+        return self.split_row(self.row_bytes(i), i)
+
+    def __getitem__(self, i: int) -> list[str]:
+        i = self._check_row(i)
+        return _decode_fields(self.fields_bytes(i), self.path, i + 1)
+
+    def key(self, i: int) -> str:
+        """The key (first column) of row ``i``, reading only the row's head when possible."""
+        i = self._check_row(i)
+        start, end = int(self._offsets[i]), int(self._ends[i])
+        head = os.pread(self._handle(), min(_KEY_PROBE, end - start), start)
+        cut = head.find(b"\t")
+        if cut < 0:
+            cut = head.find(b"\n")
+            if cut < 0:
+                head = self.row_bytes(i)
+                cut = head.find(b"\t")
+                cut = len(head) if cut < 0 else cut
+        return _decode(head[:cut], self.path, i + 1)
+
+    def keys(self) -> list[str]:
+        """Every key in row order."""
+        return [self.key(i) for i in range(len(self))]
+
+    def _key_map(self) -> dict[str, int]:
+        if self._key_to_row is None:
+            mapping: dict[str, int] = {}
+            for i in range(len(self)):
+                k = self.key(i)
+                if k in mapping:
+                    raise FormatError(f"duplicate key (first at line {mapping[k] + 1})", self.path, line=i + 1, key=k)
+                mapping[k] = i
+            self._key_to_row = mapping
+        return self._key_to_row
+
+    def index_of(self, key: str) -> int:
+        """Row index of ``key``; a ``KeyError`` naming the file if it is absent."""
+        try:
+            return self._key_map()[key]
+        except KeyError:
+            raise KeyError(f"{self.path}: no row with key {key!r}") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_map()
+
+    def get(self, key: str) -> list[str]:
+        """The fields of the row whose first column is ``key``."""
+        return self[self.index_of(key)]
+
+    def iter_bytes(self) -> Iterator[list[bytes]]:
+        """Every row in order as byte fields, read sequentially (no random access)."""
+        with open(self.path, "rb", buffering=1 << 20) as f:
+            for i in range(len(self)):
+                line = f.readline()
+                if not line.endswith(b"\n") or f.tell() != int(self._ends[i]):
+                    raise FormatError("row does not match the index", self.path, line=i + 1)
+                yield self.split_row(line[:-1], i)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for i, fields in enumerate(self.iter_bytes()):
+            yield _decode_fields(fields, self.path, i + 1)
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"invalid UTF-8 at byte {e.start} of the row", path, line=line) from None
+
+
+def _decode_fields(fields: list[bytes], path: Path, line: int) -> list[str]:
+    try:
+        return [f.decode("utf-8") for f in fields]
+    except UnicodeDecodeError:
+        return [_decode(f, path, line) for f in fields]
+
+
+def iter_tsv(path: PathLike, columns: Optional[int] = None) -> Iterator[tuple[int, list[bytes]]]:
+    """Stream ``(line_number, byte_fields)`` from a TSV with no index, checking every line ends."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError("no such file", path)
+    with open(path, "rb", buffering=1 << 20) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                raise FormatError("last row is truncated (no newline at end of file)", path, line=n)
+            fields = line[:-1].split(b"\t")
+            if columns is not None and len(fields) != columns:
+                raise FormatError(f"expected {columns} columns, found {len(fields)}", path, line=n)
+            yield n, fields
+
+
+class TSVWriter:
+    """Streaming TSV writer: rows go to a temporary file, and ``.tsv`` + ``.lineidx`` appear on close.
+
+    On an exception inside ``with`` the temporaries are removed and any existing output is
+    left untouched. The index is renamed into place before the TSV, so a reader that sees the
+    new TSV also sees its index.
+    """
+
+    def __init__(self, path: PathLike, *, columns: Optional[int] = None) -> None:
+        """Start writing ``path`` (its folder is created); ``columns`` enforces a column count."""
+        self.path = Path(path)
+        self.columns = columns
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.index_path = lineidx_path(self.path)
+        self._tmp = _tmp_name(self.path)
+        self._tmp_idx = _tmp_name(self.index_path)
+        self._f = open(self._tmp, "wb", buffering=1 << 20)
+        self._idx = open(self._tmp_idx, "wb", buffering=1 << 16)
+        self._pos = 0
+        self.rows = 0
+        self._closed = False
+
+    def write(self, fields: Sequence[Field]) -> int:
+        """Append one row (str fields are UTF-8 encoded); returns its 0-based row index."""
+        if self.columns is not None and len(fields) != self.columns:
+            raise ValueError(f"{self.path}: row {self.rows + 1} has {len(fields)} fields, expected {self.columns}")
+        parts = [f.encode("utf-8") if isinstance(f, str) else bytes(f) for f in fields]
+        for p in parts:
+            if b"\t" in p or b"\n" in p:
+                raise ValueError(f"{self.path}: row {self.rows + 1}: a field contains a TAB or newline")
+        line = b"\t".join(parts) + b"\n"
+        self._f.write(line)
+        self._idx.write(b"%d\n" % self._pos)
+        self._pos += len(line)
+        self.rows += 1
+        return self.rows - 1
+
+    def write_line(self, line: bytes) -> int:
+        """Append a pre-formatted row (must end with exactly one newline); returns its row index."""
+        if not line.endswith(b"\n") or line.find(b"\n") != len(line) - 1:
+            raise ValueError(f"{self.path}: row {self.rows + 1} must be one newline-terminated line")
+        self._f.write(line)
+        self._idx.write(b"%d\n" % self._pos)
+        self._pos += len(line)
+        self.rows += 1
+        return self.rows - 1
+
+    def close(self) -> Path:
+        """Flush, fsync and rename both files into place; returns the TSV path."""
+        if self._closed:
+            return self.path
+        try:
+            for f in (self._idx, self._f):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            _replace(self._tmp_idx, self.index_path)
+            _replace(self._tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Drop what was written; existing files at the target are not touched."""
+        for f in (self._f, self._idx):
+            try:
+                f.close()
+            except Exception:
+                pass
+        self._tmp.unlink(missing_ok=True)
+        self._tmp_idx.unlink(missing_ok=True)
+        self._closed = True
+
+    def __enter__(self) -> "TSVWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_tsv(path: PathLike, rows: Iterable[Sequence[Field]], columns: Optional[int] = None) -> Path:
+    """Write all ``rows`` to ``path`` with its ``.lineidx``, atomically."""
+    with TSVWriter(path, columns=columns) as w:
+        for row in rows:
+            w.write(row)
+    return Path(path)
+
+
+def merge_tsv(shards: Sequence[PathLike], out: PathLike) -> Path:
+    """Concatenate TSV shards into ``out`` with a rebased ``.lineidx``; row contents are copied, not parsed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    opened = [TSVFile(s, build_index=True) for s in shards]
+    for s in opened:
+        if s.path.resolve() == out.resolve():
+            raise VinvlError(f"{out}: cannot merge a shard into itself")
+    tmp, idx_out = _tmp_name(out), lineidx_path(out)
+    tmp_idx = _tmp_name(idx_out)
+    try:
+        base = 0
+        with open(tmp, "wb") as dst, open(tmp_idx, "wb") as idx:
+            for s in opened:
+                if len(s):
+                    idx.write(("\n".join(map(str, (s.offsets + base).tolist())) + "\n").encode("ascii"))
+                with open(s.path, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+                base += s.size
+            for f in (dst, idx):
+                f.flush()
+                os.fsync(f.fileno())
+        if os.path.getsize(tmp) != base:
+            raise VinvlError(f"{out}: a shard changed while it was being merged")
+        _replace(tmp_idx, idx_out)
+        _replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_key_index(path: PathLike) -> dict[str, int]:
+    """Read an ``imageid2idx.json`` (image id -> row index); values must be non-negative integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError("no such file", path)
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"not valid JSON: {e}", path) from None
+    if not isinstance(data, dict):
+        raise FormatError("expected a JSON object mapping image id -> row index", path)
+    out: dict[str, int] = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise FormatError(f"row index must be a non-negative integer, got {v!r}", path, key=k)
+        out[str(k)] = v
+    return out
+
+
+def write_key_index(path: PathLike, mapping: Iterable[tuple[str, int]]) -> Path:
+    """Write ``imageid2idx.json`` atomically and streaming, byte-identical to ``json.dump(dict)``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("{")
+            first = True
+            for k, v in mapping:
+                f.write(("" if first else ", ") + json.dumps(str(k)) + ": " + str(int(v)))
+                first = False
+            f.write("}")
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ChunkedTSV:
+    """A dataset split in chunk folders (``<chunk>/features.tsv`` + ``<chunk>/imageid2idx.json``) as one object."""
+
+    def __init__(self, root: PathLike, filename: str = "features.tsv", index_name: str = "imageid2idx.json") -> None:
+        """Open every chunk folder under ``root`` that holds ``filename`` (sorted by name)."""
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FormatError("not a folder", self.root)
+        self.chunks: dict[str, TSVFile] = {}
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            tsv = d / filename
+            if not tsv.is_file():
+                continue
+            idx = d / index_name
+            key_index = read_key_index(idx) if idx.is_file() else None
+            self.chunks[d.name] = TSVFile(tsv, build_index=True, key_index=key_index)
+        if not self.chunks:
+            raise FormatError(f"no chunk folder with {filename}", self.root)
+        self._where: Optional[dict[str, list[str]]] = None
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.chunks.values())
+
+    def _locations(self) -> dict[str, list[str]]:
+        if self._where is None:
+            where: dict[str, list[str]] = {}
+            for name, t in self.chunks.items():
+                for k in t._key_map():
+                    where.setdefault(k, []).append(name)
+            self._where = where
+        return self._where
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._locations()
+
+    def locate(self, key: str, chunk: Optional[str] = None) -> tuple[str, int]:
+        """``(chunk name, row)`` of ``key``; ``chunk`` disambiguates ids repeated across chunks."""
+        if chunk is not None:
+            if chunk not in self.chunks:
+                raise KeyError(f"{self.root}: no chunk {chunk!r}")
+            return chunk, self.chunks[chunk].index_of(key)
+        names = self._locations().get(key)
+        if not names:
+            raise KeyError(f"{self.root}: no row with key {key!r} in any chunk")
+        if len(names) > 1:
+            raise KeyError(f"{self.root}: key {key!r} is in several chunks {names}; name the chunk")
+        return names[0], self.chunks[names[0]].index_of(key)
+
+    def get(self, key: str, chunk: Optional[str] = None) -> list[str]:
+        """The fields of ``key``'s row."""
+        name, row = self.locate(key, chunk)
+        return self.chunks[name][row]
+
+    def fields_bytes(self, key: str, chunk: Optional[str] = None) -> list[bytes]:
+        """The raw byte fields of ``key``'s row."""
+        name, row = self.locate(key, chunk)
+        return self.chunks[name].fields_bytes(row)
+
+    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
+        for name, t in self.chunks.items():
+            for row in t:
+                yield name, row
+
+
+def check_tsv(
+    path: PathLike,
+    *,
+    columns: Optional[int] = None,
+    row_check: Optional[Callable[[list[bytes], int], None]] = None,
+    unique_keys: bool = True,
+) -> tuple[int, list[FormatError]]:
+    """Scan a whole TSV once and return ``(rows, problems)``: every bad line, not just the first.
+
+    Checks newline termination, UTF-8, column count (``columns`` or the first row's),
+    duplicate keys, the ``.lineidx`` against the scanned offsets, and ``row_check`` (which
+    raises :class:`FormatError` for a bad row) on each row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0, [FormatError("no such file", path)]
+    problems: list[FormatError] = []
+    offsets: list[int] = []
+    keys: dict[bytes, int] = {}
+    pos = 0
+    n = 0
+    with open(path, "rb", buffering=1 << 20) as f:
+        for n, line in enumerate(f, start=1):
+            offsets.append(pos)
+            pos += len(line)
+            if not line.endswith(b"\n"):
+                problems.append(FormatError("last row is truncated (no newline at end of file)", path, line=n))
+                line += b"\n"
+            fields = line[:-1].split(b"\t")
+            try:
+                line[:-1].decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(FormatError(f"invalid UTF-8 at byte {e.start} of the row", path, line=n))
+                continue
+            if columns is None:
+                columns = len(fields)
+            if len(fields) != columns:
+                problems.append(FormatError(f"expected {columns} columns, found {len(fields)}", path, line=n))
+                continue
+            if unique_keys:
+                first = keys.setdefault(fields[0], n)
+                if first != n:
+                    problems.append(
+                        FormatError(f"duplicate key (first at line {first})", path, line=n, key=fields[0].decode())
+                    )
+            if row_check is not None:
+                try:
+                    row_check(fields, n)
+                except FormatError as e:
+                    problems.append(e)
+    if n == 0:
+        problems.append(FormatError("file is empty (no rows)", path))
+    for idx in (lineidx_path(path), lineidx8b_path(path)):
+        if not idx.is_file():
+            continue
+        try:
+            stored = read_lineidx(idx)
+        except FormatError as e:
+            problems.append(e)
+            continue
+        if len(stored) != len(offsets):
+            problems.append(FormatError(f"{idx.name} has {len(stored)} rows, the file has {len(offsets)}: stale index", path))
+        else:
+            bad = np.flatnonzero(stored != np.asarray(offsets, dtype=np.int64))
+            if len(bad):
+                problems.append(
+                    FormatError(f"{idx.name} disagrees with the file at {len(bad)} rows: stale index", path, line=int(bad[0]) + 1)
+                )
+    return n, problems
