@@ -119,3 +119,40 @@ def test_labelmap_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     (tmp_path / "bad.json").write_text(json.dumps({"label_to_idx": {"a": 1, "b": 5}}))
     code, _, err = run(capsys, "labelmap", "show", str(tmp_path / "bad.json"))
     assert code == 2 and "bad.json: label_to_idx: non-contiguous index 5" in err
+
+
+_BLOB = F.encode_floats(np.zeros((1, 2054), np.float32))
+
+
+@pytest.mark.parametrize(
+    "content, command, where",
+    [
+        (b"a\t1\nb", ["tsv", "index"], ":2: last row is truncated"),
+        (f"a\t1\t{_BLOB}\nb\t1\n".encode(), ["features", "show", "--key", "b"], ":2 (key 'b')"),
+        (b"a\t1\t!!\n", ["features", "show", "--key", "a"], ":1 (key 'a'): invalid base64"),
+        (f"a\t1\t{_BLOB[:-8]}\n".encode(), ["features", "show", "--row", "0"], "not a multiple of 4 x 2054"),
+        (f"a\t2\t{_BLOB}\n".encode(), ["features", "show", "--row", "0"], ":1 (key 'a'): num_boxes says 2"),
+        (b"a\t1\nb\t2\na\t3\n", ["tsv", "show", "--key", "b"], ":3 (key 'a'): duplicate key"),
+        (b"a\t\xff\n", ["tsv", "show", "--row", "0"], ":1: invalid UTF-8"),
+        (b"", ["features", "to-oscar", "-o", "OUT"], ": file is empty"),
+        (b"k\tnot json\n", ["features", "to-oscar", "-o", "OUT"], ":1 (key 'k'): invalid JSON"),
+    ],
+)
+def test_bad_input_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes, command: list[str], where: str
+) -> None:
+    p = tmp_path / "in.tsv"
+    p.write_bytes(content)
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    code, _, err = run(capsys, *argv[:2], str(p), *argv[2:])
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: {p}") and where in err, err
+
+
+def test_stale_index_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    p = T.write_tsv(tmp_path / "x.tsv", [["a", "1"], ["b", "2"]])
+    T.lineidx_path(p).write_text("0\n3\n")
+    code, _, err = run(capsys, "tsv", "show", str(p), "--row", "1")
+    assert code == 2 and f"{p}:2: index x.lineidx does not match the file: stale index" in err
+    code, _, err = run(capsys, "tsv", "check", str(p))
+    assert code == 2 and "stale index" in err
