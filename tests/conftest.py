@@ -45,3 +45,10 @@ def make_prediction(rng: np.random.Generator, key: str, n: int, *, attrs: bool =
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests/detection/reference.py is imported by name from the detection tests
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "detection"))

@@ -1,0 +1,24 @@
+"""Typed configuration of vinvl's models and the presets built from it."""
+
+from .detector import (
+    AttributeConfig,
+    BackboneConfig,
+    BoxHeadConfig,
+    DetectorConfig,
+    InputConfig,
+    PostprocessConfig,
+    RPNConfig,
+)
+from .presets import DETECTOR_PRESETS, detector_preset
+
+__all__ = [
+    "AttributeConfig",
+    "BackboneConfig",
+    "BoxHeadConfig",
+    "DetectorConfig",
+    "InputConfig",
+    "PostprocessConfig",
+    "RPNConfig",
+    "DETECTOR_PRESETS",
+    "detector_preset",
+]

@@ -1,0 +1,158 @@
+"""Typed configuration of the AttrRCNN (X152-C4) detector.
+
+The original's yaml keys (e.g. ``MODEL.ROI_HEADS.NMS_FILTER``) are an input format mapped
+onto these dataclasses at the edge; inside, the detector reads only these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import VinvlError
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNeXt C4 body (stem + layer1-3) and the res5 head (layer4) of the box head."""
+
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
+    num_groups: int = 32
+    width_per_group: int = 8
+    blocks: tuple[int, int, int, int] = (3, 8, 36, 3)
+    stride_in_1x1: bool = False
+
+    def stage_channels(self, stage: int) -> tuple[int, int]:
+        """``(inner, out)`` channels of layer ``stage`` (1..4): both double at every stage."""
+        factor = 2 ** (stage - 1)
+        return self.num_groups * self.width_per_group * factor, self.res2_out_channels * factor
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Single-level RPN with legacy Detectron anchors."""
+
+    anchor_sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_stride: int = 16
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
+    nms_thresh: float = 0.7
+    min_box_size: float = 0.0
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per feature-map cell."""
+        return len(self.anchor_sizes) * len(self.aspect_ratios)
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    """ROIAlign pooler, res5 head and box predictor."""
+
+    num_classes: int = 1595
+    pooler_resolution: int = 14
+    pooler_scale: float = 1.0 / 16
+    sampling_ratio: int = 0
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    cls_agnostic_bbox_reg: bool = False
+
+
+@dataclass(frozen=True)
+class AttributeConfig:
+    """The attribute head: ``cat(feature, class embedding)`` -> MLP -> softmax over attributes."""
+
+    enabled: bool = True
+    num_attributes: int = 525
+    cls_embed_dim: int = 256
+    hidden_dim: int = 512
+    threshold: float = 0.05
+    max_per_box: int = 16
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Test-time ROI post-processing (the original's ROI_HEADS and TEST settings)."""
+
+    nms_filter: Literal[0, 1, 2] = 1
+    score_thresh: float = 0.2
+    nms_thresh: float = 0.5
+    filter1_nms_thresh: float = 0.3
+    detections_per_img: int = 100
+    min_detections_per_img: int = 10
+    ignore_box_regression: bool = True
+    nms_filter2_original_boxes: bool = False
+    output_scores_all: bool = False
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Test-time resize and normalisation."""
+
+    min_size: int = 600
+    max_size: int = 1000
+    pixel_mean: tuple[float, float, float] = (103.530, 116.280, 123.675)
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    to_bgr255: bool = True
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that defines an AttrRCNN detector and how it runs at test time."""
+
+    name: str = "custom"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    attributes: AttributeConfig = field(default_factory=AttributeConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    batching: Literal["same_size", "padded"] = "same_size"
+    batch_size: int = 1
+
+    _SECTIONS = ("backbone", "rpn", "box_head", "attributes", "postprocess", "input")
+
+    def replace(self, **overrides: Any) -> "DetectorConfig":
+        """A copy with fields changed: ``nms_filter=2`` (unique field name) or ``postprocess__nms_filter=2``."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, _, name = key.rpartition("__")
+            if not section:
+                if key in {f.name for f in dataclasses.fields(self)} and key not in self._SECTIONS:
+                    top[key] = value
+                    continue
+                owners = [s for s in self._SECTIONS if name in _field_names(getattr(self, s))]
+                if len(owners) != 1:
+                    raise VinvlError(
+                        f"unknown detector setting {key!r}" if not owners else f"ambiguous setting {key!r}: use one of "
+                        + ", ".join(f"{o}__{name}" for o in owners)
+                    )
+                section = owners[0]
+            if section not in self._SECTIONS or name not in _field_names(getattr(self, section)):
+                raise VinvlError(f"unknown detector setting {key!r}")
+            sections.setdefault(section, {})[name] = value
+        changed = {s: dataclasses.replace(getattr(self, s), **kv) for s, kv in sections.items()}
+        out = dataclasses.replace(self, **top, **changed)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Raise a clear error for settings the detector cannot honour."""
+        p = self.postprocess
+        if p.nms_filter not in (0, 1, 2):
+            raise VinvlError(f"nms_filter must be 0, 1 or 2, got {p.nms_filter!r}")
+        if self.batching not in ("same_size", "padded"):
+            raise VinvlError(f"batching must be 'same_size' or 'padded', got {self.batching!r}")
+        if self.batch_size < 1:
+            raise VinvlError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < p.min_detections_per_img <= p.detections_per_img and p.min_detections_per_img != 0:
+            raise VinvlError("min_detections_per_img must lie in 0..detections_per_img")
+        if self.input.min_size <= 0 or self.input.max_size < self.input.min_size:
+            raise VinvlError(f"bad input sizes {self.input.min_size}/{self.input.max_size}")
+
+
+def _field_names(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}

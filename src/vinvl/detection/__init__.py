@@ -1,0 +1,16 @@
+"""VinVL's AttrRCNN object-attribute detector (X152-C4) in pure PyTorch over torchvision ops."""
+
+from .checkpoint import CheckpointError, load_into, read_checkpoint
+from .detector import AttrRCNN, Detections, Detector, RawDetections
+from .preprocess import target_size
+
+__all__ = [
+    "AttrRCNN",
+    "CheckpointError",
+    "Detections",
+    "Detector",
+    "RawDetections",
+    "load_into",
+    "read_checkpoint",
+    "target_size",
+]

@@ -1,0 +1,98 @@
+"""Loading maskrcnn-benchmark checkpoints of the AttrRCNN detector, strictly and safely."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+
+from ..errors import VinvlError
+
+# The attribute head shares the box head's res5 extractor; checkpoints store a copy under this prefix.
+_SHARED_COPY = "attribute.feature_extractor."
+_SHARED_WITH = "roi_heads.box.feature_extractor."
+
+
+class CheckpointError(VinvlError):
+    """A checkpoint that does not fit the model (missing/unexpected keys, shapes) or cannot be read safely."""
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file with ``torch.load(weights_only=True)``; returns its (bare) state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refusing to load: the file needs unsafe unpickling (it stores Python objects, not only "
+            f"tensors): {first}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    return extract_state_dict(obj, str(path))
+
+
+def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The state dict inside ``{'model': sd, ...}`` or a bare one, with a ``module.`` prefix removed."""
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: expected a state dict or {{'model': state_dict}}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: non-tensor entries in the state dict: {', '.join(map(str, bad[:5]))}")
+    keys = list(obj)
+    if all(k.startswith("module.") for k in keys):
+        return {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _names(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "<checkpoint>") -> None:
+    """Strictly load ``state_dict`` into ``model``: shared-extractor copies verified and dropped; every
+    missing key, unexpected key and shape mismatch listed in one error."""
+    sd = dict(state_dict)
+    for key in [k for k in sd if k.startswith(_SHARED_COPY)]:
+        twin = _SHARED_WITH + key[len(_SHARED_COPY) :]
+        if twin not in sd:
+            raise CheckpointError(f"{source}: {key} has no twin {twin} in the box head")
+        if sd[key].shape != sd[twin].shape or not torch.equal(sd[key], sd[twin]):
+            raise CheckpointError(
+                f"{source}: {key} differs from {twin}: the attribute head must share the box head's res5 weights"
+            )
+        del sd[key]
+    for key in [k for k in sd if k.endswith("num_batches_tracked")]:
+        del sd[key]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in sd and sd[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        hint = ""
+        if any(k.startswith("attribute.") for k in unexpected):
+            hint = " (the checkpoint has an attribute head: enable attributes)"
+        problems.append(f"unexpected keys{hint}: {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_names(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(sd, strict=True)

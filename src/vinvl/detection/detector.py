@@ -1,0 +1,310 @@
+"""AttrRCNN (VinVL's X152-C4 object-attribute detector) built from its parts, and the ``Detector`` API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DetectorConfig, detector_preset
+from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
+from ..labelmap import LabelMap
+from .attributes import AttributeHead, select_attributes
+from .backbone import Backbone
+from .box_coder import BoxCoder, clip_boxes, scale_boxes
+from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
+from .postprocess import select_detections
+from .preprocess import ImageInput, load_image, pad_batch, to_input_tensor
+from .roi_heads import ROIHeads
+from .rpn import RPN
+
+
+@dataclass
+class RawDetections:
+    """One image's detections in resized-image coordinates (tensors), with optional intermediates."""
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    features: torch.Tensor
+    scores_all: torch.Tensor
+    attr_logits: Optional[torch.Tensor] = None
+    attr_labels: Optional[torch.Tensor] = None
+    attr_scores: Optional[torch.Tensor] = None
+    trace: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AttrRCNN(nn.Module):
+    """Backbone -> RPN -> box head (res5 over ROIs) -> post-processing -> attribute head.
+
+    Module names follow maskrcnn-benchmark's, so released checkpoints load without renaming.
+    """
+
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.backbone)
+        self.rpn = RPN(cfg.rpn, self.backbone.out_channels)
+        self.roi_heads = ROIHeads(cfg.backbone, cfg.box_head)
+        feat_dim = self.roi_heads.box.feature_extractor.out_channels
+        self.attribute = (
+            AttributeHead(cfg.attributes, feat_dim, cfg.box_head.num_classes) if cfg.attributes.enabled else None
+        )
+        self.box_coder = BoxCoder(cfg.box_head.bbox_reg_weights)
+
+    def class_boxes(self, deltas: torch.Tensor, proposals: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """``[R, C, 4]`` per-class boxes: the proposal repeated (regression ignored) or decoded and clipped."""
+        num_classes = self.cfg.box_head.num_classes
+        if self.cfg.postprocess.ignore_box_regression:
+            return proposals[:, None, :].expand(-1, num_classes, 4)
+        if self.cfg.box_head.cls_agnostic_bbox_reg:
+            decoded = self.box_coder.decode(deltas[:, -4:], proposals).repeat(1, num_classes)
+        else:
+            decoded = self.box_coder.decode(deltas, proposals)
+        return clip_boxes(decoded, hw[0], hw[1]).view(len(proposals), num_classes, 4)
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]], trace: bool = False
+    ) -> list[RawDetections]:
+        """Detect in a ``[B, 3, H, W]`` batch whose images have the given (resized) ``(h, w)`` sizes."""
+        c4 = self.backbone(images)
+        proposals = self.rpn(c4, list(image_sizes))
+        boxes = [p[0] for p in proposals]
+        extractor = self.roi_heads.box.feature_extractor
+        pooled = extractor(c4, boxes)
+        logits, deltas = self.roi_heads.box.predictor(pooled)
+        probs = F.softmax(logits, -1)
+        counts = [len(b) for b in boxes]
+        results = []
+        for i, (pool_i, prob_i, delta_i, logit_i) in enumerate(
+            zip(pooled.split(counts), probs.split(counts), deltas.split(counts), logits.split(counts))
+        ):
+            hw = image_sizes[i]
+            cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
+            sel = select_detections(prob_i, cls_boxes, boxes[i], self.cfg.postprocess)
+            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows])
+            if self.attribute is not None:
+                # The original re-pools the output boxes; when they are the proposals the pooled
+                # features are identical, so reuse them.
+                if self.cfg.postprocess.ignore_box_regression or len(sel.boxes) == 0:
+                    attr_in = out.features
+                else:
+                    attr_in = extractor(c4[i : i + 1], [sel.boxes])
+                a = self.cfg.attributes
+                out.attr_logits = self.attribute.predictor(attr_in, sel.labels)
+                out.attr_labels, out.attr_scores = select_attributes(out.attr_logits, a.threshold, a.max_per_box)
+            if trace:
+                out.trace = {
+                    "c4_feature": c4[i : i + 1],
+                    "rpn_proposals": boxes[i],
+                    "rpn_objectness": proposals[i][1],
+                    "proposal_class_logits": logit_i,
+                    "proposal_pool5": pool_i,
+                }
+            results.append(out)
+        return results
+
+
+@dataclass
+class Detections:
+    """One image's detections in original-image pixels, as numpy arrays."""
+
+    image_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    boxes: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    scores: np.ndarray
+    features: np.ndarray
+    attr_labels: list[np.ndarray]
+    attr_names: list[list[str]]
+    attr_scores: list[np.ndarray]
+    scores_all: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def geometry(self) -> np.ndarray:
+        """The 6-d box geometry ``[N, 6]`` (see :func:`vinvl.features.box_geometry`)."""
+        return box_geometry(self.boxes, self.image_hw[1], self.image_hw[0])
+
+    def region_features(self) -> np.ndarray:
+        """Oscar's ``[N, 2054]`` region inputs: features + geometry."""
+        return oscar_region_features(self.features, self.boxes, self.image_hw[1], self.image_hw[0])
+
+    def to_prediction(self, key: str, image_size: bool = True) -> Prediction:
+        """This image as a ``predictions.tsv`` record (``image_size`` adds ``image_h``/``image_w``)."""
+        return Prediction(
+            key=key,
+            boxes=self.boxes,
+            classes=list(self.names),
+            scores=self.scores,
+            features=self.features,
+            attributes=self.attr_names,
+            attr_scores=[s.tolist() for s in self.attr_scores],
+            image_h=self.image_hw[0] if image_size else None,
+            image_w=self.image_hw[1] if image_size else None,
+        )
+
+    def to_row(self, key: str, subset: Sequence[str] = DEFAULT_SAVE_SUBSET, image_size: bool = False) -> list[str]:
+        """The original's ``predictions.tsv`` row ``[key, json]`` (default TSV_SAVE_SUBSET, no image size)."""
+        return self.to_prediction(key, image_size).to_row(subset)
+
+
+class Detector:
+    """VinVL's object-attribute detector: images in, boxes, classes, attributes and 2048-d features out."""
+
+    def __init__(
+        self,
+        model: AttrRCNN,
+        labelmap: Optional[LabelMap] = None,
+        device: Union[str, torch.device] = "cpu",
+    ) -> None:
+        """Wrap a built (and loaded) model; ``labelmap`` gives class and attribute names."""
+        self.model = model.eval().to(device)
+        self.config = model.cfg
+        self.device = torch.device(device)
+        self.labelmap = labelmap
+        if labelmap is not None:
+            if labelmap.num_classes != self.config.box_head.num_classes:
+                raise CheckpointError(
+                    f"label map {labelmap.source} has {labelmap.num_classes} classes (with background), "
+                    f"the model {self.config.box_head.num_classes}"
+                )
+            if self.config.attributes.enabled and labelmap.attributes is not None:
+                if labelmap.num_attributes != self.config.attributes.num_attributes:
+                    raise CheckpointError(
+                        f"label map {labelmap.source} has {labelmap.num_attributes} attributes, "
+                        f"the model {self.config.attributes.num_attributes}"
+                    )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Union[str, DetectorConfig],
+        labelmap: Union[None, str, os.PathLike, LabelMap] = None,
+        device: Union[str, torch.device] = "cpu",
+        seed: Optional[int] = None,
+        **overrides: Any,
+    ) -> "Detector":
+        """A detector with freshly initialised weights (for tests and training)."""
+        cfg = detector_preset(config) if isinstance(config, str) else config
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(AttrRCNN(cfg), _labelmap(labelmap), device)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Union[str, os.PathLike, dict],
+        preset: Union[str, DetectorConfig] = "vinvl_vg_x152c4",
+        labelmap: Union[None, str, os.PathLike, LabelMap] = None,
+        device: Union[str, torch.device] = "cpu",
+        **overrides: Any,
+    ) -> "Detector":
+        """Load a maskrcnn-benchmark checkpoint (``{'model': sd}`` or bare, ``module.`` prefixes allowed)."""
+        cfg = detector_preset(preset) if isinstance(preset, str) else preset
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        if isinstance(path, dict):
+            sd, source = extract_state_dict(path), "<state dict>"
+        else:
+            sd, source = read_checkpoint(path), os.fspath(path)
+        with torch.device("meta"):
+            model = AttrRCNN(cfg)
+        model = model.to_empty(device="cpu")
+        # Buffers the checkpoint carries (anchors) are overwritten by load; the rest must all be present.
+        load_into(model, sd, source)
+        return cls(model, _labelmap(labelmap), device)
+
+    # -- inference -------------------------------------------------------------------
+    def prepare(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(input tensor [3, h, w], original (H, W))`` of one image."""
+        pil = load_image(image)
+        return to_input_tensor(pil, self.config.input), (pil.height, pil.width)
+
+    def batches(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+        """Deterministic batches of image indices: equal resized shapes only ("same_size"), or consecutive
+        images zero-padded together ("padded", the original's IMS_PER_BATCH behaviour)."""
+        if self.config.batching == "padded":
+            return [list(range(i, min(i + batch_size, len(shapes)))) for i in range(0, len(shapes), batch_size)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        out: list[list[int]] = []
+        for i, s in enumerate(shapes):
+            g = groups.setdefault(s, [])
+            g.append(i)
+            if len(g) == batch_size:
+                out.append(g)
+                groups[s] = []
+        out.extend(g for g in groups.values() if g)
+        return sorted(out, key=lambda b: b[0])
+
+    def detect_raw(
+        self, images: Sequence[ImageInput], batch_size: Optional[int] = None, trace: bool = False
+    ) -> list[tuple[RawDetections, tuple[int, int], tuple[int, int]]]:
+        """``(raw detections, resized (h, w), original (H, W))`` per image, in input order."""
+        prepared = [self.prepare(im) for im in images]
+        shapes = [tuple(t.shape[1:]) for t, _ in prepared]
+        results: list[Any] = [None] * len(prepared)
+        for batch in self.batches(shapes, batch_size or self.config.batch_size):
+            tensors = [prepared[i][0] for i in batch]
+            x = pad_batch(tensors).to(self.device)
+            raws = self.model(x, [shapes[i] for i in batch], trace=trace)
+            for i, raw in zip(batch, raws):
+                results[i] = (raw, shapes[i], prepared[i][1])
+        return results
+
+    def __call__(
+        self, images: Union[ImageInput, Sequence[ImageInput]], batch_size: Optional[int] = None
+    ) -> Union[Detections, list[Detections]]:
+        """Detect in one image (returns ``Detections``) or a list of images (returns a list)."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        out = [self.finish(raw, resized, orig) for raw, resized, orig in self.detect_raw(items, batch_size)]
+        return out[0] if single else out
+
+    def finish(self, raw: RawDetections, resized_hw: tuple[int, int], image_hw: tuple[int, int]) -> Detections:
+        """Raw detections -> original pixels, names and padding-free attributes."""
+        boxes = scale_boxes(raw.boxes, resized_hw, image_hw).cpu().numpy()
+        labels = raw.labels.cpu().numpy()
+        lm = self.labelmap
+        names = [lm.class_name(int(c)) if lm else str(int(c)) for c in labels]
+        attr_labels, attr_scores, attr_names = [], [], []
+        if raw.attr_labels is not None:
+            for lab, sc in zip(raw.attr_labels.cpu().numpy(), raw.attr_scores.cpu().numpy()):
+                keep = sc > 0
+                attr_labels.append(lab[keep])
+                attr_scores.append(sc[keep])
+                attr_names.append(
+                    [lm.attribute_name(int(a)) if lm and lm.attributes else str(int(a)) for a in lab[keep]]
+                )
+        else:
+            attr_labels = [np.zeros(0, np.int64) for _ in labels]
+            attr_scores = [np.zeros(0, np.float32) for _ in labels]
+            attr_names = [[] for _ in labels]
+        return Detections(
+            image_hw=tuple(image_hw),
+            resized_hw=tuple(resized_hw),
+            boxes=boxes,
+            labels=labels,
+            names=names,
+            scores=raw.scores.cpu().numpy(),
+            features=raw.features.cpu().numpy(),
+            attr_labels=attr_labels,
+            attr_names=attr_names,
+            attr_scores=attr_scores,
+            scores_all=raw.scores_all.cpu().numpy() if self.config.postprocess.output_scores_all else None,
+        )
+
+
+def _labelmap(labelmap: Union[None, str, os.PathLike, LabelMap]) -> Optional[LabelMap]:
+    if labelmap is None or isinstance(labelmap, LabelMap):
+        return labelmap
+    return LabelMap.load(labelmap)

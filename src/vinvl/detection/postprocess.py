@@ -1,0 +1,164 @@
+"""Test-time ROI post-processing: the original's NMS_FILTER 0/1/2 semantics, each in one function.
+
+Every filter works on one image: ``probs [R, C]`` (softmax over classes, 0 = background) and
+``class_boxes [R, C, 4]`` (per-class boxes in resized-image pixels: the decoded, clipped
+regression, or the proposal repeated when regression is ignored). They return which proposal
+rows are kept, with labels, scores and the output box of each detection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torchvision.ops import nms
+
+from ..config import PostprocessConfig
+
+_NMS_CHUNK_ELEMS = 1 << 24  # bound the [classes, R, R] IoU block of the vectorised NMS
+
+
+@dataclass
+class Selection:
+    """The detections of one image: proposal row, label, score and output box of each."""
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    boxes: torch.Tensor
+
+
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``, with torchvision NMS's exact
+    float operations (areas without +1, ``inter / (area_a + area_b - inter)``)."""
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt_x = torch.maximum(a[..., :, None, 0], b[..., None, :, 0])
+    lt_y = torch.maximum(a[..., :, None, 1], b[..., None, :, 1])
+    rb_x = torch.minimum(a[..., :, None, 2], b[..., None, :, 2])
+    rb_y = torch.minimum(a[..., :, None, 3], b[..., None, :, 3])
+    inter = (rb_x - lt_x).clamp(min=0) * (rb_y - lt_y).clamp(min=0)
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
+
+
+def per_class_nms_mask(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Which rows survive a separate greedy NMS in every column, all columns at once.
+
+    ``boxes`` is ``[R, 4]`` (shared by all classes) or ``[R, K, 4]``; ``scores`` is ``[R, K]``.
+    Equal to calling torchvision's ``nms`` once per column (stable descending order,
+    suppression when IoU > threshold compared in double), without K separate calls.
+    """
+    r, k = scores.shape
+    keep = torch.zeros((k, r), dtype=torch.bool, device=scores.device)
+    if r == 0 or k == 0:
+        return keep.T
+    order = torch.sort(scores, dim=0, descending=True, stable=True).indices.T.contiguous()  # [K, R]
+    shared = boxes.dim() == 2
+    if shared:
+        over_all = pairwise_iou(boxes, boxes).double() > iou_threshold  # [R, R]
+    step = max(1, _NMS_CHUNK_ELEMS // (r * r)) if not shared else k
+    for c0 in range(0, k, step):
+        c1 = min(k, c0 + step)
+        n = c1 - c0
+        if shared:
+            over = over_all
+        else:
+            cb = boxes[:, c0:c1].transpose(0, 1)  # [n, R, 4]
+            over = pairwise_iou(cb, cb).double() > iou_threshold  # [n, R, R]
+        suppressed = torch.zeros((n, r), dtype=torch.bool, device=scores.device)
+        kept = keep[c0:c1]
+        cls = torch.arange(n, device=scores.device)
+        for step_i in range(r):
+            idx = order[c0:c1, step_i]
+            alive = ~suppressed[cls, idx]
+            kept[cls, idx] = alive
+            rows = over[idx] if shared else over[cls, idx]  # [n, R]
+            suppressed |= rows & alive[:, None]
+    return keep.T
+
+
+def _clamp_count(n: int, available: int, cfg: PostprocessConfig) -> int:
+    """At least ``min_detections_per_img`` (when available) and at most ``detections_per_img``."""
+    return min(max(n, min(cfg.min_detections_per_img, available)), cfg.detections_per_img, available)
+
+
+def filter_bottom_up(probs: torch.Tensor, class_boxes: torch.Tensor, shared: Optional[torch.Tensor], cfg: PostprocessConfig) -> Selection:
+    """NMS_FILTER 1: per-class NMS (IoU 0.3) over all proposals for every foreground class; each proposal
+    keeps its best surviving class; sorted by score; >= threshold, but 10..100 detections."""
+    fg_boxes = shared if shared is not None else class_boxes[:, 1:]
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    mask[:, 1:] = per_class_nms_mask(fg_boxes, probs[:, 1:], cfg.filter1_nms_thresh)
+    best, labels = (probs * mask.to(probs.dtype)).max(dim=1)
+    rows = best.nonzero().squeeze(1)
+    best, labels = best[rows], labels[rows]
+    # torch.sort's default (unstable) order over the non-zero subset is the original's tie order.
+    values, order = torch.sort(best, dim=0, descending=True)
+    n = _clamp_count(int((values >= cfg.score_thresh).sum()), len(values), cfg)
+    order = order[:n]
+    rows, labels = rows[order], labels[order]
+    return Selection(rows, labels, best[order], class_boxes[rows, labels])
+
+
+def _filter_per_class(probs: torch.Tensor, class_boxes: torch.Tensor, cfg: PostprocessConfig, thresh: float) -> Selection:
+    rows, labels, scores = [], [], []
+    candidates = (probs[:, 1:] > thresh).any(dim=0).nonzero().squeeze(1) + 1
+    for j in candidates.tolist():
+        inds = (probs[:, j] > thresh).nonzero().squeeze(1)
+        keep = nms(class_boxes[inds, j], probs[inds, j], cfg.nms_thresh)
+        rows.append(inds[keep])
+        labels.append(torch.full((len(keep),), j, dtype=torch.long, device=probs.device))
+        scores.append(probs[inds[keep], j])
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=probs.device)
+        return Selection(empty, empty, probs.new_zeros(0), probs.new_zeros((0, 4)))
+    r, lab, s = torch.cat(rows), torch.cat(labels), torch.cat(scores)
+    n = len(s)
+    if n > cfg.detections_per_img > 0:
+        kth, _ = torch.kthvalue(s.cpu(), n - cfg.detections_per_img + 1)
+        keep = (s >= kth.item()).nonzero().squeeze(1)
+        r, lab, s = r[keep], lab[keep], s[keep]
+    return Selection(r, lab, s, class_boxes[r, lab])
+
+
+def filter_per_class(probs: torch.Tensor, class_boxes: torch.Tensor, cfg: PostprocessConfig) -> Selection:
+    """NMS_FILTER 0: per class (ascending), scores > threshold, NMS 0.5, concatenated; capped at the
+    k-th score; with fewer than the minimum, the threshold is halved and the filter rerun (10 times at most)."""
+    thresh = cfg.score_thresh
+    sel = _filter_per_class(probs, class_boxes, cfg, thresh)
+    for _ in range(10):
+        if len(sel.rows) >= cfg.min_detections_per_img:
+            break
+        thresh /= 2
+        sel = _filter_per_class(probs, class_boxes, cfg, thresh)
+    return sel
+
+
+def filter_class_agnostic(
+    probs: torch.Tensor, class_boxes: torch.Tensor, proposals: torch.Tensor, cfg: PostprocessConfig
+) -> Selection:
+    """NMS_FILTER 2: best foreground class per proposal, one class-agnostic NMS 0.5 on the proposal
+    (regression ignored) or the mean of all classes' boxes; keep 10..100 by the threshold."""
+    scores, labels = probs[:, 1:].max(dim=1)
+    labels = labels + 1
+    nms_boxes = proposals if cfg.ignore_box_regression else class_boxes.mean(dim=1)
+    cand = (scores > 0.01 * cfg.score_thresh).nonzero().squeeze(1)
+    keep = cand[nms(nms_boxes[cand], scores[cand], cfg.nms_thresh)]
+    n = _clamp_count(int((scores[keep] >= cfg.score_thresh).sum()), len(keep), cfg)
+    rows = keep[:n]
+    if cfg.nms_filter2_original_boxes and not cfg.ignore_box_regression:
+        boxes = class_boxes.reshape(-1, 4)[rows]  # the original's indexing bug, kept as an opt-in
+    else:
+        boxes = nms_boxes[rows]
+    return Selection(rows, labels[rows], scores[rows], boxes)
+
+
+def select_detections(
+    probs: torch.Tensor, class_boxes: torch.Tensor, proposals: torch.Tensor, cfg: PostprocessConfig
+) -> Selection:
+    """Apply the configured NMS_FILTER to one image."""
+    if cfg.nms_filter == 1:
+        return filter_bottom_up(probs, class_boxes, proposals if cfg.ignore_box_regression else None, cfg)
+    if cfg.nms_filter == 0:
+        return filter_per_class(probs, class_boxes, cfg)
+    return filter_class_agnostic(probs, class_boxes, proposals, cfg)

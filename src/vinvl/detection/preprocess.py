@@ -1,0 +1,72 @@
+"""Test-time preprocessing exactly as the original: PIL resize, BGR x255, mean subtraction, padding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import InputConfig
+from ..errors import VinvlError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def target_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """``(out_h, out_w)`` of maskrcnn-benchmark's test resize: short side ``min_size`` unless the long
+    side would pass ``max_size``; the long side is truncated, not rounded."""
+    size = min_size
+    lo, hi = float(min(width, height)), float(max(width, height))
+    if hi / lo * size > max_size:
+        size = int(round(max_size * lo / hi))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an ``H x W x 3`` uint8 RGB array (no EXIF rotation)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise VinvlError(f"expected an H x W x 3 uint8 RGB array, got {image.dtype} {image.shape}")
+        return Image.fromarray(image).convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise VinvlError(f"{path}: no such file") from None
+    except (OSError, Image.DecompressionBombError, ValueError) as e:
+        raise VinvlError(f"{path}: cannot read image ({e})") from None
+
+
+def to_input_tensor(image: Image.Image, cfg: InputConfig) -> torch.Tensor:
+    """Resize with PIL (antialiased bilinear), then ``[3, h, w]`` float32 BGR x255 minus the pixel mean."""
+    oh, ow = target_size(image.width, image.height, cfg.min_size, cfg.max_size)
+    if (ow, oh) != image.size:
+        image = image.resize((ow, oh), Image.BILINEAR)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    x = x.to(torch.float32).div(255)
+    if cfg.to_bgr255:
+        x = x[[2, 1, 0]] * 255
+    mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg.pixel_std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def pad_batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Zero-pad ``[3, h, w]`` tensors at the bottom/right to the largest size and stack them."""
+    h = max(t.shape[1] for t in tensors)
+    w = max(t.shape[2] for t in tensors)
+    out = tensors[0].new_zeros((len(tensors), 3, h, w))
+    for i, t in enumerate(tensors):
+        out[i, :, : t.shape[1], : t.shape[2]].copy_(t)
+    return out

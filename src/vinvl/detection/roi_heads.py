@@ -1,0 +1,73 @@
+"""Box head: ROIAlign pooler (legacy alignment), res5 head, global average pool, box predictor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from ..config import BackboneConfig, BoxHeadConfig
+from .backbone import Res5Head
+
+
+class Pooler(nn.Module):
+    """ROIAlign over the single C4 level with ``aligned=False`` (maskrcnn-benchmark's legacy ROIAlign)."""
+
+    def __init__(self, resolution: int, scale: float, sampling_ratio: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.scale = scale
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Pool ``[sum(R_i), C, res, res]`` for each image's boxes (resized-image coordinates)."""
+        ids = torch.cat(
+            [torch.full((len(b), 1), i, dtype=features.dtype, device=features.device) for i, b in enumerate(boxes)]
+        )
+        rois = torch.cat([ids, torch.cat(boxes).to(features.dtype)], dim=1)
+        return roi_align(
+            features, rois, (self.resolution, self.resolution), self.scale, self.sampling_ratio, aligned=False
+        )
+
+
+class Res5FeatureExtractor(nn.Module):
+    """Pooler + res5 head + mean over the 7x7 positions: one 2048-d vector per box."""
+
+    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+        super().__init__()
+        self.pooler = Pooler(head.pooler_resolution, head.pooler_scale, head.sampling_ratio)
+        self.head = Res5Head(backbone)
+        self.out_channels = self.head.out_channels
+
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        x = self.head(self.pooler(features, boxes))
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class BoxPredictor(nn.Module):
+    """Class logits and class-specific (or agnostic) box deltas from the pooled feature."""
+
+    def __init__(self, in_channels: int, num_classes: int, cls_agnostic: bool) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4 * (2 if cls_agnostic else num_classes))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class BoxHead(nn.Module):
+    """``roi_heads.box``: feature extractor + predictor."""
+
+    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+        super().__init__()
+        self.feature_extractor = Res5FeatureExtractor(backbone, head)
+        self.predictor = BoxPredictor(self.feature_extractor.out_channels, head.num_classes, head.cls_agnostic_bbox_reg)
+
+
+class ROIHeads(nn.Module):
+    """Container matching the checkpoint's ``roi_heads.box.*`` names."""
+
+    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+        super().__init__()
+        self.box = BoxHead(backbone, head)

@@ -1,0 +1,165 @@
+"""The full X152-C4 against every case the ORIGINAL produced (../shared/reference/detector).
+
+Tolerances (issue #3): same number and order of detections, classes identical, boxes within
+1e-2 px, scores within 1e-4, feature cosine >= 0.9999, attributes identical where the
+reference score > 0.06. This machine's float32 GEMM and exp differ from the reference
+machine's in the last bits (see docs/detector.md), so exact equality is asserted only where
+it holds: the preprocessed input tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference import reference_checkpoint
+from vinvl.detection import Detector
+
+pytestmark = pytest.mark.slow
+
+BOX_TOL, SCORE_TOL, COS_MIN, ATTR_MIN = 1e-2, 1e-4, 0.9999, 0.06
+
+
+@pytest.fixture(scope="module")
+def ref(shared_dir: Path) -> Path:
+    return shared_dir / "reference" / "detector"
+
+
+@pytest.fixture(scope="module")
+def v1(ref: Path) -> Path:
+    return reference_checkpoint(ref, 1)
+
+
+@pytest.fixture(scope="module")
+def v2(ref: Path) -> Path:
+    return reference_checkpoint(ref, 2)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def check_outputs(det, raw, exp: dict, *, boxes: bool = True, attributes: bool = True) -> None:
+    """Compare one image's outputs with the reference arrays ``exp`` (keys without the image prefix)."""
+    n = len(exp["labels"])
+    assert len(det) == n, f"{len(det)} detections, reference {n}"
+    np.testing.assert_array_equal(det.labels, exp["labels"])
+    np.testing.assert_allclose(det.scores, exp["scores"], atol=SCORE_TOL, rtol=0)
+    assert n == 0 or cosine_rows(det.features, exp["box_features"]).min() >= COS_MIN
+    if boxes:
+        np.testing.assert_allclose(raw.boxes.numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
+        np.testing.assert_allclose(det.boxes, exp["boxes_xyxy_orig"], atol=BOX_TOL, rtol=0)
+    if exp.get("scores_all") is not None and exp["scores_all"].size:
+        np.testing.assert_allclose(raw.scores_all.numpy(), exp["scores_all"], atol=SCORE_TOL, rtol=0)
+    if attributes:
+        sure = exp["attr_scores"] > ATTR_MIN
+        np.testing.assert_array_equal(raw.attr_labels.numpy()[sure], exp["attr_labels"][sure])
+        np.testing.assert_allclose(raw.attr_scores.numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
+        # padding removed in the public result: exactly the non-zero reference slots remain
+        assert [len(a) for a in det.attr_labels] == (exp["attr_scores"] > 0).sum(1).tolist()
+
+
+def check_intermediates(detector: Detector, raw, exp: dict, image: Path) -> None:
+    """Input tensor exact; C4 features, proposals, logits and pooled features within tolerance."""
+    x, hw = detector.prepare(image)
+    np.testing.assert_array_equal(x.numpy(), exp["input_tensor"])
+    assert list(hw) == exp["orig_hw"].tolist()
+    t = raw.trace
+    # float32 accumulation over 47 blocks: compare at the scale of the feature map
+    c4 = exp["c4_feature"]
+    np.testing.assert_allclose(t["c4_feature"].numpy(), c4, rtol=1e-4, atol=1e-5 * float(np.abs(c4).max()))
+    np.testing.assert_allclose(t["rpn_proposals"].numpy(), exp["rpn_proposals_xyxy_resized"], atol=BOX_TOL, rtol=0)
+    np.testing.assert_allclose(t["rpn_objectness"].numpy(), exp["rpn_objectness"], atol=SCORE_TOL, rtol=0)
+    np.testing.assert_allclose(t["proposal_class_logits"].numpy(), exp["proposal_class_logits"], atol=1e-3, rtol=0)
+    assert cosine_rows(t["proposal_pool5"].numpy(), exp["proposal_pool5"]).min() >= COS_MIN
+
+
+def run(detector: Detector, images: list[Path], trace: bool = False):
+    raws = detector.detect_raw(images, trace=trace)
+    return [(detector.finish(raw, rhw, ohw), raw) for raw, rhw, ohw in raws]
+
+
+def image_case(npz, prefix: str) -> dict:
+    return {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("size", ["320x480", "600x1000"])
+def test_v1_img0(ref: Path, v1: Path, size: str) -> None:
+    lo, hi = map(int, size.split("x"))
+    det = Detector.from_checkpoint(v1, labelmap=ref / "synthetic_labelmap.json", min_size=lo, max_size=hi)
+    exp = dict(np.load(ref / f"img0_{size}.npz"))
+    ((d, raw),) = run(det, [ref / "images/img0.jpg"], trace=True)
+    check_intermediates(det, raw, exp, ref / "images/img0.jpg")
+    check_outputs(d, raw, exp)
+    # the predictions.tsv row: same keys, names, boxes; values within the tolerances
+    import json
+
+    (key, text) = open(ref / f"img0_{size}_predictions.tsv").read().rstrip("\n").split("\t")
+    ours = json.loads(d.to_row("img0.jpg")[1])
+    theirs = json.loads(text)
+    assert list(ours) == list(theirs) and [list(o) for o in ours["objects"]] == [list(o) for o in theirs["objects"]]
+    assert [o["class"] for o in ours["objects"]] == [o["class"] for o in theirs["objects"]]
+
+
+# v2: real-looking BN statistics and biases, and the other branches (README of the reference)
+V2_CASES = {
+    "A": {},
+    "B": {"nms_filter": 0, "ignore_box_regression": False},
+    "C": {"nms_filter": 2, "ignore_box_regression": False},
+    "D": {"score_thresh": 0.95},
+    "E": {"nms_filter": 0, "ignore_box_regression": False, "score_thresh": 0.99},
+    "F": {"ignore_box_regression": False},
+    "G": {"nms_filter": 2},
+}
+
+
+@pytest.mark.parametrize("case", sorted(V2_CASES))
+def test_v2(ref: Path, v2: Path, case: str) -> None:
+    npz = np.load(ref / "v2" / f"{case}.npz")
+    names = [str(n) for n in npz["names"]]
+    opts = [str(o) for o in npz["cfg_opts"]]
+    assert "MODEL.WEIGHT" in opts  # the recorded options are what V2_CASES encodes
+    det = Detector.from_checkpoint(v2, labelmap=ref / "synthetic_labelmap.json", **V2_CASES[case])
+    images = [ref / ("images" if n == "img0.jpg" else "v2/images") / n for n in names]
+    results = run(det, images, trace=case == "A")
+    for i, (d, raw) in enumerate(results):
+        exp = image_case(npz, f"img{i}_")
+        if case == "A" and i == 0:
+            check_intermediates(det, raw, exp, images[0])
+        if case == "A":
+            assert tuple(d.resized_hw) == tuple(exp["input_tensor_shape"][1:])
+        # C: the original outputs another proposal's box (its bug) and re-pools attributes on it.
+        check_outputs(d, raw, exp, boxes=case != "C", attributes=case != "C")
+    if case == "D":
+        assert all(len(d) == 10 for d, _ in results) and any((d.scores < 0.95).any() for d, _ in results)
+    if case == "E":
+        (d, _), = results
+        assert len(d) == 73 and d.scores.min() < 0.99 / 2 + 0.05
+
+
+def test_v2_nms_filter2_original_boxes(ref: Path, v2: Path) -> None:
+    """The opt-in compatibility flag reproduces the original's (wrong) NMS_FILTER 2 boxes."""
+    npz = np.load(ref / "v2" / "C.npz")
+    det = Detector.from_checkpoint(
+        v2, nms_filter=2, ignore_box_regression=False, nms_filter2_original_boxes=True
+    )
+    ((d, raw),) = run(det, [ref / "images/img0.jpg"])
+    exp = image_case(npz, "img0_")
+    np.testing.assert_allclose(raw.boxes.numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
+    np.testing.assert_allclose(raw.attr_scores.numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
+
+
+def test_checkpoint_variants_load_strictly(v1: Path) -> None:
+    """The released layout loads as a file, as a bare dict and with module. prefixes."""
+    sd = torch.load(v1, map_location="cpu", weights_only=True, mmap=True)["model"]
+    assert len(sd) == 841
+    a = Detector.from_checkpoint(v1)
+    b = Detector.from_checkpoint(dict(sd))
+    c = Detector.from_checkpoint({"model": {f"module.{k}": v for k, v in sd.items()}})
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]) and torch.equal(v, c.model.state_dict()[k])
+    assert len(a.model.state_dict()) == 841 - 50  # the attribute head's res5 copy is shared
