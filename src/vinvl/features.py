@@ -74,8 +74,12 @@ def box_geometry(boxes: Any, image_w: float, image_h: float) -> np.ndarray:
 
 
 def oscar_region_features(features: Any, boxes: Any, image_w: float, image_h: float) -> np.ndarray:
-    """Oscar's 2054-d region input: ``concat(2048-d feature, box_geometry(boxes, W, H))`` as float32 ``(N, 2054)``."""
-    f = np.asarray(features, dtype=np.float32).reshape(-1, REGION_DIM)
+    """Oscar's 2054-d region input: ``concat(2048-d feature, box_geometry(boxes, W, H))`` as float32 ``(N, 2054)``.
+
+    A 2-D ``features`` of another width (a small test model) gives ``(N, width + 6)``.
+    """
+    f = np.asarray(features, dtype=np.float32)
+    f = f if f.ndim == 2 else f.reshape(-1, REGION_DIM)
     g = box_geometry(boxes, image_w, image_h)
     if len(f) != len(g):
         raise ValueError(f"{len(f)} feature rows but {len(g)} boxes")

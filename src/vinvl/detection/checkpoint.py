@@ -30,13 +30,15 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        first = str(e).strip().splitlines()[0]
         raise CheckpointError(
             f"{path}: refusing to load: the file needs unsafe unpickling (it stores Python objects, not only "
             f"tensors): {first}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except Exception as e:  # torch.load raises many types (struct.error, RuntimeError, ...) on junk
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     return extract_state_dict(obj, str(path))
 
 

@@ -33,6 +33,7 @@ class RawDetections:
     scores: torch.Tensor
     features: torch.Tensor
     scores_all: torch.Tensor
+    rows: Optional[torch.Tensor] = None
     attr_logits: Optional[torch.Tensor] = None
     attr_labels: Optional[torch.Tensor] = None
     attr_scores: Optional[torch.Tensor] = None
@@ -88,7 +89,7 @@ class AttrRCNN(nn.Module):
             hw = image_sizes[i]
             cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
             sel = select_detections(prob_i, cls_boxes, boxes[i], self.cfg.postprocess)
-            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows])
+            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows], sel.rows)
             if self.attribute is not None:
                 # The original re-pools the output boxes; when they are the proposals the pooled
                 # features are identical, so reuse them.
