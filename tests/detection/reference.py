@@ -119,17 +119,31 @@ def verify(sd: dict[str, torch.Tensor], checksum_file: Path, approx_suffix: str 
     return bad
 
 
+_VERIFIED: set[Path] = set()
+
+
+def checksum_file(ref: Path, version: int) -> Path:
+    return ref / ("state_dict_checksums.tsv" if version == 1 else "state_dict_checksums_v2.tsv")
+
+
 def reference_checkpoint(ref: Path, version: int) -> Path:
-    """Path of the cached, verified ``{'model': sd}`` checkpoint (built on first use)."""
+    """Path of the cached ``{'model': sd}`` checkpoint, built on first use and verified once per process."""
     path = CACHE / f"vinvl_reference_v{version}.pth"
-    checksums = ref / ("state_dict_checksums.tsv" if version == 1 else "state_dict_checksums_v2.tsv")
+    approx = ".running_var" if version == 2 else ""
+    if path in _VERIFIED:
+        return path
+    if path.is_file():
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+        if verify(sd, checksum_file(ref, version), approx):
+            path.unlink()  # a stale cache from an older recipe: rebuild it
     if not path.is_file():
         sd = build_state_dict(ref, version)
-        bad = verify(sd, checksums, approx_suffix=".running_var" if version == 2 else "")
+        bad = verify(sd, checksum_file(ref, version), approx)
         if bad:
             raise AssertionError(f"regenerated v{version} weights differ from the checksums at: {bad[:5]}")
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         torch.save({"model": sd}, tmp)
         os.replace(tmp, path)
+    _VERIFIED.add(path)
     return path

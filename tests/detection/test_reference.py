@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import reference_checkpoint
+from reference import build_state_dict, checksum_file, reference_checkpoint, verify
 from vinvl.detection import Detector
 
 pytestmark = pytest.mark.slow
@@ -151,6 +151,16 @@ def test_v2_nms_filter2_original_boxes(ref: Path, v2: Path) -> None:
     exp = image_case(npz, "img0_")
     np.testing.assert_allclose(raw.boxes.numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
     np.testing.assert_allclose(raw.attr_scores.numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_recipe_regenerates_the_checksummed_weights(ref: Path, version: int) -> None:
+    """The README's recipe, run here, gives the checksummed tensors (v2 running_var to its sums)."""
+    sd = build_state_dict(ref, version)
+    assert len(sd) == 841
+    assert verify(sd, checksum_file(ref, version), ".running_var" if version == 2 else "") == []
+    if version == 2:  # the sha256 mismatches are exactly the running_var tensors, nothing else
+        assert {k.rsplit(".", 1)[1] for k in verify(sd, checksum_file(ref, 2))} <= {"running_var"}
 
 
 def test_checkpoint_variants_load_strictly(v1: Path) -> None:
