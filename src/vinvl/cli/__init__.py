@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VinvlError
+from . import extract as _extract
 from . import features as _features
 from . import labelmap as _labelmap
 from . import tsv as _tsv
@@ -26,6 +27,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command(
+    "extract",
+    help=_extract.HELP,
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]},
+)(_extract.extract)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")
