@@ -9,6 +9,7 @@ it holds: the preprocessed input tensor.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from vinvl.detection import Detector
 pytestmark = pytest.mark.slow
 
 BOX_TOL, SCORE_TOL, COS_MIN, ATTR_MIN = 1e-2, 1e-4, 0.9999, 0.06
+# VINVL_TEST_DEVICE=cuda runs the same cases on a GPU (full float32: TF32 off).
+DEVICE = os.environ.get("VINVL_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +54,14 @@ def check_outputs(det, raw, exp: dict, *, boxes: bool = True, attributes: bool =
     np.testing.assert_allclose(det.scores, exp["scores"], atol=SCORE_TOL, rtol=0)
     assert n == 0 or cosine_rows(det.features, exp["box_features"]).min() >= COS_MIN
     if boxes:
-        np.testing.assert_allclose(raw.boxes.numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
+        np.testing.assert_allclose(raw.boxes.cpu().numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
         np.testing.assert_allclose(det.boxes, exp["boxes_xyxy_orig"], atol=BOX_TOL, rtol=0)
     if exp.get("scores_all") is not None and exp["scores_all"].size:
-        np.testing.assert_allclose(raw.scores_all.numpy(), exp["scores_all"], atol=SCORE_TOL, rtol=0)
+        np.testing.assert_allclose(raw.scores_all.cpu().numpy(), exp["scores_all"], atol=SCORE_TOL, rtol=0)
     if attributes:
         sure = exp["attr_scores"] > ATTR_MIN
-        np.testing.assert_array_equal(raw.attr_labels.numpy()[sure], exp["attr_labels"][sure])
-        np.testing.assert_allclose(raw.attr_scores.numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
+        np.testing.assert_array_equal(raw.attr_labels.cpu().numpy()[sure], exp["attr_labels"][sure])
+        np.testing.assert_allclose(raw.attr_scores.cpu().numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
         # padding removed in the public result: exactly the non-zero reference slots remain
         assert [len(a) for a in det.attr_labels] == (exp["attr_scores"] > 0).sum(1).tolist()
 
@@ -66,16 +69,16 @@ def check_outputs(det, raw, exp: dict, *, boxes: bool = True, attributes: bool =
 def check_intermediates(detector: Detector, raw, exp: dict, image: Path) -> None:
     """Input tensor exact; C4 features, proposals, logits and pooled features within tolerance."""
     x, hw = detector.prepare(image)
-    np.testing.assert_array_equal(x.numpy(), exp["input_tensor"])
+    np.testing.assert_array_equal(x.cpu().numpy(), exp["input_tensor"])
     assert list(hw) == exp["orig_hw"].tolist()
     t = raw.trace
     # float32 accumulation over 47 blocks: compare at the scale of the feature map
     c4 = exp["c4_feature"]
-    np.testing.assert_allclose(t["c4_feature"].numpy(), c4, rtol=1e-4, atol=1e-5 * float(np.abs(c4).max()))
-    np.testing.assert_allclose(t["rpn_proposals"].numpy(), exp["rpn_proposals_xyxy_resized"], atol=BOX_TOL, rtol=0)
-    np.testing.assert_allclose(t["rpn_objectness"].numpy(), exp["rpn_objectness"], atol=SCORE_TOL, rtol=0)
-    np.testing.assert_allclose(t["proposal_class_logits"].numpy(), exp["proposal_class_logits"], atol=1e-3, rtol=0)
-    assert cosine_rows(t["proposal_pool5"].numpy(), exp["proposal_pool5"]).min() >= COS_MIN
+    np.testing.assert_allclose(t["c4_feature"].cpu().numpy(), c4, rtol=1e-4, atol=1e-5 * float(np.abs(c4).max()))
+    np.testing.assert_allclose(t["rpn_proposals"].cpu().numpy(), exp["rpn_proposals_xyxy_resized"], atol=BOX_TOL, rtol=0)
+    np.testing.assert_allclose(t["rpn_objectness"].cpu().numpy(), exp["rpn_objectness"], atol=SCORE_TOL, rtol=0)
+    np.testing.assert_allclose(t["proposal_class_logits"].cpu().numpy(), exp["proposal_class_logits"], atol=1e-3, rtol=0)
+    assert cosine_rows(t["proposal_pool5"].cpu().numpy(), exp["proposal_pool5"]).min() >= COS_MIN
 
 
 def run(detector: Detector, images: list[Path], trace: bool = False):
@@ -90,7 +93,7 @@ def image_case(npz, prefix: str) -> dict:
 @pytest.mark.parametrize("size", ["320x480", "600x1000"])
 def test_v1_img0(ref: Path, v1: Path, size: str) -> None:
     lo, hi = map(int, size.split("x"))
-    det = Detector.from_checkpoint(v1, labelmap=ref / "synthetic_labelmap.json", min_size=lo, max_size=hi)
+    det = Detector.from_checkpoint(v1, labelmap=ref / "synthetic_labelmap.json", min_size=lo, max_size=hi, device=DEVICE)
     exp = dict(np.load(ref / f"img0_{size}.npz"))
     ((d, raw),) = run(det, [ref / "images/img0.jpg"], trace=True)
     check_intermediates(det, raw, exp, ref / "images/img0.jpg")
@@ -123,7 +126,7 @@ def test_v2(ref: Path, v2: Path, case: str) -> None:
     names = [str(n) for n in npz["names"]]
     opts = [str(o) for o in npz["cfg_opts"]]
     assert "MODEL.WEIGHT" in opts  # the recorded options are what V2_CASES encodes
-    det = Detector.from_checkpoint(v2, labelmap=ref / "synthetic_labelmap.json", **V2_CASES[case])
+    det = Detector.from_checkpoint(v2, labelmap=ref / "synthetic_labelmap.json", device=DEVICE, **V2_CASES[case])
     images = [ref / ("images" if n == "img0.jpg" else "v2/images") / n for n in names]
     results = run(det, images, trace=case == "A")
     for i, (d, raw) in enumerate(results):
@@ -145,12 +148,12 @@ def test_v2_nms_filter2_original_boxes(ref: Path, v2: Path) -> None:
     """The opt-in compatibility flag reproduces the original's (wrong) NMS_FILTER 2 boxes."""
     npz = np.load(ref / "v2" / "C.npz")
     det = Detector.from_checkpoint(
-        v2, nms_filter=2, ignore_box_regression=False, nms_filter2_original_boxes=True
+        v2, nms_filter=2, ignore_box_regression=False, nms_filter2_original_boxes=True, device=DEVICE
     )
     ((d, raw),) = run(det, [ref / "images/img0.jpg"])
     exp = image_case(npz, "img0_")
-    np.testing.assert_allclose(raw.boxes.numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
-    np.testing.assert_allclose(raw.attr_scores.numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
+    np.testing.assert_allclose(raw.boxes.cpu().numpy(), exp["boxes_xyxy_resized"], atol=BOX_TOL, rtol=0)
+    np.testing.assert_allclose(raw.attr_scores.cpu().numpy(), exp["attr_scores"], atol=SCORE_TOL, rtol=0)
 
 
 @pytest.mark.parametrize("version", [1, 2])
