@@ -249,3 +249,35 @@ def test_v2_variants_through_key_value_options(shared_dir: Path, tmp_path: Path,
     assert p.classes == [f"class{int(c):04d}" for c in exp["img0_labels"]]
     np.testing.assert_allclose(p.scores, exp["img0_scores"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(p.boxes, exp["img0_boxes_xyxy_orig"], atol=1e-2, rtol=0)
+
+
+@pytest.mark.slow
+def test_seed_command_line_over_a_data_dir_dataset(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    """DATASETS.TEST names a dataset yaml under DATA_DIR (an image TSV + linelist), as the seed's runs do."""
+    import pybase64
+
+    from reference import reference_checkpoint
+
+    ref = shared_dir / "reference/detector"
+    data = tmp_path / "datasets1"
+    (data / "vinvl").mkdir(parents=True)
+    T.write_tsv(data / "vinvl/test.img.tsv", [["other", "bm90IGFuIGltYWdl"],
+                                             ["img0", pybase64.b64encode((ref / "images/img0.jpg").read_bytes()).decode()]])
+    (data / "vinvl/test.linelist.tsv").write_text("1\n")
+    (data / "vinvl/test.yaml").write_text("img: test.img.tsv\nlinelist: test.linelist.tsv\n")
+    (data / "synthetic_labelmap.json").write_bytes((ref / "synthetic_labelmap.json").read_bytes())
+    cmd = _seed_command(ref, reference_checkpoint(ref, 1), tmp_path / "o", "INPUT.MIN_SIZE_TEST", "320",
+                        "INPUT.MAX_SIZE_TEST", "480", "DATASETS.TEST", "('vinvl/test.yaml',)")
+    cmd[cmd.index("DATA_DIR") + 1] = str(data)
+    i = cmd.index("--images")
+    del cmd[i : i + 2]
+    code, _, err = run(capsys, *cmd)
+    assert code == 0, err
+    ((key, ours),) = list(T.TSVFile(tmp_path / "o/predictions.tsv"))
+    theirs = (ref / "img0_320x480_predictions.tsv").read_text().rstrip("\n").split("\t")[1]
+    a, b = json.loads(ours), json.loads(theirs)
+    assert key == "img0" and len(a["objects"]) == len(b["objects"])
+    np.testing.assert_allclose([o["conf"] for o in a["objects"]], [o["conf"] for o in b["objects"]], atol=1e-4, rtol=0)
+    for oa, ob in zip(a["objects"], b["objects"]):
+        oa["conf"] = ob["conf"]
+    assert json.dumps(a) == theirs

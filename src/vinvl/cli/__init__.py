@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VinvlError
+from . import draw as _draw
 from . import extract as _extract
 from . import features as _features
 from . import labelmap as _labelmap
@@ -32,6 +33,7 @@ app.command(
     help=_extract.HELP,
     context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]},
 )(_extract.extract)
+app.command("draw", help=_draw.HELP)(_draw.draw)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,13 +28,29 @@ Original form (positional arguments are the original's KEY VALUE pairs):
   Rows follow TEST.TSV_SAVE_SUBSET. The seed's sgg_configs/vgattr/
   vinvl_x152c4.yaml is shipped: that path works even without the file.
 \b
-Keys: the image path relative to the folder given (for a file: its
-name), without extension, '/'-separated.
+  Without --images, the dataset yamls of DATASETS.TEST under DATA_DIR.
 \b
-Outputs in OUT, each with its .lineidx:
+Inputs: image files, folders (recursive), .txt lists of paths, image
+TSVs (key<TAB>base64) and dataset yamls (img, linelist), in the order
+given. Keys: the path relative to the folder given (a file: its name),
+without extension, '/'-separated; or --key-from name|stem, --key-regex
+(the first group), --key-map FILE (path<TAB>key or JSON); TSV keys as
+they are. A duplicate key stops the run before any work.
+\b
+Outputs in OUT, each .tsv with its .lineidx, rows in input order:
   predictions.tsv  the detector's rows (the native form adds attributes,
                    attr_scores, image_h, image_w)
   features.tsv     key, num_boxes, base64 float32 (num_boxes x 2054)
+  label.tsv, hw.tsv, imageid2idx.json   Oscar's tags, sizes, key index
+  errors.tsv       key, where, reason: inputs that could not be read
+  manifest.json    model, weights sha256, settings, versions, counts
+--skip predictions|features|labels|hw leaves an output out.
+\b
+Batches are consecutive inputs written whole: --resume continues an
+interrupted run and gives the same bytes as a clean run. Exit code 0:
+all images done; 3: some inputs failed (see errors.tsv); 2: bad usage.
+torchrun --nproc_per_node N -m vinvl extract ... splits the batches
+over N processes and merges their shards (rank 0).
 """
 
 
@@ -50,12 +68,20 @@ def extract(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. nms_filter=2)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding and resizing images."),
+    key_from: str = typer.Option("relpath", "--key-from", help="Key of a file input: relpath, name or stem."),
+    key_regex: Optional[str] = typer.Option(None, "--key-regex", help="Key = first group of this regex on the relative path."),
+    key_map: Optional[Path] = typer.Option(None, "--key-map", help="File mapping path -> key (TSV or JSON)."),
+    skip: Optional[List[str]] = typer.Option(None, "--skip", help="Leave out an output: predictions, features, labels, hw."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
+    exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     from ..config.original import ConfigError, load_original, typed_override
     from ..detection import Detector
-    from ..extract import collect_images
-    from ..extract.run import NATIVE_SUBSET, extract as run_extract
+    from ..extract import collect_inputs, make_key_rule
+    from ..extract.run import NATIVE_SUBSET, OUTPUT_FILES, ExtractOptions, extract as run_extract, file_sha256, mark_failed
     from ..zoo import resolve_model
 
     args = args or []
@@ -69,10 +95,13 @@ def extract(
     if config_file is not None:
         if set_:
             raise VinvlError("--set is for the native form; with --config-file give KEY VALUE pairs")
-        if not images:
-            raise VinvlError("the original form needs --images PATH")
         config_file = _config_path(config_file)
         _, run = load_original(config_file, args)
+        data_dir = Path(run.data_dir)
+        if not images:
+            if not run.datasets_test:
+                raise VinvlError("the original form needs --images PATH or DATASETS.TEST (dataset yamls under DATA_DIR)")
+            images = [data_dir / d for d in run.datasets_test]
         cfg = run.detector.replace(**overrides) if overrides else run.detector
         weights_path = weights or (Path(run.weights) if run.weights else None)
         if weights_path is None:
@@ -81,7 +110,9 @@ def extract(
         dev = device or run.device
         out_dir = out or Path(run.output_dir)
         subset, sized, inputs = run.save_subset, False, list(images)
+        model_name = None
     else:
+        data_dir = None
         if images:
             inputs = list(images) + [Path(a) for a in args]
         else:
@@ -94,9 +125,12 @@ def extract(
             from ..config import detector_preset
 
             cfg = detector_preset(preset or "vinvl_vg_x152c4")
-            weights_path, labelmap_path = weights, labelmap
+            weights_path, labelmap_path, model_name = weights, labelmap, None
         else:
-            entry, weights_path, cached_labelmap = resolve_model(model or "vinvl_vg_x152c4")
+            model_name = model or "vinvl_vg_x152c4"
+            entry, weights_path, cached_labelmap = resolve_model(model_name)
+            if not quiet:
+                typer.echo(f"using model {model_name} from {weights_path.parent}", err=True)
             from ..config import detector_preset
 
             cfg = detector_preset(preset or entry.preset)
@@ -109,18 +143,72 @@ def extract(
         cfg = cfg.replace(**overrides) if overrides else cfg
         dev = device or "cpu"
         out_dir, subset, sized = out, NATIVE_SUBSET, True
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dev.startswith("cuda") and ":" not in dev:
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     _check_device(dev)
+    unknown = [s for s in skip or [] if s not in OUTPUT_FILES]
+    if unknown:
+        raise VinvlError(f"--skip {unknown[0]!r}: outputs are {', '.join(OUTPUT_FILES)}")
     if labelmap_path is not None and not Path(labelmap_path).is_file():
         raise VinvlError(f"{labelmap_path}: no such label map file")
-    items = collect_images(inputs)
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev)
-    if labelmap_path is None:
+    rule = make_key_rule(key_from, key_regex, key_map)
+    items = collect_inputs(inputs, rule, data_dir)
+    if world > 1:
+        _agree_across_ranks(items, rank, world)
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev)  # checks the files
+    if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
-    stats = run_extract(items, det, out_dir, subset=subset, image_size_in_rows=sized, quiet=quiet)
+    opts = ExtractOptions(
+        subset=subset, image_size_in_rows=sized, skip=frozenset(skip or ()), workers=workers,
+        exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet, rank=rank, world_size=world,
+        extra_manifest={
+            "form": "original" if config_file is not None else "native",
+            "command": ["vinvl", "extract", *sys.argv[2:]] if sys.argv[1:2] == ["extract"] else None,
+            "model": model_name,
+            "weights": str(weights_path),
+            "weights_sha256": file_sha256(weights_path),
+            "labelmap": str(labelmap_path) if labelmap_path else None,
+            "labelmap_sha256": file_sha256(labelmap_path) if labelmap_path else None,
+            "inputs": [str(i) for i in inputs],
+            "key_rule": {"key_from": key_from, "key_regex": key_regex, "key_map": str(key_map) if key_map else None},
+        },
+    )
+    try:
+        stats = run_extract(items, det, out_dir, opts)
+    except BaseException as e:
+        if world > 1:
+            mark_failed(out_dir, rank, world, f"{type(e).__name__}: {e}")
+        raise
+    if not stats.finished:
+        typer.echo(f"{out_dir}: rank {rank} done: {stats.images} images in {stats.seconds:.1f} s", err=True)
+        return
     typer.echo(
-        f"{out_dir}: {stats.images} images, {stats.boxes} boxes in {stats.seconds:.1f} s "
+        f"{out_dir}: {stats.images} images, {stats.boxes} boxes, {stats.failed} failed in {stats.seconds:.1f} s "
         f"({stats.images / max(stats.seconds, 1e-9):.2f} images/s)"
     )
+    if stats.failed:
+        typer.echo(f"{stats.failed} input(s) could not be read: see {Path(out_dir) / 'errors.tsv'}", err=True)
+        raise typer.Exit(3)
+
+
+def _agree_across_ranks(items: list, rank: int, world: int) -> None:
+    """Under torchrun: check once, at the start, that every rank sees the same inputs (gloo, then closed)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256("\n".join(f"{i.key}\t{i.where}" for i in items).encode()).hexdigest()
+    if not dist.is_available():
+        return
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        seen: list = [None] * world
+        dist.all_gather_object(seen, digest)
+    finally:
+        dist.destroy_process_group()
+    if len(set(seen)) != 1:
+        raise VinvlError(f"the {world} ranks see different inputs (rank {rank}: {len(items)} images); give every rank the same")
 
 
 def _check_device(device: str) -> None:

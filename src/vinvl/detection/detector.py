@@ -255,7 +255,15 @@ class Detector:
         self, images: Sequence[ImageInput], batch_size: Optional[int] = None, trace: bool = False
     ) -> list[tuple[RawDetections, tuple[int, int], tuple[int, int]]]:
         """``(raw detections, resized (h, w), original (H, W))`` per image, in input order."""
-        prepared = [self.prepare(im) for im in images]
+        return self.detect_prepared([self.prepare(im) for im in images], batch_size, trace)
+
+    def detect_prepared(
+        self,
+        prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
+        batch_size: Optional[int] = None,
+        trace: bool = False,
+    ) -> list[tuple[RawDetections, tuple[int, int], tuple[int, int]]]:
+        """Like ``detect_raw`` for images already through ``prepare`` (e.g. in DataLoader workers)."""
         shapes = [tuple(t.shape[1:]) for t, _ in prepared]
         results: list[Any] = [None] * len(prepared)
         for batch in self.batches(shapes, batch_size or self.config.batch_size):

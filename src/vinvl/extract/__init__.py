@@ -1,6 +1,16 @@
-"""Extraction: images in, the VinVL/Oscar files out (predictions.tsv, features.tsv, ...)."""
+"""Extraction: images in, the VinVL/Oscar files out (predictions.tsv, features.tsv, label.tsv, hw.tsv, ...)."""
 
-from .run import ExtractStats, extract
-from .sources import ImageItem, collect_images, image_key
+from .run import ExtractOptions, ExtractStats, extract
+from .sources import ImageItem, KeyRule, collect_images, collect_inputs, image_key, make_key_rule
 
-__all__ = ["ExtractStats", "ImageItem", "collect_images", "extract", "image_key"]
+__all__ = [
+    "ExtractOptions",
+    "ExtractStats",
+    "ImageItem",
+    "KeyRule",
+    "collect_images",
+    "collect_inputs",
+    "extract",
+    "image_key",
+    "make_key_rule",
+]

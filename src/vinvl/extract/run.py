@@ -1,59 +1,471 @@
-"""The extraction loop: detect in batches and stream rows to predictions.tsv and features.tsv."""
+"""The extraction run: deterministic batches, streamed resumable shards, fault-tolerant decoding, ranks.
+
+Layout of a run in ``OUT``: while it works, each rank streams its rows into
+``OUT/.vinvl-extract/shard-R-of-W/`` and, after every whole batch, appends the files' end
+offsets to that shard's ``journal.tsv``. ``--resume`` cuts every file back to the last
+journal line (a torn tail disappears) and goes on with the next batch, so a run killed at
+any moment and resumed writes the same bytes as a clean run. A finished rank writes
+``DONE``; rank 0 waits for every ``DONE`` (files, not a collective: nothing can time out on a
+long run), concatenates the shards into the final files, writes their indexes,
+``imageid2idx.json`` and ``manifest.json``, and removes the work folder.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
+import json
 import os
+import platform
+import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
-from tqdm import tqdm
+import torch
+from torch.utils.data import DataLoader, Dataset
 
+from .. import __version__
 from ..detection import Detector
-from ..features import format_features_row
-from ..tsv import TSVWriter
-from .sources import ImageItem
+from ..detection.preprocess import to_input_tensor
+from ..errors import VinvlError
+from ..features import format_features_row, format_hw_row, format_label_row
+from ..tsv import merge_tsv, write_key_index
+from .sources import ImageItem, ImageLoadError, load_image_item
 
 NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
+# Optional outputs and their file names; errors.tsv, imageid2idx.json and manifest.json are always written.
+OUTPUT_FILES = {"predictions": "predictions.tsv", "features": "features.tsv", "labels": "label.tsv", "hw": "hw.tsv"}
+WORK_DIR = ".vinvl-extract"
 
 
 @dataclass
 class ExtractStats:
-    """What a run did."""
+    """What a run did (for this process; rank 0's figures cover the whole run)."""
 
     images: int
     boxes: int
     seconds: float
+    failed: int = 0
+    skipped_batches: int = 0
+    out_dir: Optional[Path] = None
+    finished: bool = True
+
+
+@dataclass
+class ExtractOptions:
+    """Everything about a run besides the detector and the inputs."""
+
+    subset: Sequence[str] = NATIVE_SUBSET
+    image_size_in_rows: bool = True
+    skip: frozenset = frozenset()
+    workers: int = 0
+    exif_transpose: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    rank: int = 0
+    world_size: int = 1
+    poll_seconds: float = 2.0
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class _Prepared(Dataset):
+    """Decode + resize + normalise one input (runs in DataLoader workers)."""
+
+    def __init__(self, items: Sequence[ImageItem], input_cfg: Any, exif_transpose: bool) -> None:
+        self.items = list(items)
+        self.input_cfg = input_cfg
+        self.exif_transpose = exif_transpose
+        self._tsv_cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Optional[torch.Tensor], Optional[tuple[int, int]], Optional[str]]:
+        try:
+            img = load_image_item(self.items[i], self.exif_transpose, self._tsv_cache)
+        except ImageLoadError as e:
+            return i, None, None, str(e)
+        return i, to_input_tensor(img, self.input_cfg), (img.height, img.width), None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_tsv_cache"] = {}  # open files do not travel to workers
+        return state
+
+
+def _unbatched(sample: Any) -> Any:
+    return sample
+
+
+def batch_ranges(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous run of whole batches ``[first, end)`` that ``rank`` of ``world_size`` processes."""
+    n_batches = -(-n_items // batch_size)
+    return rank * n_batches // world_size, (rank + 1) * n_batches // world_size
+
+
+def _line(fields: Sequence[str]) -> bytes:
+    return ("\t".join(fields) + "\n").encode("utf-8")
+
+
+def _clean(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def file_sha256(path: Union[str, os.PathLike], chunk: int = 1 << 24) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Shard:
+    """One rank's streamed outputs and the journal of its completed batches."""
+
+    def __init__(self, folder: Path, names: Sequence[str], resume: bool) -> None:
+        self.folder = folder
+        self.names = list(names) + ["errors"]
+        self.paths = {n: folder / (OUTPUT_FILES.get(n, "errors.tsv")) for n in self.names}
+        self.journal_path = folder / "journal.tsv"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.done_batches = 0
+        self.counts = {"images": 0, "failed": 0, "boxes": 0}
+        offsets = {n: 0 for n in self.names}
+        if resume and self.journal_path.exists():
+            last = None
+            raw = self.journal_path.read_bytes()
+            lines = raw.split(b"\n")[:-1]  # a last line without its newline is torn: ignored
+            for ln in lines:
+                last = json.loads(ln)
+            keep = raw[: sum(len(ln) + 1 for ln in lines)]
+            self.journal_path.write_bytes(keep)
+            if last is not None:
+                self.done_batches = last["batches"]
+                self.counts = last["counts"]
+                offsets = last["offsets"]
+        else:
+            self.journal_path.write_bytes(b"")
+        self.files = {}
+        for n in self.names:
+            p = self.paths[n]
+            with open(p, "ab"):
+                pass
+            f = open(p, "r+b")
+            f.truncate(offsets[n])  # cut anything written after the last completed batch
+            f.seek(offsets[n])
+            self.files[n] = f
+        self.journal = open(self.journal_path, "ab")
+
+    def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int) -> None:
+        """Append one whole batch, then record it in the journal."""
+        for n, rows in lines.items():
+            if rows:
+                self.files[n].write(b"".join(rows))
+        for f in self.files.values():
+            f.flush()
+        self.done_batches += 1
+        self.counts = {
+            "images": self.counts["images"] + images,
+            "failed": self.counts["failed"] + failed,
+            "boxes": self.counts["boxes"] + boxes,
+        }
+        entry = {"batches": self.done_batches, "counts": self.counts, "offsets": {n: f.tell() for n, f in self.files.items()}}
+        self.journal.write(json.dumps(entry).encode() + b"\n")
+        self.journal.flush()
+
+    def close(self) -> None:
+        for f in [*self.files.values(), self.journal]:
+            if not f.closed:
+                f.close()
+
+
+class _Progress:
+    """A tqdm bar on a terminal; one plain line every ``every`` seconds in a log file."""
+
+    def __init__(self, total: int, initial: int, quiet: bool, label: str, every: float = 30.0) -> None:
+        self.total, self.done, self.quiet, self.label, self.every = total, initial, quiet, label, every
+        self.t0 = self.last = time.monotonic()
+        self.start_done = initial
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="img", file=sys.stderr, desc=label, mininterval=1.0)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif not self.quiet and (time.monotonic() - self.last >= self.every or self.done == self.total):
+            self.last = time.monotonic()
+            rate = (self.done - self.start_done) / max(self.last - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
+            print(
+                f"{self.label}: {self.done}/{self.total} images ({100 * self.done / max(self.total, 1):.1f}%), "
+                f"{rate:.2f} images/s, ETA {eta_s}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.key}\t{it.where}\n".encode())
+    fp = {
+        "inputs_sha256": h.hexdigest(),
+        "images": len(items),
+        "config": dataclasses.asdict(detector.config),
+        "subset": list(opts.subset),
+        "image_size_in_rows": opts.image_size_in_rows,
+        "skip": sorted(opts.skip),
+        "exif_transpose": opts.exif_transpose,
+        "world_size": opts.world_size,
+        "weights": opts.extra_manifest.get("weights_sha256"),
+    }
+    return json.loads(json.dumps(fp))  # the form it has when read back from settings.json
+
+
+def _check_out_dir(out: Path, shard_dir: Path, opts: ExtractOptions) -> bool:
+    """Whether the run is already complete; errors when outputs would be lost."""
+    manifest = out / "manifest.json"
+    if opts.overwrite:
+        if shard_dir.exists():
+            shutil.rmtree(shard_dir)
+        return False
+    if manifest.exists() and not (out / WORK_DIR).exists():
+        if opts.resume:
+            return True
+        raise VinvlError(f"{out}: holds a finished extraction (manifest.json); use --overwrite or another -o")
+    if shard_dir.exists() and not opts.resume:
+        raise VinvlError(f"{out}: holds an interrupted extraction; add --resume to continue it or --overwrite to restart")
+    if not opts.resume:
+        existing = [n for n in [*OUTPUT_FILES.values(), "errors.tsv"] if (out / n).exists()]
+        if existing:
+            raise VinvlError(f"{out}: already has {', '.join(existing)}; use --overwrite or another -o")
+    return False
 
 
 def extract(
     items: Sequence[ImageItem],
     detector: Detector,
     out_dir: Union[str, os.PathLike],
-    *,
-    subset: Sequence[str] = NATIVE_SUBSET,
-    image_size_in_rows: bool = True,
-    quiet: bool = False,
+    options: Optional[ExtractOptions] = None,
+    **kwargs: Any,
 ) -> ExtractStats:
-    """Run ``detector`` over ``items`` in input order, writing ``predictions.tsv`` (``subset`` keys) and
-    ``features.tsv`` (Oscar's 2054-d rows) with their indexes into ``out_dir``; both appear only on success."""
+    """Run ``detector`` over ``items`` into ``out_dir`` (see the module doc); ``kwargs`` set ExtractOptions fields."""
+    opts = dataclasses.replace(options or ExtractOptions(), **kwargs)
     out = Path(out_dir)
     cfg = detector.config
-    # Padded batches are consecutive images (the original's meaning); same-size batching may
-    # regroup within a window of a few batches without changing any image's result.
-    window = cfg.batch_size if cfg.batching == "padded" else cfg.batch_size * 4
+    bs = max(1, cfg.batch_size)
+    names = [n for n in OUTPUT_FILES if n not in opts.skip]
+    shard_dir = out / WORK_DIR / f"shard-{opts.rank:05d}-of-{opts.world_size:05d}"
+    if _check_out_dir(out, shard_dir, opts):
+        if not opts.quiet:
+            print(f"{out}: already complete", file=sys.stderr)
+        return ExtractStats(0, 0, 0.0, out_dir=out)
+    fingerprint = _fingerprint(items, detector, opts)
+    settings_path = shard_dir / "settings.json"
+    if opts.resume and settings_path.exists():
+        before = json.loads(settings_path.read_text())
+        changed = [k for k in fingerprint if before.get(k) != fingerprint[k]]
+        if changed:
+            raise VinvlError(
+                f"{out}: --resume with other settings than the interrupted run ({', '.join(changed)} changed); "
+                "rerun with the same inputs and options, or use --overwrite"
+            )
+    elif opts.resume and (shard_dir / "journal.tsv").exists():
+        raise VinvlError(f"{shard_dir}: no settings.json to check --resume against; use --overwrite")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(fingerprint, indent=1))
+
+    first, end = batch_ranges(len(items), bs, opts.rank, opts.world_size)
     t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (shard_dir / "DONE").unlink(missing_ok=True)
+    shard = _Shard(shard_dir, names, opts.resume)
+    try:
+        skipped = shard.done_batches
+        start = first + shard.done_batches
+        todo = [i for b in range(start, end) for i in range(b * bs, min((b + 1) * bs, len(items)))]
+        label = "extract" if opts.world_size == 1 else f"extract[rank {opts.rank}]"
+        n_mine = min(end * bs, len(items)) - min(first * bs, len(items))
+        progress = _Progress(n_mine, n_mine - len(todo), opts.quiet, label)
+        if todo:
+            _run_batches(items, todo, detector, shard, opts, names, bs, progress)
+        progress.close()
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise VinvlError(
+                f"{e.filename or shard_dir}: disk full after {shard.done_batches} completed batches "
+                f"({shard.counts['images']} images, kept); free space and rerun with --resume"
+            ) from None
+        raise
+    finally:
+        shard.close()
+    seconds = time.perf_counter() - t0
+    mine = dict(shard.counts)
+    _atomic_write(shard_dir / "DONE", json.dumps({"counts": mine, "seconds": seconds, "started": started}))
+    stats = ExtractStats(mine["images"], mine["boxes"], seconds, mine["failed"], skipped, out, finished=False)
+    if opts.rank != 0:
+        return stats
+    shards = _wait_for_shards(out, opts)
+    totals = _merge(out, shards, names, opts)
+    manifest = {
+        "vinvl": __version__,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(detector.device),
+        "threads": torch.get_num_threads(),
+        **opts.extra_manifest,
+        "settings": fingerprint,
+        "batch_size": bs,
+        "batching": cfg.batching,
+        "world_size": opts.world_size,
+        "workers": opts.workers,
+        "outputs": [OUTPUT_FILES[n] for n in names] + ["errors.tsv", "imageid2idx.json"],
+        "counts": totals["counts"],
+        "seconds_per_rank": totals["seconds"],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    c = totals["counts"]
+    return ExtractStats(c["images"], c["boxes"], seconds, c["failed"], skipped, out, finished=True)
+
+
+def _run_batches(
+    items: Sequence[ImageItem],
+    todo: list[int],
+    detector: Detector,
+    shard: _Shard,
+    opts: ExtractOptions,
+    names: list[str],
+    bs: int,
+    progress: _Progress,
+) -> None:
+    dataset = _Prepared([items[i] for i in todo], detector.config.input, opts.exif_transpose)
+    loader = DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=opts.workers, collate_fn=_unbatched,
+        prefetch_factor=2 * bs if opts.workers else None, persistent_workers=False,
+    )
+    pending: list[tuple[int, Any, Any, Any]] = []
+    current = todo[0] // bs
+    for j, tensor, hw, error in loader:
+        idx = todo[j]
+        if idx // bs != current:
+            _finish_batch(pending, items, detector, shard, opts, names, bs)
+            progress.update(len(pending))
+            pending, current = [], idx // bs
+        pending.append((idx, tensor, hw, error))
+    if pending:
+        _finish_batch(pending, items, detector, shard, opts, names, bs)
+        progress.update(len(pending))
+
+
+def _finish_batch(
+    pending: list[tuple[int, Any, Any, Any]],
+    items: Sequence[ImageItem],
+    detector: Detector,
+    shard: _Shard,
+    opts: ExtractOptions,
+    names: list[str],
+    bs: int,
+) -> None:
+    ok = [(i, t, hw) for i, t, hw, err in pending if err is None]
+    results = {}
+    if ok:
+        raws = detector.detect_prepared([(t, hw) for _, t, hw in ok], batch_size=bs)
+        results = {i: detector.finish(*r) for (i, _, _), r in zip(ok, raws)}
+    lines: dict[str, list[bytes]] = {n: [] for n in [*names, "errors"]}
     boxes = 0
-    bar = tqdm(total=len(items), unit="img", disable=quiet, file=sys.stderr, mininterval=1.0)
-    with TSVWriter(out / "predictions.tsv", columns=2) as pw, TSVWriter(out / "features.tsv", columns=3) as fw:
-        for start in range(0, len(items), window):
-            chunk = items[start : start + window]
-            for item, det in zip(chunk, detector([it.path for it in chunk])):
-                pw.write(det.to_prediction(item.key, image_size_in_rows).to_row(subset))
-                fw.write(format_features_row(item.key, det.region_features(), dim=det.features.shape[1] + 6))
-                boxes += len(det)
-            bar.update(len(chunk))
-    bar.close()
-    return ExtractStats(len(items), boxes, time.perf_counter() - t0)
+    for i, _, hw, err in pending:
+        item = items[i]
+        if err is not None:
+            lines["errors"].append(_line([item.key, _clean(item.where), _clean(err)]))
+            continue
+        det = results[i]
+        boxes += len(det)
+        pred = det.to_prediction(item.key, opts.image_size_in_rows)
+        if "predictions" in lines:
+            lines["predictions"].append(_line(pred.to_row(opts.subset)))
+        if "features" in lines:
+            lines["features"].append(_line(format_features_row(item.key, det.region_features(), dim=det.features.shape[1] + 6)))
+        if "labels" in lines:
+            lines["labels"].append(_line(format_label_row(pred)))
+        if "hw" in lines:
+            lines["hw"].append(_line(format_hw_row(item.key, hw[0], hw[1])))
+    shard.write_batch(lines, images=len(ok), failed=len(pending) - len(ok), boxes=boxes)
+
+
+def _wait_for_shards(out: Path, opts: ExtractOptions) -> list[Path]:
+    """Rank 0: the shard folders once every rank has written DONE (polled; no collective)."""
+    folders = [out / WORK_DIR / f"shard-{r:05d}-of-{opts.world_size:05d}" for r in range(opts.world_size)]
+    waited, noted = 0.0, 0.0
+    while True:
+        missing = [f for f in folders if not (f / "DONE").exists()]
+        if not missing:
+            return folders
+        failed = [f for f in missing if (f / "FAILED").exists()]
+        if failed:
+            reason = (failed[0] / "FAILED").read_text().strip()
+            raise VinvlError(f"{failed[0]}: that rank failed ({reason}); fix it and rerun with --resume")
+        if not opts.quiet and waited - noted >= 60:
+            noted = waited
+            print(f"extract: waiting for {len(missing)} rank(s) to finish: {', '.join(f.name for f in missing)}",
+                  file=sys.stderr, flush=True)
+        time.sleep(opts.poll_seconds)
+        waited += opts.poll_seconds
+
+
+def _merge(out: Path, shards: list[Path], names: list[str], opts: ExtractOptions) -> dict[str, Any]:
+    counts = {"images": 0, "failed": 0, "boxes": 0}
+    seconds = []
+    for s in shards:
+        done = json.loads((s / "DONE").read_text())
+        for k in counts:
+            counts[k] += done["counts"][k]
+        seconds.append(round(done["seconds"], 3))
+    for n in [*names, "errors"]:
+        fname = OUTPUT_FILES.get(n, "errors.tsv")
+        merge_tsv([s / fname for s in shards], out / fname)
+    keys: list[str] = []
+    source = out / OUTPUT_FILES[names[0]] if names else None
+    if source is not None:
+        with open(source, "rb") as f:
+            keys = [line.split(b"\t", 1)[0].decode("utf-8") for line in f]
+    write_key_index(out / "imageid2idx.json", ((k, i) for i, k in enumerate(keys)))
+    return {"counts": counts, "seconds": seconds}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def mark_failed(out: Union[str, os.PathLike], rank: int, world_size: int, reason: str) -> None:
+    """Tell rank 0 that this rank stopped with an error, so it does not wait for it forever."""
+    folder = Path(out) / WORK_DIR / f"shard-{rank:05d}-of-{world_size:05d}"
+    if folder.exists():
+        _atomic_write(folder / "FAILED", _clean(reason) + "\n")

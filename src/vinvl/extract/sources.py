@@ -1,54 +1,302 @@
-"""Image inputs of ``vinvl extract`` and the one rule that turns a path into an image key."""
+"""Inputs of ``vinvl extract``: image files, folders, lists, image TSVs and dataset yamls, and their keys.
+
+Every input becomes an :class:`ImageItem` (its key and where its bytes are) before any work
+starts, in a deterministic order, so a run is a function of its inputs and a duplicate or
+unmappable key is an error up front. Decoding happens later, in :func:`load_image_item`, which
+turns every way an image can be broken into an :class:`ImageLoadError` with a reason.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
+
+import pybase64
+import yaml
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import VinvlError
+from ..tsv import TSVFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
+YAML_EXTENSIONS = frozenset({".yaml", ".yml"})
+KEY_FROM = ("relpath", "name", "stem")
+
+PathLike = Union[str, os.PathLike]
 
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to process: its key in the output files and where it is."""
+    """One image to process: its key, the file holding it and, for an image TSV, its row."""
 
     key: str
     path: Path
+    row: Optional[int] = None
+
+    @property
+    def where(self) -> str:
+        """The image's location for messages and errors.tsv: the path, or ``path:row N``."""
+        return str(self.path) if self.row is None else f"{self.path}:row {self.row}"
 
 
-def image_key(path: Union[str, os.PathLike], root: Union[str, os.PathLike]) -> str:
-    """The key of ``path``: its path relative to the input ``root``, without extension, ``/``-separated."""
+@dataclass(frozen=True)
+class KeyRule:
+    """How a file input's key is made: ``key_from``, or ``key_regex``'s first group, or ``key_map``."""
+
+    key_from: str = "relpath"
+    key_regex: Optional[str] = None
+    key_map: Optional[dict[str, str]] = None
+    key_map_root: Optional[Path] = None
+
+    def key(self, path: Path, root: Path) -> str:
+        """The key of image ``path`` found under input ``root``."""
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        if self.key_map is not None:
+            # A map names images relative to the input root or to the map's own folder, absolutely or by name.
+            candidates = [rel, str(path), path.name]
+            if self.key_map_root is not None and path.resolve().is_relative_to(self.key_map_root):
+                candidates.insert(1, path.resolve().relative_to(self.key_map_root).as_posix())
+            for candidate in candidates:
+                if candidate in self.key_map:
+                    return self.key_map[candidate]
+            raise VinvlError(f"{path}: not in the --key-map file (looked up as {', '.join(map(repr, candidates))})")
+        if self.key_regex is not None:
+            m = re.search(self.key_regex, rel)
+            if m is None or not m.groups() or m.group(1) is None:
+                raise VinvlError(f"{path}: --key-regex {self.key_regex!r} does not match {rel!r} with a group")
+            return m.group(1)
+        if self.key_from == "name":
+            return Path(rel).name
+        if self.key_from == "stem":
+            return Path(rel).stem
+        return image_key(path, root)
+
+
+def image_key(path: PathLike, root: PathLike) -> str:
+    """The default key of ``path``: its path relative to the input ``root``, without extension, ``/``-separated."""
     rel = Path(path).relative_to(Path(root))
     return rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix()
 
 
-def collect_images(paths: Sequence[Union[str, os.PathLike]]) -> list[ImageItem]:
-    """Images named by ``paths`` in a deterministic order: files as given, folders recursively sorted.
+def read_key_map(path: PathLike) -> dict[str, str]:
+    """A path -> key map from a JSON object or a two-column TSV (``path \\t key``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VinvlError(f"{path}: no such key map file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VinvlError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise VinvlError(f"{path}: expected a JSON object mapping path -> key")
+        return {str(k): str(v) for k, v in data.items()}
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[1]:
+            raise VinvlError(f"{path}:{n}: expected 'path<TAB>key'")
+        out[parts[0]] = parts[1]
+    return out
 
-    A file's root is its folder (so its key is its stem); a folder's root is the folder. Keys
-    must be unique across all inputs; a duplicate is an error before any work starts.
+
+def make_key_rule(key_from: str = "relpath", key_regex: Optional[str] = None, key_map: Optional[PathLike] = None) -> KeyRule:
+    """Validate the key options (one of them at a time) into a :class:`KeyRule`."""
+    if key_from not in KEY_FROM:
+        raise VinvlError(f"--key-from must be one of {', '.join(KEY_FROM)}, got {key_from!r}")
+    if key_regex is not None and key_map is not None:
+        raise VinvlError("--key-regex and --key-map exclude each other")
+    if key_regex is not None:
+        try:
+            if re.compile(key_regex).groups < 1:
+                raise VinvlError(f"--key-regex {key_regex!r} needs a group: the key is its first group")
+        except re.error as e:
+            raise VinvlError(f"--key-regex {key_regex!r}: {e}") from None
+    if key_map is None:
+        return KeyRule(key_from, key_regex)
+    return KeyRule(key_from, key_regex, read_key_map(key_map), Path(key_map).resolve().parent)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    found = [f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
+
+
+def _list_items(listing: Path, rule: KeyRule) -> list[ImageItem]:
+    root = listing.parent
+    items = []
+    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = Path(entry)
+        p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            raise VinvlError(f"{listing}:{n}: no such image {entry!r}")
+        items.append(ImageItem(rule.key(p, root if p.is_relative_to(root) else p.parent), p))
+    return items
+
+
+def _tsv_items(tsv: Path, rows: Optional[Sequence[int]] = None) -> list[ImageItem]:
+    f = TSVFile(tsv, build_index=True)
+    n = len(f)
+    if rows is None:
+        rows = range(n)
+    items = []
+    for r in rows:
+        if not 0 <= r < n:
+            raise VinvlError(f"{tsv}: row {r} out of range (the file has {n} rows)")
+        items.append(ImageItem(f.key(r), tsv, r))
+    f.close()
+    return items
+
+
+def read_linelist(path: Path) -> list[int]:
+    """Row indices of a ``linelist.tsv`` (the first column of each line)."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(int(line.split("\t")[0]))
+        except ValueError:
+            raise VinvlError(f"{path}:{n}: expected a row index, got {line!r}") from None
+    return rows
+
+
+def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[ImageItem]:
+    """Images of a dataset yaml (``img``: an image TSV; ``linelist``: the rows to take), paths relative to it."""
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise VinvlError(f"{path}: not valid yaml ({e})") from None
+    if not isinstance(spec, dict) or "img" not in spec:
+        raise VinvlError(f"{path}: a dataset yaml needs an 'img' entry (the image TSV)")
+
+    def resolve(name: str) -> Path:
+        p = Path(name)
+        if p.is_absolute():
+            return p
+        for base in (path.parent, data_dir):
+            if base is not None and (base / p).exists():
+                return base / p
+        return path.parent / p
+
+    img = resolve(str(spec["img"]))
+    if not img.is_file():
+        raise VinvlError(f"{path}: img {spec['img']!r}: no such file ({img})")
+    rows = None
+    if spec.get("linelist"):
+        ll = resolve(str(spec["linelist"]))
+        if not ll.is_file():
+            raise VinvlError(f"{path}: linelist {spec['linelist']!r}: no such file ({ll})")
+        rows = read_linelist(ll)
+    return _tsv_items(img, rows)
+
+
+def collect_inputs(
+    paths: Sequence[PathLike], rule: KeyRule = KeyRule(), data_dir: Optional[PathLike] = None
+) -> list[ImageItem]:
+    """Every image named by ``paths`` in a deterministic order; duplicate keys are an error before any work.
+
+    A folder gives its images recursively (sorted by relative path), an image file itself, a
+    ``.txt`` list its lines (paths relative to the list), a ``.tsv`` its rows (``key \\t base64``,
+    keys as they are), a dataset ``.yaml`` its ``img`` TSV's rows (``linelist`` subset).
     """
     items: list[ImageItem] = []
+    ddir = Path(data_dir) if data_dir is not None else None
     for p in map(Path, paths):
+        suffix = p.suffix.lower()
         if p.is_dir():
-            found = sorted(
-                (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda f: f.relative_to(p).as_posix(),
-            )
-            items += [ImageItem(image_key(f, p), f) for f in found]
-        elif p.is_file():
-            items.append(ImageItem(image_key(p, p.parent), p))
-        else:
+            items += [ImageItem(rule.key(f, p), f) for f in _folder_images(p)]
+        elif not p.is_file():
             raise VinvlError(f"{p}: no such file or folder")
-    seen: dict[str, Path] = {}
+        elif suffix in YAML_EXTENSIONS:
+            items += dataset_yaml_items(p, ddir)
+        elif suffix == ".tsv":
+            items += _tsv_items(p)
+        elif suffix in LIST_EXTENSIONS:
+            items += _list_items(p, rule)
+        else:
+            # Any other file is taken as an image; if it is not one, it lands in errors.tsv.
+            items.append(ImageItem(rule.key(p, p.parent), p))
+    seen: dict[str, ImageItem] = {}
     for it in items:
         if it.key in seen:
-            raise VinvlError(f"duplicate image key {it.key!r}: {seen[it.key]} and {it.path}")
-        seen[it.key] = it.path
+            raise VinvlError(f"duplicate image key {it.key!r}: {seen[it.key].where} and {it.where}")
+        seen[it.key] = it
     if not items:
         raise VinvlError(f"no images found in {', '.join(map(str, paths))}")
     return items
+
+
+def collect_images(paths: Sequence[PathLike]) -> list[ImageItem]:
+    """``collect_inputs`` with the default key rule."""
+    return collect_inputs(paths)
+
+
+class ImageLoadError(Exception):
+    """An input that cannot be used as an image; the message is the reason written to errors.tsv."""
+
+
+def image_bytes(item: ImageItem, tsv_cache: Optional[dict[Path, TSVFile]] = None) -> bytes:
+    """The encoded bytes of ``item`` (a file's content, or an image TSV row's base64 last column)."""
+    if item.row is None:
+        try:
+            return item.path.read_bytes()
+        except OSError as e:
+            raise ImageLoadError(f"cannot read: {e.strerror or e}") from None
+    cache = tsv_cache if tsv_cache is not None else {}
+    f = cache.get(item.path)
+    if f is None:
+        f = cache[item.path] = TSVFile(item.path, build_index=True)
+    fields = f.fields_bytes(item.row)
+    if len(fields) < 2:
+        raise ImageLoadError(f"expected 'key<TAB>base64 image', found {len(fields)} column(s)")
+    try:
+        return pybase64.b64decode(fields[-1], validate=True)
+    except ValueError:
+        raise ImageLoadError("the image column is not valid base64") from None
+
+
+def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
+    """Decode to RGB as the original does (PIL ``.convert('RGB')``, no EXIF rotation unless asked)."""
+    if not data:
+        raise ImageLoadError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; treat both as a bomb.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
+            try:
+                return img.convert("RGB")  # the original's conversion, also for 16-bit (it clips)
+            except ValueError:
+                if not img.mode.startswith("I"):
+                    raise
+                return img.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"corrupt or truncated image: {e}") from None
+
+
+def load_image_item(
+    item: ImageItem, exif_transpose: bool = False, tsv_cache: Optional[dict[Path, TSVFile]] = None
+) -> Image.Image:
+    """Read and decode one input; every failure is an :class:`ImageLoadError` with its reason."""
+    return decode_image(image_bytes(item, tsv_cache), exif_transpose)

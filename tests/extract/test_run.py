@@ -1,0 +1,237 @@
+"""`vinvl extract` as a product (tiny preset): outputs, manifest, faults, resume after SIGKILL, disk full,
+DataLoader workers, and torchrun with 2 CPU processes == 1 process."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vinvl import features as F
+from vinvl import tsv as T
+from vinvl.cli import main
+from vinvl.detection import Detector
+from vinvl.labelmap import LabelMap
+
+FILES = ["predictions.tsv", "predictions.lineidx", "features.tsv", "features.lineidx", "label.tsv", "label.lineidx",
+         "hw.tsv", "hw.lineidx", "errors.tsv", "errors.lineidx", "imageid2idx.json"]
+# Same threads everywhere: results are a function of inputs, settings and batch size on one machine.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """Tiny-preset weights, a label map, and a folder of 24 small images of a few sizes."""
+    d = tmp_path_factory.mktemp("tiny")
+    det = Detector.from_config("tiny", seed=0)
+    with torch.no_grad():
+        det.model.roi_heads.box.predictor.cls_score.weight.mul_(20)
+    torch.save({"model": det.model.state_dict()}, d / "tiny.pth")
+    LabelMap(("__background__",) + tuple(f"c{i}" for i in range(1, 11)),
+             ("__no_attribute__",) + tuple(f"a{i}" for i in range(1, 7))).save_vg_json(d / "labelmap.json")
+    rng = np.random.default_rng(0)
+    sizes = [(120, 200), (200, 120), (90, 90), (150, 150)]
+    for i in range(24):
+        h, w = sizes[i % len(sizes)]
+        sub = d / "imgs" / ("s" if i % 5 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(sub / f"im{i:02d}.jpg", quality=90)
+    return d
+
+
+def base_args(tiny: Path, out: Path, *extra: str) -> list[str]:
+    return ["extract", str(tiny / "imgs"), "-o", str(out), "--weights", str(tiny / "tiny.pth"), "--preset", "tiny",
+            "--labelmap", str(tiny / "labelmap.json"), "--batch-size", "3", "--quiet", *extra]
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subprocess_run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vinvl", *args], env=ENV, capture_output=True, text=True, **kw)
+
+
+def digest(out: Path, files=FILES) -> dict[str, str]:
+    return {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
+
+
+@pytest.fixture(scope="module")
+def clean(tiny: Path, tmp_path_factory) -> Path:
+    """A clean one-process run in a child process (one thread), the yardstick of byte identity."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    r = subprocess_run(base_args(tiny, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_outputs_and_manifest(tiny: Path, clean: Path) -> None:
+    for f in FILES + ["manifest.json"]:
+        assert (clean / f).is_file(), f
+    assert not (clean / ".vinvl-extract").exists()
+    preds = T.TSVFile(clean / "predictions.tsv")
+    keys = preds.keys()
+    assert keys[:3] == ["im01", "im02", "im03"] and keys[-1] == "s/im20" and len(keys) == 24
+    for name in ("predictions", "features", "label", "hw", "errors"):
+        assert T.lineidx_path(clean / f"{name}.tsv").read_text() == "".join(
+            f"{o}\n" for o in T.scan_offsets(clean / f"{name}.tsv").tolist())
+    assert T.read_key_index(clean / "imageid2idx.json") == {k: i for i, k in enumerate(keys)}
+    dim = Detector.from_config("tiny").model.roi_heads.box.feature_extractor.out_channels + 6
+    feats = F.FeatureTSV(clean / "features.tsv", dim=dim)
+    hw = {r[0]: F.parse_hw_row(r)[1:] for r in T.TSVFile(clean / "hw.tsv")}
+    for key, text in preds:
+        p = F.Prediction.from_json(key, text)
+        assert hw[key] == (p.image_h, p.image_w)
+        path = tiny / "imgs" / f"{key}.jpg"
+        assert Image.open(path).size == (p.image_w, p.image_h)
+        np.testing.assert_array_equal(feats.get(key), F.oscar_region_features(p.features, p.boxes, p.image_w, p.image_h))
+        _, objs = F.parse_label_row(T.TSVFile(clean / "label.tsv").get(key))
+        assert [o["class"] for o in objs] == p.classes and [o["attributes"] for o in objs] == p.attributes
+    assert (clean / "errors.tsv").read_bytes() == b""
+    m = json.loads((clean / "manifest.json").read_text())
+    assert m["weights_sha256"] == hashlib.sha256((tiny / "tiny.pth").read_bytes()).hexdigest()
+    assert m["counts"] == {"images": 24, "failed": 0, "boxes": sum(len(F.Prediction.from_json(k, t)) for k, t in preds)}
+    assert m["settings"]["config"]["name"] == "tiny" and m["batch_size"] == 3 and m["world_size"] == 1
+    assert m["torch"] == torch.__version__ and m["form"] == "native" and m["threads"] == 1
+
+
+def test_skip_and_existing_outputs(tiny: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "features", "--skip", "labels"))
+    assert code == 0, err
+    assert (out / "predictions.tsv").exists() and not (out / "features.tsv").exists() and not (out / "label.tsv").exists()
+    before = digest(out, ["predictions.tsv", "hw.tsv"])
+    code, _, err = cli(capsys, *base_args(tiny, out))
+    assert code == 2 and "holds a finished extraction" in err
+    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "features", "--skip", "labels", "--resume"))
+    assert code == 0 and "already complete" not in err  # --quiet
+    assert digest(out, ["predictions.tsv", "hw.tsv"]) == before
+    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "nope"))
+    assert code == 2 and "--skip 'nope'" in err
+
+
+def test_broken_and_odd_images(tiny: Path, tmp_path: Path, capsys) -> None:
+    d = tmp_path / "mixed"
+    d.mkdir()
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(good, "JPEG")
+    (d / "a_good.jpg").write_bytes(good.getvalue())
+    (d / "b_empty.jpg").write_bytes(b"")
+    (d / "c_text.png").write_bytes(b"not an image at all")
+    (d / "d_truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    for name, mode in [("e_cmyk.jpg", "CMYK"), ("f_palette.png", "P"), ("g_la.png", "LA"), ("h_gray.png", "L"),
+                       ("i_rgba.png", "RGBA")]:
+        Image.new(mode, (50, 40)).save(d / name)
+    Image.fromarray(np.full((30, 20), 30000, np.uint16)).save(d / "j_16bit.png")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "k_1x1.png")
+    out = tmp_path / "o"
+    args = base_args(tiny, out)
+    args[1] = str(d)
+    code, stdout, err = cli(capsys, *args)
+    assert code == 3, err  # some inputs failed
+    assert "3 input(s) could not be read" in err and "3 failed" in stdout
+    errors = {r[0]: r[2] for r in T.TSVFile(out / "errors.tsv")}
+    assert set(errors) == {"b_empty", "c_text", "d_truncated"}
+    assert "empty file" in errors["b_empty"] and "not an image" in errors["c_text"]
+    assert "truncated" in errors["d_truncated"]
+    assert T.TSVFile(out / "predictions.tsv").keys() == ["a_good", "e_cmyk", "f_palette", "g_la", "h_gray", "i_rgba",
+                                                         "j_16bit", "k_1x1"]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 3
+
+
+def test_progress_lines_in_logs(tiny: Path, tmp_path: Path, capsys) -> None:
+    args = [a for a in base_args(tiny, tmp_path / "o") if a != "--quiet"]
+    code, _, err = cli(capsys, *args)
+    assert code == 0
+    assert "extract: 24/24 images (100.0%)" in err and "images/s" in err and "\r" not in err
+
+
+def test_workers_give_the_same_bytes(tiny: Path, clean: Path, tmp_path: Path) -> None:
+    r = subprocess_run(base_args(tiny, tmp_path / "w", "--workers", "2"))
+    assert r.returncode == 0, r.stderr
+    assert digest(tmp_path / "w") == digest(clean)
+
+
+def test_resume_after_sigkill_is_byte_identical(tiny: Path, clean: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    t0 = time.monotonic()
+    r = subprocess_run(base_args(tiny, tmp_path / "timing"))
+    assert r.returncode == 0
+    full = time.monotonic() - t0
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(4):
+        args = base_args(tiny, out, *(["--resume"] if attempt else []))
+        p = subprocess.Popen([sys.executable, "-m", "vinvl", *args], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.3, 0.95) * full)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+    assert kills >= 2
+    r = subprocess_run(base_args(tiny, out, "--resume"))
+    assert r.returncode == 0, r.stderr
+    assert digest(out) == digest(clean)
+
+
+def test_resume_refuses_other_settings(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from vinvl.extract import run as R
+
+    out = tmp_path / "o"
+    calls = {"n": 0}
+    real = R._Shard.write_batch
+
+    def failing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.paths["features"]))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(R._Shard, "write_batch", failing)
+    code, _, err = cli(capsys, *base_args(tiny, out))
+    assert code == 2 and "disk full after 2 completed batches (6 images, kept)" in err and "--resume" in err
+    monkeypatch.setattr(R._Shard, "write_batch", real)
+    code, _, err = cli(capsys, *base_args(tiny, out))
+    assert code == 2 and "add --resume" in err
+    code, _, err = cli(capsys, *base_args(tiny, out, "--resume", "--min-size", "80"))
+    assert code == 2 and "other settings" in err and "config" in err
+    code, _, err = cli(capsys, *base_args(tiny, out, "--resume"))
+    assert code == 0, err
+    ref = tmp_path / "ref"
+    code, _, err = cli(capsys, *base_args(tiny, ref))
+    assert digest(out) == digest(ref)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equal_one(tiny: Path, clean: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "vinvl", *base_args(tiny, out)]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert digest(out) == digest(clean)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["world_size"] == 2 and len(m["seconds_per_rank"]) == 2 and m["counts"]["images"] == 24
+    assert not (out / ".vinvl-extract").exists()
