@@ -24,3 +24,11 @@ for key, (h, w) in images.items():
     hw.append(format_hw_row(key, h, w))
 write_tsv(HERE / "predictions.tsv", rows)
 write_tsv(HERE / "hw.tsv", hw)
+
+# Three synthetic shapes photos for the README's demo (`vinvl extract examples/images`): JPEG keeps them small.
+from vinvl.datasets.shapes import generate_image  # noqa: E402
+
+(HERE / "images").mkdir(exist_ok=True)
+for i, name in enumerate(("shapes_a", "shapes_b", "shapes_c")):
+    image, _ = generate_image(7, i)
+    image.save(HERE / "images" / f"{name}.jpg", quality=92)

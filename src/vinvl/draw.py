@@ -269,7 +269,7 @@ def _html_page(entries: Sequence[tuple[Prediction, list[int], str]], title: str)
         parts.append(f'<h2 id="{esc(pred.key)}">{esc(pred.key)}</h2>')
         parts.append(f'<a href="{esc(src)}"><img src="{esc(src)}" alt="{esc(pred.key)}"></a>')
         parts.append(
-            f"<table><tr><th>#</th><th>class</th><th>score</th><th>attributes</th><th>box (x1, y1, x2, y2)</th></tr>"
+            "<table><tr><th>#</th><th>class</th><th>score</th><th>attributes</th><th>box (x1, y1, x2, y2)</th></tr>"
         )
         for i in idx:
             attrs = ""

@@ -24,6 +24,7 @@ class ModelEntry:
     weights_url: str
     labelmap_url: str
     description: str
+    shipped: bool = False
 
 
 _OD = "https://biglmdiag.blob.core.windows.net/vinvl/model_ckpts/od_models"
@@ -55,7 +56,26 @@ MODELS: dict[str, ModelEntry] = {
         f"{_OD}/objects365/train.labelmap.tsv",
         "X152-C4 on Objects365: 365 classes",
     ),
+    "shapes_demo": ModelEntry(
+        "shapes_demo",
+        "shapes_demo",
+        "shapes_demo.pth",
+        "shapes_demo_labelmap.json",
+        "",
+        "",
+        "Demo detector shipped with vinvl: 5 shapes, 8 attributes on the synthetic shapes dataset (docs/models.md)",
+        shipped=True,
+    ),
 }
+DEFAULT_MODEL = "vinvl_vg_x152c4"
+DEMO_MODEL = "shapes_demo"
+
+
+def shipped_model_dir() -> Path:
+    """The package folder holding the shipped demo model."""
+    from importlib import resources
+
+    return Path(str(resources.files("vinvl").joinpath("models")))
 
 
 def vinvl_home() -> Path:
@@ -79,7 +99,7 @@ def model_entry(name: str) -> ModelEntry:
 def resolve_model(name: str) -> tuple[ModelEntry, Path, Path]:
     """``(entry, weights path, label map path)`` of a cached model, or one message saying what to fetch."""
     entry = model_entry(name)
-    folder = model_dir(name)
+    folder = shipped_model_dir() if entry.shipped else model_dir(name)
     weights, labelmap = folder / entry.weights, folder / entry.labelmap
     missing = [(p, url) for p, url in ((weights, entry.weights_url), (labelmap, entry.labelmap_url)) if not p.is_file()]
     if missing:
@@ -89,3 +109,20 @@ def resolve_model(name: str) -> tuple[ModelEntry, Path, Path]:
             f"`vinvl download {name}`, or pass --weights and --labelmap"
         )
     return entry, weights, labelmap
+
+
+def default_model() -> tuple[str, str]:
+    """``(name, why)``: the released VG detector when it is in the cache, else the shipped demo model."""
+    try:
+        resolve_model(DEFAULT_MODEL)
+        return DEFAULT_MODEL, f"the released {DEFAULT_MODEL} from {model_dir(DEFAULT_MODEL)}"
+    except VinvlError:
+        pass
+    try:
+        resolve_model(DEMO_MODEL)
+    except VinvlError:
+        resolve_model(DEFAULT_MODEL)  # neither: say what to fetch for the released model
+    return DEMO_MODEL, (
+        f"the shipped demo model {DEMO_MODEL} (5 shapes, not real-world objects): {DEFAULT_MODEL} is not in "
+        f"{model_dir(DEFAULT_MODEL)}; run `vinvl download {DEFAULT_MODEL}` or pass --model/--weights"
+    )

@@ -149,7 +149,7 @@ def test_original_form_errors(small: Path, tmp_path: Path, capsys, extra: list[s
 
 def test_native_form_errors(small: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
-    code, _, err = run(capsys, "extract", small / "imgs", "-o", tmp_path / "o")
+    code, _, err = run(capsys, "extract", small / "imgs", "-o", tmp_path / "o", "--model", "vinvl_vg_x152c4")
     assert code == 2
     assert "model vinvl_vg_x152c4 is not in the cache" in err and "vinvl download vinvl_vg_x152c4" in err
     assert str(tmp_path / "home" / "models" / "vinvl_vg_x152c4" / "vinvl_vg_x152c4.pth") in err

@@ -14,6 +14,8 @@ import typer
 
 from .. import __version__
 from ..errors import VinvlError
+from . import datasets as _datasets
+from . import detector as _detector
 from . import draw as _draw
 from . import extract as _extract
 from . import features as _features
@@ -37,6 +39,8 @@ app.command("draw", help=_draw.HELP)(_draw.draw)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")
+app.add_typer(_datasets.app, name="datasets")
+app.add_typer(_detector.app, name="detector")
 
 
 def _version(value: bool) -> None:

@@ -78,11 +78,11 @@ def extract(
     exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
-    from ..config.original import ConfigError, load_original, typed_override
+    from ..config.original import ConfigError, apply_set_options, load_original
     from ..detection import Detector
     from ..extract import collect_inputs, make_key_rule
     from ..extract.run import NATIVE_SUBSET, OUTPUT_FILES, ExtractOptions, extract as run_extract, file_sha256, mark_failed
-    from ..zoo import resolve_model
+    from ..zoo import default_model, resolve_model
 
     args = args or []
     overrides: dict = {}
@@ -127,19 +127,17 @@ def extract(
             cfg = detector_preset(preset or "vinvl_vg_x152c4")
             weights_path, labelmap_path, model_name = weights, labelmap, None
         else:
-            model_name = model or "vinvl_vg_x152c4"
+            if model is None:
+                model_name, why = default_model()
+                typer.echo(f"using {why}", err=True)
+            else:
+                model_name = model
             entry, weights_path, cached_labelmap = resolve_model(model_name)
-            if not quiet:
-                typer.echo(f"using model {model_name} from {weights_path.parent}", err=True)
             from ..config import detector_preset
 
             cfg = detector_preset(preset or entry.preset)
             labelmap_path = labelmap or cached_labelmap
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise VinvlError(f"--set {item!r}: expected KEY=VALUE")
-            cfg = typed_override(cfg, key, value)
+        cfg = apply_set_options(cfg, set_ or [])
         cfg = cfg.replace(**overrides) if overrides else cfg
         dev = device or "cpu"
         out_dir, subset, sized = out, NATIVE_SUBSET, True

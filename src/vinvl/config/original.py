@@ -304,6 +304,16 @@ def typed_override(cfg: DetectorConfig, key: str, value: str) -> DetectorConfig:
         raise ConfigError(f"--set {key}={value}: {e}") from None
 
 
+def apply_set_options(cfg: DetectorConfig, items: Sequence[str]) -> DetectorConfig:
+    """Apply ``--set KEY=VALUE`` options in order; a malformed one is an error naming it."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        cfg = typed_override(cfg, key, value)
+    return cfg
+
+
 def detector_fields() -> list[str]:
     """Every typed setting ``--set`` accepts, as ``section__field``."""
     out = []
@@ -315,6 +325,7 @@ def detector_fields() -> list[str]:
 
 __all__ = [
     "ConfigError",
+    "apply_set_options",
     "OriginalRun",
     "decode_value",
     "detector_fields",

@@ -37,6 +37,21 @@ DETECTOR_PRESETS: dict[str, DetectorConfig] = {
         attributes=AttributeConfig(enabled=False),
         postprocess=_EXTRACTION,
     ),
+    # The shipped demo model (docs/models.md): a small C4 detector for the synthetic shapes
+    # dataset (5 classes, 8 attributes), trained by `vinvl detector train`.
+    "shapes_demo": DetectorConfig(
+        name="shapes_demo",
+        backbone=BackboneConfig(
+            stem_out_channels=32, res2_out_channels=64, num_groups=1, width_per_group=16, blocks=(1, 1, 2, 1)
+        ),
+        rpn=RPNConfig(anchor_sizes=(16, 32, 64, 128), pre_nms_top_n=1000, post_nms_top_n=100),
+        box_head=BoxHeadConfig(num_classes=6, pooler_resolution=8),
+        attributes=AttributeConfig(enabled=True, num_attributes=9, cls_embed_dim=32, hidden_dim=128, max_per_box=4),
+        postprocess=PostprocessConfig(
+            nms_filter=1, score_thresh=0.8, detections_per_img=30, min_detections_per_img=0, ignore_box_regression=False
+        ),
+        input=InputConfig(min_size=256, max_size=416),
+    ),
     # A few-MB C4 detector of the same shape family, for fast tests.
     "tiny": DetectorConfig(
         name="tiny",

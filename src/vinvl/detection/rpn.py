@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,11 +49,23 @@ class RPN(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(boxes [K, 4], objectness [K])`` per image, in NMS keep order (descending objectness)."""
         objectness, deltas = self.head(features)
+        return self.select(objectness, deltas, image_sizes)
+
+    def select(
+        self,
+        objectness: torch.Tensor,
+        deltas: torch.Tensor,
+        image_sizes: list[tuple[int, int]],
+        pre_nms_top_n: Optional[int] = None,
+        post_nms_top_n: Optional[int] = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Proposals from the head's outputs ``[N, A, H, W]`` / ``[N, 4A, H, W]`` (training passes its own top-n)."""
         n, _, h, w = objectness.shape
         anchors = self.anchor_generator.grid_anchors(h, w)
         scores = flatten_head_output(objectness, 1).view(n, -1).sigmoid()
         deltas = flatten_head_output(deltas, 4)
-        k = min(self.cfg.pre_nms_top_n, scores.shape[1])
+        k = min(pre_nms_top_n or self.cfg.pre_nms_top_n, scores.shape[1])
+        post = post_nms_top_n or self.cfg.post_nms_top_n
         scores, idx = scores.topk(k, dim=1, sorted=True)
         out = []
         for i, (height, width) in enumerate(image_sizes):
@@ -62,6 +76,6 @@ class RPN(nn.Module):
                 ws, hs = box_sizes(boxes)
                 small = ((ws >= self.cfg.min_box_size) & (hs >= self.cfg.min_box_size)).nonzero().squeeze(1)
                 boxes, s = boxes[small], s[small]
-            keep = nms(boxes, s, self.cfg.nms_thresh)[: self.cfg.post_nms_top_n]
+            keep = nms(boxes, s, self.cfg.nms_thresh)[:post]
             out.append((boxes[keep], s[keep]))
         return out

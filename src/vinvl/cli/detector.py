@@ -1,0 +1,97 @@
+"""``vinvl detector train|eval``: train AttrRCNN on a TSV dataset; COCO-style AP and attribute accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
+                  no_args_is_help=True)
+
+
+@app.command("train")
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label and labelmap."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoints, labelmap.json, log."),
+    preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset (classes/attributes follow the label map)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to fine-tune (predictors of other shapes re-initialised)."),
+    iterations: int = typer.Option(3000, "--iterations", help="SGD iterations."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Images per iteration."),
+    lr: float = typer.Option(0.02, "--lr", help="Base learning rate (warm-up, then x0.1 at 75% and 92%)."),
+    warmup: int = typer.Option(200, "--warmup", help="Warm-up iterations."),
+    rois: int = typer.Option(128, "--rois-per-image", help="Sampled proposals per image for the box head."),
+    positive_fraction: float = typer.Option(0.25, "--roi-positive-fraction", help="Largest share of positives among them."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. pooler_resolution=10)."),
+    trainable_bn: bool = typer.Option(False, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sampling and flips."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last_checkpoint.pth."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Iterations between checkpoints."),
+) -> None:
+    """Train (or fine-tune) AttrRCNN; writes OUT/model_final.pth in the released checkpoints' layout."""
+    import torch
+
+    from ..config import detector_preset
+    from ..config.original import apply_set_options
+    from ..detection.train import TrainConfig, train as run_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    tc = TrainConfig(iterations=iterations, images_per_batch=batch_size, base_lr=lr, warmup_iters=warmup,
+                     roi_batch_per_image=rois, roi_positive_fraction=positive_fraction, trainable_bn=trainable_bn,
+                     seed=seed, checkpoint_every=checkpoint_every)
+    cfg = detector_preset(preset)
+    cfg = apply_set_options(cfg, set_ or [])
+    path = run_train(cfg, dataset, out, tc, init=init, resume=resume, device=device)
+    typer.echo(f"{path}")
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label (and labelmap)."),
+    weights: Path = typer.Option(..., "--weights", help="Checkpoint."),
+    labelmap: Optional[Path] = typer.Option(None, "--labelmap", help="Label map (default: the dataset's)."),
+    preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset of the checkpoint."),
+    groups: Optional[List[str]] = typer.Option(None, "--attribute-group", help="NAME=a,b,c: also report accuracy within a group."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE, as for training."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here."),
+) -> None:
+    """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
+    from ..detection import Detector
+    from ..detection.evaluate import evaluate as run_eval
+    from ..detection.train import DetectionDataset
+    from ..errors import VinvlError
+
+    lm_path = labelmap
+    if lm_path is None:
+        ds = DetectionDataset(dataset)
+        lm = ds.labelmap
+    else:
+        from ..labelmap import LabelMap
+
+        lm = LabelMap.load(lm_path)
+    attr_groups = {}
+    for g in groups or []:
+        name, sep, members = g.partition("=")
+        if not sep or not members:
+            raise VinvlError(f"--attribute-group {g!r}: expected NAME=a,b,c")
+        attr_groups[name] = members.split(",")
+    from ..config import detector_preset
+
+    from ..config.original import apply_set_options
+
+    cfg = detector_preset(preset).replace(num_classes=lm.num_classes)
+    cfg = apply_set_options(cfg, set_ or [])
+    if cfg.attributes.enabled and lm.attributes is not None:
+        cfg = cfg.replace(num_attributes=lm.num_attributes)
+    det = Detector.from_checkpoint(weights, preset=cfg, labelmap=lm, device=device)
+    m = run_eval(det, dataset, attr_groups, limit=limit)
+    typer.echo(json.dumps(m, indent=1))
+    if json_out:
+        json_out.write_text(json.dumps(m, indent=1) + "\n")
