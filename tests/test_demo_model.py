@@ -54,3 +54,16 @@ def test_extract_defaults_to_the_demo(tmp_path: Path, monkeypatch, capsys) -> No
     rows = T.TSVFile(tmp_path / "o" / "predictions.tsv")
     assert rows.keys() == ["shapes_a", "shapes_b", "shapes_c"]
     assert all('"class": "' in text for _, text in rows)
+
+
+@pytest.mark.slow
+def test_model_card_held_out_metrics(demo: Detector, tmp_path: Path) -> None:
+    """docs/models.md: on 200 unseen images (seed 1) box AP50 >= 0.9, attribute top-1 >= 0.85."""
+    from vinvl.datasets.shapes import generate_shapes
+    from vinvl.detection.evaluate import evaluate
+
+    generate_shapes(tmp_path / "val", 200, seed=1)
+    m = evaluate(demo, tmp_path / "val" / "dataset.yaml", {"colour": COLOURS})
+    assert m["objects"] == 1002
+    assert m["AP50"] >= 0.9 and m["attribute_top1"] >= 0.85 and m["attribute_colour_accuracy"] >= 0.85, m
+    assert m["AP50"] == pytest.approx(0.921, abs=0.002)  # the figure in the model card
