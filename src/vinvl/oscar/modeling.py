@@ -1,0 +1,301 @@
+"""Oscar+ models on HuggingFace ``transformers`` BERT blocks, loading the original checkpoints unchanged.
+
+The original (microsoft/Oscar ``modeling_bert.py`` on pytorch-transformers 1.x) differs from a
+plain ``BertModel`` in three ways that decide its numbers (../shared/reference/oscar/README.md):
+regions enter through ``img_embedding`` (Linear 2054 -> hidden) and an optional LayerNorm with
+no position or token-type embedding; one mask covers ``[text ; regions]`` and may be 3-D (one
+row per query); and masks become ``(1 - m) * -10000`` added to the scores, not ``finfo.min``.
+So the word embeddings, encoder layers, pooler and heads are transformers' modules, composed
+here with that region path and mask rule; attention itself is transformers' (SDPA, or eager
+when attention weights are asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertEncoder,
+    BertLMPredictionHead,
+    BertOnlyMLMHead,
+    BertPooler,
+)
+
+from ..errors import VinvlError
+
+PathLike = Union[str, os.PathLike]
+MASK_VALUE = -10000.0  # the original's additive mask value; finfo.min differs at fully masked rows
+
+
+class OscarConfig(BertConfig):
+    """BERT's config plus the Oscar fields (region features, classifier and task settings)."""
+
+    model_type = "oscar"
+
+    def __init__(
+        self,
+        img_feature_dim: int = 2054,
+        img_feature_type: str = "faster_r-cnn",
+        use_img_layernorm: int = 1,
+        img_layer_norm_eps: float = 1e-12,
+        classifier: str = "linear",
+        cls_hidden_scale: int = 2,
+        loss_type: str = "sfmx",
+        num_contrast_classes: int = 3,
+        num_choice: int = 2,
+        tie_weights: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Oscar's fields with the original's defaults; everything else as ``BertConfig``."""
+        kwargs.setdefault("hidden_act", "gelu")  # the exact erf GELU, as the original
+        super().__init__(**kwargs)
+        self.img_feature_dim = img_feature_dim
+        self.img_feature_type = img_feature_type
+        self.use_img_layernorm = use_img_layernorm
+        self.img_layer_norm_eps = img_layer_norm_eps
+        self.classifier = classifier
+        self.cls_hidden_scale = cls_hidden_scale
+        self.loss_type = loss_type
+        self.num_contrast_classes = num_contrast_classes
+        self.num_choice = num_choice
+        self.tie_weights = tie_weights
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, N]`` (keys) or ``[B, N, N]`` (per query) 0/1 mask -> ``[B, 1, 1|N, N]`` additive mask."""
+    m = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None, :, :]
+    return (1.0 - m.to(dtype)) * MASK_VALUE
+
+
+@dataclass
+class OscarOutput:
+    """What every Oscar model returns (fields a head does not produce stay ``None``)."""
+
+    sequence_output: Optional[torch.Tensor] = None
+    pooled_output: Optional[torch.Tensor] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
+    logits: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None
+    prediction_scores: Optional[torch.Tensor] = None
+    seq_relationship_scores: Optional[torch.Tensor] = None
+    masked_lm_loss: Optional[torch.Tensor] = None
+    text_embedding_output: Optional[torch.Tensor] = None
+    img_embedding_output: Optional[torch.Tensor] = None
+
+
+class OscarModel(nn.Module):
+    """BertImgModel: text embeddings + the region path, the encoder over both, the pooler."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.img_embedding = nn.Linear(config.img_feature_dim, config.hidden_size)
+        if config.use_img_layernorm:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.img_layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    @classmethod
+    def from_original(cls, source: Union[PathLike, dict], config: Optional[OscarConfig] = None) -> "OscarModel":
+        """Load a BertImgModel state dict (keys without the ``bert.`` prefix) or folder."""
+        from .checkpoint import load_original
+
+        return load_original(cls, source, config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        img_feats: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> OscarOutput:
+        """Encode ``[text ; regions]``; ``attention_mask`` is 2-D ``[B, N]`` or 3-D ``[B, N, N]`` over both."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
+        text = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        x, img = text, None
+        if img_feats is not None:
+            img = self.img_embedding(img_feats)
+            if self.config.use_img_layernorm:
+                img = self.LayerNorm(img)
+            img = self.dropout(img)
+            x = torch.cat([text, img], dim=1)
+        if attention_mask is None:
+            attention_mask = torch.ones(x.shape[:2], device=x.device)
+        mask = additive_mask(attention_mask, x.dtype)
+        # Attention weights exist only on the eager path; SDPA otherwise (same numbers to ~1e-7).
+        self.config._attn_implementation = "eager" if output_attentions else "sdpa"
+        hidden, attentions = [x], []
+        hooks = []
+        if output_attentions:
+            for layer in self.encoder.layer:
+                hooks.append(layer.attention.self.register_forward_hook(lambda m, i, o: attentions.append(o[1])))
+        try:
+            for layer in self.encoder.layer:
+                out = layer(x, attention_mask=mask)
+                x = out[0] if isinstance(out, tuple) else out
+                hidden.append(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return OscarOutput(
+            sequence_output=x,
+            pooled_output=self.pooler(x),
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            text_embedding_output=text,
+            img_embedding_output=img,
+        )
+
+
+class _OscarHead(nn.Module):
+    """A head model holding an ``OscarModel`` as ``bert`` (the original's attribute name)."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = OscarModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    @classmethod
+    def from_original(cls, source: Union[PathLike, dict], config: Optional[OscarConfig] = None) -> "_OscarHead":
+        """Load the original layout: a folder (``pytorch_model.bin`` + ``config.json``) or a state dict."""
+        from .checkpoint import load_original
+
+        return load_original(cls, source, config)
+
+
+def _classifier(config: OscarConfig, in_dim: int, multiple_choice: bool = False) -> nn.Module:
+    labels = config.num_labels
+    if config.classifier == "linear":
+        return nn.Linear(in_dim, labels)
+    if config.classifier != "mlp":
+        raise VinvlError(f"classifier {config.classifier!r}: expected 'linear' or 'mlp'")
+    hidden = config.hidden_size * config.cls_hidden_scale
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.ReLU()]
+    if multiple_choice and config.use_img_layernorm:
+        layers.append(nn.LayerNorm(hidden, eps=config.layer_norm_eps))
+    layers.append(nn.Linear(hidden, labels))
+    return nn.Sequential(*layers)
+
+
+def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: OscarConfig) -> torch.Tensor:
+    if config.num_labels == 1:
+        return F.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
+    if config.loss_type == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * labels.shape[1]
+    if config.loss_type == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=-1), labels.to(logits.dtype), reduction="batchmean")
+    return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+
+
+class OscarForSequenceClassification(_OscarHead):
+    """ImageBertForSequenceClassification: pooled output -> linear or MLP classifier (VQA, GQA, retrieval)."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__(config)
+        self.classifier = _classifier(config, config.hidden_size)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None, **kw) -> OscarOutput:
+        out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, **kw)
+        out.logits = self.classifier(self.dropout(out.pooled_output))
+        if labels is not None:
+            out.loss = _classification_loss(out.logits, labels, self.config)
+        return out
+
+
+class OscarForMultipleChoice(_OscarHead):
+    """ImageBertForMultipleChoice (NLVR2): the choices' pooled outputs concatenated -> classifier."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__(config)
+        self.classifier = _classifier(config, config.num_choice * config.hidden_size, multiple_choice=True)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None, **kw) -> OscarOutput:
+        b, c = input_ids.shape[:2]
+        flat = lambda t: None if t is None else t.reshape(b * c, *t.shape[2:])  # noqa: E731
+        out = self.bert(flat(input_ids), flat(token_type_ids), flat(attention_mask), flat(img_feats), **kw)
+        pooled = self.dropout(out.pooled_output).reshape(b, c * self.config.hidden_size)
+        out.logits = self.classifier(pooled)
+        if labels is not None:
+            out.loss = _classification_loss(out.logits, labels, self.config)
+        return out
+
+
+class OscarForCaptioning(_OscarHead):
+    """BertForImageCaptioning: an MLM head over the text positions (tied to the word embeddings or not)."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__(config)
+        self.cls = BertOnlyMLMHead(config)
+        if config.tie_weights:
+            self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(
+        self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, masked_pos=None, masked_ids=None,
+        position_ids=None, **kw,
+    ) -> OscarOutput:
+        """Training (``masked_pos``/``masked_ids``): logits and loss at the masked text positions; else all text logits."""
+        out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, position_ids=position_ids, **kw)
+        text = out.sequence_output[:, : input_ids.shape[1]]
+        if masked_pos is not None:
+            picked = text[masked_pos == 1]
+            out.logits = self.cls(picked)
+            if masked_ids is not None:
+                target = masked_ids[masked_ids != 0]
+                out.loss = F.cross_entropy(out.logits.float(), target)
+        else:
+            out.logits = self.cls(text)
+        return out
+
+
+class PretrainingHeads(nn.Module):
+    """``cls.predictions`` (MLM) and ``cls.seq_relationship`` (N-way contrastive, not BERT's 2-way)."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrast_classes)
+
+    def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+class OscarForPretraining(_OscarHead):
+    """BertImgForPreTraining: MLM over every position + the N-way contrastive (image-text) head."""
+
+    def __init__(self, config: OscarConfig) -> None:
+        config.num_labels = config.num_contrast_classes
+        super().__init__(config)
+        self.cls = PretrainingHeads(config)
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # always tied
+
+    def forward(
+        self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, masked_lm_labels=None,
+        next_sentence_label=None, **kw,
+    ) -> OscarOutput:
+        out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, **kw)
+        out.prediction_scores, out.seq_relationship_scores = self.cls(out.sequence_output, out.pooled_output)
+        if masked_lm_labels is not None and next_sentence_label is not None:
+            v = self.config.vocab_size
+            out.masked_lm_loss = F.cross_entropy(out.prediction_scores.view(-1, v), masked_lm_labels.view(-1), ignore_index=-1)
+            nsp = F.cross_entropy(out.seq_relationship_scores.view(-1, self.config.num_contrast_classes), next_sentence_label.view(-1))
+            out.loss = out.masked_lm_loss + nsp
+        return out
