@@ -167,3 +167,48 @@ def test_load_errors(ref: Path, tmp_path: Path) -> None:
     assert torch.equal(m.bert.LayerNorm.weight, sd["bert.LayerNorm.weight"])
     with pytest.raises(VinvlError, match="no such checkpoint"):
         OscarModel.from_original(tmp_path / "nope.bin", tiny())
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("cache", [False, True])
+def test_decoding(ref: Path, io, beams: int, cache: bool) -> None:
+    """Greedy and beam-3 decoding: every uncached step's inputs and logits, the ids and scores; cached == uncached."""
+    from vinvl.oscar.generate import generate
+
+    i, o = io
+    m = load(OscarForCaptioning, ref, "captioning")
+    out = generate(m, i["img_feats"], i["dec_nood_attention_mask"], max_length=8, num_beams=beams,
+                   use_cache=cache, record_steps=not cache)
+    key = f"captioning.decode.nood.beam{beams}.nocache"
+    np.testing.assert_array_equal(out.token_ids.numpy(), o[f"{key}.token_ids"])
+    close(out.logprobs, o[f"{key}.logprobs"])
+    for t, step in enumerate(out.steps):
+        np.testing.assert_array_equal(step["input_ids"].numpy(), o[f"{key}.step{t}.input_ids"])
+        close(step["class_logits"], o[f"{key}.step{t}.class_logits"])
+    assert cache or len(out.steps) == 7
+
+
+def test_decoding_options(ref: Path, io) -> None:
+    """Early [SEP] finishes hypotheses, several sequences come back best first, cache == no cache throughout."""
+    from vinvl.oscar.generate import generate
+
+    i, _ = io
+    m = load(OscarForCaptioning, ref, "captioning")
+    args = (i["img_feats"], i["dec_nood_attention_mask"])
+    many = generate(m, *args, max_length=8, num_beams=3, num_return_sequences=3)
+    assert many.token_ids.shape == (2, 3, 8)
+    assert (many.logprobs[:, :-1] >= many.logprobs[:, 1:]).all()
+    assert len({tuple(r) for r in many.token_ids[0].tolist()}) == 3
+    plain = generate(m, *args, max_length=8, num_beams=1)
+    rep = generate(m, *args, max_length=8, num_beams=1, repetition_penalty=5.0)
+    gen = rep.token_ids[0, 0, 1:-1].tolist()
+    assert len(set(gen)) == len(gen) and not torch.equal(plain.token_ids, rep.token_ids)
+    with torch.no_grad():
+        m.cls.predictions.bias[3] += 1.5  # make [SEP] likely after a few tokens
+    for beams in (1, 3):
+        a = generate(m, *args, max_length=8, num_beams=beams)
+        b = generate(m, *args, max_length=8, num_beams=beams, use_cache=True)
+        assert torch.equal(a.token_ids, b.token_ids)
+        close(a.logprobs, b.logprobs.numpy())
+        ends = [r.index(3) for r in a.token_ids[:, 0].tolist()]
+        assert min(ends) < 7 and all(set(r[e + 1 :]) <= {0} for r, e in zip(a.token_ids[:, 0].tolist(), ends))

@@ -1,0 +1,210 @@
+"""Caption decoding with Oscar+ captioning models: greedy and beam search, as the original decodes.
+
+Each step feeds ``[CLS] + prefix + [MASK]`` (position ids ``0..L-1``, token type 0) with the
+decode mask cut to those ``L`` text rows/columns plus the region rows/columns, and reads the
+``[MASK]`` position. At the last step the chosen token is written as ``[SEP]`` while its
+log-probability still counts; a hypothesis scores ``sum(log p) / length ** length_penalty``
+(``length`` = generated tokens). Beam search starts from one live beam (the others at
+``-1e9``), takes the top candidates over ``beams x vocab`` and keeps hypotheses that end in
+``[SEP]`` early as finished (the original's ``BeamHypotheses``).
+
+``use_cache=True`` keeps every layer's keys and values of the generated tokens and of the
+regions, feeding only ``[last token, MASK]`` per step, and reorders the whole history by beam
+each step, so it gives the uncached result (the original's cached beam search reordered only
+the newest entries and drifts; see ../shared/reference/oscar/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
+
+from .modeling import OscarForCaptioning, additive_mask
+
+
+@dataclass
+class DecodeOutput:
+    """Decoded ids ``[B, num_return, max_length]`` (``[CLS] ... [SEP]``, PAD after), their scores, and per-step
+    inputs and logits when asked for."""
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor
+    steps: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+def _cut_mask(mask: torch.Tensor, length: int, text_len: int) -> torch.Tensor:
+    """The decode mask ``[B, T+R, T+R]`` cut to the first ``length`` text rows/columns plus the regions."""
+    idx = torch.cat([torch.arange(length), torch.arange(text_len, mask.shape[-1])]).to(mask.device)
+    return mask[:, idx][:, :, idx]
+
+
+def _penalise(logits: torch.Tensor, prefix: torch.Tensor, penalty: float) -> torch.Tensor:
+    if penalty == 1.0:
+        return logits
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, prefix, True)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+class _Cache:
+    """Per-layer keys/values of the generated text tokens; the regions' are computed once."""
+
+    def __init__(self, model: OscarForCaptioning, img_feats: torch.Tensor, region_mask: torch.Tensor) -> None:
+        self.model = model
+        bert = model.bert
+        img = bert.img_embedding(img_feats)
+        if bert.config.use_img_layernorm:
+            img = bert.LayerNorm(img)
+        self.region_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        x = img
+        # Regions attend only to regions in the decode mask, so their states do not depend on the text.
+        for layer in bert.encoder.layer:
+            k, v = self._kv(layer, x)
+            self.region_kv.append((k, v))
+            x = self._layer(layer, x, k, v, additive_mask(region_mask, x.dtype))
+        self.text_kv: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(bert.encoder.layer)
+
+    @staticmethod
+    def _kv(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        att = layer.attention.self
+        shape = (*x.shape[:-1], -1, att.attention_head_size)
+        return att.key(x).view(shape).transpose(1, 2), att.value(x).view(shape).transpose(1, 2)
+
+    def _layer(self, layer, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        att = layer.attention.self
+        shape = (*x.shape[:-1], -1, att.attention_head_size)
+        q = att.query(x).view(shape).transpose(1, 2)
+        fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.model.config._attn_implementation, eager_attention_forward)
+        ctx, _ = fn(att, q, k, v, mask, dropout=0.0, scaling=att.scaling)
+        ctx = ctx.reshape(*x.shape[:-1], -1).contiguous()
+        h = layer.attention.output(ctx, x)
+        return layer.output(layer.intermediate(h), h)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask_rows: torch.Tensor) -> torch.Tensor:
+        """Hidden states of ``tokens`` ``[N, 2]`` (last real token, MASK); keeps only the real token's K/V."""
+        bert = self.model.bert
+        x = bert.embeddings(input_ids=tokens, token_type_ids=torch.zeros_like(tokens), position_ids=positions)
+        add = additive_mask(mask_rows, x.dtype)
+        for i, layer in enumerate(bert.encoder.layer):
+            k_new, v_new = self._kv(layer, x)
+            hist = self.text_kv[i]
+            k_hist = k_new[:, :, :1] if hist is None else torch.cat([hist[0], k_new[:, :, :1]], dim=2)
+            v_hist = v_new[:, :, :1] if hist is None else torch.cat([hist[1], v_new[:, :, :1]], dim=2)
+            rk, rv = self.region_kv[i]
+            rk = rk.expand(len(x), -1, -1, -1) if rk.shape[0] != len(x) else rk
+            rv = rv.expand(len(x), -1, -1, -1) if rv.shape[0] != len(x) else rv
+            k = torch.cat([k_hist, k_new[:, :, 1:], rk], dim=2)
+            v = torch.cat([v_hist, v_new[:, :, 1:], rv], dim=2)
+            self.text_kv[i] = (k_hist, v_hist)
+            x = self._layer(layer, x, k, v, add)
+        return x
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Follow the beams: the whole history, not only the newest entries."""
+        self.text_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.text_kv]
+        self.region_kv = [(k[index] if k.shape[0] > 1 else k, v[index] if v.shape[0] > 1 else v) for k, v in self.region_kv]
+
+
+@torch.no_grad()
+def generate(
+    model: OscarForCaptioning,
+    img_feats: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_length: int,
+    num_beams: int = 1,
+    bos_token_id: int = 2,
+    eos_token_id: int = 3,
+    mask_token_id: int = 4,
+    pad_token_id: int = 0,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    use_cache: bool = False,
+    record_steps: bool = False,
+) -> DecodeOutput:
+    """Decode captions for ``img_feats [B, R, D]`` with the decode mask ``attention_mask [B, T+R, T+R]`` (T = max_length)."""
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences {num_return_sequences} > num_beams {num_beams}")
+    model.eval()
+    B, R = img_feats.shape[:2]
+    K, T, dev = num_beams, max_length, img_feats.device
+    feats = img_feats.repeat_interleave(K, dim=0)
+    mask = attention_mask.repeat_interleave(K, dim=0).to(dev)
+    seqs = torch.full((B * K, 1), bos_token_id, dtype=torch.long, device=dev)
+    scores = torch.zeros(B, K, device=dev)
+    scores[:, 1:] = -1e9
+    finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    steps: list[dict[str, torch.Tensor]] = []
+    cache = _Cache(model, feats, mask[:, T:, T:]) if use_cache else None
+    for t in range(T - 1):
+        L = t + 2
+        inp = torch.cat([seqs, torch.full((B * K, 1), mask_token_id, dtype=torch.long, device=dev)], dim=1)
+        if cache is None:
+            pos = torch.arange(L, device=dev)[None].expand(B * K, L)
+            out = model(inp, torch.zeros_like(inp), _cut_mask(mask, L, T), feats, position_ids=pos)
+            logits = out.logits
+            step_logits = logits[:, -1]
+        else:
+            cut = _cut_mask(mask, L, T)
+            rows = cut[:, L - 2 : L] if L >= 2 else cut[:, :L]
+            hidden = cache.step(inp[:, -2:], torch.arange(L - 2, L, device=dev)[None].expand(B * K, 2), rows)
+            logits = model.cls(hidden)
+            step_logits = logits[:, -1]
+        if record_steps:
+            steps.append({"input_ids": inp, "class_logits": logits})
+        logp = F.log_softmax(_penalise(step_logits, seqs, repetition_penalty), dim=-1)
+        V = logp.shape[-1]
+        last = t == T - 2
+        cand = (scores.view(B * K, 1) + logp).view(B, K * V)
+        top, idx = cand.topk(2 * K if not last else K, dim=1)
+        new_seqs, new_scores, src_rows = [], torch.full((B, K), -1e9, device=dev), []
+        for b in range(B):
+            kept = 0
+            for s, i in zip(top[b].tolist(), idx[b].tolist()):
+                src, tok = divmod(i, V)
+                prefix = seqs[b * K + src]
+                if done[b]:
+                    break
+                if last or tok == eos_token_id:
+                    ids = torch.cat([prefix, prefix.new_tensor([eos_token_id])])
+                    finished[b].append((s / (len(ids) - 1) ** length_penalty, ids))
+                    if last and kept < K:
+                        kept += 1
+                        src_rows.append(b * K + src)
+                        new_seqs.append(prefix.new_tensor(tok))
+                        new_scores[b, kept - 1] = s
+                    continue
+                src_rows.append(b * K + src)
+                new_seqs.append(prefix.new_tensor(tok))
+                new_scores[b, kept] = s
+                kept += 1
+                if kept == K:
+                    break
+            while kept < K:  # a finished row keeps dummy beams
+                src_rows.append(b * K)
+                new_seqs.append(seqs.new_tensor(pad_token_id))
+                kept += 1
+            if len(finished[b]) >= K and not last:
+                # BeamHypotheses.is_done: no live beam can beat the K-th best finished one any more.
+                kth = sorted((f[0] for f in finished[b]), reverse=True)[K - 1]
+                best_live = new_scores[b].max().item() / (L - 1) ** length_penalty
+                done[b] = done[b] or kth >= best_live
+        rows = torch.tensor(src_rows, device=dev)
+        seqs = torch.cat([seqs[rows], torch.stack(new_seqs)[:, None]], dim=1)
+        scores = new_scores
+        if cache is not None:
+            cache.reorder(rows)
+        if bool(done.all()):
+            break
+    ids = torch.full((B, num_return_sequences, T), pad_token_id, dtype=torch.long, device=dev)
+    lp = torch.zeros(B, num_return_sequences, device=dev)
+    for b in range(B):
+        best = sorted(finished[b], key=lambda f: -f[0])[:num_return_sequences]
+        for r, (s, seq) in enumerate(best):
+            ids[b, r, : len(seq)] = seq
+            lp[b, r] = s
+    return DecodeOutput(ids, lp, steps)
