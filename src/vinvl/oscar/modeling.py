@@ -12,10 +12,8 @@ when attention weights are asked for).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch

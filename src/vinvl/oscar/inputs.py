@@ -1,0 +1,212 @@
+"""Model inputs exactly as the original Oscar scripts build them, from text, tags and region features.
+
+- :class:`ClassificationTensorizer` (VQA, GQA, retrieval, NLVR2 halves): ``[CLS] a [SEP] b [SEP]``
+  with the pair truncated to ``max_seq_length - 3`` (longer side first), segment 0 then 1,
+  PAD (segment 0) to ``max_seq_length``; regions cut to ``max_img_seq_length`` or padded
+  with zeros; a 2-D mask over text and regions.
+- :class:`CaptionTensorizer`: the caption in ``max_seq_a_length`` (``[CLS] ... [SEP]`` then PAD),
+  tags after it up to ``max_seq_length``, and the 3-D mask: causal inside the caption, the
+  caption sees tags and regions, tags and regions see each other only, padding rows empty.
+  Training masks caption tokens (positions ``1..len-1``, so ``[SEP]`` too) as the original does,
+  or at given positions; decoding inputs are ``[CLS] [MASK]... [SEP]`` with every caption
+  position masked.
+
+Tokens come from a fast BERT word-piece tokenizer built on the checkpoint's ``vocab.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import VinvlError
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
+    """A fast BERT tokenizer (``transformers.BertTokenizerFast``) on a checkpoint's ``vocab.txt``."""
+    from transformers import BertTokenizerFast
+
+    path = Path(vocab)
+    if path.is_dir():
+        path = path / "vocab.txt"
+    if not path.is_file():
+        raise VinvlError(f"{path}: no such vocabulary file")
+    words = path.read_text(encoding="utf-8").splitlines()
+    vocab = {w: i for i, w in enumerate(words)}  # the file's line order is the id order
+    return BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)
+
+
+def _regions(img_feats: Union[np.ndarray, torch.Tensor], max_regions: int) -> tuple[torch.Tensor, int]:
+    x = torch.as_tensor(np.asarray(img_feats, dtype=np.float32))
+    if x.ndim != 2:
+        raise VinvlError(f"region features must be 2-D (regions x dim), got shape {tuple(x.shape)}")
+    n = min(len(x), max_regions)
+    out = torch.zeros(max_regions, x.shape[1])
+    out[:n] = x[:n]
+    return out, n
+
+
+def _truncate_pair(a: list[str], b: list[str], max_len: int) -> None:
+    while len(a) + len(b) > max_len:
+        (a if len(a) > len(b) else b).pop()
+
+
+class ClassificationTensorizer:
+    """Inputs of the classification tasks (the original's ``run_vqa``/``run_gqa``/``run_retrieval`` layout)."""
+
+    def __init__(self, tokenizer, max_seq_length: int = 128, max_img_seq_length: int = 50) -> None:
+        """``tokenizer``: from :func:`load_tokenizer`."""
+        self.tok = tokenizer
+        self.max_seq_length = max_seq_length
+        self.max_img_seq_length = max_img_seq_length
+
+    def __call__(self, text_a: str, text_b: Optional[str], img_feats) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``token_type_ids``, ``attention_mask`` (text + regions) and ``img_feats``."""
+        t = self.tok
+        a = t.tokenize(text_a)
+        b = t.tokenize(text_b) if text_b else []
+        if b:
+            _truncate_pair(a, b, self.max_seq_length - 3)
+        else:
+            a = a[: self.max_seq_length - 2]
+        tokens = [t.cls_token] + a + [t.sep_token]
+        types = [0] * len(tokens)
+        if b:
+            tokens += b + [t.sep_token]
+            types += [1] * (len(b) + 1)
+        n_text = len(tokens)
+        pad = self.max_seq_length - n_text
+        ids = t.convert_tokens_to_ids(tokens) + [t.pad_token_id] * pad
+        types += [0] * pad
+        feats, n_img = _regions(img_feats, self.max_img_seq_length)
+        mask = [1] * n_text + [0] * pad + [1] * n_img + [0] * (self.max_img_seq_length - n_img)
+        return {
+            "input_ids": torch.tensor(ids),
+            "token_type_ids": torch.tensor(types),
+            "attention_mask": torch.tensor(mask),
+            "img_feats": feats,
+        }
+
+
+class CaptionTensorizer:
+    """Inputs of captioning (training and decoding), the original's ``CaptionTensorizer``."""
+
+    def __init__(
+        self,
+        tokenizer,
+        max_img_seq_length: int = 50,
+        max_seq_length: int = 70,
+        max_seq_a_length: int = 40,
+        mask_prob: float = 0.15,
+        max_masked_tokens: int = 3,
+    ) -> None:
+        """Lengths as the original's options ``--max_img_seq_length --max_seq_length --max_seq_a_length``."""
+        self.tok = tokenizer
+        self.max_img = max_img_seq_length
+        self.max_seq = max_seq_length
+        self.max_a = max_seq_a_length
+        self.mask_prob = mask_prob
+        self.max_masked = max_masked_tokens
+
+    def _text(self, caption_tokens: list[str], tags: Optional[str]) -> tuple[list[str], list[int], int, int]:
+        t = self.tok
+        tokens = [t.cls_token] + caption_tokens + [t.sep_token]
+        types = [0] * len(tokens)
+        a_len = len(tokens)
+        if tags:
+            pad_a = self.max_a - a_len
+            tokens += [t.pad_token] * pad_a
+            types += [0] * pad_a
+            b = t.tokenize(tags)[: max(self.max_seq - len(tokens) - 1, 0)]
+            tokens += b + [t.sep_token]
+            types += [1] * (len(b) + 1)
+        return tokens, types, a_len, len(tokens)
+
+    def _mask3d(self, a_len: int, seq_len: int, n_img: int) -> torch.Tensor:
+        n = self.max_seq + self.max_img
+        m = torch.zeros(n, n, dtype=torch.long)
+        ls, le = self.max_a, seq_len
+        rs, re = self.max_seq, self.max_seq + n_img
+        m[:a_len, :a_len] = torch.tril(torch.ones(a_len, a_len, dtype=torch.long))
+        m[ls:le, ls:le] = 1
+        m[rs:re, rs:re] = 1
+        m[:a_len, ls:le] = 1
+        m[:a_len, rs:re] = 1
+        m[ls:le, rs:re] = 1
+        m[rs:re, ls:le] = 1
+        return m
+
+    def __call__(
+        self,
+        caption: str,
+        tags: Optional[str],
+        img_feats,
+        masked_positions: Optional[Sequence[int]] = None,
+        rng: Optional[random.Random] = None,
+    ) -> dict[str, torch.Tensor]:
+        """Training inputs: ``masked_positions`` (into ``[CLS] caption [SEP]``) or the original's random choice."""
+        t = self.tok
+        cap = t.tokenize(caption)[: self.max_a - 2]
+        tokens, types, a_len, seq_len = self._text(cap, tags)
+        if masked_positions is None:
+            rng = rng or random.Random()
+            candidates = list(range(1, a_len))  # [SEP] may be masked too, as in the original
+            rng.shuffle(candidates)
+            n = min(max(round(self.mask_prob * a_len), 1), self.max_masked)
+            positions = sorted(candidates[:n])
+            replace = []
+            for _ in positions:
+                r = rng.random()
+                replace.append("mask" if r <= 0.8 else ("random" if r <= 0.9 else "keep"))
+        else:
+            positions = sorted(masked_positions)
+            if any(not 1 <= p < a_len for p in positions) or len(positions) > self.max_masked:
+                raise VinvlError(f"masked positions {positions} must be in 1..{a_len - 1}, at most {self.max_masked}")
+            replace = ["mask"] * len(positions)
+        masked_ids = t.convert_tokens_to_ids([tokens[p] for p in positions])
+        for p, how in zip(positions, replace):
+            if how == "mask":
+                tokens[p] = t.mask_token
+            elif how == "random":
+                tokens[p] = t.convert_ids_to_tokens((rng or random.Random()).randrange(t.vocab_size))
+        pad = self.max_seq - seq_len
+        ids = t.convert_tokens_to_ids(tokens) + [t.pad_token_id] * pad
+        types += [0] * pad
+        masked_pos = torch.zeros(self.max_seq, dtype=torch.long)
+        masked_pos[positions] = 1
+        feats, n_img = _regions(img_feats, self.max_img)
+        return {
+            "input_ids": torch.tensor(ids),
+            "token_type_ids": torch.tensor(types),
+            "attention_mask": self._mask3d(a_len, seq_len, n_img),
+            "img_feats": feats,
+            "masked_pos": masked_pos,
+            "masked_ids": torch.tensor(masked_ids + [0] * (self.max_masked - len(masked_ids))),
+        }
+
+    def decode_inputs(self, tags: Optional[str], img_feats) -> dict[str, torch.Tensor]:
+        """Decoding inputs: ``[CLS] [MASK]*(max_seq_a_length-2) [SEP]`` (+ tags), every caption position masked."""
+        t = self.tok
+        tokens, types, a_len, seq_len = self._text([t.mask_token] * (self.max_a - 2), tags)
+        pad = self.max_seq - seq_len if tags else 0
+        ids = t.convert_tokens_to_ids(tokens) + [t.pad_token_id] * pad
+        types += [0] * pad
+        feats, n_img = _regions(img_feats, self.max_img)
+        keep_seq = self.max_seq if tags else self.max_a
+        full = CaptionTensorizer(t, self.max_img, keep_seq, self.max_a)._mask3d(a_len, seq_len, n_img)
+        masked_pos = torch.zeros(len(ids), dtype=torch.long)
+        masked_pos[: len(ids)] = 1
+        return {
+            "input_ids": torch.tensor(ids),
+            "token_type_ids": torch.tensor(types),
+            "attention_mask": full,
+            "img_feats": feats,
+            "masked_pos": masked_pos,
+        }
