@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vinvl.errors import VinvlError
 from vinvl.oscar.inputs import CaptionTensorizer, ClassificationTensorizer, load_tokenizer

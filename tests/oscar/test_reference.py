@@ -212,3 +212,32 @@ def test_decoding_options(ref: Path, io) -> None:
         close(a.logprobs, b.logprobs.numpy())
         ends = [r.index(3) for r in a.token_ids[:, 0].tolist()]
         assert min(ends) < 7 and all(set(r[e + 1 :]) <= {0} for r, e in zip(a.token_ids[:, 0].tolist(), ends))
+
+
+def test_checkpoint_layouts_round_trip(ref: Path, io, tmp_path: Path) -> None:
+    """save_original -> folder, checkpoint-N/, .zip; save_pretrained (safetensors): the same outputs."""
+    import shutil
+    import zipfile
+
+    i, o = io
+    m = load(OscarForPretraining, ref, "pretraining", num_contrast_classes=3)
+    folder = m.save_original(tmp_path / "run" / "checkpoint-7")
+    saved = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    original = torch.load(ref / "pretraining.bin", weights_only=True)
+    assert set(saved) == set(original) and all(torch.equal(saved[k], original[k]) for k in original)
+    shutil.copytree(folder, tmp_path / "run" / "checkpoint-12")
+    with zipfile.ZipFile(tmp_path / "released.zip", "w") as z:
+        for f in ("pytorch_model.bin", "config.json"):
+            z.write(folder / f, f"pretrained_base/checkpoint-7/{f}")
+    m.save_pretrained(tmp_path / "hf")
+    for loaded in (OscarForPretraining.from_original(tmp_path / "run"),
+                   OscarForPretraining.from_original(tmp_path / "released.zip"),
+                   OscarForPretraining.from_pretrained(tmp_path / "hf")):
+        with torch.no_grad():
+            out = loaded(**base_inputs(i))
+        close(out.prediction_scores, o["pretraining.prediction_scores"])
+        close(out.seq_relationship_scores, o["pretraining.seq_relationship_scores"])
+    with pytest.raises(VinvlError, match="no pytorch_model.bin inside"):
+        with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
+            z.writestr("x.txt", "x")
+        OscarModel.from_original(tmp_path / "empty.zip")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -43,8 +46,36 @@ def read_config(folder: Path, config_cls: Any) -> Any:
     return config_cls(**data)
 
 
+def _torch_load(data: Union[Path, io.BytesIO], name: str) -> dict:
+    try:
+        return torch.load(data, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
+        raise VinvlError(f"{name}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict, Any]:
+    """A released ``.zip``: the folder inside holding ``pytorch_model.bin`` (the newest ``checkpoint-N`` if several)."""
+    with zipfile.ZipFile(path) as z:
+        bins = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
+        if not bins:
+            raise VinvlError(f"{path}: no pytorch_model.bin inside")
+        bins.sort(key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+        member = bins[-1]
+        folder = member[: -len("pytorch_model.bin")]
+        if config is None:
+            if folder + "config.json" not in z.namelist():
+                raise VinvlError(f"{path}: no config.json beside {member}")
+            config = config_cls(**json.loads(z.read(folder + "config.json")))
+        return _torch_load(io.BytesIO(z.read(member)), f"{path}:{member}"), config
+
+
 def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any] = None) -> nn.Module:
-    """Build ``cls`` and load an original state dict strictly, reporting every missing, unexpected or misshapen key."""
+    """Build ``cls`` and load an original checkpoint strictly, reporting every missing, unexpected or misshapen key.
+
+    ``source``: a state dict, a ``pytorch_model.bin``, a folder holding one with ``config.json``
+    (a run folder's newest ``checkpoint-N/`` is taken when the folder itself has none), or a
+    released ``.zip`` of such a folder.
+    """
     from .modeling import OscarConfig
 
     name = "<state dict>"
@@ -53,16 +84,20 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
     else:
         path = Path(source)
         name = str(path)
-        if path.is_dir():
-            if config is None:
-                config = read_config(path, OscarConfig)
-            path = path / "pytorch_model.bin"
-        if not path.is_file():
-            raise VinvlError(f"{path}: no such checkpoint")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-            raise VinvlError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        if path.is_dir() and not (path / "pytorch_model.bin").exists():
+            ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+            if ckpts:
+                path = ckpts[-1].parent
+        if path.suffix == ".zip" and path.is_file():
+            sd, config = _from_zip(path, config, OscarConfig)
+        else:
+            if path.is_dir():
+                if config is None:
+                    config = read_config(path, OscarConfig)
+                path = path / "pytorch_model.bin"
+            if not path.is_file():
+                raise VinvlError(f"{path}: no such checkpoint")
+            sd = _torch_load(path, str(path))
     if config is None:
         raise VinvlError(f"{name}: a state dict needs config=OscarConfig(...)")
     sd = rename_legacy(dict(sd))
@@ -86,7 +121,57 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
     if problems:
         raise VinvlError(f"{name} does not fit {cls.__name__}: " + "; ".join(problems))
     model.load_state_dict(sd, strict=True)
-    if hasattr(model, "cls") and hasattr(model.cls, "predictions"):
-        # keep the decoder bias and the head bias one tensor, as in the original
-        model.cls.predictions.decoder.bias = model.cls.predictions.bias
     return model.eval()
+
+
+def original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the original's names (without transformers' decoder-bias alias)."""
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if "cls.predictions.bias" in sd:
+        sd.pop("cls.predictions.decoder.bias", None)
+    return sd
+
+
+def save_original(model: nn.Module, folder: PathLike, tokenizer: Any = None) -> Path:
+    """Write the original layout: ``pytorch_model.bin``, ``config.json`` (+ ``vocab.txt``)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "pytorch_model.bin.tmp"
+    torch.save(original_state_dict(model), tmp)
+    os.replace(tmp, out / "pytorch_model.bin")
+    (out / "config.json").write_text(model.config.to_json_string())
+    if tokenizer is not None:
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        (out / "vocab.txt").write_text("".join(w + "\n" for w, _ in vocab), encoding="utf-8")
+    return out
+
+
+def save_pretrained(model: nn.Module, folder: PathLike) -> Path:
+    """The HF layout: ``model.safetensors`` (tied weights stored once) + ``config.json``."""
+    from safetensors.torch import save_model
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out / "model.safetensors"))
+    (out / "config.json").write_text(model.config.to_json_string())
+    return out
+
+
+def load_pretrained(cls: type, folder: PathLike) -> nn.Module:
+    """Read back what :func:`save_pretrained` wrote."""
+    from safetensors.torch import load_model
+
+    from .modeling import OscarConfig
+
+    folder = Path(folder)
+    model = cls(read_config(folder, OscarConfig))
+    load_model(model, str(folder / "model.safetensors"))
+    return model.eval()
+
+
+def read_training_args(folder: PathLike) -> Any:
+    """A run folder's ``training_args.bin`` through the safe unpickler (no arbitrary code)."""
+    from ..safe_pickle import load_training_args
+
+    path = Path(folder)
+    return load_training_args(path / "training_args.bin" if path.is_dir() else path)

@@ -91,7 +91,30 @@ class OscarOutput:
     img_embedding_output: Optional[torch.Tensor] = None
 
 
-class OscarModel(nn.Module):
+class _Saving:
+    """Writing the original and the HF layouts, and reading the latter back."""
+
+    def save_original(self, folder: PathLike, tokenizer: Any = None):
+        """``pytorch_model.bin`` + ``config.json`` (+ ``vocab.txt``), as the original writes them."""
+        from .checkpoint import save_original
+
+        return save_original(self, folder, tokenizer)
+
+    def save_pretrained(self, folder: PathLike):
+        """``model.safetensors`` + ``config.json``."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: PathLike):
+        """Load what ``save_pretrained`` wrote."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, folder)
+
+
+class OscarModel(_Saving, nn.Module):
     """BertImgModel: text embeddings + the region path, the encoder over both, the pooler."""
 
     def __init__(self, config: OscarConfig) -> None:
@@ -163,7 +186,7 @@ class OscarModel(nn.Module):
         )
 
 
-class _OscarHead(nn.Module):
+class _OscarHead(_Saving, nn.Module):
     """A head model holding an ``OscarModel`` as ``bert`` (the original's attribute name)."""
 
     def __init__(self, config: OscarConfig) -> None:
@@ -243,6 +266,7 @@ class OscarForCaptioning(_OscarHead):
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
         self.cls = BertOnlyMLMHead(config)
+        self.cls.predictions.decoder.bias = self.cls.predictions.bias  # one bias, as in the original
         if config.tie_weights:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
@@ -283,6 +307,7 @@ class OscarForPretraining(_OscarHead):
         config.num_labels = config.num_contrast_classes
         super().__init__(config)
         self.cls = PretrainingHeads(config)
+        self.cls.predictions.decoder.bias = self.cls.predictions.bias  # one bias, as in the original
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # always tied
 
     def forward(
