@@ -73,3 +73,19 @@ def test_decode_inputs(tok, ref, od: bool) -> None:
 def test_missing_vocab(tmp_path: Path) -> None:
     with pytest.raises(VinvlError, match="no such vocabulary file"):
         load_tokenizer(tmp_path)
+
+
+def test_region_store_reads_extraction_outputs(tok, tmp_path: Path) -> None:
+    """Features and tags of `vinvl features to-oscar` output feed the tensorizer."""
+    from vinvl.features import to_oscar
+    from vinvl.oscar.inputs import RegionStore
+
+    repo = Path(__file__).resolve().parents[2]
+    to_oscar(repo / "examples" / "predictions.tsv", tmp_path / "o", hw=repo / "examples" / "hw.tsv")
+    store = RegionStore(tmp_path / "o")
+    key = "COCO_val2014_000000391895"
+    assert store.regions(key).shape == (3, 2054) and store.tags(key) == "man motorcycle road"
+    x = ClassificationTensorizer(tok, 16, 10)("w17", store.tags(key), store.regions(key))
+    assert x["attention_mask"].sum() == 7 + 3  # [CLS] w17 [SEP] + 3 tags ([UNK] in this vocab) [SEP] + 3 regions
+    with pytest.raises(VinvlError, match="no such features file"):
+        RegionStore(tmp_path)

@@ -44,7 +44,7 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
 
 
 def _regions(img_feats: Union[np.ndarray, torch.Tensor], max_regions: int) -> tuple[torch.Tensor, int]:
-    x = torch.as_tensor(np.asarray(img_feats, dtype=np.float32))
+    x = torch.from_numpy(np.array(img_feats, dtype=np.float32))  # a copy: feature rows may be read-only views
     if x.ndim != 2:
         raise VinvlError(f"region features must be 2-D (regions x dim), got shape {tuple(x.shape)}")
     n = min(len(x), max_regions)
@@ -210,3 +210,35 @@ class CaptionTensorizer:
             "img_feats": feats,
             "masked_pos": masked_pos,
         }
+
+
+class RegionStore:
+    """Region features and tags of a feature folder (``vinvl extract`` output or a released folder):
+    ``features.tsv`` (``key, num_boxes, base64``) and ``label.tsv`` (tags), looked up by image key."""
+
+    def __init__(self, folder: PathLike, features: str = "features.tsv", labels: str = "label.tsv", dim: int = 2054) -> None:
+        """Open ``folder``'s feature and label TSVs (``imageid2idx.json`` used when present)."""
+        from ..features import FeatureTSV
+        from ..tsv import TSVFile
+
+        self.folder = Path(folder)
+        fpath = self.folder / features
+        if not fpath.is_file():
+            raise VinvlError(f"{fpath}: no such features file")
+        index = self.folder / "imageid2idx.json"
+        self.features = FeatureTSV(fpath, dim=dim, key_index=index if index.is_file() else None)
+        lpath = self.folder / labels
+        self.labels = TSVFile(lpath, build_index=True) if lpath.is_file() else None
+
+    def regions(self, key: str) -> np.ndarray:
+        """``[num_boxes, 2054]`` float32 region features of image ``key``."""
+        return self.features.get(str(key))
+
+    def tags(self, key: str) -> str:
+        """The image's tags (class names joined by spaces), or '' without a label file."""
+        from ..features import parse_label_row, tags_text
+
+        if self.labels is None:
+            return ""
+        _, objects = parse_label_row(self.labels.get(str(key)), path=self.labels.path)
+        return tags_text(objects)
