@@ -241,3 +241,20 @@ def test_checkpoint_layouts_round_trip(ref: Path, io, tmp_path: Path) -> None:
         with zipfile.ZipFile(tmp_path / "empty.zip", "w") as z:
             z.writestr("x.txt", "x")
         OscarModel.from_original(tmp_path / "empty.zip")
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_with_tags(ref: Path, io, beams: int) -> None:
+    """Tags after the caption (token type 1, own position ids): cached == uncached, and the tags are seen."""
+    from vinvl.oscar.generate import generate
+
+    i, o = io
+    m = load(OscarForCaptioning, ref, "captioning")
+    kw = dict(max_length=8, num_beams=beams, od_label_ids=i["dec_od_input_ids"][:, 8:], od_position_start=10)
+    a = generate(m, i["img_feats"], i["dec_od_attention_mask"], **kw, record_steps=True)
+    b = generate(m, i["img_feats"], i["dec_od_attention_mask"], **kw, use_cache=True)
+    assert torch.equal(a.token_ids, b.token_ids)
+    close(b.logprobs, a.logprobs.numpy())
+    assert a.steps[0]["input_ids"].shape == (2 * beams, 2)
+    nood = o[f"captioning.decode.nood.beam{beams}.nocache.logprobs"]
+    assert not np.allclose(a.logprobs.numpy(), nood, atol=1e-4)

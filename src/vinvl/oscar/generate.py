@@ -52,15 +52,26 @@ def _penalise(logits: torch.Tensor, prefix: torch.Tensor, penalty: float) -> tor
 class _Cache:
     """Per-layer keys/values of the generated text tokens; the regions' are computed once."""
 
-    def __init__(self, model: OscarForCaptioning, img_feats: torch.Tensor, region_mask: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: OscarForCaptioning,
+        img_feats: torch.Tensor,
+        region_mask: torch.Tensor,
+        tags: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> None:
         self.model = model
         bert = model.bert
         img = bert.img_embedding(img_feats)
         if bert.config.use_img_layernorm:
             img = bert.LayerNorm(img)
+        if tags is not None:
+            ids, pos = tags
+            emb = bert.embeddings(input_ids=ids, token_type_ids=torch.ones_like(ids), position_ids=pos)
+            img = torch.cat([emb, img], dim=1)
         self.region_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         x = img
-        # Regions attend only to regions in the decode mask, so their states do not depend on the text.
+        # Tags and regions attend only to tags and regions in the decode mask, so their states do not
+        # depend on the caption: their keys and values are computed once.
         for layer in bert.encoder.layer:
             k, v = self._kv(layer, x)
             self.region_kv.append((k, v))
@@ -124,8 +135,15 @@ def generate(
     num_return_sequences: int = 1,
     use_cache: bool = False,
     record_steps: bool = False,
+    od_label_ids: Optional[torch.Tensor] = None,
+    od_position_start: Optional[int] = None,
 ) -> DecodeOutput:
-    """Decode captions for ``img_feats [B, R, D]`` with the decode mask ``attention_mask [B, T+R, T+R]`` (T = max_length)."""
+    """Decode captions for ``img_feats [B, R, D]`` with the decode mask ``attention_mask [B, N, N]``.
+
+    ``N = max_length (+ tags) + R``: with ``od_label_ids [B, Lt]`` (the image's tags, ``[SEP]``
+    and padding, as :meth:`CaptionTensorizer.decode_inputs` builds them) the tags follow the caption
+    with token type 1 and position ids from ``od_position_start`` (default ``max_length``).
+    """
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences {num_return_sequences} > num_beams {num_beams}")
     model.eval()
@@ -133,20 +151,30 @@ def generate(
     K, T, dev = num_beams, max_length, img_feats.device
     feats = img_feats.repeat_interleave(K, dim=0)
     mask = attention_mask.repeat_interleave(K, dim=0).to(dev)
+    Lt = 0 if od_label_ids is None else od_label_ids.shape[1]
+    tag_ids = None if od_label_ids is None else od_label_ids.repeat_interleave(K, dim=0).to(dev)
+    start = max_length if od_position_start is None else od_position_start
+    tag_pos = torch.arange(start, start + Lt, device=dev)[None].expand(B * K, Lt)
     seqs = torch.full((B * K, 1), bos_token_id, dtype=torch.long, device=dev)
     scores = torch.zeros(B, K, device=dev)
     scores[:, 1:] = -1e9
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     steps: list[dict[str, torch.Tensor]] = []
-    cache = _Cache(model, feats, mask[:, T:, T:]) if use_cache else None
+    cache = _Cache(model, feats, mask[:, T:, T:], None if tag_ids is None else (tag_ids, tag_pos)) if use_cache else None
     for t in range(T - 1):
         L = t + 2
         inp = torch.cat([seqs, torch.full((B * K, 1), mask_token_id, dtype=torch.long, device=dev)], dim=1)
         if cache is None:
             pos = torch.arange(L, device=dev)[None].expand(B * K, L)
-            out = model(inp, torch.zeros_like(inp), _cut_mask(mask, L, T), feats, position_ids=pos)
-            logits = out.logits
+            types = torch.zeros_like(inp)
+            full = inp
+            if tag_ids is not None:
+                full = torch.cat([inp, tag_ids], dim=1)
+                pos = torch.cat([pos, tag_pos], dim=1)
+                types = torch.cat([types, torch.ones_like(tag_ids)], dim=1)
+            out = model(full, types, _cut_mask(mask, L, T), feats, position_ids=pos)
+            logits = out.logits[:, :L]
             step_logits = logits[:, -1]
         else:
             cut = _cut_mask(mask, L, T)
