@@ -70,9 +70,15 @@ def test_decode_inputs(tok, ref, od: bool) -> None:
             np.testing.assert_array_equal(x[name].numpy(), ref[f"{key}_{name}"][r], err_msg=f"{key} {name} row {r}")
 
 
-def test_missing_vocab(tmp_path: Path) -> None:
+def test_vocab_sources(tok, tmp_path: Path) -> None:
+    import zipfile
+
     with pytest.raises(VinvlError, match="no such vocabulary file"):
         load_tokenizer(tmp_path)
+    words = "\n".join(sorted(tok.get_vocab(), key=tok.get_vocab().get)) + "\n"
+    with zipfile.ZipFile(tmp_path / "ckpt.zip", "w") as z:
+        z.writestr("base/checkpoint-1/vocab.txt", words)
+    assert load_tokenizer(tmp_path / "ckpt.zip").convert_tokens_to_ids(["w81"]) == [81]
 
 
 def test_region_store_reads_extraction_outputs(tok, tmp_path: Path) -> None:

@@ -30,15 +30,24 @@ PathLike = Union[str, os.PathLike]
 
 
 def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
-    """A fast BERT tokenizer (``transformers.BertTokenizerFast``) on a checkpoint's ``vocab.txt``."""
+    """A fast BERT tokenizer (``transformers.BertTokenizerFast``) on a checkpoint's ``vocab.txt`` (file, folder or zip)."""
     from transformers import BertTokenizerFast
 
     path = Path(vocab)
-    if path.is_dir():
-        path = path / "vocab.txt"
-    if not path.is_file():
-        raise VinvlError(f"{path}: no such vocabulary file")
-    words = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".zip" and path.is_file():
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
+            if not members:
+                raise VinvlError(f"{path}: no vocab.txt inside")
+            words = z.read(members[-1]).decode("utf-8").splitlines()
+    else:
+        if path.is_dir():
+            path = path / "vocab.txt"
+        if not path.is_file():
+            raise VinvlError(f"{path}: no such vocabulary file")
+        words = path.read_text(encoding="utf-8").splitlines()
     vocab = {w: i for i, w in enumerate(words)}  # the file's line order is the id order
     return BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)
 
