@@ -142,7 +142,8 @@ def generate(
 
     ``N = max_length (+ tags) + R``: with ``od_label_ids [B, Lt]`` (the image's tags, ``[SEP]``
     and padding, as :meth:`CaptionTensorizer.decode_inputs` builds them) the tags follow the caption
-    with token type 1 and position ids from ``od_position_start`` (default ``max_length``).
+    with token type 1 and position ids from ``od_position_start`` (default ``max_length``; the original
+    passes ``max(max_seq_a_length, max_length)``).
     """
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences {num_return_sequences} > num_beams {num_beams}")
