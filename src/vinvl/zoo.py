@@ -1,7 +1,8 @@
 """Registry of released detector models and the local cache they are looked up in (``VINVL_HOME``).
 
-The download engine is its own piece of work (``vinvl download``); this module only knows
-names, files and where they belong, and says so clearly when a file is missing.
+This module only knows names, files and where they belong, and says so clearly when a file is
+missing; ``vinvl.assets`` builds the full download registry on top of :data:`MODELS` and
+``vinvl.download`` fetches it (``vinvl download NAME``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from .. import __version__
 from ..errors import VinvlError
 from . import datasets as _datasets
 from . import detector as _detector
+from . import download as _download
 from . import draw as _draw
 from . import extract as _extract
 from . import features as _features
@@ -36,6 +37,7 @@ app.command(
     context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]},
 )(_extract.extract)
 app.command("draw", help=_draw.HELP)(_draw.draw)
+app.command("download", help=_download.HELP)(_download.download)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")
