@@ -21,6 +21,7 @@ from . import draw as _draw
 from . import extract as _extract
 from . import features as _features
 from . import labelmap as _labelmap
+from . import oscar as _oscar
 from . import tsv as _tsv
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.command("download", help=_download.HELP)(_download.download)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")
+app.add_typer(_oscar.app, name="oscar")
 app.add_typer(_datasets.app, name="datasets")
 app.add_typer(_detector.app, name="detector")
 

@@ -318,7 +318,10 @@ class OscarForPretraining(_OscarHead):
         out.prediction_scores, out.seq_relationship_scores = self.cls(out.sequence_output, out.pooled_output)
         if masked_lm_labels is not None and next_sentence_label is not None:
             v = self.config.vocab_size
-            out.masked_lm_loss = F.cross_entropy(out.prediction_scores.view(-1, v), masked_lm_labels.view(-1), ignore_index=-1)
+            if (masked_lm_labels != -1).any():
+                out.masked_lm_loss = F.cross_entropy(out.prediction_scores.view(-1, v), masked_lm_labels.view(-1), ignore_index=-1)
+            else:  # nothing masked in this batch: no MLM term (cross-entropy would be nan)
+                out.masked_lm_loss = out.prediction_scores.sum() * 0
             nsp = F.cross_entropy(out.seq_relationship_scores.view(-1, self.config.num_contrast_classes), next_sentence_label.view(-1))
             out.loss = out.masked_lm_loss + nsp
         return out

@@ -1,0 +1,58 @@
+"""``vinvl oscar <task>``: Oscar+ pretraining (downstream tasks join this group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Oscar+ pretraining and downstream tasks.", no_args_is_help=True)
+
+
+@app.command("pretrain")
+def pretrain(
+    corpus: Path = typer.Argument(..., help="Corpus yaml (corpus_file, image_feature_path, image_label_path)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoint-N/ (original layout), log.jsonl."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="vocab.txt (or a checkpoint folder); default: --init's."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from (folder, zip or run folder)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="config.json of a fresh model (default: BERT-base)."),
+    max_steps: int = typer.Option(1000, "--max-steps"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per step per process."),
+    accumulation: int = typer.Option(1, "--gradient-accumulation-steps"),
+    lr: float = typer.Option(1e-4, "--learning-rate"),
+    warmup: int = typer.Option(0, "--warmup-steps"),
+    scheduler: str = typer.Option("linear", "--scheduler", help="linear or constant after warm-up."),
+    max_seq_length: int = typer.Option(35, "--max-seq-length"),
+    max_img_seq_length: int = typer.Option(50, "--max-img-seq-length"),
+    texta_false_prob: float = typer.Option(0.25, "--texta-false-prob"),
+    textb_sample_mode: int = typer.Option(0, "--textb-sample-mode"),
+    contrast_classes: int = typer.Option(3, "--num-contrast-classes", help="3 (Oscar+) or 2 (vanilla Oscar)."),
+    save_steps: int = typer.Option(500, "--save-steps"),
+    log_steps: int = typer.Option(20, "--log-steps"),
+    seed: int = typer.Option(88, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest checkpoint-N."),
+) -> None:
+    """MLM + contrastive pretraining; `torchrun --nproc_per_node N -m vinvl oscar pretrain ...` for data parallel."""
+    import json
+
+    from ..errors import VinvlError
+    from ..oscar import OscarConfig
+    from ..oscar.pretrain import PretrainConfig, pretrain as run
+
+    if vocab is None and init is None:
+        raise VinvlError("give --vocab (a vocab.txt) or --init (a checkpoint with one)")
+    mc = None
+    if config is not None:
+        try:
+            mc = OscarConfig(**json.loads(config.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise VinvlError(f"{config}: cannot read the model config ({e})") from None
+    cfg = PretrainConfig(
+        max_seq_length=max_seq_length, max_img_seq_length=max_img_seq_length, texta_false_prob=texta_false_prob,
+        textb_sample_mode=textb_sample_mode, num_contrast_classes=contrast_classes, batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, learning_rate=lr, warmup_steps=warmup, scheduler=scheduler,
+        max_steps=max_steps, save_steps=save_steps, log_steps=log_steps, seed=seed,
+    )
+    final = run(corpus, vocab or init, out, mc, cfg, init=init, resume=resume)
+    typer.echo(str(final))
