@@ -308,7 +308,8 @@ def pretrain(
             log(f"step {step}/{cfg.max_steps}  loss {mean['loss']:.4f}  mlm {mean['mlm']:.4f}  "
                 f"contrastive {mean['contrastive']:.4f}  acc {mean['contrastive_acc']:.3f}  lr {sched.get_last_lr()[0]:.2e}")
             with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in mean.items()}}) + "\n")
+                entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()}}
+                f.write(json.dumps(entry | {"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
         if rank == 0 and (step % cfg.save_steps == 0 or step == cfg.max_steps):
             folder = model.save_original(out / f"checkpoint-{step}", tokenizer=tok)
             tmp = folder / "training_state.pt.tmp"
