@@ -68,3 +68,16 @@ def test_bad_sources(tmp_path: Path) -> None:
         build_corpus([TextSource("coco", tmp_path / "bad.json", "caption")], {"coco": f}, {"coco": l}, tmp_path / "o")
     with pytest.raises(VinvlError, match="has no feature folder"):
         build_corpus([TextSource("vg", tmp_path / "bad.json", "caption")], {"coco": f}, {"coco": l}, tmp_path / "o")
+
+
+def test_cli(tmp_path: Path, capsys) -> None:
+    from vinvl.cli import main
+
+    f, _ = folders(tmp_path, "coco", ["1"])
+    (tmp_path / "caps.json").write_text(json.dumps({"annotations": [{"image_id": 1, "id": 1, "caption": "a dog"}]}))
+    code = main(["corpus", "build", str(tmp_path / "out"), "--captions", f"coco={tmp_path / 'caps.json'}",
+                 "--features", f"coco={f}", "--labels", f"coco={tmp_path / 'labels' / 'coco'}"])
+    assert code == 0, capsys.readouterr().err
+    assert list(TSVFile(tmp_path / "out/corpus.tsv")) == [["coco_1", "coco_cap_1", "a dog"]]
+    assert main(["corpus", "build", str(tmp_path / "o2"), "--features", f"coco={f}"]) == 2
+    assert "at least one --captions" in capsys.readouterr().err

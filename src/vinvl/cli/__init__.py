@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VinvlError
+from . import corpus as _corpus
 from . import datasets as _datasets
 from . import detector as _detector
 from . import download as _download
@@ -43,6 +44,7 @@ app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")
 app.add_typer(_oscar.app, name="oscar")
+app.add_typer(_corpus.app, name="corpus")
 app.add_typer(_datasets.app, name="datasets")
 app.add_typer(_detector.app, name="detector")
 

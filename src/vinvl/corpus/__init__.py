@@ -1,0 +1,41 @@
+"""Pretraining corpus tools: building a corpus (:mod:`.build`) and removing downstream test images from it (:mod:`.decontaminate`)."""
+
+from .decontaminate import (
+    DEFAULT_BLUR,
+    DEFAULT_BORDER,
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_SIZE,
+    DEFAULT_THRESHOLD,
+    DecontaminationResult,
+    Failure,
+    Match,
+    aligned_distance,
+    decontaminate,
+    id_mapping_matches,
+    image_signature,
+    index_image_folder,
+    near_duplicates,
+    read_id_list,
+    read_id_mapping,
+    signatures,
+)
+
+__all__ = [
+    "DEFAULT_BLUR",
+    "DEFAULT_BORDER",
+    "DEFAULT_CANDIDATE_THRESHOLD",
+    "DEFAULT_SIZE",
+    "DEFAULT_THRESHOLD",
+    "DecontaminationResult",
+    "Failure",
+    "Match",
+    "aligned_distance",
+    "decontaminate",
+    "id_mapping_matches",
+    "image_signature",
+    "index_image_folder",
+    "near_duplicates",
+    "read_id_list",
+    "read_id_mapping",
+    "signatures",
+]
