@@ -50,9 +50,9 @@ def photo_like(width: int = 640, height: int = 480, seed: int = 0) -> Image.Imag
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-``reps`` float32 ``n x n x n`` matmul rate."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` ``n x n x n`` matmul rate in ``dtype``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -122,6 +122,48 @@ class StageTimer:
         return post
 
 
+def compare(a, b) -> dict:
+    """Detections of the fast mode ``b`` against fp32 ``a``: counts, boxes matched at IoU >= 0.9, class
+    agreement and feature cosine over the matched pairs."""
+    from torchvision.ops import box_iou
+
+    out = {"boxes_fp32": len(a), "boxes_fast": len(b), "matched": 0, "class_agreement": 0.0,
+           "cosine_mean": 0.0, "cosine_min": 0.0}
+    if not len(a) or not len(b):
+        return out
+    iou = box_iou(torch.from_numpy(a.boxes), torch.from_numpy(b.boxes))
+    best, j = iou.max(1)
+    keep = best >= 0.9
+    if not keep.any():
+        return out
+    i = torch.nonzero(keep).squeeze(1)
+    fa, fb = torch.from_numpy(a.features)[i], torch.from_numpy(b.features)[j[i]]
+    cos = torch.nn.functional.cosine_similarity(fa.double(), fb.double(), dim=1)
+    out.update(matched=int(keep.sum()), class_agreement=float((torch.from_numpy(a.labels)[i] == torch.from_numpy(b.labels)[j[i]]).double().mean()),
+               cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
+    return out
+
+
+@torch.no_grad()
+def proposal_features(ref: Detector, fast: Detector, image) -> dict:
+    """Cosine of the 2048-d pooled features of the SAME proposals (fp32's) through both modes: the drift of the
+    features themselves, apart from proposals or NMS choosing other boxes."""
+    x, _ = ref.prepare(image)
+    x = x[None].to(ref.device)
+    if ref.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sizes = [tuple(x.shape[-2:])]
+    ext = ref.model.roi_heads.box.feature_extractor
+    with ref._numerics():
+        c4 = ref.model.backbone(x)
+        props = [ref.model.rpn(c4, sizes)[0][0]]
+        f_ref = ext(c4, props)
+    with fast._numerics():
+        f_fast = ext(fast.model.backbone(x), props)
+    cos = torch.nn.functional.cosine_similarity(f_ref.double(), f_fast.double(), dim=1)
+    return {"proposals": len(props[0]), "proposal_cosine_mean": float(cos.mean()), "proposal_cosine_min": float(cos.min())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -131,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="compute dtype (autocast; boxes and scores stay fp32); not fp32: drift against fp32 is reported")
+    ap.add_argument("--no-channels-last", action="store_true", help="NCHW convolutions (the original's layout)")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="a checkpoint of the released layout (e.g. the reference's synthetic one) instead of random weights")
+    ap.add_argument("--image", type=Path, default=None, help="an image file instead of the synthetic 640x480 one")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,9 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
 
-    det = Detector.from_config("vinvl_vg_x152c4", seed=0, device=device, min_size=args.min_size, max_size=args.max_size)
+    opts = dict(device=device, min_size=args.min_size, max_size=args.max_size, channels_last=not args.no_channels_last,
+                dtype=args.dtype)
+    if args.weights:
+        det = Detector.from_checkpoint(args.weights, **opts)
+    else:
+        det = Detector.from_config("vinvl_vg_x152c4", seed=0, **opts)
     model = det.model
-    image = photo_like()
+    image = Image.open(args.image).convert("RGB") if args.image else photo_like()
     stages = {
         "backbone": model.backbone,
         "rpn": model.rpn,
@@ -177,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     stage_s["preprocess"] = prep / args.runs
     stage_s["postprocess+other"] = per_image - sum(stage_s.values())
     gemm = matmul_gflops(device)
+    gemm_bf16 = matmul_gflops(device, dtype=torch.bfloat16)
+    drift = None
+    if args.dtype != "fp32":
+        # The same weights and image in fp32 (same layout): how far the fast mode moves the outputs.
+        ref = Detector(det.model, device=device, channels_last=not args.no_channels_last, dtype="fp32")
+        d_ref, d_fast = ref(image), det(image)
+        drift = compare(d_ref, d_fast)
+        drift.update(proposal_features(ref, det, image))
     total_macs = sum(macs.values())
     achieved = 2 * total_macs / (per_image - stage_s["preprocess"]) / 1e9
 
@@ -192,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         "gmacs": {k: v / 1e9 for k, v in macs.items()} | {"total": total_macs / 1e9},
         "achieved_gflops": achieved,
         "matmul_fp32_gflops": gemm,
+        "matmul_bf16_gflops": gemm_bf16,
+        "dtype": args.dtype,
+        "channels_last": not args.no_channels_last,
+        "drift_vs_fp32": drift,
         "achieved_over_matmul": achieved / gemm,
         "stage_seconds": stage_s,
     }
@@ -199,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {per_image:.2f} s/image = {1 / per_image:.3f} images/s   ({boxes[0]} detections)")
     print(f"  {total_macs / 1e9:.1f} GMAC counted -> {achieved:.1f} GFLOP/s achieved; "
           f"fp32 matmul here: {gemm:.1f} GFLOP/s ({100 * achieved / gemm:.0f}%)")
+    print(f"  bf16 matmul here: {gemm_bf16:.1f} GFLOP/s; dtype {args.dtype}, channels_last {not args.no_channels_last}")
+    if drift:
+        print(f"  drift vs fp32: boxes {drift['boxes_fast']} vs {drift['boxes_fp32']}, matched {drift['matched']}, "
+              f"class agreement {drift['class_agreement']:.3f}, feature cosine mean {drift['cosine_mean']:.6f} "
+              f"min {drift['cosine_min']:.6f}")
+        print(f"  same {drift['proposals']} proposals: pooled-feature cosine mean {drift['proposal_cosine_mean']:.6f} "
+              f"min {drift['proposal_cosine_min']:.6f}")
     print("  stage               seconds   share    GMAC")
     for k in ("preprocess", *stages, "postprocess+other"):
         s = stage_s.get(k, 0.0)

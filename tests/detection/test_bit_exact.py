@@ -35,7 +35,7 @@ mode, ref, weights, case, lo, hi = sys.argv[1], Path(sys.argv[2]), sys.argv[3], 
 npz, prefix, image = case.split(":")
 z = np.load(ref / npz)
 exp = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
-det = Detector.from_checkpoint(weights, min_size=lo, max_size=hi)
+det = Detector.from_checkpoint(weights, min_size=lo, max_size=hi, channels_last=False)  # the original NCHW arithmetic
 bad = []
 if mode == "pipeline":
     ((raw, rhw, ohw),) = det.detect_raw([ref / image], trace=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DetectorConfig, detector_preset
+from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
 from ..labelmap import LabelMap
 from .attributes import AttributeHead, select_attributes
@@ -81,6 +82,7 @@ class AttrRCNN(nn.Module):
         extractor = self.roi_heads.box.feature_extractor
         pooled = extractor(c4, boxes)
         logits, deltas = self.roi_heads.box.predictor(pooled)
+        logits, deltas = logits.float(), deltas.float()  # post-processing always in fp32
         probs = F.softmax(logits, -1)
         counts = [len(b) for b in boxes]
         results = []
@@ -99,7 +101,7 @@ class AttrRCNN(nn.Module):
                 else:
                     attr_in = extractor(c4[i : i + 1], [sel.boxes])
                 a = self.cfg.attributes
-                out.attr_logits = self.attribute.predictor(attr_in, sel.labels)
+                out.attr_logits = self.attribute.predictor(attr_in, sel.labels).float()
                 out.attr_labels, out.attr_scores = select_attributes(out.attr_logits, a.threshold, a.max_per_box)
             if trace:
                 out.trace = {
@@ -160,6 +162,9 @@ class Detections:
         return self.to_prediction(key, image_size).to_row(subset)
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Detector:
     """VinVL's object-attribute detector: images in, boxes, classes, attributes and 2048-d features out."""
 
@@ -169,11 +174,25 @@ class Detector:
         labelmap: Optional[LabelMap] = None,
         device: Union[str, torch.device] = "cpu",
         tf32: bool = False,
+        channels_last: bool = True,
+        dtype: str = "fp32",
     ) -> None:
-        """Wrap a built (and loaded) model; ``labelmap`` gives class and attribute names; ``tf32`` lets
-        CUDA convolutions and matmuls use TensorFloat-32 (faster, about 1e-3 relative error)."""
+        """Wrap a built (and loaded) model; ``labelmap`` gives class and attribute names.
+
+        ``channels_last`` runs the convolutions in NHWC (faster on CPU, same numbers within float32
+        rounding; ``False`` gives the original's NCHW arithmetic); ``dtype`` ``bf16``/``fp16`` runs
+        convolutions and linear layers under autocast with pooling, boxes and scores kept in fp32
+        (faster, drift measured by ``benchmarks/detector.py``); ``tf32`` lets CUDA use TensorFloat-32.
+        """
+        if dtype not in _DTYPES:
+            raise VinvlError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.model = model.eval().to(device)
         self.tf32 = tf32
+        self.dtype = dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.model.roi_heads.box.feature_extractor.channels_last = channels_last
         self.config = model.cfg
         self.device = torch.device(device)
         self.labelmap = labelmap
@@ -197,6 +216,8 @@ class Detector:
         labelmap: Union[None, str, os.PathLike, LabelMap] = None,
         device: Union[str, torch.device] = "cpu",
         seed: Optional[int] = None,
+        channels_last: bool = True,
+        dtype: str = "fp32",
         **overrides: Any,
     ) -> "Detector":
         """A detector with freshly initialised weights (for tests and training)."""
@@ -204,7 +225,7 @@ class Detector:
         cfg = cfg.replace(**overrides) if overrides else cfg
         if seed is not None:
             torch.manual_seed(seed)
-        return cls(AttrRCNN(cfg), _labelmap(labelmap), device)
+        return cls(AttrRCNN(cfg), _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype)
 
     @classmethod
     def from_checkpoint(
@@ -213,6 +234,8 @@ class Detector:
         preset: Union[str, DetectorConfig] = "vinvl_vg_x152c4",
         labelmap: Union[None, str, os.PathLike, LabelMap] = None,
         device: Union[str, torch.device] = "cpu",
+        channels_last: bool = True,
+        dtype: str = "fp32",
         **overrides: Any,
     ) -> "Detector":
         """Load a maskrcnn-benchmark checkpoint (``{'model': sd}`` or bare, ``module.`` prefixes allowed)."""
@@ -227,7 +250,7 @@ class Detector:
         model = model.to_empty(device="cpu")
         # Buffers the checkpoint carries (anchors) are overwritten by load; the rest must all be present.
         load_into(model, sd, source)
-        return cls(model, _labelmap(labelmap), device)
+        return cls(model, _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype)
 
     # -- inference -------------------------------------------------------------------
     def prepare(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -269,6 +292,8 @@ class Detector:
         for batch in self.batches(shapes, batch_size or self.config.batch_size):
             tensors = [prepared[i][0] for i in batch]
             x = pad_batch(tensors).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with self._numerics():
                 raws = self.model(x, [shapes[i] for i in batch], trace=trace)
             for i, raw in zip(batch, raws):
@@ -278,6 +303,10 @@ class Detector:
     @contextlib.contextmanager
     def _numerics(self) -> Iterator[None]:
         """Full float32 on CUDA unless ``tf32``: cuDNN's TF32 default would change every feature."""
+        if self.dtype != "fp32":
+            with torch.autocast(self.device.type, dtype=_DTYPES[self.dtype]):
+                yield
+            return
         if self.device.type != "cuda":
             yield
             return

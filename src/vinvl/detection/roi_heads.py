@@ -21,6 +21,8 @@ class Pooler(nn.Module):
 
     def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Pool ``[sum(R_i), C, res, res]`` for each image's boxes (resized-image coordinates)."""
+        # Box coordinates stay float32 (bf16 would move them by pixels), so the map is pooled in fp32.
+        features = features.float()
         ids = torch.cat(
             [torch.full((len(b), 1), i, dtype=features.dtype, device=features.device) for i, b in enumerate(boxes)]
         )
@@ -38,10 +40,14 @@ class Res5FeatureExtractor(nn.Module):
         self.pooler = Pooler(head.pooler_resolution, head.pooler_scale, head.sampling_ratio)
         self.head = Res5Head(backbone)
         self.out_channels = self.head.out_channels
+        self.channels_last = False  # set by Detector: res5 over the ROIs in NHWC (oneDNN's faster path)
 
     def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        x = self.head(self.pooler(features, boxes))
-        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = self.pooler(features, boxes)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.head(x)
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).float()
 
 
 class BoxPredictor(nn.Module):

@@ -31,6 +31,7 @@ class RPNHead(nn.Module):
 def flatten_head_output(x: torch.Tensor, channels: int) -> torch.Tensor:
     """``[N, A*C, H, W] -> [N, H*W*A, C]``: the (y, x, anchor) order of the grid anchors."""
     n, _, h, w = x.shape
+    x = x.contiguous().float()  # channels-last or reduced-precision head outputs: select in fp32, NCHW order
     return x.view(n, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, channels)
 
 
