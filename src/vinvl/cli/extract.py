@@ -76,6 +76,7 @@ def extract(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
     exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (faithful), or bf16/fp16 autocast (faster, small drift)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     from ..config.original import ConfigError, apply_set_options, load_original
@@ -154,7 +155,7 @@ def extract(
     items = collect_inputs(inputs, rule, data_dir)
     if world > 1:
         _agree_across_ranks(items, rank, world)
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev)  # checks the files
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=dtype)
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
@@ -162,6 +163,7 @@ def extract(
         exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet, rank=rank, world_size=world,
         extra_manifest={
             "form": "original" if config_file is not None else "native",
+            "dtype": dtype,
             "command": ["vinvl", "extract", *sys.argv[2:]] if sys.argv[1:2] == ["extract"] else None,
             "model": model_name,
             "weights": str(weights_path),

@@ -233,6 +233,7 @@ def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOp
         "exif_transpose": opts.exif_transpose,
         "world_size": opts.world_size,
         "weights": opts.extra_manifest.get("weights_sha256"),
+        "dtype": opts.extra_manifest.get("dtype", "fp32"),
     }
     return json.loads(json.dumps(fp))  # the form it has when read back from settings.json
 
