@@ -155,7 +155,9 @@ def extract(
     items = collect_inputs(inputs, rule, data_dir)
     if world > 1:
         _agree_across_ranks(items, rank, world)
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=dtype)
+    # The original form reproduces the original's files: its NCHW arithmetic, not the faster channels-last path.
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=dtype,
+                                   channels_last=config_file is None)
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
