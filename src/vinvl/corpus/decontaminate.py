@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FormatError, VinvlError
+from ..extract.sources import IMAGE_EXTENSIONS
 from ..tsv import TSVWriter, iter_tsv
 
 PathLike = Union[str, os.PathLike]
@@ -48,7 +49,6 @@ DEFAULT_CANDIDATE_THRESHOLD = 0.9
 DEFAULT_THRESHOLD = 0.42
 # Test-side crop search of stage 2: each side's border moves within [0, _MAX_BORDER].
 _MAX_BORDER = 0.15
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 # Below this pixel standard deviation (grey levels, 0..255) an image is flat: normalising it
 # would only amplify JPEG noise, so its signature is the zero vector (flat images match each other).
 _FLAT_STD = 0.5

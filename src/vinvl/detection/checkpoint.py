@@ -57,7 +57,7 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torc
     return dict(obj)
 
 
-def _names(keys: list[str], limit: int = 12) -> str:
+def key_list(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -87,14 +87,14 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_names(missing)}")
+        problems.append(f"missing keys: {key_list(missing)}")
     if unexpected:
         hint = ""
         if any(k.startswith("attribute.") for k in unexpected):
             hint = " (the checkpoint has an attribute head: enable attributes)"
-        problems.append(f"unexpected keys{hint}: {_names(unexpected)}")
+        problems.append(f"unexpected keys{hint}: {key_list(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_names(mismatched)}")
+        problems.append(f"shape mismatches: {key_list(mismatched)}")
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     model.load_state_dict(sd, strict=True)

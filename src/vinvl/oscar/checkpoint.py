@@ -13,13 +13,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..detection.checkpoint import key_list
 from ..errors import VinvlError
 
 PathLike = Union[str, os.PathLike]
-
-
-def _names(keys: list[str], limit: int = 10) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def rename_legacy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,11 +110,11 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
               for k in expected if k in sd and sd[k].shape != expected[k].shape]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_names(missing)}")
+        problems.append(f"missing keys: {key_list(missing, 10)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
+        problems.append(f"unexpected keys: {key_list(unexpected, 10)}")
     if shapes:
-        problems.append(f"shape mismatches: {_names(shapes)}")
+        problems.append(f"shape mismatches: {key_list(shapes, 10)}")
     if problems:
         raise VinvlError(f"{name} does not fit {cls.__name__}: " + "; ".join(problems))
     model.load_state_dict(sd, strict=True)

@@ -53,7 +53,10 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
 
 
 def _regions(img_feats: Union[np.ndarray, torch.Tensor], max_regions: int) -> tuple[torch.Tensor, int]:
-    x = torch.from_numpy(np.array(img_feats, dtype=np.float32))  # a copy: feature rows may be read-only views
+    if isinstance(img_feats, torch.Tensor):
+        x = img_feats.detach().to(torch.float32)
+    else:
+        x = torch.from_numpy(np.array(img_feats, dtype=np.float32))  # a copy: feature rows may be read-only views
     if x.ndim != 2:
         raise VinvlError(f"region features must be 2-D (regions x dim), got shape {tuple(x.shape)}")
     n = min(len(x), max_regions)

@@ -31,6 +31,7 @@ import yaml
 from ..errors import VinvlError
 from ..features import FeatureTSV, parse_label_row, tags_text
 from ..tsv import TSVFile
+from .inputs import _regions, _truncate_pair
 from .modeling import OscarConfig, OscarForPretraining
 
 PathLike = Union[str, os.PathLike]
@@ -165,8 +166,7 @@ class CorpusDataset:
         elif r < 0.5:
             text_b, label = self._replacement_b(i, rng), 1
         a, b = tok.tokenize(text_a), tok.tokenize(text_b)
-        while len(a) + len(b) > cfg.max_seq_length - 3:
-            (a if len(a) > len(b) else b).pop()
+        _truncate_pair(a, b, cfg.max_seq_length - 3)
         tokens = [tok.cls_token] + a + [tok.sep_token] + b + [tok.sep_token]
         types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         ids = tok.convert_tokens_to_ids(tokens)
@@ -179,10 +179,7 @@ class CorpusDataset:
             u = rng.random()
             ids[p] = tok.mask_token_id if u < 0.8 else (rng.randrange(tok.vocab_size) if u < 0.9 else t)
         pad = cfg.max_seq_length - len(ids)
-        feats = self.regions(image_id)[: cfg.max_img_seq_length]
-        n_img = len(feats)
-        img = torch.zeros(cfg.max_img_seq_length, feats.shape[1])
-        img[:n_img] = feats
+        img, n_img = _regions(self.regions(image_id), cfg.max_img_seq_length)
         return {
             "input_ids": torch.tensor(ids + [tok.pad_token_id] * pad),
             "token_type_ids": torch.tensor(types + [0] * pad),
