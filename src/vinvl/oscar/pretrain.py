@@ -19,8 +19,6 @@ import json
 import os
 import random
 import re
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -224,9 +222,9 @@ def pretrain(
     """Pretrain (or continue) an :class:`OscarForPretraining`; checkpoints ``out_dir/checkpoint-N/`` in the original layout."""
     from .inputs import load_tokenizer
 
-    out = Path(out_dir)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+
+    rank, world = dist_info()
     tok = load_tokenizer(vocab)
     ds = CorpusDataset(corpus_yaml, tok, cfg)
     torch.manual_seed(cfg.seed)
@@ -237,83 +235,20 @@ def pretrain(
         mc.vocab_size = tok.vocab_size
         mc.num_contrast_classes = cfg.num_contrast_classes
         model = OscarForPretraining(mc)
-    step = 0
-    state = None
-    if resume:
-        done = sorted(out.glob("checkpoint-*/training_state.pt"), key=lambda p: int(p.parent.name.split("-")[1]))
-        if done:
-            model = OscarForPretraining.from_original(done[-1].parent)
-            state = torch.load(done[-1], map_location="cpu", weights_only=True)
-            step = int(state["step"])
-            log(f"resumed from {done[-1].parent} (step {step})")
-    model.train()
-    ddp = model
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=rank, world_size=world)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(x in n for x in no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(x in n for x in no_decay)], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
-
-    if cfg.scheduler not in ("linear", "constant"):
-        raise VinvlError(f"scheduler must be linear or constant, got {cfg.scheduler!r}")
-
-    def lr_at(s: int) -> float:
-        if s < cfg.warmup_steps:
-            return s / max(1, cfg.warmup_steps)
-        if cfg.scheduler == "constant":
-            return 1.0
-        return max(0.0, (cfg.max_steps - s) / max(1, cfg.max_steps - cfg.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    last = latest_checkpoint(out_dir) if resume else None
+    if last is not None:
+        model = OscarForPretraining.from_original(last)
+    loop = LoopConfig(**{f: getattr(cfg, f) for f in LoopConfig.__dataclass_fields__})
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    batches = _batches(ds, cfg, step * cfg.gradient_accumulation_steps, rank, world)
-    t0 = time.perf_counter()
-    window: list[dict[str, float]] = []
-    while step < cfg.max_steps:
-        opt.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "mlm": 0.0, "contrastive": 0.0, "contrastive_acc": 0.0}
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch = next(batches)
-            o = ddp(**batch)
-            loss = o.loss / cfg.gradient_accumulation_steps
-            loss.backward()
-            k = cfg.gradient_accumulation_steps
-            totals["loss"] += o.loss.item() / k
-            totals["mlm"] += o.masked_lm_loss.item() / k
-            totals["contrastive"] += (o.loss - o.masked_lm_loss).item() / k
-            acc = (o.seq_relationship_scores.argmax(-1) == batch["next_sentence_label"]).float().mean().item()
-            totals["contrastive_acc"] += acc / k
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        step += 1
-        window.append(totals)
-        if rank == 0 and (step % cfg.log_steps == 0 or step == cfg.max_steps):
-            mean = {k: sum(w[k] for w in window) / len(window) for k in totals}
-            window = []
-            log(f"step {step}/{cfg.max_steps}  loss {mean['loss']:.4f}  mlm {mean['mlm']:.4f}  "
-                f"contrastive {mean['contrastive']:.4f}  acc {mean['contrastive_acc']:.3f}  lr {sched.get_last_lr()[0]:.2e}")
-            with open(out / "log.jsonl", "a") as f:
-                entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()}}
-                f.write(json.dumps(entry | {"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-        if rank == 0 and (step % cfg.save_steps == 0 or step == cfg.max_steps):
-            folder = model.save_original(out / f"checkpoint-{step}", tokenizer=tok)
-            tmp = folder / "training_state.pt.tmp"
-            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp)
-            os.replace(tmp, folder / "training_state.pt")
-    if world > 1:
-        import torch.distributed as dist
 
-        dist.destroy_process_group()
-    return out / f"checkpoint-{step}"
+    def step_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        o = module(**batch)
+        acc = (o.seq_relationship_scores.argmax(-1) == batch["next_sentence_label"]).float().mean().item()
+        return o.loss, {"mlm": o.masked_lm_loss.item(), "contrastive": (o.loss - o.masked_lm_loss).item(), "contrastive_acc": acc}
+
+    return train_loop(
+        model, lambda start: _batches(ds, cfg, start, rank, world), step_fn, loop, out, tokenizer=tok,
+        resume_from=last, log=log,
+    )
