@@ -95,3 +95,20 @@ def test_region_store_reads_extraction_outputs(tok, tmp_path: Path) -> None:
     assert x["attention_mask"].sum() == 7 + 3  # [CLS] w17 [SEP] + 3 tags ([UNK] in this vocab) [SEP] + 3 regions
     with pytest.raises(VinvlError, match="no such features file"):
         RegionStore(tmp_path)
+
+
+def test_regions_for_images_runs_the_demo_detector(tmp_path) -> None:
+    """Images in, Oscar regions + tags out (the shipped demo detector's 512-d features + 6 geometry)."""
+    from pathlib import Path
+
+    from vinvl.oscar.inputs import RegionStore, regions_for_images
+
+    images = Path(__file__).resolve().parents[2] / "examples" / "images"
+    keys, store = regions_for_images([images], tmp_path / "f")
+    assert keys == sorted(p.stem for p in images.iterdir())
+    assert store.dim == 518 and RegionStore(tmp_path / "f").dim == 518
+    r = store.regions(keys[0])
+    assert r.shape[1] == 518 and r.shape[0] == len(store.tags(keys[0]).split())
+    assert (r[:, 512:516] >= 0).all() and (r[:, 512:516] <= 1).all()  # normalised box corners
+    again, _ = regions_for_images([images], tmp_path / "f")  # complete: reused, not redone
+    assert again == keys

@@ -224,12 +224,38 @@ class CaptionTensorizer:
         }
 
 
+def _row_dim(path: Path) -> int:
+    """The region width of a feature TSV, from its first row (``key, n, base64`` or the caption variant)."""
+    import json
+
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            fields = raw.rstrip(b"\r\n").split(b"\t")
+            try:
+                if len(fields) == 2:
+                    info = json.loads(fields[1])
+                    n, blob = int(info["num_boxes"]), info["features"].encode()
+                else:
+                    n, blob = int(fields[1]), fields[2]
+                floats = (len(blob.rstrip(b"=")) * 3 // 4) // 4
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise VinvlError(f"{path}:{line}: not a feature row (key, num_boxes, base64 floats)") from None
+            if n > 0:  # rows of images without boxes say nothing of the width
+                if floats % n:
+                    raise VinvlError(f"{path}:{line}: {floats} floats do not split into {n} boxes")
+                return floats // n
+    return 2054  # no boxes anywhere: the released width
+
+
 class RegionStore:
     """Region features and tags of a feature folder (``vinvl extract`` output or a released folder):
     ``features.tsv`` (``key, num_boxes, base64``) and ``label.tsv`` (tags), looked up by image key."""
 
-    def __init__(self, folder: PathLike, features: str = "features.tsv", labels: str = "label.tsv", dim: int = 2054) -> None:
-        """Open ``folder``'s feature and label TSVs (``imageid2idx.json`` used when present)."""
+    def __init__(
+        self, folder: PathLike, features: str = "features.tsv", labels: str = "label.tsv", dim: Optional[int] = None
+    ) -> None:
+        """Open ``folder``'s feature and label TSVs (``imageid2idx.json`` used when present); ``dim``
+        (2054 for the released detectors, 518 for the demo one) is read off the first row when not given."""
         from ..features import FeatureTSV
         from ..tsv import TSVFile
 
@@ -237,6 +263,9 @@ class RegionStore:
         fpath = self.folder / features
         if not fpath.is_file():
             raise VinvlError(f"{fpath}: no such features file")
+        if dim is None:
+            dim = _row_dim(fpath)
+        self.dim = dim
         index = self.folder / "imageid2idx.json"
         self.features = FeatureTSV(fpath, dim=dim, key_index=index if index.is_file() else None)
         lpath = self.folder / labels
@@ -254,3 +283,43 @@ class RegionStore:
             return ""
         _, objects = parse_label_row(self.labels.get(str(key)), path=self.labels.path)
         return tags_text(objects)
+
+
+def regions_for_images(
+    images: Sequence[PathLike],
+    out_dir: PathLike,
+    model: Optional[str] = None,
+    weights: Optional[PathLike] = None,
+    labelmap: Optional[PathLike] = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    quiet: bool = True,
+) -> tuple[list[str], RegionStore]:
+    """Run the detector over ``images`` (files, folders, lists: whatever ``vinvl extract`` takes) into
+    ``out_dir`` and return the image keys in input order and a :class:`RegionStore` over the result.
+
+    The model is ``weights`` (+ ``labelmap``, with the released X152-C4 preset), a registry
+    ``model`` name, or by default the released VG detector when cached, else the shipped demo
+    detector. Images that fail to decode are left out of the keys (``out_dir/errors.tsv`` says why).
+    An ``out_dir`` already complete for the same inputs is reused.
+    """
+    from ..config import detector_preset
+    from ..detection import Detector
+    from ..extract import collect_inputs, extract
+    from ..zoo import default_model, resolve_model
+
+    if weights is not None:
+        cfg, weights_path, labelmap_path = detector_preset("vinvl_vg_x152c4"), Path(weights), labelmap
+    else:
+        entry, weights_path, cached = resolve_model(model or default_model()[0])
+        cfg, labelmap_path = detector_preset(entry.preset), labelmap or cached
+    items = collect_inputs(list(images))
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=device, dtype=dtype)
+    out = Path(out_dir)
+    complete = (out / "manifest.json").is_file() and (out / "features.tsv").is_file()
+    extract(items, det, out, quiet=quiet, resume=complete, overwrite=not complete)
+    store = RegionStore(out)
+    import json
+
+    done = set(json.loads((out / "imageid2idx.json").read_text()))
+    return [it.key for it in items if it.key in done], store
