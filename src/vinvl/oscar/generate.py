@@ -237,3 +237,74 @@ def generate(
             ids[b, r, : len(seq)] = seq
             lp[b, r] = s
     return DecodeOutput(ids, lp, steps)
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k, then nucleus (top-p) filtering: the rest set to -inf (the original's ``top_k_top_p_filtering``)."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        order = logits.sort(dim=-1, descending=True)
+        drop = order.values.softmax(-1).cumsum(-1) > top_p
+        drop[..., 1:] = drop[..., :-1].clone()  # keep the first token over the threshold too
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order.indices, drop), float("-inf"))
+    return logits
+
+
+def sample(
+    model: OscarForCaptioning,
+    img_feats: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_length: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    bos_token_id: int = 2,
+    eos_token_id: int = 3,
+    mask_token_id: int = 4,
+    pad_token_id: int = 0,
+    od_label_ids: Optional[torch.Tensor] = None,
+    od_position_start: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> DecodeOutput:
+    """Sample ``num_samples`` captions per image with gradients kept (self-critical training).
+
+    As the original's sampling (``do_sample``, no beams): ``max_length - 1`` steps, each token drawn
+    from the softmax of the (temperature-scaled, filtered) logits; a finished caption continues with
+    PAD; an unfinished one gets ``[SEP]`` as its last token. ``logprobs [B, num_samples]`` is the mean
+    log-probability of the caption's tokens up to and including its ``[SEP]``, differentiable; the
+    model's mode (train: dropout on) is left as it is. Inputs as :func:`generate`.
+    """
+    B = img_feats.shape[0]
+    N, T, dev = B * num_samples, max_length, img_feats.device
+    feats = img_feats.repeat_interleave(num_samples, dim=0)
+    mask = attention_mask.repeat_interleave(num_samples, dim=0).to(dev)
+    tags = None
+    if od_label_ids is not None:
+        ids = od_label_ids.repeat_interleave(num_samples, dim=0).to(dev)
+        start = max_length if od_position_start is None else od_position_start
+        tags = (ids, torch.arange(start, start + ids.shape[1], device=dev)[None].expand(N, ids.shape[1]))
+    cache = _Cache(model, feats, mask[:, T:, T:], tags)
+    seqs = torch.full((N, 1), bos_token_id, dtype=torch.long, device=dev)
+    alive = torch.ones(N, dtype=torch.bool, device=dev)
+    logps, alives = [], []
+    for t in range(T - 1):
+        L = t + 2
+        inp = torch.cat([seqs[:, -1:], torch.full((N, 1), mask_token_id, dtype=torch.long, device=dev)], dim=1)
+        rows = _cut_mask(mask, L, T)[:, L - 2 : L]
+        hidden = cache.step(inp, torch.arange(L - 2, L, device=dev)[None].expand(N, 2), rows)
+        logits = _filter(model.cls(hidden)[:, -1].float() / temperature, top_k, top_p)
+        with torch.no_grad():
+            tok = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        logps.append(F.log_softmax(logits, dim=-1).gather(1, tok[:, None]).squeeze(1))
+        alives.append(alive)
+        tok = torch.where(alive, tok, torch.full_like(tok, pad_token_id))
+        seqs = torch.cat([seqs, tok[:, None]], dim=1)
+        alive = alive & (tok != eos_token_id)
+    seqs[:, -1] = torch.where(alive, torch.full_like(seqs[:, -1], eos_token_id), seqs[:, -1])
+    counted = torch.stack(alives, dim=1).float()
+    mean_logp = (torch.stack(logps, dim=1) * counted).sum(1) / counted.sum(1)
+    return DecodeOutput(seqs.view(B, num_samples, T), mean_logp.view(B, num_samples))

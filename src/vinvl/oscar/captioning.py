@@ -1,0 +1,571 @@
+"""Oscar+ image captioning (the original's ``oscar/run_captioning.py``): data, cross-entropy and
+self-critical (SCST) training, beam-search evaluation with the COCO metrics, and captions for images.
+
+Data is a split yaml in the original layout (``feature``: the feature TSV, captioning's
+``key \\t {"num_boxes", "features"}`` rows or the standard three columns; ``label``: the label TSV
+whose classes are the tags; ``caption``: a json list of ``{image_id, caption, id}``), or a feature
+folder (``features.tsv`` + ``label.tsv``, e.g. ``vinvl extract`` output) with a caption json.
+
+Cross-entropy training masks caption tokens as :class:`~vinvl.oscar.inputs.CaptionTensorizer` does
+and scores them with the original's ``BertCaptioningLoss``: targets smoothed to ``1 - eps`` on the
+word and ``eps / (V - 1)`` elsewhere, per-token KL divergence, and after ``drop_worst_after`` loss
+calls the ``drop_worst_ratio`` largest token losses of each batch dropped. SCST samples
+``sc_train_sample_n`` captions per image (:func:`~vinvl.oscar.generate.sample`), rewards them with
+CIDEr-D against the image's captions and takes ``-(reward - baseline) * mean log p``, the baseline
+being the greedy (or ``sc_beam_size``-beam) caption's reward or the mean of the other samples'.
+Both run through :func:`vinvl.oscar.finetune.train_loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..errors import VinvlError
+from .inputs import CaptionTensorizer, RegionStore, load_tokenizer
+from .modeling import OscarConfig, OscarForCaptioning
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class CaptionConfig:
+    """The original's ``run_captioning.py`` options (same names and defaults unless noted)."""
+
+    max_seq_length: int = 70
+    max_seq_a_length: int = 40
+    max_img_seq_length: int = 50
+    mask_prob: float = 0.15
+    max_masked_tokens: int = 3
+    add_od_labels: bool = True  # the original's default is off; every released recipe turns it on
+    do_lower_case: bool = True
+    drop_out: float = 0.1
+    tie_weights: bool = False
+    freeze_embedding: bool = False
+    label_smoothing: float = 0.0
+    drop_worst_ratio: float = 0.0
+    drop_worst_after: int = 0
+    batch_size: int = 64
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.05
+    adam_epsilon: float = 1e-8
+    warmup_steps: int = 0
+    scheduler: str = "linear"
+    num_train_epochs: int = 40
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 88
+    save_steps: int = -1  # <= 0: only the last step
+    log_steps: int = 20
+    scst: bool = False
+    sc_train_sample_n: int = 5
+    sc_baseline_type: str = "greedy"
+    sc_beam_size: int = 1
+    cider_cached_tokens: Optional[str] = None  # None: document frequencies of each batch ("corpus")
+    max_gen_length: int = 20
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding options of evaluation and prediction (``--num_beams --max_gen_length ...``)."""
+
+    num_beams: int = 5
+    max_gen_length: int = 20
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+    use_cache: bool = True
+
+
+# -- data ------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise VinvlError(f"{path}: cannot read the json ({e})") from None
+
+
+def read_captions(path: PathLike) -> list[dict[str, Any]]:
+    """A caption json: a list of ``{image_id, caption}`` or COCO's ``{"annotations": [...]}``."""
+    path = Path(path)
+    data = _read_json(path)
+    if isinstance(data, dict):
+        data = data.get("annotations")
+    if not isinstance(data, list):
+        raise VinvlError(f"{path}: expected a list of {{image_id, caption}} (or a COCO dict with 'annotations')")
+    for i, c in enumerate(data):
+        if not isinstance(c, dict) or "image_id" not in c or not isinstance(c.get("caption"), str):
+            raise VinvlError(f"{path}: entry {i} is not {{image_id, caption}}: {str(c)[:80]}")
+    return data
+
+
+class CaptionData:
+    """A captioning split: image keys, their regions and tags, and their captions."""
+
+    def __init__(self, source: PathLike, captions: Optional[PathLike] = None) -> None:
+        """``source``: a split yaml (``feature``, ``label``, ``caption``) or a feature folder;
+        ``captions`` (a caption json) overrides the yaml's or goes with a folder."""
+        from ..features import FeatureTSV
+        from ..tsv import TSVFile
+        from .inputs import _row_dim
+
+        src = Path(source)
+        self.name = str(src)
+        caption_file: Optional[Path] = Path(captions) if captions else None
+        self._store: Optional[RegionStore] = None
+        self._feats: Optional[FeatureTSV] = None
+        self._labels: Optional[TSVFile] = None
+        if src.is_dir():
+            self._store = RegionStore(src)
+            self.dim = self._store.dim
+            self.keys = self._store.features.tsv.keys()
+        elif src.is_file():
+            try:
+                spec = yaml.safe_load(src.read_text(encoding="utf-8"))
+            except yaml.YAMLError as e:
+                raise VinvlError(f"{src}: not a yaml file ({e})") from None
+            if not isinstance(spec, dict) or "feature" not in spec:
+                raise VinvlError(f"{src}: a captioning yaml needs 'feature' (and 'label', 'caption')")
+            res = lambda p: Path(p) if Path(p).is_absolute() else src.parent / p  # noqa: E731
+            feat = res(spec["feature"])
+            if not feat.is_file():
+                raise VinvlError(f"{src}: feature file {feat} does not exist")
+            self.dim = _row_dim(feat)
+            self._feats = FeatureTSV(feat, dim=self.dim)
+            if spec.get("label"):
+                label = res(spec["label"])
+                if not label.is_file():
+                    raise VinvlError(f"{src}: label file {label} does not exist")
+                self._labels = TSVFile(label, build_index=True)
+            if caption_file is None and spec.get("caption"):
+                caption_file = res(spec["caption"])
+                if not caption_file.is_file():  # the eval references may only exist in COCO format
+                    coco = caption_file.with_name(caption_file.stem + "_coco_format.json")
+                    caption_file = coco if coco.is_file() else None
+            # the original numbers images by the label TSV's rows when there is one
+            self.keys = (self._labels or self._feats.tsv).keys()
+        else:
+            raise VinvlError(f"{src}: no such split yaml or feature folder")
+        self.captions: list[tuple[str, str]] = []
+        self.image_ids: dict[str, Any] = {}
+        if caption_file is not None:
+            known = set(self.keys)
+            for c in read_captions(caption_file):
+                key = str(c["image_id"])
+                if key not in known:
+                    raise VinvlError(f"{caption_file}: image {key!r} has no row in {self.name}")
+                self.captions.append((key, c["caption"]))
+                self.image_ids.setdefault(key, c["image_id"])
+        self.refs: dict[str, list[str]] = {}
+        for key, cap in self.captions:
+            self.refs.setdefault(key, []).append(cap)
+        self.caption_file = caption_file
+
+    def regions(self, key: str) -> np.ndarray:
+        """The image's ``[num_boxes, dim]`` region features."""
+        if self._store is not None:
+            return self._store.regions(key)
+        return self._feats.get(key)  # type: ignore[union-attr]
+
+    def tags(self, key: str) -> str:
+        """The image's tags (label classes joined by spaces), '' without labels."""
+        if self._store is not None:
+            return self._store.tags(key)
+        if self._labels is None:
+            return ""
+        from ..features import parse_label_row, tags_text
+
+        return tags_text(parse_label_row(self._labels.get(key), path=self._labels.path)[1])
+
+    def captioned_keys(self) -> list[str]:
+        """Keys of the images with captions, in the split's order."""
+        return [k for k in self.keys if k in self.refs]
+
+
+def _stack(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class _XEExamples:
+    """Caption rows as masked training examples, random choices seeded by (seed, epoch, row)."""
+
+    def __init__(self, data: CaptionData, tensorizer: CaptionTensorizer, cfg: CaptionConfig) -> None:
+        self.data, self.t, self.cfg = data, tensorizer, cfg
+
+    def __len__(self) -> int:
+        return len(self.data.captions)
+
+    def example(self, i: int, epoch: int) -> dict[str, torch.Tensor]:
+        key, caption = self.data.captions[i]
+        rng = random.Random(f"{self.cfg.seed}/{epoch}/{i}")
+        tags = self.data.tags(key) if self.cfg.add_od_labels else None
+        return self.t(caption, tags, self.data.regions(key), rng=rng)
+
+
+class _ImageExamples:
+    """Captioned images as decoding inputs (SCST), with their row index."""
+
+    def __init__(self, data: CaptionData, tensorizer: CaptionTensorizer, add_od_labels: bool) -> None:
+        self.data, self.t, self.add_od_labels = data, tensorizer, add_od_labels
+        self.keys = data.captioned_keys()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def example(self, i: int, epoch: int) -> dict[str, torch.Tensor]:
+        key = self.keys[i]
+        x = self.t.decode_inputs(self.data.tags(key) if self.add_od_labels else None, self.data.regions(key))
+        return {**x, "index": torch.tensor(i)}
+
+
+def _batches(ds: Any, cfg: CaptionConfig, start: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+    from .pretrain import _batches as corpus_batches
+
+    return corpus_batches(ds, cfg, start, rank, world)  # type: ignore[arg-type]
+
+
+# -- loss ------------------------------------------------------------------------------------
+def caption_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, drop_worst_ratio: float = 0.0) -> torch.Tensor:
+    """The original's ``BertCaptioningLoss`` on ``[M, V]`` logits of the masked tokens: smoothed targets,
+    per-token KL, the ``drop_worst_ratio`` largest dropped, mean."""
+    eps, V = label_smoothing, logits.shape[1]
+    one_hot = torch.zeros_like(logits).scatter(1, target.view(-1, 1), 1.0)
+    soft = one_hot * (1 - eps) + (1 - one_hot) * eps / (V - 1)
+    loss = F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="none").sum(1)
+    if drop_worst_ratio > 0:
+        loss = loss.topk(int(loss.shape[0] * (1 - drop_worst_ratio)), largest=False).values
+    return loss.mean()
+
+
+# -- settings a checkpoint was trained with --------------------------------------------------
+def trained_settings(checkpoint: PathLike) -> dict[str, Any]:
+    """The training options a checkpoint folder records (``training_args.json`` of ours or the
+    original's ``training_args.bin``, read safely); {} when it records none."""
+    folder = Path(checkpoint)
+    if folder.is_dir() and not (folder / "pytorch_model.bin").is_file():
+        from .finetune import latest_checkpoint
+
+        folder = latest_checkpoint(folder) or folder
+    if (folder / "training_args.json").is_file():
+        data = _read_json(folder / "training_args.json")
+        return data if isinstance(data, dict) else {}
+    if (folder / "training_args.bin").is_file():
+        from .checkpoint import read_training_args
+
+        args = read_training_args(folder)
+        return dict(vars(args)) if hasattr(args, "__dict__") else dict(args)
+    return {}
+
+
+@dataclass
+class _Layout:
+    """Decoding layout: caption slots, tag slots, regions, where tag positions start, tags on or off."""
+
+    max_gen_length: int
+    od_len: int
+    max_img: int
+    od_start: int
+    add_od_labels: bool
+    do_lower_case: bool
+
+
+def _layout(settings: dict[str, Any], max_gen_length: int, fallback: CaptionConfig) -> _Layout:
+    """As the original's ``restore_training_settings``: the tag room the model was trained with after
+    ``max_gen_length`` caption slots; tag position ids from ``max(max_seq_a_length, max_gen_length)``."""
+    get = lambda k: settings.get(k, getattr(fallback, k))  # noqa: E731
+    a_len = get("max_gen_length") if settings.get("scst") else get("max_seq_a_length")
+    return _Layout(
+        max_gen_length=max_gen_length,
+        od_len=int(get("max_seq_length")) - int(a_len),
+        max_img=int(get("max_img_seq_length")),
+        od_start=max(int(get("max_seq_a_length")), max_gen_length),
+        add_od_labels=bool(get("add_od_labels")),
+        do_lower_case=bool(get("do_lower_case")),
+    )
+
+
+def _decode_tensorizer(tok: Any, lay: _Layout) -> CaptionTensorizer:
+    od = lay.od_len if lay.add_od_labels else 0
+    return CaptionTensorizer(tok, lay.max_img, lay.max_gen_length + od, lay.max_gen_length)
+
+
+def _special(tok: Any) -> dict[str, int]:
+    return {"bos_token_id": tok.cls_token_id, "eos_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id,
+            "pad_token_id": tok.pad_token_id}
+
+
+def _texts(tok: Any, ids: torch.Tensor) -> list[str]:
+    return [tok.decode(row.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for row in ids]
+
+
+def _decode_kwargs(batch: dict[str, torch.Tensor], lay: _Layout, device: torch.device) -> dict[str, Any]:
+    kw: dict[str, Any] = {"img_feats": batch["img_feats"].to(device), "attention_mask": batch["attention_mask"].to(device),
+                          "max_length": lay.max_gen_length}
+    if lay.add_od_labels:
+        kw["od_label_ids"] = batch["input_ids"][:, lay.max_gen_length :].to(device)
+        kw["od_position_start"] = lay.od_start
+    return kw
+
+
+# -- training --------------------------------------------------------------------------------
+def _initial_model(init: Optional[PathLike], model_config: Optional[OscarConfig], cfg: CaptionConfig, vocab_size: int) -> OscarForCaptioning:
+    if init is None:
+        mc = model_config or OscarConfig()
+        mc.vocab_size = vocab_size
+        mc.tie_weights = cfg.tie_weights
+        model = OscarForCaptioning(mc)
+    else:
+        try:
+            model = OscarForCaptioning.from_original(init)
+        except VinvlError as first:  # a pretraining checkpoint: its BERT and MLM head, not its contrastive head
+            from .modeling import OscarForPretraining
+
+            try:
+                pre = OscarForPretraining.from_original(init)
+            except VinvlError:
+                raise first from None
+            model = OscarForCaptioning(pre.config)
+            missing, _ = model.load_state_dict(pre.state_dict(), strict=False)
+            if missing:
+                raise first from None
+        if cfg.tie_weights:  # the original's _tie_or_clone_weights: the word embeddings win
+            model.cls.predictions.decoder.weight = model.bert.embeddings.word_embeddings.weight
+            model.config.tie_weights = True
+    model.config.hidden_dropout_prob = cfg.drop_out
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Dropout) and not name.endswith("attention.self.dropout"):
+            mod.p = cfg.drop_out  # --drop_out sets hidden_dropout_prob, not the attention dropout
+    if cfg.freeze_embedding:
+        model.bert.embeddings.word_embeddings.weight.requires_grad = False
+    return model
+
+
+def train(
+    data: CaptionData,
+    out_dir: PathLike,
+    cfg: CaptionConfig = CaptionConfig(),
+    init: Optional[PathLike] = None,
+    vocab: Optional[PathLike] = None,
+    model_config: Optional[OscarConfig] = None,
+    resume: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+    device: Optional[str] = None,
+) -> Path:
+    """Cross-entropy (or, with ``cfg.scst``, self-critical) training; returns the last ``checkpoint-N/``.
+
+    The model starts from ``init`` (a captioning or pretraining checkpoint) or fresh from
+    ``model_config`` with ``vocab``'s tokenizer; ``resume`` continues ``out_dir``'s newest checkpoint.
+    """
+    from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+    from .generate import generate, sample
+    from .caption_metrics import CiderD, wrap_for_reward
+
+    if cfg.sc_baseline_type not in ("greedy", "sample"):
+        raise VinvlError(f"sc_baseline_type must be greedy or sample, got {cfg.sc_baseline_type!r}")
+    if cfg.scst and cfg.sc_baseline_type == "sample" and cfg.sc_train_sample_n < 2:
+        raise VinvlError("the sample baseline needs sc_train_sample_n >= 2")
+    if not data.captions:
+        raise VinvlError(f"{data.name}: no captions to train on")
+    rank, world = dist_info()
+    if cfg.scst and world > 1:
+        raise VinvlError("SCST runs in one process here (its sampling bypasses the data-parallel wrapper)")
+    if vocab is None and init is None:
+        raise VinvlError("give a vocabulary (vocab.txt) or an initial checkpoint holding one")
+    tok = load_tokenizer(vocab or init, do_lower_case=cfg.do_lower_case)
+    torch.manual_seed(cfg.seed)
+    last = latest_checkpoint(out_dir) if resume else None
+    model = _initial_model(last or init, model_config, cfg, len(tok))
+    if model.config.img_feature_dim != data.dim:
+        raise VinvlError(f"{data.name}: regions are {data.dim}-d but the model takes {model.config.img_feature_dim}-d")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    settings = {**asdict(cfg), "img_feature_dim": data.dim}
+    if cfg.scst:
+        # decoding inputs keep the tag room the initial model was trained with (restore_training_settings)
+        before = trained_settings(last or init) if (last or init) else {}
+        lay = _layout(before, cfg.max_gen_length, cfg)
+        settings.update(max_seq_length=cfg.max_gen_length + lay.od_len, add_od_labels=lay.add_od_labels,
+                        max_img_seq_length=lay.max_img, max_seq_a_length=before.get("max_seq_a_length", cfg.max_seq_a_length))
+        ds: Any = _ImageExamples(data, _decode_tensorizer(tok, lay), lay.add_od_labels)
+    else:
+        ds = _XEExamples(data, CaptionTensorizer(tok, cfg.max_img_seq_length, cfg.max_seq_length, cfg.max_seq_a_length,
+                                                 cfg.mask_prob, cfg.max_masked_tokens), cfg)
+    per_epoch = max(len(ds) // (cfg.batch_size * world) // cfg.gradient_accumulation_steps, 1)
+    steps = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.num_train_epochs
+    loop = LoopConfig(
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, adam_epsilon=cfg.adam_epsilon,
+        warmup_steps=cfg.warmup_steps, scheduler=cfg.scheduler, max_steps=steps,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else steps, log_steps=cfg.log_steps,
+    )
+    to_dev = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
+    state = {"calls": 0}
+    if last is not None:
+        state["calls"] = int(torch.load(last / "training_state.pt", map_location="cpu", weights_only=True)["step"]) * cfg.gradient_accumulation_steps
+
+    def xe_step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        b = to_dev(batch)
+        out = module(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["img_feats"], masked_pos=b["masked_pos"])
+        target = b["masked_ids"][b["masked_ids"] != 0]
+        state["calls"] += 1  # the original counts loss calls, not optimiser steps
+        drop = cfg.drop_worst_ratio if state["calls"] > cfg.drop_worst_after else 0.0
+        logits = out.logits.float()
+        loss = caption_loss(logits, target, cfg.label_smoothing, drop)
+        acc = (logits.argmax(-1) == target).float().sum() / b["masked_pos"].sum()
+        return loss, {"acc": acc.item()}
+
+    cider = CiderD(cfg.cider_cached_tokens or "corpus")
+    special = _special(tok)
+
+    def scst_step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        keys = [ds.keys[i] for i in batch["index"].tolist()]
+        refs = [[wrap_for_reward(c) for c in data.refs[k]] for k in keys]
+        kw = _decode_kwargs(batch, lay, dev)
+        n, B = cfg.sc_train_sample_n, len(keys)
+        greedy: list[str] = []
+        if cfg.sc_baseline_type == "greedy":
+            g = generate(model, **kw, num_beams=cfg.sc_beam_size, use_cache=True, **special)
+            greedy = [wrap_for_reward(c) for c in _texts(tok, g.token_ids[:, 0])]
+        model.train()
+        s = sample(model, **kw, num_samples=n, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, **special)
+        sampled = [wrap_for_reward(c) for c in _texts(tok, s.token_ids.reshape(B * n, -1))]
+        # the original scores samples and greedy captions in one call (document frequencies of all of them)
+        scores = cider.scores(sampled + greedy, [refs[i // n] for i in range(B * n)] + refs[: len(greedy)])
+        reward = scores[: B * n].reshape(B, n)
+        if greedy:
+            baseline = scores[B * n :][:, None]
+        else:
+            baseline = (reward.sum(1, keepdims=True) - reward) / (n - 1)
+        adv = torch.as_tensor(reward - baseline, dtype=torch.float32, device=dev)
+        loss = -(s.logprobs * adv).mean()
+        figures = {"reward": float(reward.mean())}
+        if greedy:
+            figures["greedy_reward"] = float(scores[B * n :].mean())
+        return loss, figures
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "caption_config.json").write_text(json.dumps(settings, indent=1))
+    return train_loop(
+        model, lambda start: _batches(ds, cfg, start, rank, world), scst_step if cfg.scst else xe_step, loop, out,
+        tokenizer=tok, resume_from=last, log=log, training_args=settings,
+    )
+
+
+# -- decoding, evaluation, prediction ----------------------------------------------------------
+def _load(checkpoint: PathLike, device: Optional[str]) -> tuple[OscarForCaptioning, Any, dict[str, Any], torch.device]:
+    settings = trained_settings(checkpoint)
+    model = OscarForCaptioning.from_original(checkpoint)
+    model.config._attn_implementation = "sdpa"  # the decoding cache asks before any forward has set it
+    tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.to(dev).eval(), tok, settings, dev
+
+
+def caption_images(
+    model: OscarForCaptioning,
+    tok: Any,
+    keys: Sequence[str],
+    regions: Callable[[str], Any],
+    tags: Callable[[str], str],
+    settings: dict[str, Any],
+    dcfg: DecodeConfig = DecodeConfig(),
+    device: Optional[torch.device] = None,
+) -> list[str]:
+    """Beam-search captions of images ``keys`` (regions and tags given by the two callables), decoded
+    in the layout the model was trained with (``settings``, see :func:`trained_settings`)."""
+    from .generate import generate
+
+    lay = _layout(settings, dcfg.max_gen_length, CaptionConfig())
+    t = _decode_tensorizer(tok, lay)
+    dev = device or next(model.parameters()).device
+    out: list[str] = []
+    for s in range(0, len(keys), dcfg.batch_size):
+        chunk = keys[s : s + dcfg.batch_size]
+        batch = _stack([t.decode_inputs(tags(k) if lay.add_od_labels else None, regions(k)) for k in chunk])
+        res = generate(model, **_decode_kwargs(batch, lay, dev), num_beams=dcfg.num_beams, length_penalty=dcfg.length_penalty,
+                       repetition_penalty=dcfg.repetition_penalty, use_cache=dcfg.use_cache, **_special(tok))
+        out += _texts(tok, res.token_ids[:, 0])
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def evaluate(
+    checkpoint: PathLike,
+    data: CaptionData,
+    out_dir: PathLike,
+    dcfg: DecodeConfig = DecodeConfig(),
+    device: Optional[str] = None,
+    spice: Optional[bool] = None,
+    metrics: bool = True,
+) -> dict[str, Any]:
+    """Caption the split's images (those with captions, else all) and score them: writes
+    ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``."""
+    from .caption_metrics import coco_caption_metrics
+
+    model, tok, settings, dev = _load(checkpoint, device)
+    if model.config.img_feature_dim != data.dim:
+        raise VinvlError(f"{data.name}: regions are {data.dim}-d but {checkpoint} takes {model.config.img_feature_dim}-d")
+    keys = data.captioned_keys() or list(data.keys)
+    caps = caption_images(model, tok, keys, data.regions, data.tags, settings, dcfg, dev)
+    out = Path(out_dir)
+    results = [{"image_id": data.image_ids.get(k, k), "caption": c} for k, c in zip(keys, caps)]
+    _write_json(out / "results.json", results)
+    report: dict[str, Any] = {"results": str(out / "results.json"), "images": len(keys)}
+    if metrics and data.refs:
+        scores = coco_caption_metrics(data.refs, dict(zip(keys, caps)), spice=spice)
+        _write_json(out / "metrics.json", scores)
+        report.update(scores)
+    return report
+
+
+def predict(
+    checkpoint: PathLike,
+    images: Sequence[PathLike],
+    out_dir: PathLike,
+    dcfg: DecodeConfig = DecodeConfig(),
+    model: Optional[str] = None,
+    weights: Optional[PathLike] = None,
+    labelmap: Optional[PathLike] = None,
+    device: Optional[str] = None,
+) -> Path:
+    """Images -> detector regions and tags (:func:`~vinvl.oscar.inputs.regions_for_images`) -> captions;
+    writes ``out_dir/results.json`` ([{image_id, caption}], image_id = the image key) and returns it."""
+    from .inputs import regions_for_images
+
+    cap_model, tok, settings, dev = _load(checkpoint, device)
+    out = Path(out_dir)
+    keys, store = regions_for_images(images, out / "regions", model=model, weights=weights, labelmap=labelmap,
+                                     device=str(dev))
+    if store.dim != cap_model.config.img_feature_dim:
+        raise VinvlError(f"the detector gives {store.dim}-d regions but {checkpoint} takes "
+                         f"{cap_model.config.img_feature_dim}-d: use the detector the captioner was trained on")
+    caps = caption_images(cap_model, tok, keys, store.regions, store.tags, settings, dcfg, dev)
+    path = out / "results.json"
+    _write_json(path, [{"image_id": k, "caption": c} for k, c in zip(keys, caps)])
+    return path
+
+
+__all__ = [
+    "CaptionConfig", "CaptionData", "DecodeConfig", "caption_images", "caption_loss", "evaluate", "predict",
+    "read_captions", "train", "trained_settings",
+]
