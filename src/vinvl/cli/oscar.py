@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from .oscar_caption import app as caption_app
+from .oscar_vqa import gqa_app, nlvr2_app, vqa_app
+
 app = typer.Typer(help="Oscar+ pretraining and downstream tasks.", no_args_is_help=True)
 
 
@@ -56,3 +59,9 @@ def pretrain(
     )
     final = run(corpus, vocab or init, out, mc, cfg, init=init, resume=resume)
     typer.echo(str(final))
+
+
+app.add_typer(vqa_app, name="vqa")
+app.add_typer(gqa_app, name="gqa")
+app.add_typer(nlvr2_app, name="nlvr2")
+app.add_typer(caption_app, name="caption")
