@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .oscar_caption import app as caption_app
+from .oscar_retrieval import retrieval_app
 from .oscar_vqa import gqa_app, nlvr2_app, vqa_app
 
 app = typer.Typer(help="Oscar+ pretraining and downstream tasks.", no_args_is_help=True)
@@ -65,3 +66,4 @@ app.add_typer(vqa_app, name="vqa")
 app.add_typer(gqa_app, name="gqa")
 app.add_typer(nlvr2_app, name="nlvr2")
 app.add_typer(caption_app, name="caption")
+app.add_typer(retrieval_app, name="retrieval")
