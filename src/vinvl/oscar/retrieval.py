@@ -217,9 +217,12 @@ class FastScorer:
         out = torch.full((len(self._lens),), float("nan"), device=self.device)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         with amp:
-            img = bert.img_embedding(feats[:n_img].to(self.device))
-            if bert.config.use_img_layernorm:
-                img = bert.LayerNorm(img)
+            if n_img:
+                img = bert.img_embedding(feats[:n_img].to(self.device))
+                if bert.config.use_img_layernorm:
+                    img = bert.LayerNorm(img)
+            else:  # no regions (an empty image, or the text-only first stage)
+                img = torch.zeros(0, bert.config.hidden_size, device=self.device)
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
                 ids, types, n_text = self._text(idx, tags)
@@ -330,13 +333,25 @@ def embed(model: OscarForSequenceClassification, builder: PairBuilder, images: S
     return torch.cat(imgs), torch.cat(caps)
 
 
+def first_stage_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequence[Sequence[int]],
+                       kind: str = "tags") -> torch.Tensor:
+    """Cheap ``[n_img, n_cap]`` scores: ``tags``, the same cross-encoder on caption + tags without the
+    regions (a third of the tokens); ``embed``, cosine of mean-pooled embeddings (:func:`embed`; one
+    forward per image and per caption, not per pair)."""
+    if kind == "tags":
+        return scorer.score_matrix([(torch.zeros(0, 1), tags) for _, tags in images], captions)
+    if kind == "embed":
+        e_img, e_cap = embed(scorer.model, scorer.builder, images, captions, scorer.batch_size)
+        return e_img @ e_cap.T
+    raise VinvlError(f"first stage {kind!r}: expected 'tags' or 'embed'")
+
+
 def two_stage_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequence[Sequence[int]],
-                     top_captions: int = 20, top_images: int = 20,
+                     top_captions: int = 20, top_images: int = 20, first_stage: str = "tags",
                      progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, int]:
     """Scores of the full model on each image's ``top_captions`` and each caption's ``top_images``
-    first-stage candidates (NaN elsewhere), and how many pairs the full model scored."""
-    e_img, e_cap = embed(scorer.model, scorer.builder, images, captions, scorer.batch_size)
-    sim = e_img @ e_cap.T
+    candidates of the ``first_stage`` (NaN elsewhere), and how many pairs the full model scored."""
+    sim = first_stage_scores(scorer, images, captions, first_stage)
     pick = torch.zeros(sim.shape, dtype=torch.bool)
     kc, ki = min(top_captions, sim.shape[1]), min(top_images, sim.shape[0])
     pick.scatter_(1, sim.topk(kc, dim=1).indices, True)
@@ -529,12 +544,12 @@ def split_inputs(data: RetrievalSplit, builder: PairBuilder) -> tuple[list[Image
 def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys_file: Optional[PathLike] = None,
              features: Optional[PathLike] = None, cfg: Optional[RetrievalConfig] = None, folds: int = 1,
              batch_size: int = 256, device: str = "cpu", amp: Optional[bool] = None, two_stage: int = 0,
-             compare_full: bool = False, scores_out: Optional[PathLike] = None,
+             first_stage: str = "tags", compare_full: bool = False, scores_out: Optional[PathLike] = None,
              log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """R@1/5/10 both ways on ``split`` (``keys_file``: e.g. ``test_img_keys.tsv`` for COCO 5K), from
     the full score matrix; ``folds``: also the mean over that many image folds (5: COCO 1K);
-    ``two_stage`` k > 0: the full model only on each side's top-k first-stage candidates
-    (``compare_full``: also the full matrix, and the recall lost)."""
+    ``two_stage`` k > 0: the full model only on each side's top-k ``first_stage`` candidates
+    (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     model, tok, folder = load_checkpoint(checkpoint, device)
     cfg = restore_settings(folder, cfg or RetrievalConfig(), log)
@@ -557,9 +572,10 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
             result[f"{folds}_fold"] = fold_recall(full, owner, folds)
     if two_stage:
         t0 = time.perf_counter()
-        two, pairs = two_stage_scores(scorer, images, captions, two_stage, two_stage, progress=progress)
+        two, pairs = two_stage_scores(scorer, images, captions, two_stage, two_stage, first_stage, progress=progress)
         rec = recall_at_k(two, owner)
-        entry: dict[str, Any] = {"top_k": two_stage, "pairs_scored": pairs, "pairs_full": len(images) * len(captions),
+        entry: dict[str, Any] = {"top_k": two_stage, "first_stage": first_stage, "pairs_scored": pairs,
+                                 "pairs_full": len(images) * len(captions),
                                  "seconds": round(time.perf_counter() - t0, 2), **rec}
         if full is not None:
             entry["recall_lost"] = {d: {k: round(result[d][k] - rec[d][k], 6) for k in rec[d]} for d in rec}
@@ -612,6 +628,6 @@ def naive_vs_fast(model: OscarForSequenceClassification, builder: PairBuilder, i
 
 __all__ = [
     "RetrievalConfig", "PairBuilder", "positive_score", "naive_scores", "FastScorer", "retrieval_ranks",
-    "recall_at_k", "fold_recall", "embed", "two_stage_scores", "model_for_training", "restore_settings",
+    "recall_at_k", "fold_recall", "embed", "first_stage_scores", "two_stage_scores", "model_for_training", "restore_settings",
     "RetrievalTrainSet", "train", "load_checkpoint", "split_inputs", "evaluate", "rank", "naive_vs_fast",
 ]
