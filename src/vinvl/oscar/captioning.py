@@ -392,6 +392,7 @@ def train(
         raise VinvlError(f"{data.name}: regions are {data.dim}-d but the model takes {model.config.img_feature_dim}-d")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
+    model.config._attn_implementation = "sdpa"  # SCST decodes before any forward has set it
     settings = {**asdict(cfg), "img_feature_dim": data.dim}
     if cfg.scst:
         # decoding inputs keep the tag room the initial model was trained with (restore_training_settings)
@@ -469,7 +470,6 @@ def train(
 def _load(checkpoint: PathLike, device: Optional[str]) -> tuple[OscarForCaptioning, Any, dict[str, Any], torch.device]:
     settings = trained_settings(checkpoint)
     model = OscarForCaptioning.from_original(checkpoint)
-    model.config._attn_implementation = "sdpa"  # the decoding cache asks before any forward has set it
     tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.to(dev).eval(), tok, settings, dev
@@ -491,6 +491,7 @@ def caption_images(
 
     lay = _layout(settings, dcfg.max_gen_length, CaptionConfig())
     t = _decode_tensorizer(tok, lay)
+    model.config._attn_implementation = "sdpa"  # the decoding cache asks before any forward has set it
     dev = device or next(model.parameters()).device
     out: list[str] = []
     for s in range(0, len(keys), dcfg.batch_size):
