@@ -5,6 +5,7 @@ reward, and `vinvl oscar caption train|eval|predict` run end to end on the saved
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,91 @@ def test_sampling_is_greedy_when_cold_and_differentiable(splits) -> None:
     assert (warm.token_ids[..., 0] == tok.cls_token_id).all() and ((warm.token_ids == tok.sep_token_id).sum(-1) == 1).all()
     warm.logprobs.sum().backward()
     assert model.bert.img_embedding.weight.grad.abs().sum() > 0
+
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenizer and METEOR need Java (no java on PATH)")
+
+
+def run_cli(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from vinvl.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.slow
+@needs_java
+def test_cli_eval(splits, xe_run: Path, tmp_path: Path) -> None:
+    """`vinvl oscar caption eval`: results.json in COCO's result form and every metric in metrics.json."""
+    run_cli("oscar", "caption", "eval", xe_run.parent, splits["test"], "-o", tmp_path, "--num-beams", 3,
+            "--max-gen-length", 12, "--device", "cpu")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) == 40 and all(set(r) == {"image_id", "caption"} and r["caption"] for r in results)
+    assert results[0]["image_id"] == "test0000"
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
+    assert m["Bleu_4"] > 0.7 and m["CIDEr"] > 4.0 and 0 < m["METEOR"] <= 1 and 0 < m["ROUGE_L"] <= 1
+    from vinvl.oscar.caption_metrics import spice_available
+
+    assert m["SPICE"] == "unavailable" or spice_available()
+
+
+@pytest.mark.slow
+def test_cli_train_and_predict_on_detector_regions(tmp_path: Path) -> None:
+    """Images -> demo-detector regions (518-d) + a caption json -> `caption train` (feature folder) ->
+    `caption predict` on the images: a well-formed results.json, one caption per image."""
+    from vinvl.datasets.shapes import generate_image
+    from vinvl.oscar.inputs import regions_for_images
+
+    torch.set_num_threads(1)
+    (tmp_path / "img").mkdir()
+    captions = []
+    for i in range(6):
+        img, anns = generate_image(5, i)
+        img.save(tmp_path / "img" / f"s{i}.png")
+        words = [f"a {a['attributes'][0]} {a['class']}" for a in anns[:2]]
+        captions.append({"image_id": f"s{i}", "caption": " and ".join(words), "id": i})
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    keys, store = regions_for_images([tmp_path / "img"], tmp_path / "regions")
+    assert store.dim == 518 and sorted(keys) == [f"s{i}" for i in range(6)]
+    words = SPECIAL + sorted({w for c in captions for w in c["caption"].split()} | set(store.tags(keys[0]).split()))
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({**TINY, "img_feature_dim": 518}))
+    run_cli("oscar", "caption", "train", tmp_path / "regions", "--captions", tmp_path / "captions.json", "-o", tmp_path / "run",
+            "--vocab", tmp_path / "vocab.txt", "--config", tmp_path / "config.json", "--max-steps", 30, "--batch-size", 6,
+            "--learning-rate", 1e-3, "--max-seq-length", 24, "--max-seq-a-length", 16, "--max-img-seq-length", 10,
+            "--device", "cpu")
+    assert (tmp_path / "run/checkpoint-30/pytorch_model.bin").is_file()
+    out = run_cli("oscar", "caption", "predict", tmp_path / "run", tmp_path / "img", "-o", tmp_path / "pred",
+                  "--num-beams", 2, "--max-gen-length", 16, "--device", "cpu")
+    assert out.strip().endswith("results.json")
+    results = json.loads((tmp_path / "pred/results.json").read_text())
+    assert sorted(r["image_id"] for r in results) == sorted(keys)
+    assert all(isinstance(r["caption"], str) and set(r["caption"].split()) <= set(words) for r in results)
+
+
+def test_decoding_layout_from_original_training_args(tmp_path: Path) -> None:
+    """As restore_training_settings: the tag room is the trained max_seq_length minus the caption room
+    (max_gen_length for an SCST run), tag positions start at max(max_seq_a_length, max_gen_length);
+    the arguments come from a released zip's training_args.bin through the safe unpickler."""
+    import argparse
+    import io
+    import zipfile
+
+    from vinvl.oscar.captioning import CaptionConfig, _layout, trained_settings
+
+    ns = argparse.Namespace(max_seq_length=50, max_seq_a_length=40, max_gen_length=20, scst=True, add_od_labels=True,
+                            max_img_seq_length=50, do_lower_case=True, device=torch.device("cpu"))
+    buf = io.BytesIO()
+    torch.save(ns, buf)
+    with zipfile.ZipFile(tmp_path / "scst.zip", "w") as z:
+        z.writestr("coco_captioning_base_scst/checkpoint-15-66405/training_args.bin", buf.getvalue())
+    settings = trained_settings(tmp_path / "scst.zip")
+    assert settings["scst"] and settings["device"] == "cpu"
+    lay = _layout(settings, 20, CaptionConfig())
+    assert (lay.od_len, lay.od_start, lay.max_img, lay.add_od_labels) == (30, 40, 50, True)
+    xe = _layout({"max_seq_length": 70, "max_seq_a_length": 40}, 20, CaptionConfig())
+    assert (xe.od_len, xe.od_start) == (30, 40)

@@ -251,14 +251,31 @@ def caption_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
 
 
 # -- settings a checkpoint was trained with --------------------------------------------------
+def checkpoint_folder(checkpoint: PathLike) -> Path:
+    """A checkpoint folder, or a run folder's newest ``checkpoint-N/`` (as the model loader picks it)."""
+    import re
+
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / "pytorch_model.bin").exists():
+        found = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+        if found:
+            return found[-1].parent
+    return path
+
+
 def trained_settings(checkpoint: PathLike) -> dict[str, Any]:
     """The training options a checkpoint folder records (``training_args.json`` of ours or the
     original's ``training_args.bin``, read safely); {} when it records none."""
-    folder = Path(checkpoint)
-    if folder.is_dir() and not (folder / "pytorch_model.bin").is_file():
-        from .finetune import latest_checkpoint
+    folder = checkpoint_folder(checkpoint)
+    if folder.suffix == ".zip" and folder.is_file():  # a released zip: its newest training_args.bin
+        import zipfile
 
-        folder = latest_checkpoint(folder) or folder
+        from ..safe_pickle import safe_loads
+
+        with zipfile.ZipFile(folder) as z:
+            members = sorted(n for n in z.namelist() if n.endswith("training_args.bin"))
+            args = safe_loads(z.read(members[-1]), f"{folder}:{members[-1]}") if members else {}
+        return dict(vars(args)) if hasattr(args, "__dict__") else dict(args)
     if (folder / "training_args.json").is_file():
         data = _read_json(folder / "training_args.json")
         return data if isinstance(data, dict) else {}
@@ -468,6 +485,7 @@ def train(
 
 # -- decoding, evaluation, prediction ----------------------------------------------------------
 def _load(checkpoint: PathLike, device: Optional[str]) -> tuple[OscarForCaptioning, Any, dict[str, Any], torch.device]:
+    checkpoint = checkpoint_folder(checkpoint)
     settings = trained_settings(checkpoint)
     model = OscarForCaptioning.from_original(checkpoint)
     tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
