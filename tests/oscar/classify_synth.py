@@ -116,3 +116,44 @@ def nlvr2_data(out: Path, n_train: int = 400, n_val: int = 100, dim: int = DIM, 
     paths["val"].write_text(json.dumps(items[n_train:]))
     paths["features"] = _write_regions(out, images, dim, rng, as_pt=False)
     return paths
+
+
+IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
+DEMO_IMAGES = [IMAGES / "shapes_a.jpg", IMAGES / "shapes_b.jpg"]  # the same pair everywhere: one extraction
+
+
+def run_cli(*argv: object) -> int:
+    """``vinvl ...`` in-process; the exit code."""
+    from vinvl.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def config_file(folder: Path, dim: int = DIM) -> Path:
+    """The tiny model's config.json for ``--config``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny_config.json"
+    path.write_text(tiny_config(dim).to_json_string())
+    return path
+
+
+def demo_checkpoint(folder: Path, cls: type, num_labels: int, answers: bool = True, **overrides: object) -> Path:
+    """An untrained tiny model over the demo detector's 518-d regions, saved in the original layout."""
+    from vinvl.oscar.classify import AnswerVocab
+    from vinvl.oscar.inputs import load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tiny_config(518)
+    cfg.num_labels = num_labels
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    tok = load_tokenizer(write_vocab(folder / "vocab"))
+    cls(cfg).save_original(folder, tokenizer=tok)
+    if answers:
+        AnswerVocab(COLOURS + EXTRA_ANSWERS).save(folder)
+    return folder
+
+
+def demo_regions_dir(tmp_path_factory) -> Path:
+    """One regions folder per test session: regions_for_images reuses it once complete."""
+    return tmp_path_factory.getbasetemp() / "classify_demo_regions"

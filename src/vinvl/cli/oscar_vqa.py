@@ -110,6 +110,15 @@ def _load(cls: Any, checkpoint: Path, device: str) -> tuple[Any, Any]:
     return model, load_tokenizer(resolve_checkpoint(checkpoint))
 
 
+def _fits(model: Any, cfg: Any) -> None:
+    """A clear error when the text is longer than the model's position table."""
+    from ..errors import VinvlError
+
+    if cfg.max_seq_length > model.config.max_position_embeddings:
+        raise VinvlError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's "
+                         f"{model.config.max_position_embeddings} positions")
+
+
 def _write_eval(out: Path, name: str, metrics: dict, results: list, checkpoint: Path, data: Path) -> None:
     from ..oscar.classify import write_json
 
@@ -180,6 +189,7 @@ def vqa_eval(
     cfg = _lengths(checkpoint, vqa.default_config(), max_seq_length, max_img_seq_length)
     qfile, ffile = vqa.split_files(data_dir, split, data_label_type, txt_data_dir)
     model, tok = _load(OscarForSequenceClassification, checkpoint, device)
+    _fits(model, cfg)
     ds = vqa.load_split(qfile, features or ffile, answers, tok, cfg)
     metrics, results = vqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
@@ -214,6 +224,7 @@ def _predict_qa(cls: Any, task: Any, checkpoint: Path, images: list[Path], quest
     answers = _vocab(checkpoint, None, label_file, label2ans, task.LABEL_FILE, task.LABEL2ANS_FILE)
     cfg = _lengths(checkpoint, task.default_config(), max_seq, max_img)
     model, tok = _load(cls, checkpoint, device)
+    _fits(model, cfg)
     rows = answer_questions(model, tok, answers, images, questions, regions_dir or out / "regions", cfg.max_seq_length,
                             cfg.max_img_seq_length, top_k=top_k, softmax=softmax, detector=detector, weights=weights,
                             labelmap=labelmap, device=device)
@@ -275,6 +286,7 @@ def gqa_eval(
     cfg = _lengths(checkpoint, gqa.default_config(), max_seq_length, max_img_seq_length)
     qfile = gqa.split_file(data_dir, split, data_type)
     model, tok = _load(OscarForSequenceClassification, checkpoint, device)
+    _fits(model, cfg)
     ds = gqa.load_split(qfile, features or data_dir / gqa.FEATURES_FILE, answers, tok, cfg)
     metrics, results = gqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
@@ -347,6 +359,7 @@ def nlvr2_eval(
     cfg = _lengths(checkpoint, nlvr2.default_config(), max_seq_length, max_img_seq_length)
     path = nlvr2.split_file(data_dir, split, data_type)
     model, tok = _load(OscarForMultipleChoice, checkpoint, device)
+    _fits(model, cfg)
     ds = nlvr2.load_split(path, features or data_dir / nlvr2.FEATURES_FILE, tok, cfg, use_label_seq)
     metrics, results = nlvr2.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, path)
@@ -369,6 +382,7 @@ def nlvr2_predict(
 
     cfg = _lengths(checkpoint, nlvr2.default_config(), max_seq_length, max_img_seq_length)
     model, tok = _load(OscarForMultipleChoice, checkpoint, device)
+    _fits(model, cfg)
     rows = nlvr2.predict(model, tok, [(left, right)], sentence, regions_dir or out / "regions", cfg, use_label_seq,
                          detector=detector, weights=detector_weights, labelmap=labelmap, device=device)
     write_json(out / "predictions.json", rows, indent=1)

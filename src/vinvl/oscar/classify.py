@@ -470,6 +470,7 @@ def run_training(
 ) -> Path:
     """Set up the task model (``init`` + ``overrides``, or the newest checkpoint when resuming) and fine-tune it."""
     last = latest_checkpoint(out_dir) if resume else None
+    torch.manual_seed(cfg.seed)  # the head's initialisation too comes from the seed, as the original's set_seed
     if last is not None:
         model = cls.from_original(last)
     else:

@@ -1,0 +1,75 @@
+"""GQA: the original's file names (train on all, evaluate on bal), cross-entropy training on synthetic data
+with a .pt feature dict (accuracy far above chance), eval and end-to-end predict through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from classify_synth import COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir, qa_data, run_cli
+
+from vinvl.errors import VinvlError
+from vinvl.oscar import OscarForSequenceClassification, gqa
+from vinvl.oscar.classify import AnswerVocab, TensorDictRegions
+from vinvl.oscar.inputs import load_tokenizer
+
+
+def test_gqa_split_names() -> None:
+    assert gqa.split_file("/d", "train", "all").name == "gqa_all_qla_train.json"
+    assert gqa.split_file("/d", "val", "bal").name == "gqa_bal_qla_val.json"
+    assert gqa.split_file("/d", "testdev", "bal").name == "gqa_bal_qla_testdev.json"
+    assert gqa.split_file("/d", "submission", "bal").name == "gqa_all_qla_submission.json"  # always all
+    with pytest.raises(VinvlError, match="data type"):
+        gqa.split_file("/d", "val", "some")
+
+
+def test_gqa_targets_are_the_first_answer(tmp_path: Path) -> None:
+    p = qa_data(tmp_path, n_train=5, n_val=0, as_pt=True)
+    ds = gqa.load_split(p["train"], p["features"], AnswerVocab.from_files(p["ans2label"]),
+                        load_tokenizer(p["vocab"]), gqa.default_config())
+    items = json.loads(p["train"].read_text())
+    assert [int(ds.example(i)["labels"]) for i in range(5)] == [it["an"][0] for it in items]
+    assert isinstance(ds.regions, TensorDictRegions) and ds.regions.regions(str(items[0]["img_id"])).shape[1] == 48
+    with pytest.raises(VinvlError, match="no features for image"):
+        ds.regions.regions("nope")
+
+
+def test_gqa_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
+    """600 CPU steps (about 6 s) from the data folder with the original's names and defaults
+    (train all, evaluate bal): accuracy from chance (0.25) to > 0.6; eval and predict through the CLI."""
+    torch.set_num_threads(1)
+    src = qa_data(tmp_path / "src", n_train=400, n_val=100, as_pt=True, partial=False)
+    data = tmp_path / "gqa"
+    data.mkdir()
+    for name, to in (("train", "gqa_all_qla_train.json"), ("val", "gqa_bal_qla_val.json"),
+                     ("ans2label", gqa.LABEL_FILE), ("label2ans", gqa.LABEL2ANS_FILE), ("features", gqa.FEATURES_FILE)):
+        shutil.copy(src[name], data / to)
+    run = tmp_path / "run"
+    assert run_cli("oscar", "gqa", "train", data, "-o", run, "--config", config_file(tmp_path), "--vocab", src["vocab"],
+                   "--max-seq-length", 12, "--max-img-seq-length", 3, "--batch-size", 16, "--learning-rate", 2e-3,
+                   "--max-steps", 600, "--warmup-steps", 20, "--drop-out", 0, "--weight-decay", 0,
+                   "--save-steps", 600, "--log-steps", 100, "--eval-batch-size", 100) == 0
+    logs = json.loads((run / "eval_logs.json").read_text())
+    assert logs[-1]["step"] == 600 and logs[-1]["eval_score"] > 0.6, logs
+    train_log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert train_log[0]["loss"] > 1.0 and train_log[-1]["loss"] < 0.6 * train_log[0]["loss"], train_log
+
+    ev = tmp_path / "eval"
+    assert run_cli("oscar", "gqa", "eval", run / "checkpoint-600", data, "--split", "val", "-o", ev) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(logs[-1]["eval_score"]) and metrics["num_questions"] == 100
+    results = json.loads((ev / "val_results.json").read_text())
+    assert all(set(r) == {"questionId", "prediction"} and isinstance(r["questionId"], str) for r in results)
+    assert {r["prediction"] for r in results} <= set(COLOURS + EXTRA_ANSWERS)
+
+    ck = demo_checkpoint(tmp_path / "ck", OscarForSequenceClassification, 6, loss_type="xe")
+    out = tmp_path / "out"
+    assert run_cli("oscar", "gqa", "predict", ck, *DEMO_IMAGES, "-q", "what colour is the star?", "-o", out,
+                   "--regions-dir", demo_regions_dir(tmp_path_factory), "--max-seq-length", 16) == 0
+    rows = json.loads((out / "answers.json").read_text())
+    assert [r["image"] for r in rows] == ["shapes_a", "shapes_b"]
+    for r in rows:  # softmax probabilities over the answers
+        assert r["answer"] in COLOURS + EXTRA_ANSWERS and sum(s for _, s in r["top"]) <= 1 + 1e-6
