@@ -318,3 +318,28 @@ def test_config_overrides() -> None:
     with pytest.raises(VinvlError, match="unknown detector preset"):
         Detector.from_config("x152")
     assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_folded_bn_is_the_same_function_and_keeps_the_checkpoint_layout() -> None:
+    """The default (channels-last) detector folds res5's frozen BNs into its convs: same detections and
+    features as the unfolded NCHW path within float32 rounding, the state dict untouched, and loading
+    new weights drops the folded copies (never stale)."""
+    from vinvl.detection.backbone import Bottleneck
+
+    weights = dict(tiny().model.state_dict())
+    plain = Detector.from_checkpoint(weights, preset="tiny", channels_last=False)
+    folded = Detector(Detector.from_checkpoint(weights, preset="tiny", channels_last=False).model)
+    blocks = [m for m in folded.model.roi_heads.modules() if isinstance(m, Bottleneck)]
+    assert blocks and all(b.folded is not None for b in blocks)
+    assert all(m.folded is None for m in folded.model.backbone.modules() if isinstance(m, Bottleneck))
+    assert all(m.folded is None for m in plain.model.modules() if isinstance(m, Bottleneck))
+    for im in IMAGES[:2]:
+        a, b = plain(im), folded(im)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b.features, a.features, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+    sd = folded.model.state_dict()
+    assert sd.keys() == plain.model.state_dict().keys()
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in sd.items())
+    folded.model.load_state_dict(sd)
+    assert all(b.folded is None for b in blocks)

@@ -69,6 +69,9 @@ def extract(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. nms_filter=2)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding and resizing images."),
+    bucket_batches: int = typer.Option(
+        8, "--bucket-batches", help="With --batch-size > 1: batches per window in which images of equal resized size "
+        "are batched together (no padding; the same rows as batch size 1 up to float rounding)."),
     key_from: str = typer.Option("relpath", "--key-from", help="Key of a file input: relpath, name or stem."),
     key_regex: Optional[str] = typer.Option(None, "--key-regex", help="Key = first group of this regex on the relative path."),
     key_map: Optional[Path] = typer.Option(None, "--key-map", help="File mapping path -> key (TSV or JSON)."),
@@ -161,7 +164,7 @@ def extract(
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
-        subset=subset, image_size_in_rows=sized, skip=frozenset(skip or ()), workers=workers,
+        subset=subset, image_size_in_rows=sized, skip=frozenset(skip or ()), workers=workers, bucket_batches=bucket_batches,
         exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet, rank=rank, world_size=world,
         extra_manifest={
             "form": "original" if config_file is not None else "native",

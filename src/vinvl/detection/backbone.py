@@ -34,14 +34,67 @@ class Bottleneck(nn.Module):
         self.bn2 = frozen_bn(inner)
         self.conv3 = nn.Conv2d(inner, out_channels, 1, bias=False)
         self.bn3 = frozen_bn(out_channels)
+        self.folded: _FoldedBN | None = None
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, FrozenBatchNorm2d]]:
+        """(conv, bn) of conv1-3 and of the downsample branch if any, in that order."""
+        pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+        return pairs + ([(self.downsample[0], self.downsample[1])] if self.downsample is not None else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.folded
+        if f is not None:
+            out = F.relu_(f.conv(0, self.conv1, x))
+            out = F.relu_(f.conv(1, self.conv2, out))
+            out = f.conv(2, self.conv3, out)
+            out += f.conv(3, self.downsample[0], x) if self.downsample is not None else x
+            return F.relu_(out)
         out = F.relu_(self.bn1(self.conv1(x)))
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = self.downsample(x) if self.downsample is not None else x
         out += identity
         return F.relu_(out)
+
+
+def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of ``conv`` with ``bn`` folded in: ``w * scale``, ``b - mean * scale``, ``scale = w_bn / sqrt(var + eps)``."""
+    scale = bn.weight.double() * (bn.running_var.double() + bn.eps).rsqrt()
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    w = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        w = w.contiguous(memory_format=torch.channels_last)  # keep the layout the model was put in
+    return w.detach(), shift.to(conv.weight.dtype).detach()
+
+
+class _FoldedBN:
+    """Inference-time copies of a block's convs with their frozen BNs folded in (one pass over the
+    activations fewer per conv). Plain attributes, not parameters: the module's own weights and
+    state dict stay in the checkpoint layout; loading new weights drops the copies."""
+
+    def __init__(self, pairs: list[tuple[nn.Conv2d, FrozenBatchNorm2d]]) -> None:
+        self.params = [_folded(c, b) for c, b in pairs]
+
+    def conv(self, i: int, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.params[i]
+        return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _drop_folded(module: nn.Module, incompatible_keys) -> None:
+    module.folded = None
+
+
+def fold_frozen_bn(model: nn.Module) -> int:
+    """Run every bottleneck and the stem with their frozen BNs folded into the convs (the same function
+    up to float32 rounding, faster); returns the number of blocks changed. Call after moving the model."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (Bottleneck, Stem)):
+            if getattr(m, "folded", None) is None:
+                m.register_load_state_dict_post_hook(_drop_folded)
+            m.folded = _FoldedBN(m.conv_bn_pairs())
+            n += 1
+    return n
 
 
 def make_stage(cfg: BackboneConfig, stage: int, in_channels: int, first_stride: int) -> nn.Sequential:
@@ -63,8 +116,16 @@ class Stem(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
         self.bn1 = frozen_bn(out_channels)
+        self.folded: _FoldedBN | None = None
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, FrozenBatchNorm2d]]:
+        """The stem's one (conv, bn)."""
+        return [(self.conv1, self.bn1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded is not None:
+            x = F.relu_(self.folded.conv(0, self.conv1, x))
+            return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         x = F.relu_(self.bn1(self.conv1(x)))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 

@@ -17,7 +17,7 @@ from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
 from ..labelmap import LabelMap
 from .attributes import AttributeHead, select_attributes
-from .backbone import Backbone
+from .backbone import Backbone, fold_frozen_bn
 from .box_coder import BoxCoder, clip_boxes, scale_boxes
 from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
 from .postprocess import select_detections
@@ -176,11 +176,14 @@ class Detector:
         tf32: bool = False,
         channels_last: bool = True,
         dtype: str = "fp32",
+        fold_bn: Optional[bool] = None,
     ) -> None:
         """Wrap a built (and loaded) model; ``labelmap`` gives class and attribute names.
 
-        ``channels_last`` runs the convolutions in NHWC (faster on CPU, same numbers within float32
-        rounding; ``False`` gives the original's NCHW arithmetic); ``dtype`` ``bf16``/``fp16`` runs
+        ``channels_last`` runs the convolutions in NHWC with res5's frozen BNs folded into its convs
+        (``fold_bn``, default: with ``channels_last``; the weights and state dict are unchanged) —
+        faster on CPU, the same numbers within float32 rounding; ``False`` gives the original's
+        NCHW arithmetic, op for op; ``dtype`` ``bf16``/``fp16`` runs
         convolutions and linear layers under autocast with pooling, boxes and scores kept in fp32
         (faster, drift measured by ``benchmarks/detector.py``); ``tf32`` lets CUDA use TensorFloat-32.
         """
@@ -192,6 +195,10 @@ class Detector:
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if channels_last if fold_bn is None else fold_bn:
+            # res5 over the 300 proposals only: that is where the BN passes cost (big activations),
+            # and the backbone's arithmetic stays as is, so near-tied RPN scores keep their order.
+            fold_frozen_bn(self.model.roi_heads)
         self.model.roi_heads.box.feature_extractor.channels_last = channels_last
         self.config = model.cfg
         self.device = torch.device(device)
@@ -291,7 +298,8 @@ class Detector:
         results: list[Any] = [None] * len(prepared)
         for batch in self.batches(shapes, batch_size or self.config.batch_size):
             tensors = [prepared[i][0] for i in batch]
-            x = pad_batch(tensors).to(self.device)
+            cuda = self.device.type == "cuda"
+            x = pad_batch(tensors, pin=cuda).to(self.device, non_blocking=cuda)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._numerics():

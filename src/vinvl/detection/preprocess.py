@@ -62,11 +62,12 @@ def to_input_tensor(image: Image.Image, cfg: InputConfig) -> torch.Tensor:
     return (x - mean) / std
 
 
-def pad_batch(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Zero-pad ``[3, h, w]`` tensors at the bottom/right to the largest size and stack them."""
+def pad_batch(tensors: list[torch.Tensor], pin: bool = False) -> torch.Tensor:
+    """Zero-pad ``[3, h, w]`` tensors at the bottom/right to the largest size and stack them (in pinned
+    memory with ``pin``, for an asynchronous copy to the GPU)."""
     h = max(t.shape[1] for t in tensors)
     w = max(t.shape[2] for t in tensors)
-    out = tensors[0].new_zeros((len(tensors), 3, h, w))
+    out = tensors[0].new_zeros((len(tensors), 3, h, w), pin_memory=pin)
     for i, t in enumerate(tensors):
         out[i, :, : t.shape[1], : t.shape[2]].copy_(t)
     return out

@@ -63,6 +63,7 @@ class ExtractOptions:
     image_size_in_rows: bool = True
     skip: frozenset = frozenset()
     workers: int = 0
+    bucket_batches: int = 8  # batches per bucketing window (batch size > 1, same-size batching)
     exif_transpose: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -162,14 +163,14 @@ class _Shard:
             self.files[n] = f
         self.journal = open(self.journal_path, "ab")
 
-    def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int) -> None:
-        """Append one whole batch, then record it in the journal."""
+    def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int, batches: int = 1) -> None:
+        """Append ``batches`` whole batches, then record them in the journal."""
         for n, rows in lines.items():
             if rows:
                 self.files[n].write(b"".join(rows))
         for f in self.files.values():
             f.flush()
-        self.done_batches += 1
+        self.done_batches += batches
         self.counts = {
             "images": self.counts["images"] + images,
             "failed": self.counts["failed"] + failed,
@@ -232,6 +233,7 @@ def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOp
         "skip": sorted(opts.skip),
         "exif_transpose": opts.exif_transpose,
         "world_size": opts.world_size,
+        "bucket_batches": opts.bucket_batches,
         "weights": opts.extra_manifest.get("weights_sha256"),
         "dtype": opts.extra_manifest.get("dtype", "fp32"),
     }
@@ -362,22 +364,27 @@ def _run_batches(
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=opts.workers, collate_fn=_unbatched,
         prefetch_factor=2 * bs if opts.workers else None, persistent_workers=False,
+        pin_memory=detector.device.type == "cuda",  # lets the copy to the GPU run asynchronously
     )
+    # Aspect-ratio bucketing: a window of whole batches is computed together, images of equal resized
+    # size batched without padding; windows sit at fixed batch numbers and are journaled whole, so
+    # a resumed run groups images exactly as an uninterrupted one. Padded batching keeps its batches.
+    window = 1 if detector.config.batching == "padded" or bs == 1 else max(1, opts.bucket_batches)
     pending: list[tuple[int, Any, Any, Any]] = []
-    current = todo[0] // bs
+    current = todo[0] // bs // window
     for j, tensor, hw, error in loader:
         idx = todo[j]
-        if idx // bs != current:
-            _finish_batch(pending, items, detector, shard, opts, names, bs)
+        if idx // bs // window != current:
+            _finish_window(pending, items, detector, shard, opts, names, bs)
             progress.update(len(pending))
-            pending, current = [], idx // bs
+            pending, current = [], idx // bs // window
         pending.append((idx, tensor, hw, error))
     if pending:
-        _finish_batch(pending, items, detector, shard, opts, names, bs)
+        _finish_window(pending, items, detector, shard, opts, names, bs)
         progress.update(len(pending))
 
 
-def _finish_batch(
+def _finish_window(
     pending: list[tuple[int, Any, Any, Any]],
     items: Sequence[ImageItem],
     detector: Detector,
@@ -409,7 +416,8 @@ def _finish_batch(
             lines["labels"].append(_line(format_label_row(pred)))
         if "hw" in lines:
             lines["hw"].append(_line(format_hw_row(item.key, hw[0], hw[1])))
-    shard.write_batch(lines, images=len(ok), failed=len(pending) - len(ok), boxes=boxes)
+    batches = len({i // bs for i, *_ in pending})
+    shard.write_batch(lines, images=len(ok), failed=len(pending) - len(ok), boxes=boxes, batches=batches)
 
 
 def _wait_for_shards(out: Path, opts: ExtractOptions) -> list[Path]:
