@@ -401,7 +401,7 @@ def train(
         raise VinvlError("SCST runs in one process here (its sampling bypasses the data-parallel wrapper)")
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (vocab.txt) or an initial checkpoint holding one")
-    tok = load_tokenizer(vocab or init, do_lower_case=cfg.do_lower_case)
+    tok = load_tokenizer(vocab or checkpoint_folder(init), do_lower_case=cfg.do_lower_case)  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
     last = latest_checkpoint(out_dir) if resume else None
     model = _initial_model(last or init, model_config, cfg, len(tok))
