@@ -13,6 +13,7 @@ both are checked to give the same scores (max |difference| <= --tolerance) on th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import tempfile
@@ -46,10 +47,17 @@ def main() -> int:
     p.add_argument("--amp", action="store_true", help="bf16 autocast in the fast scorer (CUDA only); the check then uses --amp-tolerance")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |score difference| allowed in float32 (default 1e-4)")
     p.add_argument("--amp-tolerance", type=float, default=0.1, help="max |score difference| allowed with --amp (default 0.1)")
+    p.add_argument("--pad-multiple", type=int, default=None, help="fast scorer text-length rounding (default: 8 on CUDA, 1 on CPU)")
+    p.add_argument("--no-cudnn-attention", action="store_true", help="keep SDPA off its cuDNN backend (CUDA)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
+    backends = contextlib.ExitStack()
+    if a.no_cudnn_attention:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends.enter_context(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]))
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     words = [f"w{i}" for i in range(1000)]
@@ -79,7 +87,7 @@ def main() -> int:
     t_naive = time.perf_counter() - t0
     rate_naive = n_naive * len(captions) / t_naive
 
-    scorer = FastScorer(model, builder, batch_size=a.batch_size, amp=a.amp)
+    scorer = FastScorer(model, builder, batch_size=a.batch_size, amp=a.amp, pad_multiple=a.pad_multiple)
     scorer.score_matrix(images[:1], captions)  # warm-up
     sync()
     t0 = time.perf_counter()

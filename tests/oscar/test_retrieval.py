@@ -147,6 +147,8 @@ def test_fast_scorer_equals_one_pair_at_a_time(tok, num_labels: int, layernorm: 
     fast = FastScorer(model, b, batch_size=8).score_matrix(images, captions)
     assert naive.std() > 0.3
     assert float((naive - fast).abs().max()) <= 1e-4
+    padded = FastScorer(model, b, batch_size=8, pad_multiple=8).score_matrix(images, captions)  # the CUDA default
+    assert float((naive - padded).abs().max()) <= 1e-4
     sub = FastScorer(model, b, batch_size=8)
     sub.set_captions(captions)
     part = sub.score_image(*images[1], subset=torch.tensor([3, 30, 5]))

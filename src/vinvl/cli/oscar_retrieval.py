@@ -94,7 +94,9 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ..."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on for CUDA; CPU is float32)."),
     two_stage: int = typer.Option(0, "--two-stage", help="k > 0: the full model scores only each image's and each caption's "
-                                  "top-k candidates of a mean-pooled-embedding first stage."),
+                                  "top-k candidates of a cheap first stage (--first-stage)."),
+    first_stage: str = typer.Option("tags", "--first-stage", help="tags: the model without the regions; embed: cosine "
+                                    "of mean-pooled caption and image embeddings (cheaper, weaker)."),
     compare_full: bool = typer.Option(False, "--compare-full", help="With --two-stage: also the full matrix, and the recall lost."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Save the score matrix (torch .pt: scores, image_keys, caption_to_image)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Also write the result JSON here."),
@@ -105,7 +107,7 @@ def evaluate(
     cfg = RetrievalConfig(max_seq_length=max_seq_length, max_img_seq_length=max_img_seq_length, add_od_labels=od_labels,
                           captions_per_image_eval=captions_per_image)
     _echo(run(checkpoint, data_dir, split, keys, features, cfg, folds=folds, batch_size=batch_size, device=device,
-              amp=amp, two_stage=two_stage, compare_full=compare_full, scores_out=scores), out)
+              amp=amp, two_stage=two_stage, first_stage=first_stage, compare_full=compare_full, scores_out=scores), out)
 
 
 @retrieval_app.command("rank")

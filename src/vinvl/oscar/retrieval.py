@@ -151,15 +151,18 @@ class FastScorer:
     """The full cross-encoder score matrix, fast and with the scores of :func:`naive_scores`.
 
     ``amp`` (default: on for CUDA) runs the encoder under bf16 autocast; on CPU it stays float32.
+    ``pad_multiple`` (default: 8 on CUDA, 1 on CPU) rounds each batch's text length up (masked
+    padding, so the scores do not change): fewer distinct shapes for the attention kernels.
     """
 
     def __init__(self, model: OscarForSequenceClassification, builder: PairBuilder, batch_size: int = 256,
-                 amp: Optional[bool] = None) -> None:
+                 amp: Optional[bool] = None, pad_multiple: Optional[int] = None) -> None:
         self.model = model.eval()
         self.builder = builder
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.amp = (self.device.type == "cuda") if amp is None else amp
+        self.pad_multiple = pad_multiple or (8 if self.device.type == "cuda" else 1)
         if self.amp and self.device.type != "cuda":
             raise VinvlError("bf16 autocast scoring is for CUDA devices only (CPU scores stay float32)")
         self._caps: Optional[torch.Tensor] = None
@@ -185,7 +188,10 @@ class FastScorer:
         has_b = (room >= 0) & (n_tags > 0)
         nb = torch.clamp(torch.minimum(room, torch.full_like(room, n_tags)), min=0) * has_b
         n_text = lc + 2 + (nb + 1) * has_b
-        p = torch.arange(int(n_text.max()), device=self.device)[None]
+        longest = int(n_text.max())
+        m = self.pad_multiple
+        t = max(longest, min(-(-longest // m) * m, self.model.config.max_position_embeddings))
+        p = torch.arange(t, device=self.device)[None]
         lc_, nb_, hb = lc[:, None], nb[:, None], has_b[:, None]
         ids = torch.full((len(idx), p.shape[1]), tok.pad_token_id, dtype=torch.long, device=self.device)
         ids = torch.where(p == 0, tok.cls_token_id, ids)
