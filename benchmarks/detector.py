@@ -22,6 +22,7 @@ For reference, the original ran 8.3-8.7 s per 600/1000 image on a 2-core CPU mac
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import sys
@@ -164,18 +165,87 @@ def proposal_features(ref: Detector, fast: Detector, image) -> dict:
     return {"proposals": len(props[0]), "proposal_cosine_mean": float(cos.mean()), "proposal_cosine_min": float(cos.min())}
 
 
+def build(args, device: torch.device, channels_last: bool, dtype: str, compile_: bool = False) -> Detector:
+    """The detector under test (random weights unless ``--weights``)."""
+    opts = dict(device=device, min_size=args.min_size, max_size=args.max_size, channels_last=channels_last, dtype=dtype,
+                batch_size=args.batch_size)
+    if args.weights:
+        det = Detector.from_checkpoint(args.weights, **opts)
+    else:
+        det = Detector.from_config("vinvl_vg_x152c4", seed=0, **opts)
+    if compile_:
+        det.compile()
+    return det
+
+
+def stages_of(model: nn.Module) -> dict[str, nn.Module]:
+    stages = {
+        "backbone": model.backbone,
+        "rpn": model.rpn,
+        "res5": model.roi_heads.box.feature_extractor,
+        "predictor": model.roi_heads.box.predictor,
+    }
+    if model.attribute is not None:
+        stages["attributes"] = model.attribute.predictor
+    return stages
+
+
+def timed_runs(det: Detector, jpeg: bytes, runs: int, batch: int, device: torch.device, timer=None) -> dict:
+    """``runs`` timed batches of ``batch`` copies of the image, from JPEG bytes to written rows."""
+    from vinvl.features import format_features_row
+
+    split = defaultdict(float)
+    total = 0.0
+    boxes = []
+    sink = io.BytesIO()
+    for _ in range(runs):
+        sync(device)
+        t0 = time.perf_counter()
+        images = [Image.open(io.BytesIO(jpeg)).convert("RGB") for _ in range(batch)]
+        t1 = time.perf_counter()
+        prepared = [det.prepare(im) for im in images]
+        t2 = time.perf_counter()
+        raws = det.detect_prepared(prepared, batch_size=batch)
+        sync(device)
+        t3 = time.perf_counter()
+        ds = [det.finish(*r) for r in raws]
+        t4 = time.perf_counter()
+        for i, d in enumerate(ds):
+            sink.write("\t".join(d.to_row(f"im{i}")).encode())
+            sink.write("\t".join(format_features_row(f"im{i}", d.region_features(), dim=d.features.shape[1] + 6)).encode())
+        t5 = time.perf_counter()
+        split["decode"] += t1 - t0
+        split["preprocess"] += t2 - t1
+        split["model"] += t3 - t2
+        split["finish"] += t4 - t3
+        split["write"] += t5 - t4
+        total += t5 - t0
+        boxes.append(len(ds[0]))
+    per_image = total / runs / batch
+    out = {"seconds_per_image": per_image, "images_per_second": 1 / per_image, "detections": boxes,
+           "split": {k: v / runs / batch for k, v in split.items()}}
+    if timer is not None:
+        out["stage_seconds"] = {k: v / runs / batch for k, v in timer.seconds.items()}
+        timer.seconds.clear()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    ap.add_argument("--runs", type=int, default=3, help="timed images (default 3)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed images first (default 1)")
+    ap.add_argument("--runs", type=int, default=3, help="timed batches (default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
+    ap.add_argument("--batch-size", type=int, default=1, help="images per forward pass, all of one size as bucketing makes them (default 1)")
     ap.add_argument("--min-size", type=int, default=600)
     ap.add_argument("--max-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                     help="compute dtype (autocast; boxes and scores stay fp32); not fp32: drift against fp32 is reported")
-    ap.add_argument("--no-channels-last", action="store_true", help="NCHW convolutions (the original's layout)")
+    ap.add_argument("--no-channels-last", action="store_true", help="NCHW convolutions, BN unfolded (the original's arithmetic)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone and res5 (compile time not counted)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the original's arithmetic (fp32, NCHW, BN unfolded, batch 1) in this run and print the speed-up")
     ap.add_argument("--weights", type=Path, default=None,
                     help="a checkpoint of the released layout (e.g. the reference's synthetic one) instead of random weights")
     ap.add_argument("--image", type=Path, default=None, help="an image file instead of the synthetic 640x480 one")
@@ -187,94 +257,106 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
 
-    opts = dict(device=device, min_size=args.min_size, max_size=args.max_size, channels_last=not args.no_channels_last,
-                dtype=args.dtype)
-    if args.weights:
-        det = Detector.from_checkpoint(args.weights, **opts)
-    else:
-        det = Detector.from_config("vinvl_vg_x152c4", seed=0, **opts)
-    model = det.model
     image = Image.open(args.image).convert("RGB") if args.image else photo_like()
-    stages = {
-        "backbone": model.backbone,
-        "rpn": model.rpn,
-        "box_head": model.roi_heads.box.feature_extractor,
-        "predictor": model.roi_heads.box.predictor,
-    }
-    if model.attribute is not None:
-        stages["attributes"] = model.attribute.predictor
-
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    det = build(args, device, not args.no_channels_last, args.dtype, args.compile)
+    model = det.model
+    stages = stages_of(model)
     for _ in range(args.warmup):
-        det(image)
+        timed_runs(det, jpeg, 1, args.batch_size, device)
+    # Count on the unfolded modules (folded blocks call F.conv2d, which module hooks do not see).
+    folded = {m: m.folded for m in model.modules() if getattr(m, "folded", None) is not None}
+    for m in folded:
+        m.folded = None
     counter = MacCounter(model, stages)
-    det(image)
+    with torch.no_grad():
+        det(image)
     counter.remove()
+    for m, f in folded.items():
+        m.folded = f
     macs = dict(counter.macs)
-
-    timer = StageTimer(stages, device)
-    prep = total = 0.0
-    boxes = []
-    for _ in range(args.runs):
-        sync(device)
-        t0 = time.perf_counter()
-        x, hw = det.prepare(image)
-        t1 = time.perf_counter()
-        d = det(image)  # includes a second prepare: subtracted below
-        sync(device)
-        t2 = time.perf_counter()
-        prep += t1 - t0
-        total += (t2 - t1)
-        boxes.append(len(d))
-    per_image = total / args.runs
-    stage_s = {k: v / args.runs for k, v in timer.seconds.items()}
-    stage_s["preprocess"] = prep / args.runs
-    stage_s["postprocess+other"] = per_image - sum(stage_s.values())
-    gemm = matmul_gflops(device)
-    gemm_bf16 = matmul_gflops(device, dtype=torch.bfloat16)
+    timer = StageTimer(stages, device) if not args.compile else None  # hooks would break compiled graphs
+    res = timed_runs(det, jpeg, args.runs, args.batch_size, device, timer)
+    if timer is not None:
+        for h in timer.handles:
+            h.remove()
+    per_image = res["seconds_per_image"]
+    big = 8192 if device.type == "cuda" else 2048
+    gemm = matmul_gflops(device, n=big)
+    gemm_bf16 = matmul_gflops(device, n=big, dtype=torch.bfloat16)
+    total_macs = sum(macs.values())
+    achieved = 2 * total_macs / res["split"]["model"] / 1e9
+    peak = gemm if args.dtype == "fp32" else gemm_bf16 if args.dtype == "bf16" else matmul_gflops(device, n=big, dtype=torch.float16)
     drift = None
-    if args.dtype != "fp32":
-        # The same weights and image in fp32 (same layout): how far the fast mode moves the outputs.
+    if args.dtype != "fp32" or args.compile:
+        # The same weights and image in plain eager fp32 (same layout): how far the fast mode moves the outputs.
         ref = Detector(det.model, device=device, channels_last=not args.no_channels_last, dtype="fp32")
+        if args.compile:
+            ref = build(args, device, not args.no_channels_last, "fp32")
         d_ref, d_fast = ref(image), det(image)
         drift = compare(d_ref, d_fast)
         drift.update(proposal_features(ref, det, image))
-    total_macs = sum(macs.values())
-    achieved = 2 * total_macs / (per_image - stage_s["preprocess"]) / 1e9
+        del ref
+    base = None
+    if args.baseline:
+        orig = build(argparse.Namespace(**{**vars(args), "batch_size": 1}), device, False, "fp32")
+        timed_runs(orig, jpeg, 1, 1, device)
+        base = timed_runs(orig, jpeg, args.runs, 1, device)
+        del orig
 
+    x, _ = det.prepare(image)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "input": f"640x480 -> {tuple(x.shape[1:])} (min/max {args.min_size}/{args.max_size})",
+        "date": time.strftime("%Y-%m-%d"),
+        "input": f"{image.width}x{image.height} -> {tuple(x.shape[1:])} (min/max {args.min_size}/{args.max_size})",
         "runs": args.runs,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "channels_last": not args.no_channels_last,
+        "compiled": args.compile,
         "seconds_per_image": per_image,
         "images_per_second": 1 / per_image,
-        "detections": boxes,
+        "detections": res["detections"],
         "gmacs": {k: v / 1e9 for k, v in macs.items()} | {"total": total_macs / 1e9},
         "achieved_gflops": achieved,
         "matmul_fp32_gflops": gemm,
         "matmul_bf16_gflops": gemm_bf16,
-        "dtype": args.dtype,
-        "channels_last": not args.no_channels_last,
+        "mfu": achieved / peak,
+        "split_seconds": res["split"],
+        "stage_seconds": res.get("stage_seconds"),
         "drift_vs_fp32": drift,
-        "achieved_over_matmul": achieved / gemm,
-        "stage_seconds": stage_s,
+        "baseline": base,
+        "speedup_vs_baseline": base["seconds_per_image"] / per_image if base else None,
     }
-    print(f"X152-C4 on {args.device} ({result['threads']} threads), {result['input']}, {args.runs} runs")
-    print(f"  {per_image:.2f} s/image = {1 / per_image:.3f} images/s   ({boxes[0]} detections)")
-    print(f"  {total_macs / 1e9:.1f} GMAC counted -> {achieved:.1f} GFLOP/s achieved; "
-          f"fp32 matmul here: {gemm:.1f} GFLOP/s ({100 * achieved / gemm:.0f}%)")
-    print(f"  bf16 matmul here: {gemm_bf16:.1f} GFLOP/s; dtype {args.dtype}, channels_last {not args.no_channels_last}")
+    mode = f"dtype {args.dtype}, {'NCHW' if args.no_channels_last else 'channels-last'}, batch {args.batch_size}" + (
+        ", compiled" if args.compile else "")
+    print(f"X152-C4 on {result['device']} ({result['threads']} threads), {result['input']}, {args.runs} runs; {mode}")
+    print(f"  {per_image:.3f} s/image = {1 / per_image:.3f} images/s   ({res['detections'][0]} detections)")
+    print(f"  {total_macs / 1e9:.1f} GMAC counted -> {achieved:.1f} GFLOP/s achieved in the model; "
+          f"{args.dtype} matmul peak here {peak:.1f} GFLOP/s -> MFU {100 * achieved / peak:.0f}%")
+    print(f"  matmul peaks measured in this run: fp32 {gemm:.1f} GFLOP/s, bf16 {gemm_bf16:.1f} GFLOP/s")
+    if base:
+        print(f"  original's arithmetic (fp32, NCHW, BN unfolded, batch 1) in this run: {base['seconds_per_image']:.3f} s/image"
+              f" -> speed-up {result['speedup_vs_baseline']:.2f}x")
     if drift:
-        print(f"  drift vs fp32: boxes {drift['boxes_fast']} vs {drift['boxes_fp32']}, matched {drift['matched']}, "
+        print(f"  drift vs eager fp32: boxes {drift['boxes_fast']} vs {drift['boxes_fp32']}, matched {drift['matched']}, "
               f"class agreement {drift['class_agreement']:.3f}, feature cosine mean {drift['cosine_mean']:.6f} "
               f"min {drift['cosine_min']:.6f}")
         print(f"  same {drift['proposals']} proposals: pooled-feature cosine mean {drift['proposal_cosine_mean']:.6f} "
               f"min {drift['proposal_cosine_min']:.6f}")
-    print("  stage               seconds   share    GMAC")
-    for k in ("preprocess", *stages, "postprocess+other"):
-        s = stage_s.get(k, 0.0)
-        print(f"  {k:<18} {s:8.3f}  {100 * s / per_image:5.1f}%  {macs.get(k, 0) / 1e9:7.1f}")
+    print("  step                seconds/image   share")
+    for k, v in res["split"].items():
+        print(f"  {k:<18} {v:10.3f}     {100 * v / per_image:5.1f}%")
+    if res.get("stage_seconds"):
+        print("  model stage         seconds/image   share    GMAC")
+        st = dict(res["stage_seconds"])
+        st["post-process"] = res["split"]["model"] - sum(st.values())
+        for k, v in st.items():
+            print(f"  {k:<18} {v:10.3f}     {100 * v / per_image:5.1f}%  {macs.get(k, 0) / 1e9:7.1f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -72,8 +72,9 @@ def test_cell_anchors_match_the_checkpoint_layout(shared_dir: Path) -> None:
     assert (w[1:5] > w[:4]).all() and torch.allclose((a[:, :2] + a[:, 2:]) / 2, torch.full((15, 2), 7.5))
 
 
+@pytest.mark.parametrize("parallel", [False, True])  # True: the fixed-point form CUDA uses
 @pytest.mark.parametrize("shared", [True, False])
-def test_vectorised_class_nms_equals_torchvision(shared: bool) -> None:
+def test_vectorised_class_nms_equals_torchvision(shared: bool, parallel: bool) -> None:
     g = torch.Generator().manual_seed(0)
     r, k = 60, 23
     xy = torch.rand((r, k if not shared else 1, 2), generator=g) * 100
@@ -81,7 +82,7 @@ def test_vectorised_class_nms_equals_torchvision(shared: bool) -> None:
     boxes = torch.cat([xy, xy + wh], dim=2)
     boxes = boxes[:, 0] if shared else boxes
     scores = (torch.rand((r, k), generator=g) * 8).round() / 8  # many ties
-    mask = per_class_nms_mask(boxes, scores, 0.3)
+    mask = per_class_nms_mask(boxes, scores, 0.3, parallel=parallel)
     for j in range(k):
         b = boxes if shared else boxes[:, j]
         expect = torch.zeros(r, dtype=torch.bool)

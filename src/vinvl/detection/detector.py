@@ -259,6 +259,13 @@ class Detector:
         load_into(model, sd, source)
         return cls(model, _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype)
 
+    def compile(self, **options: Any) -> "Detector":
+        """``torch.compile`` the backbone and res5 in place (state dict unchanged); ``options`` go to torch.compile.
+        The first image of each new size compiles (minutes for X152); drift is measured by benchmarks/detector.py."""
+        self.model.backbone.compile(**options)
+        self.model.roi_heads.box.feature_extractor.head.compile(**options)
+        return self
+
     # -- inference -------------------------------------------------------------------
     def prepare(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(input tensor [3, h, w], original (H, W))`` of one image."""
