@@ -154,13 +154,12 @@ def proposal_features(ref: Detector, fast: Detector, image) -> dict:
     if ref.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     sizes = [tuple(x.shape[-2:])]
-    ext = ref.model.roi_heads.box.feature_extractor
     with ref._numerics():
         c4 = ref.model.backbone(x)
         props = [ref.model.rpn(c4, sizes)[0][0]]
-        f_ref = ext(c4, props)
+        f_ref = ref.model.roi_heads.box.feature_extractor(c4, props)
     with fast._numerics():
-        f_fast = ext(fast.model.backbone(x), props)
+        f_fast = fast.model.roi_heads.box.feature_extractor(fast.model.backbone(x), props)
     cos = torch.nn.functional.cosine_similarity(f_ref.double(), f_fast.double(), dim=1)
     return {"proposals": len(props[0]), "proposal_cosine_mean": float(cos.mean()), "proposal_cosine_min": float(cos.min())}
 
@@ -230,6 +229,18 @@ def timed_runs(det: Detector, jpeg: bytes, runs: int, batch: int, device: torch.
     return out
 
 
+def mean_runs(results: list[dict]) -> dict:
+    """The mean of several one-run results of :func:`timed_runs`."""
+    n = len(results)
+    out = {"seconds_per_image": sum(r["seconds_per_image"] for r in results) / n,
+           "detections": [d for r in results for d in r["detections"]],
+           "split": {k: sum(r["split"][k] for r in results) / n for k in results[0]["split"]}}
+    out["images_per_second"] = 1 / out["seconds_per_image"]
+    if results[0].get("stage_seconds"):
+        out["stage_seconds"] = {k: sum(r["stage_seconds"].get(k, 0.0) for r in results) / n for k in results[0]["stage_seconds"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -277,11 +288,26 @@ def main(argv: list[str] | None = None) -> int:
     for m, f in folded.items():
         m.folded = f
     macs = dict(counter.macs)
+    # Other modes timed in the same run, interleaved run by run (this machine's speed drifts by up to
+    # 2x within minutes, so only same-run ratios mean much).
+    others: dict[str, tuple[Detector, int]] = {}
+    if args.dtype != "fp32" or args.compile:
+        others["fp32"] = (build(args, device, not args.no_channels_last, "fp32"), args.batch_size)
+    if args.baseline:
+        others["original"] = (build(argparse.Namespace(**{**vars(args), "batch_size": 1}), device, False, "fp32"), 1)
+    for o, bs in others.values():
+        timed_runs(o, jpeg, 1, bs, device)
     timer = StageTimer(stages, device) if not args.compile else None  # hooks would break compiled graphs
-    res = timed_runs(det, jpeg, args.runs, args.batch_size, device, timer)
+    mine: list[dict] = []
+    theirs: dict[str, list[dict]] = {k: [] for k in others}
+    for _ in range(args.runs):
+        mine.append(timed_runs(det, jpeg, 1, args.batch_size, device, timer))
+        for k, (o, bs) in others.items():
+            theirs[k].append(timed_runs(o, jpeg, 1, bs, device))
     if timer is not None:
         for h in timer.handles:
             h.remove()
+    res = mean_runs(mine)
     per_image = res["seconds_per_image"]
     big = 8192 if device.type == "cuda" else 2048
     gemm = matmul_gflops(device, n=big)
@@ -290,21 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     achieved = 2 * total_macs / res["split"]["model"] / 1e9
     peak = gemm if args.dtype == "fp32" else gemm_bf16 if args.dtype == "bf16" else matmul_gflops(device, n=big, dtype=torch.float16)
     drift = None
-    if args.dtype != "fp32" or args.compile:
+    if "fp32" in others:
         # The same weights and image in plain eager fp32 (same layout): how far the fast mode moves the outputs.
-        ref = Detector(det.model, device=device, channels_last=not args.no_channels_last, dtype="fp32")
-        if args.compile:
-            ref = build(args, device, not args.no_channels_last, "fp32")
+        ref = others["fp32"][0]
         d_ref, d_fast = ref(image), det(image)
         drift = compare(d_ref, d_fast)
         drift.update(proposal_features(ref, det, image))
-        del ref
-    base = None
-    if args.baseline:
-        orig = build(argparse.Namespace(**{**vars(args), "batch_size": 1}), device, False, "fp32")
-        timed_runs(orig, jpeg, 1, 1, device)
-        base = timed_runs(orig, jpeg, args.runs, 1, device)
-        del orig
+    fp32_res = mean_runs(theirs["fp32"]) if "fp32" in theirs else None
+    base = mean_runs(theirs["original"]) if "original" in theirs else None
+    others.clear()
 
     x, _ = det.prepare(image)
     result = {
@@ -331,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "drift_vs_fp32": drift,
         "baseline": base,
         "speedup_vs_baseline": base["seconds_per_image"] / per_image if base else None,
+        "fp32_same_run": fp32_res,
+        "speedup_vs_fp32": fp32_res["seconds_per_image"] / per_image if fp32_res else None,
     }
     mode = f"dtype {args.dtype}, {'NCHW' if args.no_channels_last else 'channels-last'}, batch {args.batch_size}" + (
         ", compiled" if args.compile else "")
@@ -342,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     if base:
         print(f"  original's arithmetic (fp32, NCHW, BN unfolded, batch 1) in this run: {base['seconds_per_image']:.3f} s/image"
               f" -> speed-up {result['speedup_vs_baseline']:.2f}x")
+    if fp32_res:
+        print(f"  fp32 (default path, batch {args.batch_size}) in this run: {fp32_res['seconds_per_image']:.3f} s/image"
+              f" -> speed-up {result['speedup_vs_fp32']:.2f}x")
     if drift:
         print(f"  drift vs eager fp32: boxes {drift['boxes_fast']} vs {drift['boxes_fp32']}, matched {drift['matched']}, "
               f"class agreement {drift['class_agreement']:.3f}, feature cosine mean {drift['cosine_mean']:.6f} "

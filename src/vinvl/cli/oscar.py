@@ -38,20 +38,14 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest checkpoint-N."),
 ) -> None:
     """MLM + contrastive pretraining; `torchrun --nproc_per_node N -m vinvl oscar pretrain ...` for data parallel."""
-    import json
-
     from ..errors import VinvlError
-    from ..oscar import OscarConfig
     from ..oscar.pretrain import PretrainConfig, pretrain as run
 
     if vocab is None and init is None:
         raise VinvlError("give --vocab (a vocab.txt) or --init (a checkpoint with one)")
-    mc = None
-    if config is not None:
-        try:
-            mc = OscarConfig(**json.loads(config.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise VinvlError(f"{config}: cannot read the model config ({e})") from None
+    from ..oscar.checkpoint import config_file
+
+    mc = config_file(config)
     cfg = PretrainConfig(
         max_seq_length=max_seq_length, max_img_seq_length=max_img_seq_length, texta_false_prob=texta_false_prob,
         textb_sample_mode=textb_sample_mode, num_contrast_classes=contrast_classes, batch_size=batch_size,

@@ -70,16 +70,11 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if present)."),
 ) -> None:
     """Train a captioner: masked-caption cross-entropy (label smoothing, drop-worst) or SCST."""
-    from ..errors import VinvlError
-    from ..oscar import OscarConfig
     from ..oscar.captioning import CaptionConfig, CaptionData, train as run
 
-    mc = None
-    if config is not None:
-        try:
-            mc = OscarConfig(**json.loads(config.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise VinvlError(f"{config}: cannot read the model config ({e})") from None
+    from ..oscar.checkpoint import config_file
+
+    mc = config_file(config)
     cfg = CaptionConfig(
         max_seq_length=max_seq_length, max_seq_a_length=max_seq_a_length, max_img_seq_length=max_img_seq_length,
         mask_prob=mask_prob, max_masked_tokens=max_masked_tokens, add_od_labels=od_labels, do_lower_case=lower_case,

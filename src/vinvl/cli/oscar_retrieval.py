@@ -56,16 +56,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest checkpoint-N."),
 ) -> None:
     """Fine-tune the matched/unmatched classifier; `torchrun --nproc_per_node N -m vinvl oscar retrieval train ...` for data parallel."""
-    from ..errors import VinvlError
-    from ..oscar import OscarConfig
     from ..oscar.retrieval import RetrievalConfig, train as run
 
-    mc = None
-    if config is not None:
-        try:
-            mc = OscarConfig(**json.loads(config.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise VinvlError(f"{config}: cannot read the model config ({e})") from None
+    from ..oscar.checkpoint import config_file
+
+    mc = config_file(config)
     cfg = RetrievalConfig(
         max_seq_length=max_seq_length, max_img_seq_length=max_img_seq_length, add_od_labels=od_labels,
         captions_per_image_train=captions_per_image, num_labels=num_labels, loss_type=loss_type, drop_out=drop_out,

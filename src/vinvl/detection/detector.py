@@ -195,7 +195,11 @@ class Detector:
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if channels_last if fold_bn is None else fold_bn:
+        if dtype != "fp32" and fold_bn is not False:
+            # 16-bit modes: every BN folded and the folded weights stored in 16 bits, so activations stay
+            # 16-bit from conv to conv (an unfolded fp32 BN would promote each one back to fp32).
+            fold_frozen_bn(self.model, _DTYPES[dtype])
+        elif channels_last if fold_bn is None else fold_bn:
             # res5 over the 300 proposals only: that is where the BN passes cost (big activations),
             # and the backbone's arithmetic stays as is, so near-tied RPN scores keep their order.
             fold_frozen_bn(self.model.roi_heads)

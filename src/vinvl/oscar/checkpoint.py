@@ -172,3 +172,15 @@ def read_training_args(folder: PathLike) -> Any:
 
     path = Path(folder)
     return load_training_args(path / "training_args.bin" if path.is_dir() else path)
+
+
+def config_file(path: Optional[PathLike]) -> Any:
+    """An :class:`OscarConfig` from a ``config.json`` (``None`` for ``None``); one clear error if unreadable."""
+    if path is None:
+        return None
+    from .modeling import OscarConfig
+
+    try:
+        return OscarConfig(**json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise VinvlError(f"{path}: cannot read the model config ({e})") from None
