@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import colorsys
 import html as _html
-import os
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_write
 from .errors import VinvlError
 from .features import Prediction
 from .tsv import PathLike, TSVFile
@@ -228,17 +228,6 @@ def _check_key(key: str) -> None:
         raise VinvlError(f"key {key!r} cannot be used as a file name under the output folder")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _load_image(path: Path, pred: Prediction) -> Image.Image:
     try:
         with Image.open(path) as im:
@@ -331,12 +320,12 @@ def draw_predictions(
             image, pred, top_attributes=top_attributes, min_score=min_score, max_boxes=max_boxes, palette=palette
         )
         out_path = out_dir / (pred.key + ".png")
-        _atomic_write(out_path, lambda p: drawn.save(p, format="PNG"))
+        atomic_write(out_path, lambda p: drawn.save(p, format="PNG"))
         written.append(out_path)
         if html:
             idx = selected_boxes(pred, min_score=min_score, max_boxes=max_boxes)
             entries.append((pred, idx, quote(pred.key + ".png")))
     if html:
         page = _html_page(entries, f"{predictions.name}: {len(entries)} image{'' if len(entries) == 1 else 's'}")
-        _atomic_write(out_dir / "index.html", lambda p: p.write_text(page, encoding="utf-8"))
+        atomic_write(out_dir / "index.html", lambda p: p.write_text(page, encoding="utf-8"))
     return written

@@ -29,6 +29,7 @@ import pybase64
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..atomic import atomic_write, atomic_write_bytes
 from ..errors import VinvlError
 from ..features import format_hw_row
 from ..labelmap import BACKGROUND, NO_ATTRIBUTE, LabelMap
@@ -242,16 +243,6 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file, so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def shapes_labelmap() -> LabelMap:
     """The dataset's label map: background + :data:`SHAPE_CLASSES`, no-attribute + :data:`ATTRIBUTES`."""
     return LabelMap((BACKGROUND,) + SHAPE_CLASSES, (NO_ATTRIBUTE,) + ATTRIBUTES, source="shapes")
@@ -288,7 +279,7 @@ def generate_shapes(
         for i, key in enumerate(keys):
             img, anns = generate_image(seed, i, min_size, max_size)
             data = png_bytes(img)
-            _write_atomic(images / f"{key}.png", data)
+            atomic_write_bytes(images / f"{key}.png", data)
             img_w.write([key, pybase64.b64encode(data).decode()])
             hw_w.write(format_hw_row(key, img.height, img.width))
             label_w.write([key, json.dumps(anns)])
@@ -298,14 +289,9 @@ def generate_shapes(
                 for name in a["attributes"]:
                     attr_counts[name] += 1
 
-    tmp = out / f".labelmap.json.tmp{os.getpid()}"
-    try:
-        shapes_labelmap().save_vg_json(tmp)
-        os.replace(tmp, out / "labelmap.json")
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out / "labelmap.json", shapes_labelmap().save_vg_json)
     spec = {"img": "img.tsv", "hw": "hw.tsv", "label": "label.tsv", "labelmap": "labelmap.json"}
-    _write_atomic(out / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False).encode("utf-8"))
+    atomic_write_bytes(out / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False).encode("utf-8"))
 
     summary = {
         "images": num,
@@ -316,5 +302,5 @@ def generate_shapes(
         "classes": class_counts,
         "attributes": attr_counts,
     }
-    _write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..atomic import atomic_write
 from ..config import DetectorConfig
 from ..errors import VinvlError
 from ..labelmap import LabelMap
@@ -322,9 +323,7 @@ def training_losses(
 
 def _save(model: nn.Module, opt: torch.optim.Optimizer, iteration: int, out: Path, final: bool) -> None:
     def atomic(obj: Any, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
     exported = {"model": export_state_dict(model), "iteration": iteration}
     atomic(exported, out / ("model_final.pth" if final else f"model_{iteration:07d}.pth"))

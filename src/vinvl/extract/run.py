@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
+from ..atomic import atomic_write_text
 from ..detection import Detector
 from ..detection.preprocess import to_input_tensor
 from ..errors import VinvlError
@@ -319,7 +320,7 @@ def extract(
         shard.close()
     seconds = time.perf_counter() - t0
     mine = dict(shard.counts)
-    _atomic_write(shard_dir / "DONE", json.dumps({"counts": mine, "seconds": seconds, "started": started}))
+    atomic_write_text(shard_dir / "DONE", json.dumps({"counts": mine, "seconds": seconds, "started": started}))
     stats = ExtractStats(mine["images"], mine["boxes"], seconds, mine["failed"], skipped, out, finished=False)
     if opts.rank != 0:
         return stats
@@ -344,7 +345,7 @@ def extract(
         "seconds_per_rank": totals["seconds"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     c = totals["counts"]
     return ExtractStats(c["images"], c["boxes"], seconds, c["failed"], skipped, out, finished=True)
@@ -460,12 +461,6 @@ def _merge(out: Path, shards: list[Path], names: list[str], opts: ExtractOptions
     return {"counts": counts, "seconds": seconds}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _version(module: str) -> Optional[str]:
     try:
         return __import__(module).__version__
@@ -477,4 +472,4 @@ def mark_failed(out: Union[str, os.PathLike], rank: int, world_size: int, reason
     """Tell rank 0 that this rank stopped with an error, so it does not wait for it forever."""
     folder = Path(out) / WORK_DIR / f"shard-{rank:05d}-of-{world_size:05d}"
     if folder.exists():
-        _atomic_write(folder / "FAILED", _clean(reason) + "\n")
+        atomic_write_text(folder / "FAILED", _clean(reason) + "\n")

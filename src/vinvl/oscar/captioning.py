@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from ..atomic import atomic_write_json
 from ..errors import VinvlError
 from .inputs import CaptionTensorizer, RegionStore, load_tokenizer
 from .modeling import OscarConfig, OscarForCaptioning
@@ -521,13 +522,6 @@ def caption_images(
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def evaluate(
     checkpoint: PathLike,
     data: CaptionData,
@@ -548,11 +542,11 @@ def evaluate(
     caps = caption_images(model, tok, keys, data.regions, data.tags, settings, dcfg, dev)
     out = Path(out_dir)
     results = [{"image_id": data.image_ids.get(k, k), "caption": c} for k, c in zip(keys, caps)]
-    _write_json(out / "results.json", results)
+    atomic_write_json(out / "results.json", results, indent=1)
     report: dict[str, Any] = {"results": str(out / "results.json"), "images": len(keys)}
     if metrics and data.refs:
         scores = coco_caption_metrics(data.refs, dict(zip(keys, caps)), spice=spice)
-        _write_json(out / "metrics.json", scores)
+        atomic_write_json(out / "metrics.json", scores, indent=1)
         report.update(scores)
     return report
 
@@ -580,7 +574,7 @@ def predict(
                          f"{cap_model.config.img_feature_dim}-d: use the detector the captioner was trained on")
     caps = caption_images(cap_model, tok, keys, store.regions, store.tags, settings, dcfg, dev)
     path = out / "results.json"
-    _write_json(path, [{"image_id": k, "caption": c} for k, c in zip(keys, caps)])
+    atomic_write_json(path, [{"image_id": k, "caption": c} for k, c in zip(keys, caps)], indent=1)
     return path
 
 

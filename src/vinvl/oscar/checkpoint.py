@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..detection.checkpoint import key_list
 from ..errors import VinvlError
 
@@ -133,9 +134,8 @@ def save_original(model: nn.Module, folder: PathLike, tokenizer: Any = None) -> 
     """Write the original layout: ``pytorch_model.bin``, ``config.json`` (+ ``vocab.txt``)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "pytorch_model.bin.tmp"
-    torch.save(original_state_dict(model), tmp)
-    os.replace(tmp, out / "pytorch_model.bin")
+    sd = original_state_dict(model)
+    atomic_write(out / "pytorch_model.bin", lambda tmp: torch.save(sd, tmp))
     (out / "config.json").write_text(model.config.to_json_string())
     if tokenizer is not None:
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..errors import VinvlError
 from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
 from .inputs import ClassificationTensorizer
@@ -65,12 +66,7 @@ class TaskConfig:
 
 def write_json(path: PathLike, obj: Any, indent: Optional[int] = None) -> Path:
     """Write ``obj`` as JSON atomically (temp name + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, obj, indent)
 
 
 def read_json_list(path: PathLike, required: Sequence[str]) -> list[dict]:

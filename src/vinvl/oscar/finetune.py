@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import VinvlError
 
 PathLike = Union[str, os.PathLike]
@@ -151,9 +152,9 @@ def train_loop(
                     (folder / "training_args.json").write_text(json.dumps(training_args, indent=1, default=str))
                 if on_save is not None:
                     on_save(folder, step)
-                tmp = folder / "training_state.pt.tmp"
-                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp)
-                os.replace(tmp, folder / "training_state.pt")  # last: its presence marks a complete checkpoint
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}
+                # last: its presence marks a complete checkpoint
+                atomic_write(folder / "training_state.pt", lambda tmp: torch.save(state, tmp))
     if world > 1:
         import torch.distributed as dist
 
