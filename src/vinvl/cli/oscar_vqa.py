@@ -65,7 +65,7 @@ def _model_config(path: Optional[Path]) -> Any:
 
 def _lengths(checkpoint: Path, cfg: Any, max_seq: Optional[int], max_img: Optional[int]) -> Any:
     """Sequence lengths: given, else those the checkpoint was trained with (training_args.json), else the task's."""
-    from ..oscar.classify import resolve_checkpoint
+    from ..oscar.checkpoint import resolve_checkpoint
 
     args = resolve_checkpoint(checkpoint) / "training_args.json"
     saved = json.loads(args.read_text()) if args.is_file() else {}
@@ -78,7 +78,8 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
            label2ans: Optional[Path], default_label: str, default_l2a: str) -> Any:
     """The answer vocabulary: the given pickles, else the checkpoint's answers.json, else DATA_DIR's pickles."""
     from ..errors import VinvlError
-    from ..oscar.classify import AnswerVocab, resolve_checkpoint
+    from ..oscar.checkpoint import resolve_checkpoint
+    from ..oscar.classify import AnswerVocab
 
     if label_file is None and checkpoint is not None:
         folder = resolve_checkpoint(checkpoint)
@@ -97,7 +98,7 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
 
 
 def _load(cls: Any, checkpoint: Path, device: str) -> tuple[Any, Any]:
-    from ..oscar.classify import resolve_checkpoint
+    from ..oscar.checkpoint import resolve_checkpoint
     from ..oscar.inputs import load_tokenizer
 
     model = cls.from_original(checkpoint).to(device)

@@ -233,9 +233,9 @@ class _ImageExamples:
 
 
 def _batches(ds: Any, cfg: CaptionConfig, start: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
-    from .pretrain import _batches as corpus_batches
+    from .finetune import stacked_batches
 
-    return corpus_batches(ds, cfg, start, rank, world)  # type: ignore[arg-type]
+    return stacked_batches(ds, cfg.batch_size, cfg.seed, start, rank, world)
 
 
 # -- loss ------------------------------------------------------------------------------------
@@ -254,14 +254,9 @@ def caption_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
 # -- settings a checkpoint was trained with --------------------------------------------------
 def checkpoint_folder(checkpoint: PathLike) -> Path:
     """A checkpoint folder, or a run folder's newest ``checkpoint-N/`` (as the model loader picks it)."""
-    import re
+    from .checkpoint import resolve_checkpoint
 
-    path = Path(checkpoint)
-    if path.is_dir() and not (path / "pytorch_model.bin").exists():
-        found = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
-        if found:
-            return found[-1].parent
-    return path
+    return resolve_checkpoint(checkpoint)
 
 
 def trained_settings(checkpoint: PathLike) -> dict[str, Any]:

@@ -67,6 +67,32 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
         return _torch_load(io.BytesIO(z.read(member)), f"{path}:{member}"), config
 
 
+def resolve_checkpoint(source: PathLike) -> Path:
+    """A checkpoint folder or zip as given; a run folder (no ``pytorch_model.bin`` of its own): its newest ``checkpoint-N/``."""
+    path = Path(source)
+    if path.is_dir() and not (path / "pytorch_model.bin").exists():
+        ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+        if ckpts:
+            return ckpts[-1].parent
+    return path
+
+
+def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict, Any]:
+    """``(state dict, config)`` of an original checkpoint: ``pytorch_model.bin``, its folder, a run folder or a released zip."""
+    from .modeling import OscarConfig
+
+    path = resolve_checkpoint(source)
+    if path.suffix == ".zip" and path.is_file():
+        return _from_zip(path, config, OscarConfig)
+    if path.is_dir():
+        if config is None:
+            config = read_config(path, OscarConfig)
+        path = path / "pytorch_model.bin"
+    if not path.is_file():
+        raise VinvlError(f"{path}: no such checkpoint (a pytorch_model.bin, its folder, a run folder or a .zip)")
+    return _torch_load(path, str(path)), config
+
+
 def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any] = None) -> nn.Module:
     """Build ``cls`` and load an original checkpoint strictly, reporting every missing, unexpected or misshapen key.
 
@@ -74,28 +100,12 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
     (a run folder's newest ``checkpoint-N/`` is taken when the folder itself has none), or a
     released ``.zip`` of such a folder.
     """
-    from .modeling import OscarConfig
-
     name = "<state dict>"
     if isinstance(source, dict):
         sd = source
     else:
-        path = Path(source)
-        name = str(path)
-        if path.is_dir() and not (path / "pytorch_model.bin").exists():
-            ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
-            if ckpts:
-                path = ckpts[-1].parent
-        if path.suffix == ".zip" and path.is_file():
-            sd, config = _from_zip(path, config, OscarConfig)
-        else:
-            if path.is_dir():
-                if config is None:
-                    config = read_config(path, OscarConfig)
-                path = path / "pytorch_model.bin"
-            if not path.is_file():
-                raise VinvlError(f"{path}: no such checkpoint")
-            sd = _torch_load(path, str(path))
+        name = str(source)
+        sd, config = read_original(source, config)
     if config is None:
         raise VinvlError(f"{name}: a state dict needs config=OscarConfig(...)")
     sd = rename_legacy(dict(sd))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..errors import VinvlError
-from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+from .checkpoint import read_original, resolve_checkpoint
+from .finetune import LoopConfig, dist_info, latest_checkpoint, stacked_batches, train_loop
 from .inputs import ClassificationTensorizer
 from .modeling import OscarConfig
 
@@ -252,26 +252,9 @@ def load_qa_split(
 
 
 # -- model set-up ---------------------------------------------------------------------------
-def resolve_checkpoint(source: PathLike) -> Path:
-    """A checkpoint folder or zip as given; a run folder's newest ``checkpoint-N/``."""
-    path = Path(source)
-    if path.is_dir() and not (path / "pytorch_model.bin").exists():
-        ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
-        if ckpts:
-            return ckpts[-1].parent
-    return path
-
-
 def read_checkpoint(source: PathLike) -> tuple[dict[str, torch.Tensor], OscarConfig]:
     """State dict and config of an original checkpoint: a folder, a run folder (newest ``checkpoint-N``) or a zip."""
-    from .checkpoint import _from_zip, _torch_load, read_config
-
-    path = resolve_checkpoint(source)
-    if path.suffix == ".zip" and path.is_file():
-        return _from_zip(path, None, OscarConfig)
-    if not (path / "pytorch_model.bin").is_file():
-        raise VinvlError(f"{path}: no pytorch_model.bin (a checkpoint folder, run folder or .zip)")
-    return _torch_load(path / "pytorch_model.bin", str(path)), read_config(path, OscarConfig)
+    return read_original(source)
 
 
 def init_model(
@@ -352,7 +335,6 @@ def fine_tune(
     the original's ``eval_logs.json`` (score and best score so far). Returns the last checkpoint.
     ``resume`` continues from the newest ``checkpoint-N`` (whose weights ``model`` must hold).
     """
-    from .pretrain import _batches  # the shared deterministic, resumable batch order
 
     rank, world = dist_info()
     out = Path(out_dir)
@@ -388,7 +370,7 @@ def fine_tune(
 
     args = {**asdict(cfg), "max_steps": steps, "steps_per_epoch": per_epoch, "world_size": world}
     return train_loop(
-        model, lambda start: _batches(dataset, cfg, start, rank, world), step_fn, loop, out, tokenizer=tokenizer,
+        model, lambda start: stacked_batches(dataset, cfg.batch_size, cfg.seed, start, rank, world), step_fn, loop, out, tokenizer=tokenizer,
         resume_from=last, log=log, on_save=on_save, training_args=args,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,33 @@ class LoopConfig:
 def dist_info() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) for a plain process."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of an epoch (seeded by ``(seed, epoch)``, so a resumed run repeats it)."""
+    order = list(range(n))
+    random.Random(f"{seed}/order/{epoch}").shuffle(order)
+    return order
+
+
+def epoch_chunks(n: int, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, list[int]]]:
+    """``(epoch, this rank's example indices)`` of every global batch from global batch ``start`` on
+    (a global batch is ``batch_size`` examples per rank; an epoch's last partial batch is dropped)."""
+    per_global = batch_size * world
+    per_epoch = max(n // per_global, 1)
+    b = start
+    while True:
+        epoch, within = divmod(b, per_epoch)
+        order = epoch_order(n, seed, epoch)
+        yield epoch, order[within * per_global : (within + 1) * per_global][rank::world]
+        b += 1
+
+
+def stacked_batches(ds: Any, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """Batches of ``ds.example(index, epoch)`` dicts stacked key by key, in :func:`epoch_chunks` order."""
+    for epoch, chunk in epoch_chunks(len(ds), batch_size, seed, start, rank, world):
+        ex = [ds.example(i, epoch) for i in chunk]
+        yield {k: torch.stack([e[k] for e in ex]) for k in ex[0]}
 
 
 def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:

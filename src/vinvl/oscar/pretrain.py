@@ -188,27 +188,6 @@ class CorpusDataset:
         }
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The row order of an epoch."""
-    order = list(range(n))
-    random.Random(f"{seed}/order/{epoch}").shuffle(order)
-    return order
-
-
-def _batches(ds: CorpusDataset, cfg: PretrainConfig, start_batch: int, rank: int, world: int):
-    """Rank ``rank``'s batches from global batch ``start_batch`` on (each global batch is split over ranks)."""
-    per_global = cfg.batch_size * world
-    per_epoch = max(len(ds) // per_global, 1)
-    b = start_batch
-    while True:
-        epoch, within = divmod(b, per_epoch)
-        order = epoch_order(len(ds), cfg.seed, epoch)
-        chunk = order[within * per_global : (within + 1) * per_global][rank::world]
-        ex = [ds.example(i, epoch) for i in chunk]
-        yield {k: torch.stack([e[k] for e in ex]) for k in ex[0]}
-        b += 1
-
-
 def pretrain(
     corpus_yaml: PathLike,
     vocab: PathLike,
@@ -222,7 +201,7 @@ def pretrain(
     """Pretrain (or continue) an :class:`OscarForPretraining`; checkpoints ``out_dir/checkpoint-N/`` in the original layout."""
     from .inputs import load_tokenizer
 
-    from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+    from .finetune import LoopConfig, dist_info, latest_checkpoint, stacked_batches, train_loop
 
     rank, world = dist_info()
     tok = load_tokenizer(vocab)
@@ -249,6 +228,6 @@ def pretrain(
         return o.loss, {"mlm": o.masked_lm_loss.item(), "contrastive": (o.loss - o.masked_lm_loss).item(), "contrastive_acc": acc}
 
     return train_loop(
-        model, lambda start: _batches(ds, cfg, start, rank, world), step_fn, loop, out, tokenizer=tok,
+        model, lambda start: stacked_batches(ds, cfg.batch_size, cfg.seed, start, rank, world), step_fn, loop, out, tokenizer=tok,
         resume_from=last, log=log,
     )

@@ -468,22 +468,15 @@ class RetrievalTrainSet:
 
     def batches(self, cfg: RetrievalConfig, start: int, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Rank ``rank``'s batches from global batch ``start`` on: the matched examples, then the unmatched."""
-        from .pretrain import epoch_order
+        from .finetune import epoch_chunks
 
-        per_global = cfg.batch_size * world
-        per_epoch = max(len(self) // per_global, 1)
-        b = start
-        while True:
-            epoch, within = divmod(b, per_epoch)
-            order = epoch_order(len(self), cfg.seed, epoch)
-            chunk = order[within * per_global : (within + 1) * per_global][rank::world]
+        for epoch, chunk in epoch_chunks(len(self), cfg.batch_size, cfg.seed, start, rank, world):
             pairs = [self.example(k, epoch) for k in chunk]
             ex = [p for p, _ in pairs] + [n for _, n in pairs]
             batch = {k: torch.stack([e[k] for e in ex]) for k in ex[0]}
             labels = torch.tensor([1] * len(pairs) + [0] * len(pairs))
             batch["labels"] = labels if cfg.num_labels == 2 else labels.float()
             yield batch
-            b += 1
 
 
 def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = RetrievalConfig(),
@@ -498,7 +491,9 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (vocab.txt) or a checkpoint to start from (it holds one)")
     if vocab is None and Path(init).is_dir() and not (Path(init) / "vocab.txt").is_file():
-        vocab = _newest_checkpoint(init)  # a run folder: its newest checkpoint's vocab.txt
+        from .checkpoint import resolve_checkpoint
+
+        vocab = resolve_checkpoint(init)  # a run folder: its newest checkpoint's vocab.txt
     tok = load_tokenizer(vocab or init)
     rank, world = dist_info()
     data = load_split(data_dir, split, features, captions_per_image=cfg.captions_per_image_train)
@@ -523,18 +518,13 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
                       resume_from=last, log=log, training_args=asdict(cfg))
 
 
-def _newest_checkpoint(folder: PathLike) -> Path:
-    done = sorted(Path(folder).glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int("".join(filter(str.isdigit, p.parent.name)) or 0))
-    if not done:
-        raise VinvlError(f"{folder}: no checkpoint-N/ with pytorch_model.bin")
-    return done[-1].parent
-
-
 def load_checkpoint(checkpoint: PathLike, device: str = "cpu") -> tuple[OscarForSequenceClassification, Any, Path]:
     """A retrieval checkpoint (folder or run folder: its newest ``checkpoint-N/``), its tokenizer, its folder."""
-    folder = Path(checkpoint)
-    if folder.is_dir() and not (folder / "pytorch_model.bin").is_file():
-        folder = _newest_checkpoint(folder)
+    from .checkpoint import resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    if not (folder / "pytorch_model.bin").is_file():
+        raise VinvlError(f"{checkpoint}: no pytorch_model.bin, nor a checkpoint-N/ holding one")
     model = OscarForSequenceClassification.from_original(folder).to(device).eval()
     return model, load_tokenizer(folder), folder
 
