@@ -344,3 +344,32 @@ def test_folded_bn_is_the_same_function_and_keeps_the_checkpoint_layout() -> Non
     assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in sd.items())
     folded.model.load_state_dict(sd)
     assert all(b.folded is None for b in blocks)
+
+
+def test_bf16_mode_folds_every_bn_in_16_bits_and_stays_close() -> None:
+    """bf16: every block folded with bf16 weights (the state dict untouched), boxes and scores in fp32,
+    pooled features of the fp32 detections within a cosine of 0.999; a model handed to a new fp32
+    Detector runs unfolded fp32 again."""
+    from vinvl.detection.backbone import Bottleneck, Stem
+
+    weights = dict(tiny().model.state_dict())
+    ref = Detector.from_checkpoint(weights, preset="tiny")
+    fast = Detector.from_checkpoint(weights, preset="tiny", dtype="bf16")
+    blocks = [m for m in fast.model.modules() if isinstance(m, (Bottleneck, Stem))]
+    assert blocks and all(b.folded is not None and b.folded.params[0][0].dtype == torch.bfloat16 for b in blocks)
+    assert all(torch.equal(v, weights[k]) for k, v in fast.model.state_dict().items())
+    a, b = ref(IMAGES[0]), fast(IMAGES[0])
+    assert len(a) > 0 and len(b) > 0 and b.scores.dtype == np.float32 and b.boxes.dtype == np.float32
+    x, _ = ref.prepare(IMAGES[0])
+    x = x[None].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        c4 = ref.model.backbone(x)
+        props = [ref.model.rpn(c4, [tuple(x.shape[-2:])])[0][0]]
+        f32 = ref.model.roi_heads.box.feature_extractor(c4, props)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f16 = fast.model.roi_heads.box.feature_extractor(fast.model.backbone(x), props)
+    cos = torch.nn.functional.cosine_similarity(f32.double(), f16.double(), dim=1)
+    assert cos.min() > 0.999, cos.min()
+    again = Detector(fast.model, channels_last=False)
+    assert all(m.folded is None for m in again.model.modules() if isinstance(m, (Bottleneck, Stem)))
+    np.testing.assert_allclose(again(IMAGES[0]).scores, a.scores, atol=1e-5)

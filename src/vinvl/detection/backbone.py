@@ -95,6 +95,13 @@ def _drop_folded(module: nn.Module, incompatible_keys) -> None:
     module.folded = None
 
 
+def unfold_frozen_bn(model: nn.Module) -> None:
+    """Drop every folded copy: blocks run their convs and BNs as separate ops again."""
+    for m in model.modules():
+        if isinstance(m, (Bottleneck, Stem)):
+            m.folded = None
+
+
 def fold_frozen_bn(model: nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Run every bottleneck and the stem with their frozen BNs folded into the convs (the same function
     up to float32 rounding, faster), the folded weights in ``dtype`` (default: the model's; bf16 for the

@@ -17,7 +17,7 @@ from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
 from ..labelmap import LabelMap
 from .attributes import AttributeHead, select_attributes
-from .backbone import Backbone, fold_frozen_bn
+from .backbone import Backbone, fold_frozen_bn, unfold_frozen_bn
 from .box_coder import BoxCoder, clip_boxes, scale_boxes
 from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
 from .postprocess import select_detections
@@ -183,9 +183,10 @@ class Detector:
         ``channels_last`` runs the convolutions in NHWC with res5's frozen BNs folded into its convs
         (``fold_bn``, default: with ``channels_last``; the weights and state dict are unchanged) —
         faster on CPU, the same numbers within float32 rounding; ``False`` gives the original's
-        NCHW arithmetic, op for op; ``dtype`` ``bf16``/``fp16`` runs
-        convolutions and linear layers under autocast with pooling, boxes and scores kept in fp32
-        (faster, drift measured by ``benchmarks/detector.py``); ``tf32`` lets CUDA use TensorFloat-32.
+        NCHW arithmetic, op for op; ``dtype`` ``bf16``/``fp16`` folds every BN into 16-bit conv
+        weights and runs convolutions and linear layers under autocast with pooling, boxes and
+        scores kept in fp32 (faster, drift measured by ``benchmarks/detector.py``); ``tf32`` lets
+        CUDA use TensorFloat-32. A model passed in is set up anew (earlier folding is dropped).
         """
         if dtype not in _DTYPES:
             raise VinvlError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -195,6 +196,7 @@ class Detector:
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        unfold_frozen_bn(self.model)
         if dtype != "fp32" and fold_bn is not False:
             # 16-bit modes: every BN folded and the folded weights stored in 16 bits, so activations stay
             # 16-bit from conv to conv (an unfolded fp32 BN would promote each one back to fp32).
