@@ -41,8 +41,8 @@ class LoopConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     seed: int = 88
-    save_steps: int = 500
-    log_steps: int = 20
+    save_steps: int = 500  # <= 0: only the last step
+    log_steps: int = 20  # <= 0: only the last step
 
 
 def dist_info() -> tuple[int, int]:
@@ -164,7 +164,7 @@ def train_loop(
         sched.step()
         step += 1
         window.append(totals)
-        if rank == 0 and (step % cfg.log_steps == 0 or step == cfg.max_steps):
+        if rank == 0 and ((cfg.log_steps > 0 and step % cfg.log_steps == 0) or step == cfg.max_steps):
             mean = {n: sum(w[n] for w in window) / len(window) for n in totals}
             window = []
             shown = "  ".join(f"{n} {v:.4f}" for n, v in mean.items())
@@ -172,7 +172,7 @@ def train_loop(
             with open(out / "log.jsonl", "a") as f:
                 entry = {"step": step, **{n: round(v, 6) for n, v in mean.items()}}
                 f.write(json.dumps(entry | {"seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-        if step % cfg.save_steps == 0 or step == cfg.max_steps:
+        if (cfg.save_steps > 0 and step % cfg.save_steps == 0) or step == cfg.max_steps:
             folder = out / f"checkpoint-{step}"
             if rank == 0:
                 model.save_original(folder, tokenizer=tokenizer)
