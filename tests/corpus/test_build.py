@@ -81,3 +81,28 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert list(TSVFile(tmp_path / "out/corpus.tsv")) == [["coco_1", "coco_cap_1", "a dog"]]
     assert main(["corpus", "build", str(tmp_path / "o2"), "--features", f"coco={f}"]) == 2
     assert "at least one --captions" in capsys.readouterr().err
+
+
+def test_chunked_dataset_ids_find_their_chunk_folder(tmp_path: Path) -> None:
+    """``<dataset>_<chunk>_<key>`` ids (the large corpora's chunked datasets) read regions and tags from
+    the chunk's feature and label folders; a label folder without label.tsv is one clear error."""
+    import yaml
+
+    folders(tmp_path, "cc/0", ["a"])
+    _, l1 = folders(tmp_path, "cc/1", ["b"])
+    with TSVWriter(tmp_path / "corpus.tsv") as w:
+        w.write(["cc_0_a", "cap", "a man and a dog"])
+        w.write(["cc_1_b", "cap", "a dog"])
+    spec = {"corpus_file": "corpus.tsv", "image_feature_path": {"cc": "features/cc"}, "image_label_path": {"cc": "labels/cc"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec))
+
+    class Tok:
+        def tokenize(self, text):
+            return text.split()
+
+    ds = CorpusDataset(tmp_path / "c.yaml", Tok(), PretrainConfig())
+    assert ds.regions("cc_1_b").shape == (2, 2054) and ds.tags("cc_0_a") == "man dog"
+    (l1 / "label.tsv").unlink()
+    ds = CorpusDataset(tmp_path / "c.yaml", Tok(), PretrainConfig())
+    with pytest.raises(VinvlError, match="no such label file"):
+        ds.tags("cc_1_b")

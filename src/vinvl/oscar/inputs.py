@@ -252,10 +252,12 @@ class RegionStore:
     ``features.tsv`` (``key, num_boxes, base64``) and ``label.tsv`` (tags), looked up by image key."""
 
     def __init__(
-        self, folder: PathLike, features: str = "features.tsv", labels: str = "label.tsv", dim: Optional[int] = None
+        self, folder: PathLike, features: str = "features.tsv", labels: str = "label.tsv", dim: Optional[int] = None,
+        label_folder: Optional[PathLike] = None,
     ) -> None:
         """Open ``folder``'s feature and label TSVs (``imageid2idx.json`` used when present); ``dim``
-        (2054 for the released detectors, 518 for the demo one) is read off the first row when not given."""
+        (2054 for the released detectors, 518 for the demo one) is read off the first row when not given.
+        ``label_folder``: the tags live in another folder (as in pretraining corpora), which must hold them."""
         from ..features import FeatureTSV
         from ..tsv import TSVFile
 
@@ -268,7 +270,9 @@ class RegionStore:
         self.dim = dim
         index = self.folder / "imageid2idx.json"
         self.features = FeatureTSV(fpath, dim=dim, key_index=index if index.is_file() else None)
-        lpath = self.folder / labels
+        lpath = (Path(label_folder) if label_folder is not None else self.folder) / labels
+        if label_folder is not None and not lpath.is_file():
+            raise VinvlError(f"{lpath}: no such label file")
         self.labels = TSVFile(lpath, build_index=True) if lpath.is_file() else None
 
     def regions(self, key: str) -> np.ndarray:

@@ -27,9 +27,8 @@ import torch
 import yaml
 
 from ..errors import VinvlError
-from ..features import FeatureTSV, parse_label_row, tags_text
 from ..tsv import TSVFile
-from .inputs import _regions, _truncate_pair
+from .inputs import RegionStore, _regions, _truncate_pair
 from .modeling import OscarConfig, OscarForPretraining
 
 PathLike = Union[str, os.PathLike]
@@ -84,8 +83,7 @@ class CorpusDataset:
                 raise VinvlError(f"{corpus.path}: row {i + 1}: expected image id, label id, text_a")
             self.rows.append((r[0], r[1], r[2], r[3] if len(r) > 3 else None))
         corpus.close()
-        self._features: dict[Path, FeatureTSV] = {}
-        self._labels: dict[Path, TSVFile] = {}
+        self._stores: dict[tuple[str, Optional[str]], RegionStore] = {}
         self._datasets = sorted(self.feature_dirs, key=len, reverse=True)
         self._tags_cache: dict[str, str] = {}
 
@@ -102,30 +100,27 @@ class CorpusDataset:
                 return d, None, rest
         raise VinvlError(f"{self.path}: image id {image_id!r} names no dataset of image_feature_path")
 
+    def _store(self, image_id: str) -> tuple[RegionStore, str]:
+        """The feature (+ label) folder of an image id, opened once, and the image's key in it."""
+        d, chunk, key = self._locate(image_id)
+        store = self._stores.get((d, chunk))
+        if store is None:
+            within = (lambda p: p / chunk) if chunk else (lambda p: p)
+            labels = within(self.label_dirs[d]) if d in self.label_dirs else None
+            store = self._stores[(d, chunk)] = RegionStore(within(self.feature_dirs[d]), label_folder=labels)
+        return store, key
+
     def regions(self, image_id: str) -> torch.Tensor:
         """The image's ``[N, 2054]`` region features."""
-        d, chunk, key = self._locate(image_id)
-        folder = self.feature_dirs[d] / chunk if chunk else self.feature_dirs[d]
-        f = self._features.get(folder)
-        if f is None:
-            idx = folder / "imageid2idx.json"
-            f = self._features[folder] = FeatureTSV(folder / "features.tsv", key_index=idx if idx.is_file() else None)
-        return torch.from_numpy(f.get(key).copy())
+        store, key = self._store(image_id)
+        return torch.from_numpy(store.regions(key).copy())
 
     def tags(self, image_id: str) -> str:
         """The image's tags text ('' without a label folder)."""
-        if image_id in self._tags_cache:
-            return self._tags_cache[image_id]
-        d, chunk, key = self._locate(image_id)
-        if d not in self.label_dirs:
-            return ""
-        folder = self.label_dirs[d] / chunk if chunk else self.label_dirs[d]
-        f = self._labels.get(folder)
-        if f is None:
-            f = self._labels[folder] = TSVFile(folder / "label.tsv", build_index=True)
-        text = tags_text(parse_label_row(f.get(key), path=f.path)[1])
-        self._tags_cache[image_id] = text
-        return text
+        if image_id not in self._tags_cache:
+            store, key = self._store(image_id)
+            self._tags_cache[image_id] = store.tags(key)
+        return self._tags_cache[image_id]
 
     def text_b(self, i: int) -> str:
         """Row ``i``'s second text: the answer of a QA row that has one, else the image's tags."""
