@@ -42,6 +42,17 @@ def make_prediction(rng: np.random.Generator, key: str, n: int, *, attrs: bool =
     )
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that pin torch's thread count must not change it for the tests after them: results that are
+    byte-compared with the reference depend on it."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
