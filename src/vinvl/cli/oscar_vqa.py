@@ -97,21 +97,19 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
     return AnswerVocab.from_files(label_file, label2ans)
 
 
-def _load(cls: Any, checkpoint: Path, device: str) -> tuple[Any, Any]:
+def _restore(cls: Any, task: Any, checkpoint: Path, device: str, max_seq: Optional[int], max_img: Optional[int]) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, task config) of a fine-tuned checkpoint, the sequence lengths as :func:`_lengths`
+    picks them; a clear error when the text is longer than the model's position table."""
+    from ..errors import VinvlError
     from ..oscar.checkpoint import resolve_checkpoint
     from ..oscar.inputs import load_tokenizer
 
+    cfg = _lengths(checkpoint, task.default_config(), max_seq, max_img)
     model = cls.from_original(checkpoint).to(device)
-    return model, load_tokenizer(resolve_checkpoint(checkpoint))
-
-
-def _fits(model: Any, cfg: Any) -> None:
-    """A clear error when the text is longer than the model's position table."""
-    from ..errors import VinvlError
-
     if cfg.max_seq_length > model.config.max_position_embeddings:
         raise VinvlError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's "
                          f"{model.config.max_position_embeddings} positions")
+    return model, load_tokenizer(resolve_checkpoint(checkpoint)), cfg
 
 
 def _write_eval(out: Path, name: str, metrics: dict, results: list, checkpoint: Path, data: Path) -> None:
@@ -181,10 +179,8 @@ def vqa_eval(
     from ..oscar import OscarForSequenceClassification, vqa
 
     answers = _vocab(checkpoint, data_dir, label_file, label2ans, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
-    cfg = _lengths(checkpoint, vqa.default_config(), max_seq_length, max_img_seq_length)
     qfile, ffile = vqa.split_files(data_dir, split, data_label_type, txt_data_dir)
-    model, tok = _load(OscarForSequenceClassification, checkpoint, device)
-    _fits(model, cfg)
+    model, tok, cfg = _restore(OscarForSequenceClassification, vqa, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = vqa.load_split(qfile, features or ffile, answers, tok, cfg)
     metrics, results = vqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
@@ -217,9 +213,7 @@ def _predict_qa(cls: Any, task: Any, checkpoint: Path, images: list[Path], quest
     from ..oscar.classify import answer_questions, write_json
 
     answers = _vocab(checkpoint, None, label_file, label2ans, task.LABEL_FILE, task.LABEL2ANS_FILE)
-    cfg = _lengths(checkpoint, task.default_config(), max_seq, max_img)
-    model, tok = _load(cls, checkpoint, device)
-    _fits(model, cfg)
+    model, tok, cfg = _restore(cls, task, checkpoint, device, max_seq, max_img)
     rows = answer_questions(model, tok, answers, images, questions, regions_dir or out / "regions", cfg.max_seq_length,
                             cfg.max_img_seq_length, top_k=top_k, softmax=softmax, detector=detector, weights=weights,
                             labelmap=labelmap, device=device)
@@ -278,10 +272,8 @@ def gqa_eval(
     from ..oscar import OscarForSequenceClassification, gqa
 
     answers = _vocab(checkpoint, data_dir, label_file, label2ans, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
-    cfg = _lengths(checkpoint, gqa.default_config(), max_seq_length, max_img_seq_length)
     qfile = gqa.split_file(data_dir, split, data_type)
-    model, tok = _load(OscarForSequenceClassification, checkpoint, device)
-    _fits(model, cfg)
+    model, tok, cfg = _restore(OscarForSequenceClassification, gqa, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = gqa.load_split(qfile, features or data_dir / gqa.FEATURES_FILE, answers, tok, cfg)
     metrics, results = gqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
@@ -351,10 +343,8 @@ def nlvr2_eval(
     """Accuracy + {split}_results.json (each item's prediction) + metrics.json."""
     from ..oscar import OscarForMultipleChoice, nlvr2
 
-    cfg = _lengths(checkpoint, nlvr2.default_config(), max_seq_length, max_img_seq_length)
     path = nlvr2.split_file(data_dir, split, data_type)
-    model, tok = _load(OscarForMultipleChoice, checkpoint, device)
-    _fits(model, cfg)
+    model, tok, cfg = _restore(OscarForMultipleChoice, nlvr2, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = nlvr2.load_split(path, features or data_dir / nlvr2.FEATURES_FILE, tok, cfg, use_label_seq)
     metrics, results = nlvr2.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, path)
@@ -375,9 +365,7 @@ def nlvr2_predict(
     from ..oscar import OscarForMultipleChoice, nlvr2
     from ..oscar.classify import write_json
 
-    cfg = _lengths(checkpoint, nlvr2.default_config(), max_seq_length, max_img_seq_length)
-    model, tok = _load(OscarForMultipleChoice, checkpoint, device)
-    _fits(model, cfg)
+    model, tok, cfg = _restore(OscarForMultipleChoice, nlvr2, checkpoint, device, max_seq_length, max_img_seq_length)
     rows = nlvr2.predict(model, tok, [(left, right)], sentence, regions_dir or out / "regions", cfg, use_label_seq,
                          detector=detector, weights=detector_weights, labelmap=labelmap, device=device)
     write_json(out / "predictions.json", rows, indent=1)

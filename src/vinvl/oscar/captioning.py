@@ -382,7 +382,7 @@ def train(
     The model starts from ``init`` (a captioning or pretraining checkpoint) or fresh from
     ``model_config`` with ``vocab``'s tokenizer; ``resume`` continues ``out_dir``'s newest checkpoint.
     """
-    from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+    from .finetune import dist_info, latest_checkpoint, loop_config, total_steps, train_loop
     from .generate import generate, sample
     from .caption_metrics import CiderD, wrap_for_reward
 
@@ -417,14 +417,8 @@ def train(
     else:
         ds = _XEExamples(data, CaptionTensorizer(tok, cfg.max_img_seq_length, cfg.max_seq_length, cfg.max_seq_a_length,
                                                  cfg.mask_prob, cfg.max_masked_tokens), cfg)
-    per_epoch = max(len(ds) // (cfg.batch_size * world) // cfg.gradient_accumulation_steps, 1)
-    steps = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.num_train_epochs
-    loop = LoopConfig(
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, adam_epsilon=cfg.adam_epsilon,
-        warmup_steps=cfg.warmup_steps, scheduler=cfg.scheduler, max_steps=steps,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else steps, log_steps=cfg.log_steps,
-    )
+    steps, _ = total_steps(len(ds), cfg, world)
+    loop = loop_config(cfg, max_steps=steps, save_steps=cfg.save_steps if cfg.save_steps > 0 else steps)
     to_dev = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
     state = {"calls": 0}
     if last is not None:

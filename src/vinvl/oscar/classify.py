@@ -15,7 +15,6 @@ tensor, read with ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from torch import nn
 from ..atomic import atomic_write_json
 from ..errors import VinvlError
 from .checkpoint import read_original, resolve_checkpoint
-from .finetune import LoopConfig, dist_info, latest_checkpoint, stacked_batches, train_loop
+from .finetune import dist_info, latest_checkpoint, loop_config, stacked_batches, total_steps, train_loop
 from .inputs import ClassificationTensorizer
 from .modeling import OscarConfig
 
@@ -301,12 +300,9 @@ def model_overrides(cfg: TaskConfig, num_labels: int, **more: Any) -> dict[str, 
 
 
 # -- training ---------------------------------------------------------------------------------
-def total_steps(n: int, cfg: TaskConfig, world: int = 1) -> tuple[int, int]:
-    """(optimizer steps of the run, optimizer steps per epoch): ``max_steps`` or epochs of ``n`` examples."""
-    per_epoch = max(max(n // (cfg.batch_size * world), 1) // cfg.gradient_accumulation_steps, 1)
-    if cfg.max_steps > 0:
-        return cfg.max_steps, per_epoch
-    return max(int(math.ceil(per_epoch * cfg.num_train_epochs)), 1), per_epoch
+def accuracy_figures(out: Any, batch: Batch) -> dict[str, float]:
+    """The batch's accuracy of the arg-max class, for the training log."""
+    return {"acc": float((out.logits.detach().cpu().argmax(1) == batch["labels"]).float().mean())}
 
 
 def to_device(batch: Batch, module: nn.Module) -> Batch:
@@ -340,12 +336,7 @@ def fine_tune(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps, per_epoch = total_steps(len(dataset), cfg, world)
-    loop = LoopConfig(
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, adam_epsilon=cfg.adam_epsilon,
-        warmup_steps=cfg.warmup_steps, scheduler=cfg.scheduler, max_steps=steps,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else per_epoch, log_steps=cfg.log_steps,
-    )
+    loop = loop_config(cfg, max_steps=steps, save_steps=cfg.save_steps if cfg.save_steps > 0 else per_epoch)
     last = latest_checkpoint(out) if resume else None
     torch.manual_seed(cfg.seed)
     eval_log_path = out / "eval_logs.json"

@@ -10,6 +10,7 @@ loss and the figures to log; pretraining and every downstream task run through :
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -43,6 +44,21 @@ class LoopConfig:
     seed: int = 88
     save_steps: int = 500  # <= 0: only the last step
     log_steps: int = 20  # <= 0: only the last step
+
+
+def loop_config(task_cfg: Any, **overrides: Any) -> LoopConfig:
+    """The loop options a task's config holds (its fields of the same names), with ``overrides``."""
+    values = {f: getattr(task_cfg, f) for f in LoopConfig.__dataclass_fields__ if hasattr(task_cfg, f)}
+    return LoopConfig(**{**values, **overrides})
+
+
+def total_steps(n: int, task_cfg: Any, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps of the run, optimizer steps per epoch) of ``n`` examples: ``max_steps`` when > 0,
+    else ``num_train_epochs`` epochs (``batch_size`` per process, ``gradient_accumulation_steps``)."""
+    per_epoch = max(max(n // (task_cfg.batch_size * world), 1) // task_cfg.gradient_accumulation_steps, 1)
+    if task_cfg.max_steps > 0:
+        return task_cfg.max_steps, per_epoch
+    return max(int(math.ceil(per_epoch * task_cfg.num_train_epochs)), 1), per_epoch
 
 
 def dist_info() -> tuple[int, int]:

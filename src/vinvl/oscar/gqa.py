@@ -75,7 +75,7 @@ def train(
     log: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Fine-tune for GQA (cross-entropy over the answers); returns the last ``checkpoint-N``."""
-    from .classify import run_training
+    from .classify import accuracy_figures, run_training
 
     train_set = load_split(train_file, train_features, vocab, tokenizer, cfg, test=False)
     evaluate_fn = None
@@ -84,11 +84,8 @@ def train(
                               vocab, tokenizer, cfg, test=False)
         evaluate_fn = lambda m: evaluate(m, eval_set, cfg.eval_batch_size)[0]  # noqa: E731
 
-    def figures(out: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"acc": float((out.logits.detach().cpu().argmax(1) == batch["labels"]).float().mean())}
-
     return run_training(
         OscarForSequenceClassification, train_set, cfg, out_dir, tokenizer, model_overrides(cfg, len(vocab)),
-        figures, init=init, config=config, evaluate=evaluate_fn, save_extra=vocab.save, resume=resume,
+        accuracy_figures, init=init, config=config, evaluate=evaluate_fn, save_extra=vocab.save, resume=resume,
         device=device, log=log,
     )

@@ -132,7 +132,7 @@ def train(
     log: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Fine-tune the pair model for NLVR2; returns the last ``checkpoint-N``."""
-    from .classify import run_training
+    from .classify import accuracy_figures, run_training
 
     train_set = load_split(train_file, train_features, tokenizer, cfg, use_label_seq)
     evaluate_fn = None
@@ -141,11 +141,8 @@ def train(
                               tokenizer, cfg, use_label_seq)
         evaluate_fn = lambda m: evaluate(m, eval_set, cfg.eval_batch_size)[0]  # noqa: E731
 
-    def figures(out: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"acc": float((out.logits.detach().cpu().argmax(1) == batch["labels"]).float().mean())}
-
     overrides = model_overrides(cfg, 2, num_choice=2)
-    return run_training(OscarForMultipleChoice, train_set, cfg, out_dir, tokenizer, overrides, figures, init=init,
+    return run_training(OscarForMultipleChoice, train_set, cfg, out_dir, tokenizer, overrides, accuracy_figures, init=init,
                         config=config, evaluate=evaluate_fn, resume=resume, device=device, log=log)
 
 

@@ -196,7 +196,7 @@ def pretrain(
     """Pretrain (or continue) an :class:`OscarForPretraining`; checkpoints ``out_dir/checkpoint-N/`` in the original layout."""
     from .inputs import load_tokenizer
 
-    from .finetune import LoopConfig, dist_info, latest_checkpoint, stacked_batches, train_loop
+    from .finetune import dist_info, latest_checkpoint, loop_config, stacked_batches, train_loop
 
     rank, world = dist_info()
     tok = load_tokenizer(vocab)
@@ -212,7 +212,7 @@ def pretrain(
     last = latest_checkpoint(out_dir) if resume else None
     if last is not None:
         model = OscarForPretraining.from_original(last)
-    loop = LoopConfig(**{f: getattr(cfg, f) for f in LoopConfig.__dataclass_fields__})
+    loop = loop_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=1))

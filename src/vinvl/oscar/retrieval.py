@@ -26,7 +26,7 @@ import os
 import random
 import sys
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -485,7 +485,7 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
           log: Optional[Callable[[str], None]] = None) -> Path:
     """Fine-tune a retrieval classifier on ``data_dir``'s ``{split}_captions.pt`` + features;
     checkpoints ``out_dir/checkpoint-N/`` (original layout, ``training_args.json``); returns the last."""
-    from .finetune import LoopConfig, dist_info, latest_checkpoint, train_loop
+    from .finetune import dist_info, latest_checkpoint, loop_config, train_loop
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if vocab is None and init is None:
@@ -505,8 +505,7 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
     if last is not None:
         model = OscarForSequenceClassification.from_original(last)
     steps = cfg.max_steps or cfg.num_train_epochs * max(len(ds) // (cfg.batch_size * world), 1) // cfg.gradient_accumulation_steps
-    loop = LoopConfig(**{f.name: getattr(cfg, f.name) for f in fields(LoopConfig) if hasattr(cfg, f.name)})
-    loop.max_steps = steps
+    loop = loop_config(cfg, max_steps=steps)
     log(f"retrieval training: {len(data.keys)} images, {len(ds)} captions, {steps} steps of {cfg.batch_size} pairs")
 
     def step_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
