@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -182,29 +181,44 @@ class TSVFile:
         return offsets
 
     def _validate_offsets(self, offsets: np.ndarray, idx_path: Path) -> None:
+        """Cheap checks (the first and last rows against the file's ends) that the index is this file's."""
+
+        def stale(why: str, line: Optional[int] = None) -> FormatError:
+            return FormatError(f"index {idx_path.name} {why}: stale index (rebuild it with `vinvl tsv index "
+                               f"{self.path}`)", self.path, line=line)
+
         if len(offsets) == 0:
             if self.size:
-                raise FormatError(f"index {idx_path.name} is empty but the file is not: stale index", self.path)
+                raise stale("is empty but the file is not")
             return
         if offsets[0] != 0:
-            raise FormatError(f"index {idx_path.name} does not start at offset 0: stale index", self.path)
+            raise stale("does not start at offset 0")
         bad = np.flatnonzero(np.diff(offsets) <= 0)
         if len(bad):
-            raise FormatError(f"index {idx_path.name} offsets not increasing: stale index", self.path, line=int(bad[0]) + 2)
+            raise stale("has offsets that do not increase", line=int(bad[0]) + 2)
         if offsets[-1] >= self.size:
-            raise FormatError(
-                f"index {idx_path.name} points past the end of the file ({int(offsets[-1])} >= {self.size}): stale index",
-                self.path,
-                line=len(offsets),
-            )
+            raise stale(f"points past the end of the file ({int(offsets[-1])} >= {self.size})", line=len(offsets))
         with open(self.path, "rb") as f:
             f.seek(self.size - 1)
             if f.read(1) != b"\n":
                 raise FormatError("last row is truncated (no newline at end of file)", self.path, line=len(offsets))
             if offsets[-1] > 0:
                 f.seek(int(offsets[-1]) - 1)
-            if offsets[-1] > 0 and f.read(1) != b"\n":
-                raise FormatError(f"index {idx_path.name} does not match the file: stale index", self.path, line=len(offsets))
+                if f.read(1) != b"\n":
+                    raise stale("does not match the file", line=len(offsets))
+            # The last indexed row must be the file's last line: rows appended after the index was
+            # written would otherwise be invisible to len(), merges and key lookups.
+            pos = int(offsets[-1])
+            f.seek(pos)
+            while True:
+                chunk = f.read(1 << 16)
+                cut = chunk.find(b"\n")
+                if cut >= 0:
+                    pos += cut
+                    break
+                pos += len(chunk)
+            if pos != self.size - 1:
+                raise stale(f"has {len(offsets)} rows but the file goes on after the last one", line=len(offsets))
 
     # -- process-local handle -------------------------------------------------
     def _handle(self) -> int:
@@ -293,6 +307,10 @@ class TSVFile:
         i = self._check_row(i)
         start, end = int(self._offsets[i]), int(self._ends[i])
         head = os.pread(self._handle(), min(_KEY_PROBE, end - start), start)
+        # The only newline a row holds is its last byte: anything else means the index is not this file's.
+        if head.find(b"\n") != (end - start - 1 if len(head) == end - start else -1):
+            raise FormatError("row does not match the index (stale or truncated .lineidx, or a torn write)",
+                              self.path, line=i + 1)
         cut = head.find(b"\t")
         if cut < 0:
             cut = head.find(b"\n")
@@ -468,30 +486,59 @@ def write_tsv(path: PathLike, rows: Iterable[Sequence[Field]], columns: Optional
     return Path(path)
 
 
+def _copy_rows(src_path: Path, dst) -> tuple[np.ndarray, int]:
+    """Append the file ``src_path`` to ``dst``; returns the offsets of its rows, found while copying, and its size."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    pos = 0
+    last = b"\n"
+    with open(src_path, "rb") as src:
+        while chunk := src.read(_SCAN_CHUNK):
+            dst.write(chunk)
+            starts.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64) + (pos + 1))
+            pos += len(chunk)
+            last = chunk[-1:]
+    if last != b"\n":
+        raise FormatError("last row is truncated (no newline at end of file)", src_path)
+    return (np.concatenate(starts)[:-1] if pos else np.zeros(0, dtype=np.int64)), pos
+
+
 def merge_tsv(shards: Sequence[PathLike], out: PathLike) -> Path:
-    """Concatenate TSV shards into ``out`` with a rebased ``.lineidx``; row contents are copied, not parsed."""
+    """Concatenate TSV shards into ``out`` with its ``.lineidx``, in one read of each shard: rows are copied, not
+    parsed, and their offsets found while copying; a shard whose stored index disagrees is refused (stale)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    opened = [TSVFile(s, build_index=True) for s in shards]
-    for s in opened:
-        if s.path.resolve() == out.resolve():
+    paths = [Path(s) for s in shards]
+    for p in paths:
+        if not p.is_file():
+            raise FormatError("no such file", p)
+        if p.resolve() == out.resolve():
             raise VinvlError(f"{out}: cannot merge a shard into itself")
+    stored: dict[Path, np.ndarray] = {}
+    for p in paths:  # the cheap checks of an index (its ends against the file's) before anything is written
+        if lineidx_path(p).is_file() or lineidx8b_path(p).is_file():
+            with TSVFile(p) as t:
+                stored[p] = np.array(t.offsets)
     tmp, idx_out = _tmp_name(out), lineidx_path(out)
     tmp_idx = _tmp_name(idx_out)
     try:
         base = 0
         with open(tmp, "wb") as dst, open(tmp_idx, "wb") as idx:
-            for s in opened:
-                if len(s):
-                    idx.write(("\n".join(map(str, (s.offsets + base).tolist())) + "\n").encode("ascii"))
-                with open(s.path, "rb") as src:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-                base += s.size
+            for p in paths:
+                size = p.stat().st_size
+                offsets, copied = _copy_rows(p, dst)
+                if copied != size:
+                    raise VinvlError(f"{p}: changed while it was being merged")
+                want = stored.get(p)
+                if want is not None and not np.array_equal(want, offsets):
+                    raise FormatError(f"its index has {len(want)} rows, the file {len(offsets)}"
+                                      f"{'' if len(want) != len(offsets) else ' at other offsets'}: stale index "
+                                      f"(rebuild it with `vinvl tsv index {p}`)", p)
+                if len(offsets):
+                    idx.write(("\n".join(map(str, (offsets + base).tolist())) + "\n").encode("ascii"))
+                base += copied
             for f in (dst, idx):
                 f.flush()
                 os.fsync(f.fileno())
-        if os.path.getsize(tmp) != base:
-            raise VinvlError(f"{out}: a shard changed while it was being merged")
         _replace(tmp_idx, idx_out)
         _replace(tmp, out)
     except BaseException:

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import io
 import json
-import os
 import random
 import signal
 import socket
@@ -17,73 +16,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from vinvl import features as F
 from vinvl import tsv as T
-from vinvl.cli import main
 from vinvl.detection import Detector
-from vinvl.labelmap import LabelMap
-
-FILES = ["predictions.tsv", "predictions.lineidx", "features.tsv", "features.lineidx", "label.tsv", "label.lineidx",
-         "hw.tsv", "hw.lineidx", "errors.tsv", "errors.lineidx", "imageid2idx.json"]
-# Same threads everywhere: results are a function of inputs, settings and batch size on one machine.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """Tiny-preset weights, a label map, and a folder of 24 small images of a few sizes."""
-    d = tmp_path_factory.mktemp("tiny")
-    det = Detector.from_config("tiny", seed=0)
-    with torch.no_grad():
-        det.model.roi_heads.box.predictor.cls_score.weight.mul_(20)
-    torch.save({"model": det.model.state_dict()}, d / "tiny.pth")
-    LabelMap(("__background__",) + tuple(f"c{i}" for i in range(1, 11)),
-             ("__no_attribute__",) + tuple(f"a{i}" for i in range(1, 7))).save_vg_json(d / "labelmap.json")
-    rng = np.random.default_rng(0)
-    sizes = [(120, 200), (200, 120), (90, 90), (150, 150)]
-    for i in range(24):
-        h, w = sizes[i % len(sizes)]
-        sub = d / "imgs" / ("s" if i % 5 == 0 else "")
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(sub / f"im{i:02d}.jpg", quality=90)
-    return d
-
-
-def base_args(tiny: Path, out: Path, *extra: str) -> list[str]:
-    return ["extract", str(tiny / "imgs"), "-o", str(out), "--weights", str(tiny / "tiny.pth"), "--preset", "tiny",
-            "--labelmap", str(tiny / "labelmap.json"), "--batch-size", "3", "--quiet",
-            *([] if "--bucket-batches" in extra else ["--bucket-batches", "1"]), *extra]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def subprocess_run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vinvl", *args], env=ENV, capture_output=True, text=True, **kw)
-
-
-def digest(out: Path, files=FILES) -> dict[str, str]:
-    return {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
-
-
-@pytest.fixture(scope="module")
-def clean(tiny: Path, tmp_path_factory) -> Path:
-    """A clean one-process run in a child process (one thread), the yardstick of byte identity."""
-    out = tmp_path_factory.mktemp("clean") / "out"
-    r = subprocess_run(base_args(tiny, out))
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def test_outputs_and_manifest(tiny: Path, clean: Path) -> None:
-    for f in FILES + ["manifest.json"]:
+def test_outputs_and_manifest(ex, tiny: Path, clean: Path) -> None:
+    for f in ex.FILES + ["manifest.json"]:
         assert (clean / f).is_file(), f
     assert not (clean / ".vinvl-extract").exists()
     preds = T.TSVFile(clean / "predictions.tsv")
@@ -112,22 +54,22 @@ def test_outputs_and_manifest(tiny: Path, clean: Path) -> None:
     assert m["torch"] == torch.__version__ and m["form"] == "native" and m["threads"] == 1
 
 
-def test_skip_and_existing_outputs(tiny: Path, tmp_path: Path, capsys) -> None:
+def test_skip_and_existing_outputs(ex, tiny: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "o"
-    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "features", "--skip", "labels"))
+    code, _, err = ex.cli(capsys, *ex.args(out, "--skip", "features", "--skip", "labels"))
     assert code == 0, err
     assert (out / "predictions.tsv").exists() and not (out / "features.tsv").exists() and not (out / "label.tsv").exists()
-    before = digest(out, ["predictions.tsv", "hw.tsv"])
-    code, _, err = cli(capsys, *base_args(tiny, out))
+    before = ex.digest(out, ["predictions.tsv", "hw.tsv"])
+    code, _, err = ex.cli(capsys, *ex.args(out))
     assert code == 2 and "holds a finished extraction" in err
-    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "features", "--skip", "labels", "--resume"))
+    code, _, err = ex.cli(capsys, *ex.args(out, "--skip", "features", "--skip", "labels", "--resume"))
     assert code == 0 and "already complete" not in err  # --quiet
-    assert digest(out, ["predictions.tsv", "hw.tsv"]) == before
-    code, _, err = cli(capsys, *base_args(tiny, out, "--skip", "nope"))
+    assert ex.digest(out, ["predictions.tsv", "hw.tsv"]) == before
+    code, _, err = ex.cli(capsys, *ex.args(out, "--skip", "nope"))
     assert code == 2 and "--skip 'nope'" in err
 
 
-def test_broken_and_odd_images(tiny: Path, tmp_path: Path, capsys) -> None:
+def test_broken_and_odd_images(ex, tiny: Path, tmp_path: Path, capsys) -> None:
     d = tmp_path / "mixed"
     d.mkdir()
     good = io.BytesIO()
@@ -142,9 +84,9 @@ def test_broken_and_odd_images(tiny: Path, tmp_path: Path, capsys) -> None:
     Image.fromarray(np.full((30, 20), 30000, np.uint16)).save(d / "j_16bit.png")
     Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "k_1x1.png")
     out = tmp_path / "o"
-    args = base_args(tiny, out)
+    args = ex.args(out)
     args[1] = str(d)
-    code, stdout, err = cli(capsys, *args)
+    code, stdout, err = ex.cli(capsys, *args)
     assert code == 3, err  # some inputs failed
     assert "3 input(s) could not be read" in err and "3 failed" in stdout
     errors = {r[0]: r[2] for r in T.TSVFile(out / "errors.tsv")}
@@ -156,20 +98,20 @@ def test_broken_and_odd_images(tiny: Path, tmp_path: Path, capsys) -> None:
     assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 3
 
 
-def test_progress_lines_in_logs(tiny: Path, tmp_path: Path, capsys) -> None:
-    args = [a for a in base_args(tiny, tmp_path / "o") if a != "--quiet"]
-    code, _, err = cli(capsys, *args)
+def test_progress_lines_in_logs(ex, tiny: Path, tmp_path: Path, capsys) -> None:
+    args = [a for a in ex.args(tmp_path / "o") if a != "--quiet"]
+    code, _, err = ex.cli(capsys, *args)
     assert code == 0
     assert "extract: 24/24 images (100.0%)" in err and "images/s" in err and "\r" not in err
 
 
-def test_workers_give_the_same_bytes(tiny: Path, clean: Path, tmp_path: Path) -> None:
-    r = subprocess_run(base_args(tiny, tmp_path / "w", "--workers", "2"))
+def test_workers_give_the_same_bytes(ex, tiny: Path, clean: Path, tmp_path: Path) -> None:
+    r = ex.run(ex.args(tmp_path / "w", "--workers", "2"))
     assert r.returncode == 0, r.stderr
-    assert digest(tmp_path / "w") == digest(clean)
+    assert ex.digest(tmp_path / "w") == ex.digest(clean)
 
 
-def test_resume_after_sigkill_is_byte_identical(tiny: Path, clean: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_is_byte_identical(ex, tiny: Path, clean: Path, tmp_path: Path) -> None:
     """Kill -9 at random moments (after 2, 4 and 6 of the 8 batches, plus a random fraction of a batch,
     so some kills land inside a batch's writes), resume each time: the same bytes as a clean run."""
     out = tmp_path / "k"
@@ -177,8 +119,8 @@ def test_resume_after_sigkill_is_byte_identical(tiny: Path, clean: Path, tmp_pat
     rng = random.Random(0)
     kills = 0
     for attempt, target in enumerate((2, 4, 6)):
-        args = base_args(tiny, out, *(["--resume"] if attempt else []))
-        p = subprocess.Popen([sys.executable, "-m", "vinvl", *args], env=ENV,
+        args = ex.args(out, *(["--resume"] if attempt else []))
+        p = subprocess.Popen([sys.executable, "-m", "vinvl", *args], env=ex.ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while p.poll() is None and time.monotonic() < deadline:
@@ -192,12 +134,12 @@ def test_resume_after_sigkill_is_byte_identical(tiny: Path, clean: Path, tmp_pat
         p.wait()
     assert kills >= 2
     assert journal.exists()  # an interrupted run is left to resume
-    r = subprocess_run(base_args(tiny, out, "--resume"))
+    r = ex.run(ex.args(out, "--resume"))
     assert r.returncode == 0, r.stderr
-    assert digest(out) == digest(clean)
+    assert ex.digest(out) == ex.digest(clean)
 
 
-def test_resume_refuses_other_settings(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_resume_refuses_other_settings(ex, tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from vinvl.extract import run as R
 
     out = tmp_path / "o"
@@ -211,18 +153,18 @@ def test_resume_refuses_other_settings(tiny: Path, tmp_path: Path, capsys, monke
         return real(self, *a, **k)
 
     monkeypatch.setattr(R._Shard, "write_batch", failing)
-    code, _, err = cli(capsys, *base_args(tiny, out))
+    code, _, err = ex.cli(capsys, *ex.args(out))
     assert code == 2 and "disk full after 2 completed batches (6 images, kept)" in err and "--resume" in err
     monkeypatch.setattr(R._Shard, "write_batch", real)
-    code, _, err = cli(capsys, *base_args(tiny, out))
+    code, _, err = ex.cli(capsys, *ex.args(out))
     assert code == 2 and "add --resume" in err
-    code, _, err = cli(capsys, *base_args(tiny, out, "--resume", "--min-size", "80"))
+    code, _, err = ex.cli(capsys, *ex.args(out, "--resume", "--min-size", "80"))
     assert code == 2 and "other settings" in err and "config" in err
-    code, _, err = cli(capsys, *base_args(tiny, out, "--resume"))
+    code, _, err = ex.cli(capsys, *ex.args(out, "--resume"))
     assert code == 0, err
     ref = tmp_path / "ref"
-    code, _, err = cli(capsys, *base_args(tiny, ref))
-    assert digest(out) == digest(ref)
+    code, _, err = ex.cli(capsys, *ex.args(ref))
+    assert ex.digest(out) == ex.digest(ref)
 
 
 def _free_port() -> int:
@@ -231,19 +173,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_equal_one(tiny: Path, clean: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_equal_one(ex, tiny: Path, clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "vinvl", *base_args(tiny, out)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+           "--master_port", str(_free_port()), "-m", "vinvl", *ex.args(out)]
+    r = subprocess.run(cmd, env=ex.ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert digest(out) == digest(clean)
+    assert ex.digest(out) == ex.digest(clean)
     m = json.loads((out / "manifest.json").read_text())
     assert m["world_size"] == 2 and len(m["seconds_per_rank"]) == 2 and m["counts"]["images"] == 24
     assert not (out / ".vinvl-extract").exists()
 
 
-def test_bucketing_batches_equal_sizes_and_resumes_exactly(tiny: Path, clean: Path, tmp_path: Path, monkeypatch) -> None:
+def test_bucketing_batches_equal_sizes_and_resumes_exactly(ex, tiny: Path, clean: Path, tmp_path: Path, monkeypatch) -> None:
     """--bucket-batches 4: images of equal resized size from 4 consecutive batches run together (the
     fixture's sizes alternate, so without it every forward pass holds one image); the rows equal the
     unbucketed run's up to float rounding, and a run killed after its first window resumes to the
@@ -264,11 +206,11 @@ def test_bucketing_batches_equal_sizes_and_resumes_exactly(tiny: Path, clean: Pa
         np.testing.assert_allclose(feats, ref[key], rtol=1e-4, atol=1e-5)
 
     whole = tmp_path / "whole"
-    r = subprocess_run(base_args(tiny, whole, "--bucket-batches", "4"))
+    r = ex.run(ex.args(whole, "--bucket-batches", "4"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "k"
-    args = base_args(tiny, out, "--bucket-batches", "4")
-    p = subprocess.Popen([sys.executable, "-m", "vinvl", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = ex.args(out, "--bucket-batches", "4")
+    p = subprocess.Popen([sys.executable, "-m", "vinvl", *args], env=ex.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / ".vinvl-extract" / "shard-00000-of-00001" / "journal.tsv"
     deadline = time.monotonic() + 120
     while p.poll() is None and time.monotonic() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n")):
@@ -278,6 +220,6 @@ def test_bucketing_batches_equal_sizes_and_resumes_exactly(tiny: Path, clean: Pa
     p.wait()
     lines = journal.read_text().splitlines()
     assert [json.loads(x)["batches"] for x in lines] in ([4], [4, 8])  # journaled per window
-    r = subprocess_run(base_args(tiny, out, "--bucket-batches", "4", "--resume"))
+    r = ex.run(ex.args(out, "--bucket-batches", "4", "--resume"))
     assert r.returncode == 0, r.stderr
-    assert digest(out) == digest(whole)
+    assert ex.digest(out) == ex.digest(whole)

@@ -194,6 +194,7 @@ class Detector:
         self.tf32 = tf32
         self.dtype = dtype
         self.channels_last = channels_last
+        self.fold_bn = fold_bn
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         unfold_frozen_bn(self.model)
@@ -221,6 +222,17 @@ class Detector:
                         f"label map {labelmap.source} has {labelmap.num_attributes} attributes, "
                         f"the model {self.config.attributes.num_attributes}"
                     )
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        """The settings besides config and weights that change output bits (device, dtype, layout, folding)."""
+        return {"device": self.device.type, "dtype": self.dtype, "channels_last": self.channels_last,
+                "fold_bn": self.fold_bn, "tf32": self.tf32}
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of a region's feature vector (2048 for X152-C4), without the 6 geometry columns."""
+        return int(self.model.roi_heads.box.feature_extractor.out_channels)
 
     @classmethod
     def from_config(

@@ -18,11 +18,16 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 def target_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
     """``(out_h, out_w)`` of maskrcnn-benchmark's test resize: short side ``min_size`` unless the long
-    side would pass ``max_size``; the long side is truncated, not rounded."""
+    side would pass ``max_size``; the long side is truncated, not rounded.
+
+    An image so elongated that the rule gives a short side of 0 pixels (the original fails on it, e.g.
+    1 x 3000 at 600/1000) is clamped: short side 1 pixel, long side ``max_size``."""
     size = min_size
     lo, hi = float(min(width, height)), float(max(width, height))
     if hi / lo * size > max_size:
         size = int(round(max_size * lo / hi))
+        if size < 1:
+            return (max_size, 1) if height > width else (1, max_size)
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:

@@ -34,7 +34,8 @@ from ..detection import Detector
 from ..detection.preprocess import to_input_tensor
 from ..errors import VinvlError
 from ..features import format_features_row, format_hw_row, format_label_row
-from ..tsv import merge_tsv, write_key_index
+from ..textio import display_path
+from ..tsv import lineidx_path, merge_tsv, write_key_index
 from .sources import ImageItem, ImageLoadError, load_image_item
 
 NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
@@ -111,7 +112,12 @@ def batch_ranges(n_items: int, batch_size: int, rank: int, world_size: int) -> t
 
 
 def _line(fields: Sequence[str]) -> bytes:
-    return ("\t".join(fields) + "\n").encode("utf-8")
+    line = "\t".join(fields) + "\n"
+    # Keys are checked before the run (sources.check_keys) and the other fields are JSON or base64;
+    # this guard keeps a future field from ever writing a row the TSV cannot hold.
+    if line.count("\t") != len(fields) - 1 or line.find("\n") != len(line) - 1 or "\r" in line:
+        raise ValueError(f"a row of {fields[0]!r} would contain a TAB, CR or newline inside a field")
+    return line.encode("utf-8")
 
 
 def _clean(text: str) -> str:
@@ -140,19 +146,15 @@ class _Shard:
         self.counts = {"images": 0, "failed": 0, "boxes": 0}
         offsets = {n: 0 for n in self.names}
         if resume and self.journal_path.exists():
-            last = None
-            raw = self.journal_path.read_bytes()
-            lines = raw.split(b"\n")[:-1]  # a last line without its newline is torn: ignored
-            for ln in lines:
-                last = json.loads(ln)
-            keep = raw[: sum(len(ln) + 1 for ln in lines)]
-            self.journal_path.write_bytes(keep)
-            if last is not None:
-                self.done_batches = last["batches"]
-                self.counts = last["counts"]
-                offsets = last["offsets"]
+            entry, keep = self._last_consistent_entry()
+            os.truncate(self.journal_path, keep)  # in place: a kill here leaves a journal that still resumes
+            if entry is not None:
+                self.done_batches = entry["batches"]
+                self.counts = entry["counts"]
+                offsets = entry["offsets"]
         else:
-            self.journal_path.write_bytes(b"")
+            with open(self.journal_path, "wb"):
+                pass
         self.files = {}
         for n in self.names:
             p = self.paths[n]
@@ -163,6 +165,27 @@ class _Shard:
             f.seek(offsets[n])
             self.files[n] = f
         self.journal = open(self.journal_path, "ab")
+
+    def _last_consistent_entry(self) -> tuple[Optional[dict[str, Any]], int]:
+        """The newest journal entry that every shard file still holds in full, and the journal's length up
+        to it. A torn last line is ignored; a file that is missing or shorter than an entry says (the work
+        folder damaged from outside) sends the run back to an earlier entry, whose batches are redone."""
+        raw = self.journal_path.read_bytes()
+        lines = raw.split(b"\n")[:-1]  # a last line without its newline is torn: ignored
+        sizes = {n: p.stat().st_size if p.is_file() else -1 for n, p in self.paths.items()}
+        last: tuple[Optional[dict[str, Any]], int] = (None, 0)
+        end = 0
+        for ln in lines:
+            end += len(ln) + 1
+            try:
+                entry = json.loads(ln)
+                held = all(0 <= int(entry["offsets"][n]) <= sizes[n] for n in self.names)
+            except (ValueError, KeyError, TypeError):
+                held = False  # a damaged line: nothing after it can be trusted
+            if not held:
+                break
+            last = (entry, end)
+        return last
 
     def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int, batches: int = 1) -> None:
         """Append ``batches`` whole batches, then record them in the journal."""
@@ -221,7 +244,15 @@ class _Progress:
             self.bar.close()
 
 
+def _labelmap_sha256(detector: Detector) -> Optional[str]:
+    lm = detector.labelmap
+    if lm is None:
+        return None
+    return hashlib.sha256(json.dumps([list(lm.classes), list(lm.attributes or [])]).encode()).hexdigest()
+
+
 def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions) -> dict[str, Any]:
+    """Every setting that can change a byte of the outputs: a resumed run must match it exactly."""
     h = hashlib.sha256()
     for it in items:
         h.update(f"{it.key}\t{it.where}\n".encode())
@@ -229,28 +260,71 @@ def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOp
         "inputs_sha256": h.hexdigest(),
         "images": len(items),
         "config": dataclasses.asdict(detector.config),
+        "weights": opts.extra_manifest.get("weights_sha256"),
+        "labelmap": _labelmap_sha256(detector),
+        "numerics": detector.numerics,
         "subset": list(opts.subset),
         "image_size_in_rows": opts.image_size_in_rows,
         "skip": sorted(opts.skip),
         "exif_transpose": opts.exif_transpose,
         "world_size": opts.world_size,
         "bucket_batches": opts.bucket_batches,
-        "weights": opts.extra_manifest.get("weights_sha256"),
-        "dtype": opts.extra_manifest.get("dtype", "fp32"),
+        "vinvl": __version__,
+        "torch": torch.__version__,
     }
     return json.loads(json.dumps(fp))  # the form it has when read back from settings.json
 
 
-def _check_out_dir(out: Path, shard_dir: Path, opts: ExtractOptions) -> bool:
-    """Whether the run is already complete; errors when outputs would be lost."""
-    manifest = out / "manifest.json"
+def _changed(before: Any, now: dict[str, Any]) -> list[str]:
+    """The fingerprint entries that differ (all of them if ``before`` is not a fingerprint)."""
+    if not isinstance(before, dict):
+        return list(now)
+    changed = []
+    for k, v in now.items():
+        if k == "config" and isinstance(before.get(k), dict) and isinstance(v, dict):
+            changed += [f"config.{c}" for c in v if before[k].get(c) != v[c]] or ([k] if before[k] != v else [])
+        elif before.get(k) != v:
+            changed.append(k)
+    return changed
+
+
+def _read_json(path: Path) -> Any:
+    """A state file's JSON, or None when it is missing or unreadable (every state file is written
+    atomically, so an unreadable one was damaged from outside and is treated as absent)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_out_dir(out: Path, shard_dir: Path, fingerprint: dict[str, Any], opts: ExtractOptions) -> bool:
+    """Whether the run is already complete; errors when outputs would be lost or settings changed.
+
+    ``manifest.json`` is written last, once every output is in place: it commits a run. A resumed run
+    whose manifest holds the same settings is complete (a kill during the clean-up that follows the
+    manifest only leaves the work folder to remove); the same settings give the same bytes, so this also
+    holds when an earlier identical run wrote it."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise VinvlError(f"{out}: exists and is not a folder; choose another -o")
+    work = out / WORK_DIR
     if opts.overwrite:
         if shard_dir.exists():
             shutil.rmtree(shard_dir)
         return False
-    if manifest.exists() and not (out / WORK_DIR).exists():
-        if opts.resume:
+    manifest = _read_json(out / "manifest.json")
+    if manifest is not None and opts.resume:
+        changed = _changed(manifest.get("settings") if isinstance(manifest, dict) else None, fingerprint)
+        missing = [f for f in manifest.get("outputs", []) if not (out / f).is_file()] if not changed else []
+        if not changed and not missing:
+            shutil.rmtree(work, ignore_errors=True)
             return True
+        if not work.exists():
+            why = f"{', '.join(changed)} changed" if changed else f"{', '.join(missing)} missing"
+            raise VinvlError(f"{out}: holds a finished extraction that --resume cannot continue ({why}); "
+                             "rerun with the same inputs and options, or use --overwrite or another -o")
+    elif manifest is not None and not work.exists():
         raise VinvlError(f"{out}: holds a finished extraction (manifest.json); use --overwrite or another -o")
     if shard_dir.exists() and not opts.resume:
         raise VinvlError(f"{out}: holds an interrupted extraction; add --resume to continue it or --overwrite to restart")
@@ -275,24 +349,48 @@ def extract(
     bs = max(1, cfg.batch_size)
     names = [n for n in OUTPUT_FILES if n not in opts.skip]
     shard_dir = out / WORK_DIR / f"shard-{opts.rank:05d}-of-{opts.world_size:05d}"
-    if _check_out_dir(out, shard_dir, opts):
+    fingerprint = _fingerprint(items, detector, opts)
+    try:
+        return _extract(items, detector, out, shard_dir, names, bs, fingerprint, opts)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise VinvlError(
+                f"{display_path(e.filename or out)}: disk full ({e.strerror}); what was written is kept: "
+                "free space and rerun with --resume") from None
+        raise
+
+
+# A full disk or quota: the run stops with one line and resumes once there is room.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _extract(
+    items: Sequence[ImageItem],
+    detector: Detector,
+    out: Path,
+    shard_dir: Path,
+    names: list[str],
+    bs: int,
+    fingerprint: dict[str, Any],
+    opts: ExtractOptions,
+) -> ExtractStats:
+    if _check_out_dir(out, shard_dir, fingerprint, opts):
         if not opts.quiet:
             print(f"{out}: already complete", file=sys.stderr)
         return ExtractStats(0, 0, 0.0, out_dir=out)
-    fingerprint = _fingerprint(items, detector, opts)
     settings_path = shard_dir / "settings.json"
-    if opts.resume and settings_path.exists():
-        before = json.loads(settings_path.read_text())
-        changed = [k for k in fingerprint if before.get(k) != fingerprint[k]]
-        if changed:
+    if opts.resume and shard_dir.exists():
+        before = _read_json(settings_path)
+        changed = _changed(before, fingerprint)
+        if before is None and (shard_dir / "journal.tsv").exists():
+            raise VinvlError(f"{shard_dir}: settings.json is missing or damaged, so --resume cannot check the "
+                             "settings of the interrupted run; use --overwrite")
+        if before is not None and changed:
             raise VinvlError(
                 f"{out}: --resume with other settings than the interrupted run ({', '.join(changed)} changed); "
                 "rerun with the same inputs and options, or use --overwrite"
             )
-    elif opts.resume and (shard_dir / "journal.tsv").exists():
-        raise VinvlError(f"{shard_dir}: no settings.json to check --resume against; use --overwrite")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(fingerprint, indent=1))
+    atomic_write_text(settings_path, json.dumps(fingerprint, indent=1))
 
     first, end = batch_ranges(len(items), bs, opts.rank, opts.world_size)
     t0 = time.perf_counter()
@@ -310,9 +408,9 @@ def extract(
             _run_batches(items, todo, detector, shard, opts, names, bs, progress)
         progress.close()
     except OSError as e:
-        if e.errno == errno.ENOSPC:
+        if e.errno in _NO_SPACE:
             raise VinvlError(
-                f"{e.filename or shard_dir}: disk full after {shard.done_batches} completed batches "
+                f"{display_path(e.filename or shard_dir)}: disk full after {shard.done_batches} completed batches "
                 f"({shard.counts['images']} images, kept); free space and rerun with --resume"
             ) from None
         raise
@@ -337,10 +435,11 @@ def extract(
         **opts.extra_manifest,
         "settings": fingerprint,
         "batch_size": bs,
-        "batching": cfg.batching,
+        "batching": detector.config.batching,
         "world_size": opts.world_size,
         "workers": opts.workers,
         "outputs": [OUTPUT_FILES[n] for n in names] + ["errors.tsv", "imageid2idx.json"],
+        "feature_dim": detector.feature_dim + 6,  # width of a features.tsv region row (regions + geometry)
         "counts": totals["counts"],
         "seconds_per_rank": totals["seconds"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -452,6 +551,10 @@ def _merge(out: Path, shards: list[Path], names: list[str], opts: ExtractOptions
     for n in [*names, "errors"]:
         fname = OUTPUT_FILES.get(n, "errors.tsv")
         merge_tsv([s / fname for s in shards], out / fname)
+    for n, fname in OUTPUT_FILES.items():
+        if n not in names:  # left by an earlier run that --overwrite replaces: not this run's output
+            for stale in (out / fname, lineidx_path(out / fname)):
+                stale.unlink(missing_ok=True)
     keys: list[str] = []
     source = out / OUTPUT_FILES[names[0]] if names else None
     if source is not None:

@@ -22,6 +22,7 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import VinvlError
+from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -42,8 +43,40 @@ class ImageItem:
 
     @property
     def where(self) -> str:
-        """The image's location for messages and errors.tsv: the path, or ``path:row N``."""
-        return str(self.path) if self.row is None else f"{self.path}:row {self.row}"
+        """The image's location for messages and errors.tsv: the path (odd bytes escaped), or ``path:row N``."""
+        return display_path(self.path) if self.row is None else f"{display_path(self.path)}:row {self.row}"
+
+
+def key_problem(key: str) -> Optional[str]:
+    """Why ``key`` cannot be an image key, or None: keys are the first column of every TSV, and the
+    original's readers strip fields and split lines, so a key is non-empty UTF-8 text without control
+    characters (TAB, CR, LF, ...), line separators, or leading/trailing white space."""
+    if not key:
+        return "is empty"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (the file name has bytes of another encoding)"
+    for ch in key:
+        if is_control(ch):
+            return f"contains the control character {ch!r}"
+    if key != key.strip():
+        return "begins or ends with white space"
+    return None
+
+
+def check_keys(items: Sequence[ImageItem]) -> None:
+    """Refuse, before any work, an image whose key a TSV cannot hold, and duplicate keys."""
+    seen: dict[str, ImageItem] = {}
+    for it in items:
+        problem = key_problem(it.key)
+        if problem is not None:
+            shown = it.key.encode("utf-8", "backslashreplace").decode("utf-8")
+            fix = "fix the TSV's key" if it.row is not None else "rename the file or choose keys with --key-map/--key-regex"
+            raise VinvlError(f"{it.where}: its key {shown!r} {problem}; {fix}")
+        if it.key in seen:
+            raise VinvlError(f"duplicate image key {it.key!r}: {seen[it.key].where} and {it.where}")
+        seen[it.key] = it
 
 
 @dataclass(frozen=True)
@@ -63,14 +96,18 @@ class KeyRule:
             candidates = [rel, str(path), path.name]
             if self.key_map_root is not None and path.resolve().is_relative_to(self.key_map_root):
                 candidates.insert(1, path.resolve().relative_to(self.key_map_root).as_posix())
+            # A name that is not UTF-8 (or holds control characters) is written in the map as errors show it.
+            candidates += [shown for c in candidates if (shown := display_path(c)) != c]
             for candidate in candidates:
                 if candidate in self.key_map:
                     return self.key_map[candidate]
-            raise VinvlError(f"{path}: not in the --key-map file (looked up as {', '.join(map(repr, candidates))})")
+            raise VinvlError(
+                f"{display_path(path)}: not in the --key-map file (looked up as "
+                f"{', '.join(repr(display_path(c)) for c in candidates)})")
         if self.key_regex is not None:
             m = re.search(self.key_regex, rel)
             if m is None or not m.groups() or m.group(1) is None:
-                raise VinvlError(f"{path}: --key-regex {self.key_regex!r} does not match {rel!r} with a group")
+                raise VinvlError(f"{display_path(path)}: --key-regex {self.key_regex!r} does not match {rel!r} with a group")
             return m.group(1)
         if self.key_from == "name":
             return Path(rel).name
@@ -88,9 +125,7 @@ def image_key(path: PathLike, root: PathLike) -> str:
 def read_key_map(path: PathLike) -> dict[str, str]:
     """A path -> key map from a JSON object or a two-column TSV (``path \\t key``)."""
     path = Path(path)
-    if not path.is_file():
-        raise VinvlError(f"{path}: no such key map file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "key map file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -135,14 +170,14 @@ def _folder_images(folder: Path) -> list[Path]:
 def _list_items(listing: Path, rule: KeyRule) -> list[ImageItem]:
     root = listing.parent
     items = []
-    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(listing, "image list").splitlines(), 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         p = Path(entry)
         p = p if p.is_absolute() else root / p
         if not p.is_file():
-            raise VinvlError(f"{listing}:{n}: no such image {entry!r}")
+            raise VinvlError(f"{display_path(listing)}:{n}: no such image {entry!r}")
         items.append(ImageItem(rule.key(p, root if p.is_relative_to(root) else p.parent), p))
     return items
 
@@ -164,7 +199,7 @@ def _tsv_items(tsv: Path, rows: Optional[Sequence[int]] = None) -> list[ImageIte
 def read_linelist(path: Path) -> list[int]:
     """Row indices of a ``linelist.tsv`` (the first column of each line)."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path, "linelist").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -177,9 +212,9 @@ def read_linelist(path: Path) -> list[int]:
 def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[ImageItem]:
     """Images of a dataset yaml (``img``: an image TSV; ``linelist``: the rows to take), paths relative to it."""
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(read_text(path, "dataset yaml"))
     except yaml.YAMLError as e:
-        raise VinvlError(f"{path}: not valid yaml ({e})") from None
+        raise VinvlError(f"{path}: not valid yaml ({' '.join(str(e).split())})") from None
     if not isinstance(spec, dict) or "img" not in spec:
         raise VinvlError(f"{path}: a dataset yaml needs an 'img' entry (the image TSV)")
 
@@ -220,7 +255,7 @@ def collect_inputs(
         if p.is_dir():
             items += [ImageItem(rule.key(f, p), f) for f in _folder_images(p)]
         elif not p.is_file():
-            raise VinvlError(f"{p}: no such file or folder")
+            raise VinvlError(f"{display_path(p)}: no such file or folder")
         elif suffix in YAML_EXTENSIONS:
             items += dataset_yaml_items(p, ddir)
         elif suffix == ".tsv":
@@ -230,11 +265,7 @@ def collect_inputs(
         else:
             # Any other file is taken as an image; if it is not one, it lands in errors.tsv.
             items.append(ImageItem(rule.key(p, p.parent), p))
-    seen: dict[str, ImageItem] = {}
-    for it in items:
-        if it.key in seen:
-            raise VinvlError(f"duplicate image key {it.key!r}: {seen[it.key].where} and {it.where}")
-        seen[it.key] = it
+    check_keys(items)
     if not items:
         raise VinvlError(f"no images found in {', '.join(map(str, paths))}")
     return items
