@@ -1,24 +1,33 @@
-"""``vinvl download`` against a real Azure Blob emulator (Azurite from npm) and the asset registry."""
+"""``vinvl download`` against a real Azure Blob emulator (Azurite from npm) and the asset registry,
+and against a loopback fault-injecting server (in front of Azurite, or of blobs in memory: those
+tests need no Azurite)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import io
 import json
 import os
+import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
+import sys
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+from xml.sax.saxutils import escape
 
 import pytest
 
@@ -251,17 +260,175 @@ def test_interrupted_transfer_resumes(azurite: Azurite, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A local server in front of Azurite: injected 503s, crafted listings
+# A loopback server in front of Azurite, or of blobs in memory: injected faults, crafted listings
+
+
+class _Upstream:
+    """Backend: forward each request to Azurite."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        up = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+            up.request(method, path, headers=fwd)
+            resp = up.getresponse()
+            body = resp.read()
+            drop = ("transfer-encoding", "connection", "keep-alive", "content-length", "date", "server")
+            out = {k: v for k, v in resp.getheaders() if k.lower() not in drop}
+            out["Content-Length"] = resp.getheader("Content-Length") or str(len(body))  # a HEAD has no body
+            return resp.status, out, body
+        finally:
+            up.close()
+
+
+class _Memory:
+    """Backend: enough of the Blob protocol for the downloader (paged List Blobs, ranged GET, HEAD).
+
+    ``blobs`` maps ``container/name`` to bytes; ``listed`` overrides the sizes the listing announces
+    (a blob that changed after it was listed); ``ignore_range`` answers every GET with the whole blob.
+    """
+
+    def __init__(self, blobs: dict[str, bytes], *, listed: Optional[dict[str, int]] = None,
+                 ignore_range: bool = False) -> None:
+        self.blobs, self.listed, self.ignore_range = blobs, listed or {}, ignore_range
+
+    def answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(path)
+        segs = unquote(parts.path).lstrip("/").split("/", 2)  # account, container, blob name
+        query = parse_qs(parts.query)
+        if len(segs) == 2 and query.get("comp") == ["list"]:
+            return self._list(segs[1], query)
+        data = self.blobs.get("/".join(segs[1:])) if len(segs) == 3 else None
+        if data is None:
+            return 404, {"x-ms-error-code": "BlobNotFound"}, b"<Error><Code>BlobNotFound</Code></Error>"
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("Range", ""))
+        if m is None or self.ignore_range:
+            return 200, {"Content-MD5": md5}, data
+        a, b = int(m[1]), min(int(m[2] or len(data) - 1), len(data) - 1)
+        if a >= len(data) or a > b:
+            return 416, {"x-ms-error-code": "InvalidRange"}, b""
+        return 206, {"Content-Range": f"bytes {a}-{b}/{len(data)}", "x-ms-blob-content-md5": md5}, data[a:b + 1]
+
+    def _list(self, container: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        prefix = query.get("prefix", [""])[0]
+        names = sorted(k.split("/", 1)[1] for k in self.blobs if k.startswith(f"{container}/"))
+        names = [n for n in names if n.startswith(prefix)]
+        start, count = int(query.get("marker", ["0"])[0]), int(query["maxresults"][0])
+        rows = []
+        for n in names[start:start + count]:
+            data = self.blobs[f"{container}/{n}"]
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            size = self.listed.get(f"{container}/{n}", len(data))
+            rows.append(f"<Blob><Name>{escape(n)}</Name><Properties><Content-Length>{size}</Content-Length>"
+                        f"<Content-MD5>{md5}</Content-MD5></Properties></Blob>")
+        marker = str(start + count) if start + count < len(names) else ""
+        xml = (f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>{"".join(rows)}</Blobs>'
+               f"<NextMarker>{marker}</NextMarker></EnumerationResults>")
+        return 200, {"Content-Type": "application/xml"}, xml.encode()
+
+
+@dataclass
+class _Fault:
+    """What to do wrong with one answer; ``at`` fixes a cut's body offset (else ``rng`` draws it)."""
+
+    kind: str
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    at: Optional[int] = None
+
+
+# Every kind of trouble the downloader must survive: busy answers (with and without Retry-After),
+# a connection dropped before any answer, a body cut cleanly (FIN: http.client sees a short read,
+# no error) or by a reset at a random offset, a ranged answer longer than asked (with an inflated
+# Content-Length, or with none) and a ranged answer for other bytes (wrong Content-Range).
+FAULT_KINDS = ("503", "503-retry-after", "drop", "cut", "reset", "long", "bad-range")
+
+
+def _applicable(method: str, status: int, body: bytes) -> tuple[str, ...]:
+    kinds = ["503", "503-retry-after", "drop"]
+    if method == "GET" and status in (200, 206) and body:
+        kinds += ["cut", "reset"]
+    if status == 206:
+        kinds += ["long", "bad-range"]
+    return tuple(kinds)
+
+
+def _span_key(method: str, path: str, rng_header: str, headers: dict[str, str]) -> tuple[str, str, str]:
+    """What one downloader request asks again and again, resumed or not: the method, the path and
+    the end of its byte range ("" for the blob's last byte, which a whole-file GET asks for)."""
+    end = rng_header.partition("-")[2]
+    m = re.fullmatch(r"bytes \d+-\d+/(\d+)", headers.get("Content-Range", ""))
+    if m and end and int(end) == int(m[1]) - 1:
+        end = ""
+    return method, path, end
+
+
+class _Faults:
+    """A seeded fault plan, the same whatever the thread order: the answer to request number k of a
+    ``_span_key`` fails with probability ``p``, at most ``cap`` times per key (``cap`` < attempts:
+    a run completes)."""
+
+    def __init__(self, seed: int, p: float, cap: int) -> None:
+        self.seed, self.p, self.cap = seed, p, cap
+        self.requests: Counter = Counter()
+        self.faulted: Counter = Counter()
+        self.clean: Counter = Counter()  # answers sent whole and right, per key
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str, rng_header: str, status: int, headers: dict[str, str],
+                 body: bytes) -> Optional[_Fault]:
+        key = _span_key(method, path, rng_header, headers)
+        with self.lock:
+            # The very first answer is clean: a host that never answered gets only two tries, by design.
+            first = not self.requests
+            k = self.requests[key]
+            self.requests[key] += 1
+            rng = random.Random(f"{self.seed}|{key}|{k}")
+            if first or status not in (200, 206) or self.faulted[key] >= self.cap or rng.random() >= self.p:
+                self.clean[key] += status in (200, 206)
+                return None
+            self.faulted[key] += 1
+        return _Fault(rng.choice(_applicable(method, status, body)), rng)
+
+    def blob_gets(self) -> dict[tuple[str, str, str], int]:
+        """Clean answers per blob GET key (listing pages left out: every run lists again)."""
+        return {k: n for k, n in self.clean.items() if k[0] == "GET" and "comp=list" not in k[1]}
 
 
 class _Front(ThreadingHTTPServer):
+    """A loopback-only server that answers through ``backend`` and injects failures: request number
+    k fails with a 503 when k is in ``fail``; ``faults`` picks a fault per answer; ``listing`` replaces
+    every List Blobs answer. It refuses requests past ``max_requests`` and stops itself after
+    ``lifetime`` seconds, so a downloader that loops cannot hang the test."""
+
     daemon_threads = True
 
-    def __init__(self, upstream_port: int, fail: set[int], listing: Optional[bytes] = None) -> None:
+    def __init__(self, backend: Any, fail: Iterable[int] = (), listing: Optional[bytes] = None,
+                 faults: Optional[Callable[..., Optional[_Fault]]] = None, *,
+                 max_requests: int = 3000, lifetime: float = 60.0) -> None:
         super().__init__(("127.0.0.1", 0), _FrontHandler)
-        self.upstream_port, self.fail, self.listing = upstream_port, fail, listing
+        self.backend, self.fail, self.listing, self.faults = backend, set(fail), listing, faults
+        self.max_requests, self.lifetime = max_requests, lifetime
         self.seen = 0
+        self.log: list[tuple[str, str, str]] = []  # (method, path, Range) of every request
+        self.injected: Counter = Counter()
         self.lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that stopped reading is no news
+            super().handle_error(request, client_address)
+
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        timer = threading.Timer(self.lifetime, self.shutdown)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            timer.cancel()
 
 
 class _FrontHandler(BaseHTTPRequestHandler):
@@ -271,55 +438,93 @@ class _FrontHandler(BaseHTTPRequestHandler):
         pass
 
     def _handle(self) -> None:
-        with self.server.lock:
-            k = self.server.seen
-            self.server.seen += 1
-        if k in self.server.fail:
-            body = b"<Error><Code>ServerBusy</Code></Error>"
-            self.send_response(503)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body if self.command != "HEAD" else b"")
-            return
-        if self.server.listing is not None and "comp=list" in self.path:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(self.server.listing)))
-            self.end_headers()
-            self.wfile.write(self.server.listing)
-            return
-        up = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=10)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-        up.request(self.command, self.path, headers=headers)
-        resp = up.getresponse()
-        body = resp.read()
-        self.send_response(resp.status)
-        for k, v in resp.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length", "keep-alive"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", resp.getheader("Content-Length") or str(len(body)))
+        srv = self.server
+        rng_header = self.headers.get("Range", "")
+        with srv.lock:
+            k = srv.seen
+            srv.seen += 1
+            srv.log.append((self.command, self.path, rng_header))
+        if k >= srv.max_requests:
+            return self._send(400, {"x-ms-error-code": "TestRequestBudgetSpent"}, b"")
+        if k in srv.fail:
+            return self._send(503, {}, b"<Error><Code>ServerBusy</Code></Error>")
+        if srv.listing is not None and "comp=list" in self.path:
+            status, headers, body = 200, {"Content-Type": "application/xml"}, srv.listing
+        else:
+            status, headers, body = srv.backend.answer(self.command, self.path, dict(self.headers.items()))
+        fault = srv.faults(self.command, self.path, rng_header, status, headers, body) if srv.faults else None
+        if fault is not None:
+            with srv.lock:
+                srv.injected[fault.kind] += 1
+        self._send(status, headers, body, fault)
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes, fault: Optional[_Fault] = None) -> None:
+        kind = fault.kind if fault else None
+        if kind == "drop":
+            return  # the connection closes without an answer
+        headers = dict(headers)
+        if kind in ("503", "503-retry-after"):
+            status, body = 503, b"<Error><Code>ServerBusy</Code></Error>"
+            headers = {"x-ms-error-code": "ServerBusy"}
+            if kind == "503-retry-after":
+                headers["Retry-After"] = "1"  # more than the test's max_backoff: the wait must be capped
+        length: Optional[int] = int(headers.pop("Content-Length", len(body)))
+        if kind == "bad-range":
+            a, b, total = map(int, re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", headers["Content-Range"]).groups())
+            shift = fault.rng.randint(1, 64)
+            a, b = (a + shift, b + shift) if fault.rng.random() < 0.5 or a < shift else (a - shift, b - shift)
+            headers["Content-Range"] = f"bytes {a}-{b}/{total}"
+        if kind == "long":
+            extra = fault.rng.randbytes(fault.rng.randint(1, 64))
+            body += extra
+            length = length + len(extra) if fault.rng.random() < 0.5 else None  # None: ends at close
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        up.close()
+        if self.command == "HEAD":
+            return
+        if kind in ("cut", "reset"):
+            at = fault.at if fault.at is not None else fault.rng.randrange(len(body))
+            self.wfile.write(body[:at])
+            if kind == "reset":
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            return
+        self.wfile.write(body)
 
     do_GET = do_HEAD = _handle
 
 
 @pytest.fixture
-def front(azurite: Azurite):
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., _Front]]:
+    """Start ``_Front(backend, ...)`` servers; all stop when the test ends (or their lifetime does)."""
+    # An HTTP(S)_PROXY from the environment must not capture the requests to the loopback server.
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, ",".join(x for x in (os.environ.get(var), "127.0.0.1", "localhost") if x))
     servers = []
 
-    def make(fail: set[int], listing: Optional[bytes] = None) -> _Front:
-        srv = _Front(azurite.port, fail, listing)
+    def start(backend: Any, **kw: Any) -> _Front:
+        srv = _Front(backend, **kw)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return srv
 
-    yield make
+    yield start
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def front(azurite: Azurite, serve):
+    def make(fail: set[int], listing: Optional[bytes] = None) -> _Front:
+        return serve(_Upstream(azurite.port), fail=fail, listing=listing)
+
+    return make
 
 
 def test_503_retried(azurite: Azurite, folder: dict, front, tmp_path: Path) -> None:
@@ -336,6 +541,227 @@ def test_retries_are_bounded(azurite: Azurite, folder: dict, front, tmp_path: Pa
     with pytest.raises(VinvlError, match="failed after 3 attempts: HTTP 503"):
         _dl(attempts=3).download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/a.txt", tmp_path)
     assert time.monotonic() - t < 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection: every file ends byte-identical, or the run fails with one line and resumes
+
+FRANGE = 4 * 1024  # the fault tests' range size: many ranges from small files
+FAULT_FILES = {
+    "data/a.txt": _data(100, 21),
+    "data/empty.bin": b"",
+    "data/one-range.bin": _data(FRANGE, 22),  # exactly the range size: still one GET
+    "data/sub/b.bin": _data(3 * 1024 + 5, 23),
+    "data/sub/c.bin": _data(7 * FRANGE + 17, 24),  # ranged
+    "data/sub/d.bin": _data(10 * FRANGE, 25),  # ranged, a whole number of ranges
+    "data/sub/e.txt": _data(2000, 26),
+}
+RANGED = ("sub/c.bin", "sub/d.bin")
+SECRET = "sv=2021-08-06&sig=SECRETSIG"  # a SAS-like query: it must never reach a message
+
+
+def _fault_dl(**kw: Any) -> Downloader:
+    opts: dict[str, Any] = dict(range_size=FRANGE, page_size=2, quiet=True, backoff=0.001, max_backoff=0.01, workers=3)
+    opts.update(kw)
+    return Downloader(**opts)
+
+
+def _memory(**kw: Any) -> _Memory:
+    return _Memory({f"pub/{k}": v for k, v in FAULT_FILES.items()}, **kw)
+
+
+def _want() -> dict[str, bytes]:
+    return {k[len("data/"):]: v for k, v in FAULT_FILES.items()}
+
+
+def _url(srv: _Front, path: str = "data/") -> str:
+    return f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/{path}?{SECRET}"
+
+
+def _check_one_line(msg: str) -> None:
+    assert msg and "\n" not in msg and "Traceback" not in msg and "SECRETSIG" not in msg, msg
+
+
+def _check_nothing_partial(out: Path) -> None:
+    """Final paths hold only complete files; a state file records only ranges whose bytes are right."""
+    want = _want()
+    for p in out.rglob("*") if out.exists() else ():
+        if p.is_dir():
+            continue
+        rel = p.relative_to(out).as_posix()
+        if rel in want:
+            assert p.read_bytes() == want[rel], f"{rel} at its final path is not the file"
+        elif rel.endswith(".part.json"):
+            name = rel[: -len(".part.json")]
+            part = (out / name).with_name(Path(name).name + ".part").read_bytes()
+            for a, b in json.loads(p.read_text())["done"]:
+                lo, hi = a * FRANGE, min((b + 1) * FRANGE, len(want[name]))
+                assert part[lo:hi] == want[name][lo:hi], f"{rel} records ranges {a}-{b} that are wrong"
+        else:
+            assert rel.endswith(".part") and rel[: -len(".part")] in want, f"stray file {rel}"
+
+
+def test_faults_every_file_completes_byte_identical(serve, tmp_path: Path) -> None:
+    kinds: Counter = Counter()
+    for seed in range(6):
+        faults = _Faults(seed, p=0.5, cap=4)
+        srv = serve(_memory(), faults=faults)
+        dl = _fault_dl(attempts=5)  # cap 4 < 5 attempts: every request gets through in the end
+        out = tmp_path / f"seed{seed}"
+        dl.download(_url(srv), out)
+        assert _tree(out) == _want(), f"seed {seed}"  # MD5-checked; no .part or state file left
+        injected = sum(srv.injected.values())
+        # Each fault cost exactly one failed attempt: none was taken for a good answer.
+        assert dl.stats["retries"] == injected >= 5, (seed, srv.injected)
+        # Each file and range was answered right once: a resumed transfer asks only for the rest.
+        gets = faults.blob_gets()
+        assert set(gets.values()) == {1} and len(gets) == 7 + 8 + 10 - 2, (seed, gets)
+        kinds += srv.injected
+    assert set(kinds) == set(FAULT_KINDS), kinds
+
+
+def test_faults_failed_runs_are_one_line_and_resume(serve, tmp_path: Path) -> None:
+    # Two attempts per request against a 60 % fault rate: most runs fail; each rerun resumes.
+    faults = _Faults(7, p=0.6, cap=5)
+    srv = serve(_memory(), faults=faults)
+    out = tmp_path / "out"
+    errors, resumed = [], 0
+    for _ in range(60):
+        resumed += sum(bool(json.loads(p.read_text())["done"]) for p in out.rglob("*.part.json"))
+        try:
+            _fault_dl(attempts=2, page_size=10).download(_url(srv), out)  # one listing page: runs get further
+            break
+        except VinvlError as e:
+            errors.append(str(e))
+        _check_nothing_partial(out)
+    else:
+        pytest.fail(f"no run completed: {errors[-3:]}")
+    assert _tree(out) == _want()
+    assert errors and resumed, "the faults never interrupted a ranged file half-way"
+    for msg in errors:
+        _check_one_line(msg)
+        assert "failed after 2 attempts: " in msg or "cannot reach" in msg, msg
+    # Nothing a failed run got right was fetched again by a later one.
+    assert set(faults.blob_gets().values()) == {1}, faults.blob_gets()
+
+
+def test_cut_transfer_resumes_where_it_stopped(serve, tmp_path: Path) -> None:
+    cut: set = set()
+
+    def half(method: str, path: str, rng_header: str, status: int, headers: dict, body: bytes) -> Optional[_Fault]:
+        key = _span_key(method, path, rng_header, headers)
+        if method == "GET" and body and key not in cut:  # each first answer stops half-way, silently
+            cut.add(key)
+            return _Fault("cut", at=len(body) // 2)
+        return None
+
+    srv = serve(_memory(), faults=half)
+    dl = _fault_dl(attempts=2)
+    dl.download(_url(srv), tmp_path)
+    assert _tree(tmp_path) == _want()
+    assert dl.stats["bytes"] == sum(map(len, FAULT_FILES.values()))  # no byte came twice
+    # The second request of each file and range starts where the cut left the first.
+    size = {urlsplit(_url(srv, k)).path: len(v) for k, v in FAULT_FILES.items()}
+    by_span: dict = {}
+    for method, path, rng_header in srv.log:
+        if "comp=list" not in path:
+            first, _, end = rng_header[len("bytes="):].partition("-")
+            last = int(end) if end else size[urlsplit(path).path] - 1
+            by_span.setdefault((path, last), []).append(int(first or 0))
+    assert len(by_span) == 5 + 8 + 10  # five single GETs, the ranges of c.bin and d.bin
+    for (path, last), starts in by_span.items():
+        if size[urlsplit(path).path]:  # the empty file has no body to cut
+            assert starts[1:] == [starts[0] + (last - starts[0] + 1) // 2], (path, starts)
+
+
+def test_cli_permanent_failure_is_one_line_then_resumes(serve, tmp_path: Path, monkeypatch, capsys) -> None:
+    # The CLI builds its own Downloader: small ranges and waits for this test.
+    for name, value in dict(range_size=FRANGE, backoff=0.001, max_backoff=0.01).items():
+        monkeypatch.setitem(Downloader.__init__.__kwdefaults__, name, value)
+
+    def stuck(method: str, path: str, rng_header: str, status: int, headers: dict, body: bytes) -> Optional[_Fault]:
+        # Range 3 of d.bin and the single GET of e.txt never get a byte through.
+        name = urlsplit(path).path.rsplit("/", 1)[-1]
+        if (name == "d.bin" and rng_header.startswith(f"bytes={3 * FRANGE}-")) or (name == "e.txt" and method == "GET"):
+            return _Fault("cut", at=0)
+        return None
+
+    srv = serve(_memory(), faults=stuck)
+    out = tmp_path / "out"
+    argv = ["download", _url(srv), "-o", str(out), "--quiet", "--workers", "2"]
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    err = cap.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), cap.err
+    assert re.search(r"(sub/d\.bin|sub/e\.txt): failed after 6 attempts: connection closed after 0 of \d+ bytes$",
+                     err[0]), err[0]
+    _check_one_line(err[0])
+    assert "Traceback" not in cap.out
+    assert not (out / "sub/d.bin").exists() and not (out / "sub/e.txt").exists()
+    _check_nothing_partial(out)
+    done = {i for a, b in json.loads((out / "sub/d.bin.part.json").read_text())["done"] for i in range(a, b + 1)}
+    assert {0, 1, 2} <= done and 3 not in done
+
+    srv.faults = None  # the server heals: the same command finishes, fetching only what is missing
+    seen = len(srv.log)
+    assert main(argv) == 0
+    assert _tree(out) == _want()
+    again = {r for _, p, r in srv.log[seen:] if p.split("?")[0].endswith("/d.bin")}
+    assert again and not again & {f"bytes={i * FRANGE}-{(i + 1) * FRANGE - 1}" for i in done}
+
+
+@pytest.mark.parametrize("case", ["single-get-grown", "ranged-shrunk", "range-ignored"])
+def test_inconsistent_answers_fail_with_one_line(serve, tmp_path: Path, case: str) -> None:
+    size = {k: len(v) for k, v in FAULT_FILES.items()}
+    backend, bad, match = {
+        # The listing announced another size than the GET brings: the blob changed; retrying cannot help.
+        "single-get-grown": (_memory(listed={"pub/data/sub/b.bin": size["data/sub/b.bin"] - 1}), ["sub/b.bin"],
+                             r"sub/b\.bin: the blob changed size while downloading .*; run again$"),
+        "ranged-shrunk": (_memory(listed={"pub/data/sub/d.bin": size["data/sub/d.bin"] + 1}), ["sub/d.bin"],
+                          r"sub/d\.bin: the blob changed size while downloading .*; run again$"),
+        "range-ignored": (_memory(ignore_range=True), list(RANGED),
+                          r"sub/[cd]\.bin: the server ignored the byte range \(HTTP 200\)$"),
+    }[case]
+    srv = serve(backend)
+    out = tmp_path / "out"
+    with pytest.raises(VinvlError, match=match) as e:
+        _fault_dl().download(_url(srv), out)
+    _check_one_line(str(e.value))
+    assert not any((out / rel).exists() for rel in bad)
+    _check_nothing_partial(out)
+
+
+def test_retry_after_is_capped_and_retries_bounded(serve, tmp_path: Path, monkeypatch) -> None:
+    import vinvl.download as dl_mod
+
+    waits: list[float] = []
+    monkeypatch.setattr(dl_mod.time, "sleep", waits.append)
+    srv = serve(_memory(), faults=lambda *a: _Fault("503-retry-after"))  # Retry-After: 1, always
+    with pytest.raises(VinvlError, match=r"^listing http://\S+/data/: failed after 3 attempts: HTTP 503$") as e:
+        _fault_dl(attempts=3, max_backoff=0.05).download(_url(srv), tmp_path / "out")
+    _check_one_line(str(e.value))
+    assert waits == [0.05, 0.05]
+
+
+def test_local_write_failure_is_one_line(serve, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the folder sub/ must go")
+    with pytest.raises(VinvlError, match=r"^cannot write \S*sub") as e:
+        _fault_dl().download(_url(serve(_memory())), out)
+    _check_one_line(str(e.value))
+
+
+def test_faults_in_front_of_azurite(azurite: Azurite, serve, tmp_path: Path) -> None:
+    for name, data in FAULT_FILES.items():
+        azurite.put("pub", f"faults/{name}", data)
+    faults = _Faults(3, p=0.5, cap=4)
+    srv = serve(_Upstream(azurite.port), faults=faults)
+    dl = _fault_dl(attempts=5)
+    dl.download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/faults/data/", tmp_path)
+    assert _tree(tmp_path) == _want()
+    assert dl.stats["retries"] == sum(srv.injected.values()) >= 5, srv.injected
+    assert set(faults.blob_gets().values()) == {1}
 
 
 def _listing(*names: str) -> bytes:

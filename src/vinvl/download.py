@@ -13,8 +13,10 @@ What the engine guarantees:
 - small files come in one GET; files larger than ``range_size`` come in parallel ranged GETs into
   ``NAME.part`` with a sidecar ``NAME.part.json`` recording the finished ranges, so an interrupted
   download resumes with only the missing ranges;
-- 5xx, 429, dropped connections and timeouts are retried with exponential back-off (bounded);
-  an unreachable host fails at the first request, within seconds, with one message;
+- 5xx, 429, dropped connections, timeouts and bodies shorter or longer than announced (or than
+  the range asked for) are retried with exponential back-off (bounded); a cut transfer resumes
+  after the bytes it already wrote; an unreachable host fails at the first request, within
+  seconds, with one message;
 - a file gets its final name (atomic ``os.replace``) only after its Content-MD5 (or, without one,
   its size) matched; an MD5 mismatch deletes the partial file and names the file;
 - blob and zip member names that could escape the target folder (``..``, absolute paths,
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
+from .atomic import atomic_write_json
 from .errors import VinvlError
 
 MiB = 1 << 20
@@ -228,6 +231,157 @@ class _Retry(Exception):
     """Internal: a transient failure worth another attempt."""
 
 
+class _Cut(_Retry):
+    """Internal: the body stopped early; the bytes that came before it are good (a resume keeps them)."""
+
+
+def _content_length(resp: Any) -> Optional[int]:
+    value = (resp.headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _read_body(resp: Any, want: Optional[int], sink: Callable[[bytes], None]) -> int:
+    """Pass a response body to ``sink`` in chunks; one shorter or longer than ``want`` (else than its
+    Content-Length) raises ``_Retry``. Returns its length.
+
+    Every transfer reads its body here because http.client answers a connection cut mid-body with
+    a short read, not an error: without this check a truncated body looks complete.
+    """
+    announced = _content_length(resp)
+    if want is not None and announced is not None and announced != want:
+        raise _Retry(f"the server announced {announced} bytes, expected {want}")
+    limit = want if want is not None else announced
+    n = 0
+    while limit is None or n < limit:
+        try:
+            chunk = resp.read(_CHUNK if limit is None else min(_CHUNK, limit - n))
+        except OSError as e:  # the network (reset, timeout, unreachable), not the disk: a cut like any other
+            raise _Cut(_reason(e)) from None
+        if not chunk:
+            break
+        sink(chunk)
+        n += len(chunk)
+    if limit is not None and n < limit:
+        raise _Cut(f"connection closed after {n} of {limit} bytes")
+    if want is not None and announced is None and resp.read(1):
+        raise _Retry(f"the body is longer than the {want} bytes asked for")
+    return n
+
+
+def _read_all(resp: Any) -> bytes:
+    buf = bytearray()
+    _read_body(resp, None, buf.extend)
+    return bytes(buf)
+
+
+def _content_range(resp: Any) -> Optional[tuple[int, int, Optional[int]]]:
+    # "bytes FIRST-LAST/TOTAL" (TOTAL may be "*"); None when absent or malformed.
+    value = (resp.headers.get("Content-Range") or "").strip()
+    unit, _, rest = value.partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit()) or not (total.isdigit() or total == "*"):
+        return None
+    return int(first), int(last), int(total) if total.isdigit() else None
+
+
+class _Span:
+    """Bytes ``a..b`` of one blob (``b`` None: to its end) written into a part file at the same offsets.
+
+    It is the ``handle`` of every attempt of one ``Downloader._request``: ``got`` survives a cut, so
+    the next attempt asks only for the rest (each attempt makes progress), and a response for any
+    other range, or of another length, is never written.
+    """
+
+    def __init__(self, rf: RemoteFile, part: Path, a: int, b: Optional[int],
+                 progress: Callable[[int], None]) -> None:
+        self.rf, self.part, self.a, self.b, self.progress = rf, part, a, b, progress
+        size = rf.size
+        # The whole blob comes with a plain GET (no Range header), which every server understands.
+        self.whole = a == 0 and (b is None or (size is not None and b == size - 1))
+        self.got = 0
+        self.md5: Optional[str] = None  # the blob's MD5 as the server sent it
+
+    def headers(self) -> dict[str, str]:
+        """The Range header of the next attempt (none for a plain GET of the whole blob)."""
+        start = self.a + self.got
+        if self.whole and start == 0:
+            return {}
+        return {"Range": f"bytes={start}-{'' if self.b is None else self.b}"}
+
+    def __call__(self, resp: Any) -> None:
+        size, rel = self.rf.size, self.rf.rel
+        status = getattr(resp, "status", 200)
+        ranged = bool(self.headers())
+        if status == 200 and self.whole:
+            # The full blob (a plain GET, or a server that ignored the Range of a resume): from byte 0.
+            announced = _content_length(resp)
+            if size is not None and announced is not None and announced != size:
+                raise VinvlError(f"{rel}: the blob changed size while downloading ({announced} bytes, "
+                                 f"listed {size}); run again")
+            self.got, want = 0, size
+            self.md5 = resp.headers.get("Content-MD5") or self.md5
+        elif status == 206 and ranged:
+            start = self.a + self.got
+            cr = _content_range(resp)
+            total = cr[2] if cr else None
+            if size is not None and total is not None and total != size:
+                raise VinvlError(f"{rel}: the blob changed size while downloading "
+                                 f"({resp.headers.get('Content-Range')}); run again")
+            end = self.b if self.b is not None else (total - 1 if total is not None else None)
+            if cr is None or end is None or cr[:2] != (start, end):
+                raise _Retry(f"wrong Content-Range {resp.headers.get('Content-Range')!r} for bytes {start}-{end}")
+            want = end - start + 1
+            self.md5 = resp.headers.get("x-ms-blob-content-md5") or self.md5
+        elif ranged and status == 200:
+            raise VinvlError(f"{rel}: the server ignored the byte range (HTTP {status})")
+        else:
+            raise VinvlError(f"{rel}: unexpected HTTP {status} to a {'ranged ' if ranged else ''}GET")
+        start = self.a + self.got
+        with open(self.part, "r+b") as f:
+            f.seek(start)
+
+            def sink(chunk: bytes) -> None:
+                f.write(chunk)
+                self.got += len(chunk)
+                self.progress(len(chunk))
+
+            before = self.got
+            try:
+                n = _read_body(resp, want, sink)
+            except _Retry as e:
+                if not isinstance(e, _Cut):
+                    self.got = before  # a malformed answer (too long): none of its bytes are trusted
+                raise
+            if self.b is None:
+                f.truncate(start + n)  # an unknown size: whatever a longer earlier body left goes
+            f.flush()
+            # Callers record or rename after this: never for bytes a crash could lose.
+            os.fsync(f.fileno())
+
+
+def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional[str],
+                      drop: Sequence[Path] = ()) -> None:
+    """Check ``part`` (size, MD5, each when known) and rename it to ``path``; a mismatch deletes it and ``drop``."""
+    got = part.stat().st_size
+    bad = None
+    if size is not None and got != size:
+        bad = f"got {got} bytes, expected {size}"
+    elif md5:
+        h = hashlib.md5()
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(4 * MiB), b""):
+                h.update(chunk)
+        digest = base64.b64encode(h.digest()).decode()
+        if digest != md5:
+            bad = f"MD5 mismatch (server says {md5}, got {digest})"
+    if bad:
+        for p in (part, *drop):
+            p.unlink(missing_ok=True)
+        raise VerificationError(f"{path}: {bad}; the partial file was deleted")
+    os.replace(part, path)
+
+
 def _error_code(e: urllib.error.HTTPError) -> str:
     # Azure puts the reason (ContainerNotFound, AuthenticationFailed, ...) in an XML body.
     header = e.headers.get("x-ms-error-code") if e.headers else None
@@ -285,15 +439,19 @@ class Downloader:
     # --- HTTP ------------------------------------------------------------------------------
 
     def _request(self, url: str, what: str, handle: Callable[[Any], Any], *, method: str = "GET",
-                 headers: Optional[dict[str, str]] = None) -> Any:
-        """Run ``handle(response)`` with retries; user-facing errors name ``what``, never the SAS."""
+                 headers: Optional[dict[str, str] | Callable[[], dict[str, str]]] = None) -> Any:
+        """Run ``handle(response)`` with retries; user-facing errors name ``what``, never the SAS.
+
+        ``handle`` reads the body with ``_read_body`` and raises ``_Retry`` for a transient failure;
+        ``headers`` may be a function, asked again before each attempt (a resumed range).
+        """
         host = urlsplit(url).netloc
-        hdrs = {"x-ms-version": API_VERSION, "User-Agent": "vinvl-download", **(headers or {})}
         last: Optional[BaseException] = None
         for attempt in range(self.attempts):
-            first = host not in self._reached
+            extra = headers() if callable(headers) else headers or {}
+            hdrs = {"x-ms-version": API_VERSION, "User-Agent": "vinvl-download", **extra}
             # Until a host has answered once, a short timeout: offline machines fail in seconds.
-            timeout = self.connect_timeout if first else self.timeout
+            timeout = self.connect_timeout if host not in self._reached else self.timeout
             with self._lock:
                 self.stats["requests"] += 1
             delay = None
@@ -306,6 +464,8 @@ class Downloader:
                 self._reached.add(host)
                 if e.code == 429 or e.code >= 500:
                     last, delay = e, _retry_after(e)
+                    if delay is not None:
+                        delay = min(delay, self.max_backoff)
                     e.close()
                 else:
                     code = _error_code(e)
@@ -316,9 +476,9 @@ class Downloader:
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
                     ssl.SSLError, _Retry) as e:
                 reason = getattr(e, "reason", e)
-                if first:
-                    # Never reached this host: DNS failures and timeouts are final at once,
-                    # a refused/reset connection gets one more try.
+                if host not in self._reached:
+                    # Never answered, not even in this attempt: DNS failures and timeouts are final
+                    # at once, a refused/reset connection gets one more try.
                     if isinstance(reason, socket.gaierror) or isinstance(reason, TimeoutError) or attempt >= 1:
                         raise RemoteError(f"cannot reach {host}: {_reason(reason)} (offline?)") from None
                 last = e
@@ -351,7 +511,7 @@ class Downloader:
             with self._lock:
                 self.stats["list_calls"] += 1
             page = self._request(
-                loc.list_url(prefix, self.page_size, marker), f"listing {loc.display()}", lambda r: r.read()
+                loc.list_url(prefix, self.page_size, marker), f"listing {loc.display()}", _read_all
             )
             blobs, marker = parse_listing(page)
             found.extend(blobs)
@@ -443,38 +603,18 @@ class Downloader:
         result.fetched_bytes = self.stats["bytes"] - before
         return result
 
+    def _fetch_span(self, rf: RemoteFile, part: Path, a: int, b: Optional[int],
+                    progress: Callable[[int], None]) -> Optional[str]:
+        """Bytes ``a..b`` of ``rf`` into ``part``, a cut resumed where it stopped; returns the blob MD5 sent, if any."""
+        span = _Span(rf, part, a, b, progress)
+        self._request(rf.url, rf.rel, span, headers=span.headers)
+        return span.md5
+
     def _fetch_whole(self, rf: RemoteFile, path: Path) -> None:
         part = path.with_name(path.name + ".part")
-
-        def get(resp: Any) -> tuple[str, int, Optional[str]]:
-            md5, n = hashlib.md5(), 0
-            with open(part, "wb") as f:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except (http.client.IncompleteRead, ConnectionError, TimeoutError) as e:
-                        raise _Retry(str(e)) from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    md5.update(chunk)
-                    n += len(chunk)
-                    self._count(len(chunk))
-            return base64.b64encode(md5.digest()).decode(), n, resp.headers.get("Content-MD5")
-
-        digest, n, header_md5 = self._request(rf.url, f"{rf.rel}", get)
-        want_md5 = rf.md5 or header_md5
-        try:
-            if want_md5 and digest != want_md5:
-                raise VerificationError(
-                    f"{path}: MD5 mismatch (server says {want_md5}, got {digest}); the partial file was deleted"
-                )
-            if rf.size is not None and n != rf.size:
-                raise VerificationError(f"{path}: got {n} bytes, expected {rf.size}; the partial file was deleted")
-        except VerificationError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, path)
+        part.write_bytes(b"")
+        header_md5 = self._fetch_span(rf, part, 0, None if rf.size is None else rf.size - 1, self._count)
+        _verify_and_place(part, path, rf.size, rf.md5 or header_md5)
 
     def download(self, url: str, dest: Path, *, kind: str = "auto", filename: Optional[str] = None,
                  exclude: Sequence[str] = (), dry_run: bool = False, label: str = "") -> Result:
@@ -486,9 +626,12 @@ class Downloader:
         todo = self.plan(url, dest, kind="file" if kind == "zip" else kind, filename=filename, exclude=exclude)
         if dry_run:
             return Result(Path(dest), [p for _, p in todo], [f.size for f, _ in todo])
-        result = self.fetch(todo, dest, label)
-        if kind == "zip":
-            result.unpacked = unpack_zip(todo[0][1])
+        try:
+            result = self.fetch(todo, dest, label)
+            if kind == "zip":
+                result.unpacked = unpack_zip(todo[0][1])
+        except OSError as e:  # network errors became VinvlError in _request: this is the local disk
+            raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
         return result
 
 
@@ -506,6 +649,7 @@ class _RangedFile:
         self.done: set[int] = set()
         self.bar: Any = None
         self.finished = False
+        self.header_md5: Optional[str] = None  # the blob MD5 a range answer carried (a listing may lack it)
         meta = self._load()
         if meta is not None and self.part.is_file() and self.part.stat().st_size == self.size:
             self.done = {i for a, b in meta["done"] for i in range(a, b + 1) if 0 <= i < self.count}
@@ -549,9 +693,7 @@ class _RangedFile:
                 runs.append([i, i])
         meta = {"version": _SIDECAR_VERSION, "url": self.rf.url.split("?", 1)[0], "size": self.size,
                 "md5": self.rf.md5, "range_size": self.rsize, "done": runs}
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.sidecar)
+        atomic_write_json(self.sidecar, meta)
 
     def fetch_range(self, i: int) -> None:
         """Fetch range ``i`` into the part file, record it, and finish the file after the last one."""
@@ -564,39 +706,15 @@ class _RangedFile:
                                 unit_divisor=1024, desc=self.rf.rel, leave=False, file=sys.stderr,
                                 dynamic_ncols=True)
 
-        def get(resp: Any) -> None:
-            status = getattr(resp, "status", 200)
-            crange = resp.headers.get("Content-Range", "")
-            if status != 206 and not (status == 200 and a == 0 and b == self.size - 1):
-                raise VinvlError(f"{self.rf.rel}: the server ignored the byte range (HTTP {status})")
-            if crange and not crange.endswith(f"/{self.size}"):
-                raise VinvlError(f"{self.rf.rel}: the blob changed size while downloading ({crange}); run again")
-            n = 0
-            with open(self.part, "r+b") as f:
-                f.seek(a)
-                while True:
-                    try:
-                        chunk = resp.read(min(_CHUNK, b - a + 1 - n))
-                    except (http.client.IncompleteRead, ConnectionError, TimeoutError) as e:
-                        raise _Retry(str(e)) from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    n += len(chunk)
-                    self.dl._count(len(chunk))
-                    if self.bar is not None:
-                        with self.lock:
-                            self.bar.update(len(chunk))
-                    if n >= b - a + 1:
-                        break
-                if n != b - a + 1:
-                    raise _Retry(f"short read {n} of {b - a + 1} bytes")
-                f.flush()
-                # The sidecar must never claim bytes a crash could lose.
-                os.fsync(f.fileno())
+        def progress(n: int) -> None:
+            self.dl._count(n)
+            if self.bar is not None:
+                with self.lock:
+                    self.bar.update(n)
 
-        self.dl._request(self.rf.url, self.rf.rel, get, headers={"Range": f"bytes={a}-{b}"})
+        md5 = self.dl._fetch_span(self.rf, self.part, a, b, progress)
         with self.lock:
+            self.header_md5 = self.header_md5 or md5
             self.done.add(i)
             self._save()
             last = len(self.done) == self.count and not self.finished
@@ -609,30 +727,14 @@ class _RangedFile:
         """Verify the part file (MD5 when known, else size), then rename it and drop the sidecar."""
         if self.bar is not None:
             self.bar.close()
-        size = self.part.stat().st_size
-        bad = None
-        if size != self.size:
-            bad = f"size {size}, expected {self.size}"
-        elif self.rf.md5:
-            md5 = hashlib.md5()
-            with open(self.part, "rb") as f:
-                for chunk in iter(lambda: f.read(4 * MiB), b""):
-                    md5.update(chunk)
-            digest = base64.b64encode(md5.digest()).decode()
-            if digest != self.rf.md5:
-                bad = f"MD5 mismatch (server says {self.rf.md5}, got {digest})"
-        if bad:
-            self.part.unlink(missing_ok=True)
-            self.sidecar.unlink(missing_ok=True)
-            raise VerificationError(f"{self.path}: {bad}; the partial file was deleted")
-        os.replace(self.part, self.path)
+        _verify_and_place(self.part, self.path, self.size, self.rf.md5 or self.header_md5, drop=(self.sidecar,))
         self.sidecar.unlink(missing_ok=True)
 
 
 def _retry_after(e: urllib.error.HTTPError) -> Optional[float]:
     value = e.headers.get("Retry-After") if e.headers else None
     try:
-        return min(30.0, max(0.0, float(value))) if value else None
+        return max(0.0, float(value)) if value else None
     except ValueError:
         return None
 
