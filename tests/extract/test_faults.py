@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -258,7 +259,10 @@ def _forked(argv: list[str], trigger: Optional[str] = None, at: int = 0, stats: 
                 real = getattr(R, trigger)
 
                 def armed(*a, **k):
-                    sys.setprofile(profile)  # on until the child ends: what follows the trigger counts too
+                    # On until the child ends (what follows the trigger counts too), in this thread and the
+                    # threads it starts (the writer thread of the batches).
+                    threading.setprofile(profile)
+                    sys.setprofile(profile)
                     return real(*a, **k)
 
                 setattr(R, trigger, armed)
@@ -308,7 +312,7 @@ def test_sigkill_at_any_point_of_every_phase_resumes_byte_identical(ex, kill_cas
 
     def killed_in_batches() -> None:
         fresh()
-        assert _forked(args, "_finish_window", 3) == -signal.SIGKILL  # inside the first batch's rows
+        assert _forked(args, "_write_window", 3) == -signal.SIGKILL  # inside the first batch's rows
 
     phases = [
         # (how the run starts, the trigger, its argv, up to which function, kill points)

@@ -21,6 +21,7 @@ import platform
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -470,22 +471,52 @@ def _run_batches(
     # size batched without padding; windows sit at fixed batch numbers and are journaled whole, so
     # a resumed run groups images exactly as an uninterrupted one. Padded batching keeps its batches.
     window = 1 if detector.config.batching == "padded" or bs == 1 else max(1, opts.bucket_batches)
-    pending: list[tuple[int, Any, Any, Any]] = []
-    current = todo[0] // bs // window
-    for j, tensor, hw, error in loader:
-        idx = todo[j]
-        if idx // bs // window != current:
-            _finish_window(pending, items, detector, shard, opts, names, bs)
-            progress.update(len(pending))
-            pending, current = [], idx // bs // window
-        pending.append((idx, tensor, hw, error))
-    if pending:
-        _finish_window(pending, items, detector, shard, opts, names, bs)
-        progress.update(len(pending))
+    # One writer thread finishes (device -> host, names), formats (JSON, base64) and writes window k
+    # while the detector computes window k+1; windows are written in order, one at a time, so the
+    # journal and a resumed run see exactly what a sequential run writes.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vinvl-writer")
+    writing: Optional[Future] = None
+    written = 0
+
+    def flush(pending: list[tuple[int, Any, Any, Any]]) -> None:
+        nonlocal writing, written
+        raws = _detect_window(pending, detector, bs)
+        if writing is not None:
+            writing.result()  # re-raises the writer's error (a full disk, ...) here
+            progress.update(written)
+        writing = writer.submit(_write_window, pending, raws, items, detector, shard, opts, names, bs)
+        written = len(pending)
+
+    try:
+        pending: list[tuple[int, Any, Any, Any]] = []
+        current = todo[0] // bs // window
+        for j, tensor, hw, error in loader:
+            idx = todo[j]
+            if idx // bs // window != current:
+                flush(pending)
+                pending, current = [], idx // bs // window
+            pending.append((idx, tensor, hw, error))
+        if pending:
+            flush(pending)
+        if writing is not None:
+            writing.result()
+            progress.update(written)
+    finally:
+        writer.shutdown(wait=True)  # never leave a write running under a closing shard
 
 
-def _finish_window(
+def _detect_window(pending: list[tuple[int, Any, Any, Any]], detector: Detector, bs: int) -> dict[int, Any]:
+    """Raw detections of a window's readable images, by input index."""
+    ok = [(i, t, hw) for i, t, hw, err in pending if err is None]
+    if not ok:
+        return {}
+    raws = detector.detect_prepared([(t, hw) for _, t, hw in ok], batch_size=bs)
+    return {i: r for (i, _, _), r in zip(ok, raws)}
+
+
+def _write_window(
     pending: list[tuple[int, Any, Any, Any]],
+    raws: dict[int, Any],
     items: Sequence[ImageItem],
     detector: Detector,
     shard: _Shard,
@@ -493,11 +524,6 @@ def _finish_window(
     names: list[str],
     bs: int,
 ) -> None:
-    ok = [(i, t, hw) for i, t, hw, err in pending if err is None]
-    results = {}
-    if ok:
-        raws = detector.detect_prepared([(t, hw) for _, t, hw in ok], batch_size=bs)
-        results = {i: detector.finish(*r) for (i, _, _), r in zip(ok, raws)}
     lines: dict[str, list[bytes]] = {n: [] for n in [*names, "errors"]}
     boxes = 0
     for i, _, hw, err in pending:
@@ -505,7 +531,7 @@ def _finish_window(
         if err is not None:
             lines["errors"].append(_line([item.key, _clean(item.where), _clean(err)]))
             continue
-        det = results[i]
+        det = detector.finish(*raws[i])
         boxes += len(det)
         pred = det.to_prediction(item.key, opts.image_size_in_rows)
         if "predictions" in lines:
@@ -517,7 +543,7 @@ def _finish_window(
         if "hw" in lines:
             lines["hw"].append(_line(format_hw_row(item.key, hw[0], hw[1])))
     batches = len({i // bs for i, *_ in pending})
-    shard.write_batch(lines, images=len(ok), failed=len(pending) - len(ok), boxes=boxes, batches=batches)
+    shard.write_batch(lines, images=len(raws), failed=len(pending) - len(raws), boxes=boxes, batches=batches)
 
 
 def _wait_for_shards(out: Path, opts: ExtractOptions) -> list[Path]:
