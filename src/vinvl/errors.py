@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 
@@ -30,3 +31,21 @@ class FormatError(VinvlError, ValueError):
         if key is not None:
             where += f" (key {key!r})"
         super().__init__(f"{where}: {message}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: terminal colour codes dropped, every run of whitespace (newlines too) one space."""
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def torch_load_problem(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line (torch's own message is a paragraph)."""
+    text = one_line(str(error))
+    if "weights only load failed" in text.lower() or "weightsunpickler error" in text.lower():
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+        detail = re.split(r"(?<=[^.\s])\.\s", detail, maxsplit=1)[0][:200]
+        return f"refusing to load: the file needs unsafe unpickling (it stores Python objects, not only tensors): {detail}"
+    return f"not a readable PyTorch checkpoint ({type(error).__name__}: {text[:300]})"
