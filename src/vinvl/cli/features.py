@@ -11,6 +11,7 @@ import typer
 
 from .. import features as F
 from ..errors import VinvlError
+from .options import output_folder
 
 app = typer.Typer(help="Region features: convert to Oscar's layout, inspect.", no_args_is_help=True)
 
@@ -18,7 +19,7 @@ app = typer.Typer(help="Region features: convert to Oscar's layout, inspect.", n
 @app.command("to-oscar")
 def to_oscar(
     predictions: Path = typer.Argument(..., help="Detector predictions.tsv."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder.", callback=output_folder),
     hw: Optional[Path] = typer.Option(None, "--hw", help="hw.tsv with image sizes (needed for the original's rows)."),
 ) -> None:
     """Write features.tsv (2054-d), label.tsv, imageid2idx.json and lineidx files, streaming."""

@@ -10,6 +10,7 @@ import typer
 from .. import tsv as T
 from ..errors import VinvlError
 from ..features import ROW_KINDS, first_row_kind, row_checker
+from .options import output_file
 
 app = typer.Typer(help="TSV + .lineidx files: index, check, show, merge.", no_args_is_help=True)
 
@@ -28,8 +29,8 @@ def index(
 def check(
     file: Path = typer.Argument(..., help="TSV file to check."),
     kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}."),
-    columns: Optional[int] = typer.Option(None, help="Expected number of columns (default: the first row's)."),
-    max_report: int = typer.Option(1000, help="Print at most this many problems."),
+    columns: Optional[int] = typer.Option(None, min=1, help="Expected number of columns (default: the first row's)."),
+    max_report: int = typer.Option(1000, min=0, help="Print at most this many problems."),
 ) -> None:
     """Report every bad line of a file in one pass; exit 2 if there is any."""
     if kind not in ROW_KINDS:
@@ -53,7 +54,7 @@ def show(
     file: Path = typer.Argument(..., help="TSV file."),
     row: Optional[int] = typer.Option(None, help="0-based row number."),
     key: Optional[str] = typer.Option(None, help="Key (first column)."),
-    width: int = typer.Option(120, help="Truncate each field to this many characters (0: no limit)."),
+    width: int = typer.Option(120, min=0, help="Truncate each field to this many characters (0: no limit)."),
 ) -> None:
     """Print one row (by number or key), one field per line; with neither, the row count."""
     t = T.TSVFile(file, build_index=True)
@@ -73,7 +74,7 @@ def show(
 @app.command("merge")
 def merge(
     shards: List[Path] = typer.Argument(..., help="TSV shards, in order."),
-    out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it).", callback=output_file),
 ) -> None:
     """Concatenate shards with a rebased .lineidx (rows are copied, not re-read)."""
     T.merge_tsv(shards, out)

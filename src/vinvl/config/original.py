@@ -301,7 +301,7 @@ def typed_override(cfg: DetectorConfig, key: str, value: str) -> DetectorConfig:
     parsed = decode_value(value)
     try:
         return cfg.replace(**{key: parsed})
-    except TypeError as e:
+    except (TypeError, VinvlError) as e:
         raise ConfigError(f"--set {key}={value}: {e}") from None
 
 
