@@ -150,8 +150,10 @@ def test_features_row_errors() -> None:
         F.parse_features_row(["k", "x", blob])
     with pytest.raises(FormatError, match="expected 3 columns"):
         F.parse_features_row(["k", blob])
-    with pytest.raises(FormatError, match="not a multiple of 4 x 2054"):
+    with pytest.raises(FormatError, match="the row's 1 boxes are 2053-d but the file's width is 2054"):
         F.parse_features_row(["k", "1", F.encode_floats(np.zeros(2053, np.float32))])
+    with pytest.raises(FormatError, match="not a multiple of 4 x 2054"):
+        F.parse_features_row(["k", "2", F.encode_floats(np.zeros(2053, np.float32))])
     with pytest.raises(FormatError, match="num_boxes says 1 but"):
         F.parse_caption_features_row(["k", json.dumps({"num_boxes": 1, "features": blob})])
     with pytest.raises(FormatError, match="expected"):
@@ -216,7 +218,7 @@ def test_to_oscar_errors_keep_existing_output(tmp_path: Path, rng: np.random.Gen
         F.to_oscar(dup, tmp_path / "out")
     assert (tmp_path / "out" / "features.tsv").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "features.lineidx", "features.tsv", "imageid2idx.json", "label.lineidx", "label.tsv"
+        "features.lineidx", "features.tsv", "imageid2idx.json", "label.lineidx", "label.tsv", "manifest.json"
     ]
     (tmp_path / "empty.tsv").write_bytes(b"")
     with pytest.raises(FormatError, match="empty"):
