@@ -41,7 +41,8 @@ they are. A duplicate key stops the run before any work.
 Outputs in OUT, each .tsv with its .lineidx, rows in input order:
   predictions.tsv  the detector's rows (the native form adds attributes,
                    attr_scores, image_h, image_w)
-  features.tsv     key, num_boxes, base64 float32 (num_boxes x 2054)
+  features.tsv     key, num_boxes, base64 float32 (num_boxes x D: 2054,
+                   518 for the demo model; manifest.json feature_dim)
   label.tsv, hw.tsv, imageid2idx.json   Oscar's tags, sizes, key index
   errors.tsv       key, where, reason: inputs that could not be read
   manifest.json    model, weights sha256, settings, versions, counts
