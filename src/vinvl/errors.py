@@ -44,8 +44,16 @@ def one_line(text: str) -> str:
 def torch_load_problem(error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in one line (torch's own message is a paragraph)."""
     text = one_line(str(error))
-    if "weights only load failed" in text.lower() or "weightsunpickler error" in text.lower():
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
-        detail = re.split(r"(?<=[^.\s])\.\s", detail, maxsplit=1)[0][:200]
-        return f"refusing to load: the file needs unsafe unpickling (it stores Python objects, not only tensors): {detail}"
+    low = text.lower()
+    if "weights only load failed" in low or "weightsunpickler error" in low:
+        asked = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([\w.]+)", text)
+        if asked:
+            return ("refusing to load: the file needs unsafe unpickling (it stores Python objects, not only tensors): "
+                    f"it asks for {asked.group(1) or asked.group(2)}")
+        detail = re.split(r"\s*Check the documentation", text.split("WeightsUnpickler error:", 1)[-1])[0]
+        sentences = re.split(r"(?<=[^.\s])\.\s+", detail)
+        boiler = ("weights only load failed", "pytorch 2.6", "re-running", "do it only", "please use", "(1)", "(2)",
+                  "alternatively", "this file can still be loaded")
+        kept = [t for t in sentences if not any(b in t.lower() for b in boiler)]
+        return f"not a readable PyTorch checkpoint (torch's weights-only reader: {(kept or sentences)[0].strip()[:200]})"
     return f"not a readable PyTorch checkpoint ({type(error).__name__}: {text[:300]})"

@@ -264,7 +264,7 @@ def read_predictions(path: PathLike) -> Iterator[Prediction]:
 
 
 # -- line endings and the width of feature rows ----------------------------------------------
-CR_PROBLEM = "the row ends with a CR: the file has CR (Windows CRLF) line endings; convert it (e.g. dos2unix)"
+CR_PROBLEM = "the row ends with a CR: the file has CR line endings (Windows CRLF); convert it, e.g. with dos2unix"
 
 
 def check_no_cr(fields: Sequence[Union[str, bytes, memoryview]], path: Optional[PathLike] = None,
@@ -325,7 +325,7 @@ class _Width:
 
     def check(self, width: int, path: Optional[PathLike], line: int, key: Optional[str], what: str = "rows") -> None:
         if self.dim is None:
-            self.dim, self.origin = width, f"line {line}"
+            self.dim, self.origin = width, f"at line {line}"
         elif width != self.dim:
             same = ": one file, one width" if self.origin.startswith("at line") else ""
             raise FormatError(f"{what} are {width}-d here but {self.dim}-d {self.origin}{same}", path, line=line, key=key)

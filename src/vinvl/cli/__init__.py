@@ -72,9 +72,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
             return e.exit_code
         ctx = getattr(e, "ctx", None)
-        where = f"{ctx.command_path}: " if ctx is not None else ""
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        print(f"error: {where}{one_line(e.format_message())}{hint}", file=sys.stderr)
+        param = getattr(e, "param", None)
+        if isinstance(e, typer.BadParameter) and param is not None and getattr(e, "message", None) \
+                and type(e).__name__ != "MissingParameter":
+            name = "/".join(param.opts) if param.param_type_name == "option" else str(param.name).upper()
+            message = f"{name}: {e.message}"
+        else:
+            message = (f"{ctx.command_path}: " if ctx is not None else "") + e.format_message()
+        print(f"error: {one_line(message)}{hint}", file=sys.stderr)
         return e.exit_code
     except typer.Abort:
         print("error: aborted", file=sys.stderr)

@@ -216,7 +216,6 @@ def train(
 ) -> Path:
     """Train and write ``out_dir/model_final.pth`` (+ periodic ``model_NNNNNNN.pth``, ``labelmap.json``, log)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     ds = DetectionDataset(dataset)
     if ds.labelmap.num_classes != cfg.box_head.num_classes:
@@ -233,6 +232,7 @@ def train(
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=tc.base_lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)  # only once the dataset, settings and --init have been read
     start = 0
     state_path = out / "last_checkpoint.pth"
     if resume and state_path.exists():
