@@ -300,6 +300,9 @@ def test_yaml_parse_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
                  ["detector", "train", str(bad), "-o", str(tmp_path / "o")]):
         code, out, err = run(capsys, *argv)
         assert code == 2 and out == "" and f"{bad}: not valid yaml: line " in one_error_line(err), err
+    # readers outside this module (dataset yamls given to extract) still come out as one line naming the file
+    code, out, err = run(capsys, "extract", str(bad), "-o", str(tmp_path / "o"), "--model", "shapes_demo")
+    assert code == 2 and out == "" and str(bad) in one_error_line(err), err
     assert not (tmp_path / "o").exists()
 
 

@@ -10,7 +10,7 @@ import typer
 from .. import tsv as T
 from ..errors import VinvlError
 from ..features import ROW_KINDS, check_no_cr, first_row_kind, row_checker
-from .options import output_file
+from .options import one_of, output_file
 
 app = typer.Typer(help="TSV + .lineidx files: index, check, show, merge.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def index(
 @app.command("check")
 def check(
     file: Path = typer.Argument(..., help="TSV file to check."),
-    kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}."),
+    kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}.", callback=one_of(*ROW_KINDS)),
     columns: Optional[int] = typer.Option(None, min=1, help="Expected number of columns (default: the first row's)."),
     max_report: int = typer.Option(1000, min=0, help="Print at most this many problems."),
     dim: Optional[int] = typer.Option(
@@ -37,8 +37,6 @@ def check(
         "row with boxes; every row must have it."),
 ) -> None:
     """Report every bad line of a file in one pass; exit 2 if there is any."""
-    if kind not in ROW_KINDS:
-        raise VinvlError(f"--kind must be one of {', '.join(ROW_KINDS)}")
     chosen = first_row_kind(file) if kind == "auto" else kind
     rows, problems = T.check_tsv(file, columns=columns, row_check=row_checker(chosen, file, dim=dim))
     for p in problems[:max_report]:
@@ -66,11 +64,11 @@ def show(
     if row is not None and key is not None:
         raise VinvlError("give --row or --key, not both")
     if row is not None and not 0 <= row < len(t):
-        raise VinvlError(f"{file}: row {row} is out of range: the file has {len(t)} rows" + (f" (0..{len(t) - 1})" if len(t) else ""))
-    i = row if row is not None else t.index_of(key)  # type: ignore[arg-type]
-    check_no_cr(t.fields_bytes(i), file, i + 1)
-    fields = t[i]
-    for i, value in enumerate(fields):
+        span = f" (0..{len(t) - 1})" if len(t) else ""
+        raise VinvlError(f"{file}: row {row} is out of range: the file has {len(t)} rows{span}")
+    at = row if row is not None else t.index_of(key)  # type: ignore[arg-type]
+    check_no_cr(t.fields_bytes(at), file, at + 1)
+    for i, value in enumerate(t[at]):
         text = value if not width or len(value) <= width else value[:width] + f"... ({len(value)} chars)"
         typer.echo(f"[{i}] {text}")
 
