@@ -450,11 +450,8 @@ class FeatureTSV:
         return len(self.tsv)
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
-        n = len(self.tsv)
-        if not -n <= i < n:
-            raise FormatError(f"row {i} is out of range: the file has {n} rows" + (f" (0..{n - 1})" if n else ""), self.tsv.path)
-        data = self.tsv.raw_row(i)
-        line = (i % n) + 1
+        data = self.tsv.raw_row(i)  # an IndexError naming the file when out of range
+        line = (i % len(self.tsv)) + 1
         dim, origin = self.dim, self._width.origin  # type: ignore[union-attr]
         if data.endswith(b"\r\n"):
             raise FormatError(CR_PROBLEM, self.tsv.path, line=line)
