@@ -150,8 +150,10 @@ def test_features_row_errors() -> None:
         F.parse_features_row(["k", "x", blob])
     with pytest.raises(FormatError, match="expected 3 columns"):
         F.parse_features_row(["k", blob])
-    with pytest.raises(FormatError, match="not a multiple of 4 x 2054"):
+    with pytest.raises(FormatError, match="the row's 1 boxes are 2053-d but the file's width is 2054"):
         F.parse_features_row(["k", "1", F.encode_floats(np.zeros(2053, np.float32))])
+    with pytest.raises(FormatError, match="not a multiple of 4 x 2054"):
+        F.parse_features_row(["k", "2", F.encode_floats(np.zeros(2053, np.float32))])
     with pytest.raises(FormatError, match="num_boxes says 1 but"):
         F.parse_caption_features_row(["k", json.dumps({"num_boxes": 1, "features": blob})])
     with pytest.raises(FormatError, match="expected"):
@@ -216,7 +218,7 @@ def test_to_oscar_errors_keep_existing_output(tmp_path: Path, rng: np.random.Gen
         F.to_oscar(dup, tmp_path / "out")
     assert (tmp_path / "out" / "features.tsv").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "features.lineidx", "features.tsv", "imageid2idx.json", "label.lineidx", "label.tsv"
+        "features.lineidx", "features.tsv", "imageid2idx.json", "label.lineidx", "label.tsv", "manifest.json"
     ]
     (tmp_path / "empty.tsv").write_bytes(b"")
     with pytest.raises(FormatError, match="empty"):
@@ -258,3 +260,155 @@ def test_few_thousand_rows_random_key(tmp_path: Path) -> None:
     assert len(ft) == 3000
     for i in rng.permutation(3000)[:300]:
         np.testing.assert_array_equal(ft.get(f"{int(i):06d}"), rows_of(int(i)))
+
+
+# -- any region width (issue 16, item 7) and CR line endings (item 9) ---------------------------
+WIDTHS = [1, 7, 512, 2048]  # region widths: the features rows are 6 wider
+
+
+def _preds(rng: np.random.Generator, width: int, counts: list[int]) -> list[F.Prediction]:
+    out = []
+    for i, n in enumerate(counts):
+        p = make_prediction(rng, f"img{i}", n)
+        p.features = np.maximum(rng.standard_normal((n, width)), 0).astype(np.float32)
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_readers_take_any_width_from_the_rows(tmp_path: Path, width: int) -> None:
+    rng = np.random.default_rng(width)
+    counts = [0, *rng.integers(0, 6, 5).tolist(), 3]  # an empty first row says nothing of the width
+    preds = _preds(rng, width, counts)
+    src = T.write_tsv(tmp_path / "predictions.tsv", [p.to_row() for p in preds])
+    assert [p.features.shape[1] for p in F.read_predictions(src) if len(p)] == [width] * sum(c > 0 for c in counts)
+    stats = F.to_oscar(src, tmp_path / "o")
+    assert stats["feature_dim"] == width + 6
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["feature_dim"] == width + 6
+    feats = tmp_path / "o" / "features.tsv"
+    (tmp_path / "o" / "manifest.json").unlink()  # the rows alone must do
+    ft = F.FeatureTSV(feats)
+    assert ft.dim == F.feature_dim(feats) == width + 6
+    for p in preds:
+        x = ft.get(p.key)
+        assert x.shape == (len(p), width + 6)
+        if len(p):
+            np.testing.assert_array_equal(x, p.region_features())
+            f, g = F.split_oscar_region_features(x)
+            np.testing.assert_array_equal(f, p.features)
+            assert g.shape == (len(p), 6)
+    assert [k for k, _ in ft] == [p.key for p in preds]
+    for kind, path in (("features", feats), ("predictions", src)):
+        rows, problems = T.check_tsv(path, row_check=F.row_checker(kind, path))
+        assert rows == len(preds) and problems == []
+    cap = T.write_tsv(tmp_path / "cap.tsv", [F.format_caption_features_row(p.key, p.region_features()) if len(p)
+                                             else F.format_caption_features_row(p.key, np.zeros((0, width + 6))) for p in preds])
+    assert F.FeatureTSV(cap).dim == width + 6
+    assert T.check_tsv(cap, row_check=F.row_checker("caption-features", cap))[1] == []
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_row_of_another_width_is_named(tmp_path: Path, width: int) -> None:
+    rng = np.random.default_rng(100 + width)
+    other = width + int(rng.integers(1, 9))
+    rows = [F.format_features_row(f"k{i}", rng.standard_normal((int(rng.integers(1, 4)), width + 6))) for i in range(4)]
+    bad_at = int(rng.integers(1, 4))
+    rows[bad_at] = F.format_features_row(f"k{bad_at}", rng.standard_normal((2, other + 6)))
+    path = T.write_tsv(tmp_path / "features.tsv", rows)
+    _, problems = T.check_tsv(path, row_check=F.row_checker("features", path))
+    assert [p.line for p in problems] == [bad_at + 1]
+    assert f"{other + 6}-d but the file's width is {width + 6} (at line 1)" in str(problems[0])
+    with pytest.raises(FormatError, match=rf"features.tsv:{bad_at + 1} \(key 'k{bad_at}'\)"):
+        F.FeatureTSV(path)[bad_at]
+    with pytest.raises(FormatError, match=rf":{bad_at + 1} "):
+        list(F.FeatureTSV(path))
+    # predictions: every row's regions one width, in the reader, the checker and the converter
+    preds = _preds(rng, width, [2, 1, 3])
+    preds[2].features = rng.standard_normal((3, other)).astype(np.float32)
+    src = T.write_tsv(tmp_path / "predictions.tsv", [p.to_row() for p in preds])
+    for run in (lambda: list(F.read_predictions(src)), lambda: F.to_oscar(src, tmp_path / "o")):
+        with pytest.raises(FormatError, match=rf"predictions.tsv:3 \(key 'img2'\): region features are {other}-d here "
+                                              rf"but {width}-d at line 1"):
+            run()
+    assert not (tmp_path / "o" / "features.tsv").exists()
+    _, problems = T.check_tsv(src, row_check=F.row_checker("predictions", src))
+    assert [p.line for p in problems] == [3]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_explicit_width_and_manifest(tmp_path: Path, width: int) -> None:
+    rng = np.random.default_rng(200 + width)
+    preds = _preds(rng, width, [2, 0, 4])
+    src = T.write_tsv(tmp_path / "predictions.tsv", [p.to_row() for p in preds])
+    F.to_oscar(src, tmp_path)  # writes features.tsv and manifest.json beside predictions.tsv
+    feats = tmp_path / "features.tsv"
+    assert F.manifest_feature_dim(feats) == width + 6 and F.manifest_feature_dim(src) == width
+    assert F.row_checker("features", feats) is not None and T.check_tsv(feats, row_check=F.row_checker("features", feats))[1] == []
+    assert T.check_tsv(src, row_check=F.row_checker("predictions", src))[1] == []
+    wrong = width + 6 + 3
+    _, problems = T.check_tsv(feats, row_check=F.row_checker("features", feats, dim=wrong))
+    assert [p.line for p in problems] == [1, 3] and all("as given" in str(p) for p in problems)
+    with pytest.raises(FormatError, match=r"features.tsv:1 \(key 'img0'\)"):
+        F.FeatureTSV(feats, dim=wrong).get("img0")
+    assert F.FeatureTSV(feats, dim=width + 6).get("img1").shape == (0, width + 6)
+    # the manifest is believed over the rows, and says so when they disagree
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"feature_dim": wrong, "other": 1}))
+    _, problems = T.check_tsv(feats, row_check=F.row_checker("features", feats))
+    assert len(problems) == 2 and "manifest.json says" in str(problems[0])
+    _, problems = T.check_tsv(src, row_check=F.row_checker("predictions", src))
+    assert len(problems) == 2 and f"{width}-d here but {wrong - 6}-d as" in str(problems[0])
+    F.to_oscar(src, tmp_path)  # a later conversion corrects the width and keeps the other keys
+    assert json.loads(manifest.read_text()) == {"feature_dim": width + 6, "other": 1}
+    for bad in ("{", json.dumps({"feature_dim": "x"}), json.dumps({"feature_dim": 3})):
+        manifest.write_text(bad)
+        with pytest.raises(FormatError, match="manifest.json"):
+            F.FeatureTSV(feats).dim
+    manifest.write_text(json.dumps({"model": "m"}))  # no feature_dim: the rows decide
+    assert F.FeatureTSV(feats).dim == width + 6
+
+
+def test_width_of_files_without_boxes(tmp_path: Path) -> None:
+    path = T.write_tsv(tmp_path / "f.tsv", [F.format_features_row(f"k{i}", np.zeros((0, 9))) for i in range(3)])
+    assert F.feature_dim(path) == F.OSCAR_DIM and F.FeatureTSV(path).get("k1").shape == (0, F.OSCAR_DIM)
+    assert F.feature_dim(path, 9) == 9 and F.FeatureTSV(path, dim=9).get("k2").shape == (0, 9)
+    with pytest.raises(FormatError, match="positive"):
+        F.feature_dim(path, 0)
+
+
+_KINDS = {
+    "features": lambda rng, k: F.format_features_row(k, rng.standard_normal((2, 13))),
+    "caption-features": lambda rng, k: F.format_caption_features_row(k, rng.standard_normal((1, 13))),
+    "predictions": lambda rng, k: make_prediction(rng, k, 2).to_row(),
+    "label": lambda rng, k: F.format_label_row(make_prediction(rng, k, 2)),
+    "hw": lambda rng, k: F.format_hw_row(k, 10, 20),
+    "plain": lambda rng, k: [k, "some text"],
+}
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+@pytest.mark.parametrize("all_lines", [True, False])
+def test_cr_line_endings_are_named(tmp_path: Path, kind: str, all_lines: bool) -> None:
+    rng = np.random.default_rng(len(kind))
+    path = T.write_tsv(tmp_path / "in.tsv", [_KINDS[kind](rng, f"k{i}") for i in range(4)])
+    lines = path.read_bytes().split(b"\n")[:-1]
+    crs = list(range(4)) if all_lines else [int(rng.integers(0, 4))]
+    path.write_bytes(b"".join(ln + (b"\r\n" if i in crs else b"\n") for i, ln in enumerate(lines)))
+    T.build_lineidx(path)
+    assert F.detect_row_kind(lines[0].split(b"\t")) == kind
+    _, problems = T.check_tsv(path, row_check=F.row_checker(kind, path))
+    assert [p.line for p in problems] == [i + 1 for i in crs]
+    assert all("CR line endings" in str(p) and str(p).startswith(f"{path}:") for p in problems)
+    readers = {
+        "features": lambda: list(F.FeatureTSV(path, dim=13)) + [F.FeatureTSV(path, dim=13)[i] for i in range(4)],
+        "caption-features": lambda: list(F.FeatureTSV(path, dim=13)),
+        "predictions": lambda: list(F.read_predictions(path)),
+        "label": lambda: [F.parse_label_row(r, path=path, line=n) for n, r in T.iter_tsv(path)],
+        "hw": lambda: [F.parse_hw_row(r, path=path, line=n) for n, r in T.iter_tsv(path)],
+    }
+    if kind in readers:
+        with pytest.raises(FormatError, match=rf"in.tsv:{crs[0] + 1}: .*CR line endings"):
+            readers[kind]()
+    if kind == "predictions":
+        with pytest.raises(FormatError, match="CR line endings"):
+            F.to_oscar(path, tmp_path / "o")

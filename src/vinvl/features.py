@@ -87,9 +87,12 @@ def oscar_region_features(features: Any, boxes: Any, image_w: float, image_h: fl
 
 
 def split_oscar_region_features(x: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``(N, 2054)`` Oscar inputs back into the 2048-d features and the 6-d geometry."""
-    a = np.asarray(x).reshape(-1, OSCAR_DIM)
-    return a[:, :REGION_DIM], a[:, REGION_DIM:]
+    """Split ``(N, D + 6)`` Oscar inputs (2054-d for the released detectors) into the D-d features and the 6-d geometry."""
+    a = np.asarray(x)
+    a = a.reshape(-1, a.shape[-1] if a.ndim == 2 else OSCAR_DIM)
+    if a.shape[1] <= GEOMETRY_DIM:
+        raise ValueError(f"Oscar region inputs need more than {GEOMETRY_DIM} columns, got {a.shape[1]}")
+    return a[:, :-GEOMETRY_DIM], a[:, -GEOMETRY_DIM:]
 
 
 # -- detector predictions.tsv ---------------------------------------------------------
@@ -249,48 +252,168 @@ class Prediction:
 
 
 def read_predictions(path: PathLike) -> Iterator[Prediction]:
-    """Stream the rows of a ``predictions.tsv`` (no index needed)."""
+    """Stream the rows of a ``predictions.tsv`` (no index needed); every row's features must have one width."""
+    width = _Width(None, "")
     for n, fields in iter_tsv(path, columns=2):
+        check_no_cr(fields, path, n)
         key = _text(fields[0], path, n)
-        yield Prediction.from_json(key, fields[1], path=path, line=n)
+        pred = Prediction.from_json(key, fields[1], path=path, line=n)
+        if pred.features is not None and len(pred):
+            width.check(pred.features.shape[1], path, n, key, "region features")
+        yield pred
+
+
+# -- line endings and the width of feature rows ----------------------------------------------
+CR_PROBLEM = "the row ends with a CR: the file has CR line endings (Windows CRLF); convert it, e.g. with dos2unix"
+
+
+def check_no_cr(fields: Sequence[Union[str, bytes, memoryview]], path: Optional[PathLike] = None,
+                line: Optional[int] = None) -> None:
+    """Raise a :class:`FormatError` saying "CR line endings" when a row's last field ends with a carriage return."""
+    if not fields:
+        return
+    last = fields[-1]
+    end = last[-1:] if not isinstance(last, memoryview) else bytes(last[-1:])
+    if end in (b"\r", "\r"):
+        raise FormatError(CR_PROBLEM, path, line=line)
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+# Files of an output folder whose width its manifest's feature_dim (features.tsv's row width) gives, and how.
+_MANIFEST_WIDTHS = {"features.tsv": 0, "predictions.tsv": -GEOMETRY_DIM}
+
+
+def manifest_feature_dim(path: PathLike) -> Optional[int]:
+    """The width of ``path``'s vectors by the ``manifest.json`` beside it (its ``feature_dim`` is features.tsv's
+    row width; a predictions.tsv's regions lack the 6 geometry columns), or None when it records none."""
+    path = Path(path)
+    manifest = path.parent / MANIFEST_NAME
+    if path.name not in _MANIFEST_WIDTHS or not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_bytes())
+    except (OSError, ValueError) as e:
+        raise FormatError(f"not valid JSON ({e}); pass the width explicitly (--dim)", manifest) from None
+    value = data.get("feature_dim") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= GEOMETRY_DIM:
+        raise FormatError(f"feature_dim must be an integer > {GEOMETRY_DIM}, got {value!r}", manifest, key="feature_dim")
+    return value + _MANIFEST_WIDTHS[path.name]
+
+
+def row_width(fields: Sequence[Union[str, bytes, memoryview]], *, path: Optional[PathLike] = None,
+              line: Optional[int] = None) -> Optional[int]:
+    """The width of a features row (either variant) read off its data, or None for a row without boxes."""
+    parse = parse_caption_features_row if len(fields) == 2 else parse_features_row
+    _, arr = parse(fields, None, path=path, line=line)
+    return arr.shape[1] if len(arr) else None
+
+
+def feature_dim(path: PathLike, dim: Optional[int] = None) -> int:
+    """The row width of a features file: ``dim`` if given, else its manifest's, else its first row with boxes (2054 if none)."""
+    return _resolve_width(path, dim).dim
+
+
+class _Width:
+    """A file's vector width and where it was learnt, to name both when a row disagrees."""
+
+    def __init__(self, dim: Optional[int], origin: str) -> None:
+        self.dim, self.origin = dim, origin
+
+    def check(self, width: int, path: Optional[PathLike], line: int, key: Optional[str], what: str = "rows") -> None:
+        if self.dim is None:
+            self.dim, self.origin = width, f"at line {line}"
+        elif width != self.dim:
+            same = ": one file, one width" if self.origin.startswith("at line") else ""
+            raise FormatError(f"{what} are {width}-d here but {self.dim}-d {self.origin}{same}", path, line=line, key=key)
+
+
+def _resolve_width(path: PathLike, dim: Optional[int]) -> _Width:
+    if dim is not None:
+        if dim <= 0:
+            raise FormatError(f"the feature width must be positive, got {dim}", path)
+        return _Width(dim, "as given")
+    from_manifest = manifest_feature_dim(path)
+    if from_manifest is not None:
+        return _Width(from_manifest, f"as {Path(path).parent / MANIFEST_NAME} says")
+    for n, fields in iter_tsv(path):
+        width = row_width(fields, path=path, line=n)
+        if width is not None:
+            return _Width(width, f"at line {n}")
+    return _Width(OSCAR_DIM, "the released width, as no row has boxes")
 
 
 # -- Oscar features.tsv ---------------------------------------------------------------
-def format_features_row(key: str, features: Any, dim: int = OSCAR_DIM) -> list[str]:
-    """Oscar's ``features.tsv`` row ``[key, num_boxes, base64(float32[num_boxes * dim])]``."""
-    arr = np.asarray(features, dtype=np.float32).reshape(-1, dim)
+def _rows(features: Any, dim: Optional[int]) -> np.ndarray:
+    arr = np.asarray(features, dtype=np.float32)
+    width = dim if dim is not None else (arr.shape[-1] if arr.ndim == 2 else OSCAR_DIM)
+    return arr.reshape(0, width) if arr.size == 0 else arr.reshape(-1, width)
+
+
+def format_features_row(key: str, features: Any, dim: Optional[int] = None) -> list[str]:
+    """Oscar's ``features.tsv`` row ``[key, num_boxes, base64(float32[num_boxes * dim])]`` (``dim``: a 2-D array's width)."""
+    arr = _rows(features, dim)
     return [key, str(len(arr)), encode_floats(arr)]
 
 
 def parse_features_row(
-    fields: Sequence[Union[str, bytes, memoryview]], dim: int = OSCAR_DIM, *, path: Optional[PathLike] = None, line: Optional[int] = None
+    fields: Sequence[Union[str, bytes, memoryview]], dim: Optional[int] = OSCAR_DIM, *, path: Optional[PathLike] = None,
+    line: Optional[int] = None, dim_origin: str = "",
 ) -> tuple[str, np.ndarray]:
-    """Parse ``[key, num_boxes, base64]`` into ``(key, (num_boxes, dim) float32)``, checking the count."""
+    """Parse ``[key, num_boxes, base64]`` into ``(key, (num_boxes, dim) float32)``; ``dim=None``: the row's own width."""
     if len(fields) != 3:
+        check_no_cr(fields, path, line)
         raise FormatError(f"expected 3 columns (key, num_boxes, features), found {len(fields)}", path, line=line)
+    check_no_cr(fields, path, line)
     key = _text(fields[0], path, line)
     try:
         n = int(fields[1])
         if n < 0:
             raise ValueError
     except ValueError:
-        raise FormatError(f"num_boxes is not a non-negative integer: {fields[1]!r}", path, line=line, key=key) from None
-    arr = decode_floats(fields[2], dim, path=path, line=line, key=key)
-    if len(arr) != n:
-        raise FormatError(f"num_boxes says {n} but the blob holds {len(arr)} rows of {dim}", path, line=line, key=key)
-    return key, arr
+        raise FormatError(f"num_boxes is not a non-negative integer: {_head(fields[1])!r}", path, line=line, key=key) from None
+    return key, _shaped(fields[2], n, dim, path, line, key, dim_origin)
 
 
-def format_caption_features_row(key: str, features: Any, dim: int = OSCAR_DIM) -> list[str]:
-    """Captioning's feature row ``[key, {"num_boxes": n, "features": base64}]``."""
-    arr = np.asarray(features, dtype=np.float32).reshape(-1, dim)
+def _shaped(blob: Any, n: int, dim: Optional[int], path: Optional[PathLike], line: Optional[int], key: str,
+            dim_origin: str) -> np.ndarray:
+    """Decode a row's blob into ``(n, dim)``, naming what disagrees: the count, the width or the byte length."""
+    arr = decode_floats(blob, path=path, line=line, key=key)
+    size = arr.size
+    if dim is None:
+        if n == 0 and size == 0:
+            return arr.reshape(0, 0)
+        if n == 0 or size % n:
+            raise FormatError(f"num_boxes says {n} but the blob holds {size} floats, not a whole number of rows per box",
+                              path, line=line, key=key)
+        return arr.reshape(n, -1)
+    if size == n * dim:
+        return arr.reshape(n, dim)
+    origin = f" ({dim_origin})" if dim_origin else ""
+    if size % dim == 0:
+        raise FormatError(f"num_boxes says {n} but the blob holds {size // dim} rows of {dim}", path, line=line, key=key)
+    if n > 0 and size % n == 0:
+        raise FormatError(f"the row's {n} boxes are {size // n}-d but the file's width is {dim}{origin}",
+                          path, line=line, key=key)
+    raise FormatError(f"feature blob of {size * 4} bytes is not a multiple of 4 x {dim} bytes{origin}",
+                      path, line=line, key=key)
+
+
+def format_caption_features_row(key: str, features: Any, dim: Optional[int] = None) -> list[str]:
+    """Captioning's feature row ``[key, {"num_boxes": n, "features": base64}]`` (``dim``: a 2-D array's width)."""
+    arr = _rows(features, dim)
     return [key, json.dumps({"num_boxes": len(arr), "features": encode_floats(arr)})]
 
 
 def parse_caption_features_row(
-    fields: Sequence[Union[str, bytes]], dim: int = OSCAR_DIM, *, path: Optional[PathLike] = None, line: Optional[int] = None
+    fields: Sequence[Union[str, bytes]], dim: Optional[int] = OSCAR_DIM, *, path: Optional[PathLike] = None,
+    line: Optional[int] = None, dim_origin: str = "",
 ) -> tuple[str, np.ndarray]:
-    """Parse captioning's ``[key, {"num_boxes", "features"}]`` row into ``(key, (n, dim))``."""
+    """Parse captioning's ``[key, {"num_boxes", "features"}]`` row into ``(key, (n, dim))``; ``dim=None``: its own width."""
+    check_no_cr(fields, path, line)
     if len(fields) != 2:
         raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
     key = _text(fields[0], path, line)
@@ -299,40 +422,50 @@ def parse_caption_features_row(
         n, blob = int(obj["num_boxes"]), obj["features"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise FormatError(f"expected {{'num_boxes', 'features'}} JSON ({e})", path, line=line, key=key) from None
-    arr = decode_floats(blob, dim, path=path, line=line, key=key)
-    if len(arr) != n:
-        raise FormatError(f"num_boxes says {n} but the blob holds {len(arr)} rows of {dim}", path, line=line, key=key)
-    return key, arr
+    if n < 0:
+        raise FormatError(f"num_boxes is not a non-negative integer: {n}", path, line=line, key=key)
+    return key, _shaped(blob, n, dim, path, line, key, dim_origin)
 
 
 class FeatureTSV:
-    """Random access to an Oscar feature TSV (either row variant) by row or image key."""
+    """Random access to an Oscar feature TSV (either row variant) by row or image key, at its own width."""
 
-    def __init__(self, path: PathLike, dim: int = OSCAR_DIM, key_index: Optional[PathLike] = None) -> None:
-        """Open ``path``; ``key_index`` is an ``imageid2idx.json`` (default: the one beside it, if any)."""
+    def __init__(self, path: PathLike, dim: Optional[int] = None, key_index: Optional[PathLike] = None) -> None:
+        """Open ``path``; ``dim`` defaults to the width its manifest records or its first row with boxes shows;
+        ``key_index`` is an ``imageid2idx.json`` (default: the one beside it, if any)."""
         path = Path(path)
         if key_index is None and (path.parent / "imageid2idx.json").is_file():
             key_index = path.parent / "imageid2idx.json"
-        self.dim = dim
         self.tsv = TSVFile(path, build_index=True, key_index=read_key_index(key_index) if key_index else None)
+        self._width: Optional[_Width] = _resolve_width(path, dim) if dim is not None else None
+
+    @property
+    def dim(self) -> int:
+        """Width of every row (found on first use when not given)."""
+        if self._width is None:
+            self._width = _resolve_width(self.tsv.path, None)
+        return int(self._width.dim)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.tsv)
 
     def __getitem__(self, i: int) -> tuple[str, np.ndarray]:
-        data = self.tsv.raw_row(i)
+        data = self.tsv.raw_row(i)  # an IndexError naming the file when out of range
         line = (i % len(self.tsv)) + 1
+        dim, origin = self.dim, self._width.origin  # type: ignore[union-attr]
+        if data.endswith(b"\r\n"):
+            raise FormatError(CR_PROBLEM, self.tsv.path, line=line)
         # Hot path: locate the two TABs and decode the blob in place, with no copy of the row.
         t1 = data.find(b"\t", 0, 4096)
         t2 = data.find(b"\t", t1 + 1, t1 + 32) if t1 >= 0 else -1
         if t2 < 0 or data.find(b"\t", t2 + 1) >= 0:
             fields = data[:-1].split(b"\t")
-            if len(fields) == 2:
-                return parse_caption_features_row(fields, self.dim, path=self.tsv.path, line=line)
-            return parse_features_row(fields, self.dim, path=self.tsv.path, line=line)
+            parse = parse_caption_features_row if len(fields) == 2 else parse_features_row
+            return parse(fields, dim, path=self.tsv.path, line=line, dim_origin=origin)
         view = memoryview(data)
         return parse_features_row(
-            (data[:t1], data[t1 + 1 : t2], view[t2 + 1 : len(data) - 1]), self.dim, path=self.tsv.path, line=line
+            (data[:t1], data[t1 + 1 : t2], view[t2 + 1 : len(data) - 1]), dim, path=self.tsv.path, line=line,
+            dim_origin=origin,
         )
 
     def get(self, key: str) -> np.ndarray:
@@ -340,9 +473,10 @@ class FeatureTSV:
         return self[self.tsv.index_of(key)][1]
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        dim, origin = self.dim, self._width.origin  # type: ignore[union-attr]
         for i, fields in enumerate(self.tsv.iter_bytes()):
             parse = parse_caption_features_row if len(fields) == 2 else parse_features_row
-            yield parse(fields, self.dim, path=self.tsv.path, line=i + 1)
+            yield parse(fields, dim, path=self.tsv.path, line=i + 1, dim_origin=origin)
 
 
 # -- label TSV (tags), hw TSV ------------------------------------------------------------
@@ -365,6 +499,7 @@ def parse_label_row(
     fields: Sequence[Union[str, bytes]], *, path: Optional[PathLike] = None, line: Optional[int] = None
 ) -> tuple[str, list[dict[str, Any]]]:
     """Parse a label row ``[key, [{"class": ...}, ...]]`` (also accepts a predictions-style row)."""
+    check_no_cr(fields, path, line)
     if len(fields) != 2:
         raise FormatError(f"expected 2 columns (key, JSON list), found {len(fields)}", path, line=line)
     key = _text(fields[0], path, line)
@@ -393,6 +528,7 @@ def parse_hw_row(
     fields: Sequence[Union[str, bytes]], *, path: Optional[PathLike] = None, line: Optional[int] = None
 ) -> tuple[str, int, int]:
     """Parse an ``hw.tsv`` row into ``(key, height, width)`` (a bare object is accepted too)."""
+    check_no_cr(fields, path, line)
     if len(fields) != 2:
         raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
     key = _text(fields[0], path, line)
@@ -439,17 +575,21 @@ class _ImageSizes:
 def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = None) -> dict[str, Any]:
     """Convert a detector ``predictions.tsv`` into Oscar inputs in ``out_dir``, streaming.
 
-    Writes ``features.tsv`` (2054-d), ``label.tsv`` (tags), ``imageid2idx.json`` and the
-    ``.lineidx`` files. Image sizes come from each row's ``image_h``/``image_w`` or from ``hw``.
-    Nothing is written at the final names unless the whole conversion succeeds.
+    Writes ``features.tsv`` (the regions' width + 6: 2054-d for the released detectors),
+    ``label.tsv`` (tags), ``imageid2idx.json``, the ``.lineidx`` files and the width it wrote as
+    ``feature_dim`` in ``manifest.json`` (kept, with that key updated, if one is there). Image
+    sizes come from each row's ``image_h``/``image_w`` or from ``hw``. Every row's regions must
+    have one width. Nothing is written at the final names unless the whole conversion succeeds.
     """
     out = Path(out_dir)
     sizes = _ImageSizes(hw) if hw is not None else None
     keys: list[str] = []
     seen: dict[str, int] = {}
     boxes = 0
+    width = _Width(None, "")
     with TSVWriter(out / "features.tsv", columns=3) as fw, TSVWriter(out / "label.tsv", columns=2) as lw:
         for n, fields in iter_tsv(predictions, columns=2):
+            check_no_cr(fields, predictions, n)
             key = _text(fields[0], predictions, n)
             if key in seen:
                 raise FormatError(f"duplicate key (first at line {seen[key]})", predictions, line=n, key=key)
@@ -463,19 +603,44 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
                 h, w = pred.image_h, pred.image_w
             else:
                 raise FormatError("row has no image_h/image_w: pass the hw.tsv (--hw)", predictions, line=n, key=key)
-            feats = (
-                oscar_region_features(pred.features, pred.boxes, w, h)
-                if len(pred)
-                else np.zeros((0, OSCAR_DIM), np.float32)
-            )
+            if len(pred):
+                assert pred.features is not None
+                width.check(pred.features.shape[1], predictions, n, key, "region features")
+                feats = oscar_region_features(pred.features, pred.boxes, w, h)
+            else:
+                feats = np.zeros((0, 0), np.float32)  # no boxes: an empty blob, whatever the width
             fw.write(format_features_row(key, feats))
             lw.write(format_label_row(pred))
             keys.append(key)
             boxes += len(pred)
         if not keys:
             raise FormatError("file is empty (no rows)", predictions)
+    dim = (width.dim + GEOMETRY_DIM) if width.dim is not None else OSCAR_DIM
     write_key_index(out / "imageid2idx.json", ((k, i) for i, k in enumerate(keys)))
-    return {"images": len(keys), "boxes": boxes, "out_dir": os.fspath(out)}
+    _record_feature_dim(out / MANIFEST_NAME, dim, predictions)
+    return {"images": len(keys), "boxes": boxes, "feature_dim": dim, "out_dir": os.fspath(out)}
+
+
+def _record_feature_dim(manifest: Path, dim: int, source: PathLike) -> None:
+    """Set ``feature_dim`` in ``manifest`` (an existing one, e.g. vinvl extract's, keeps its other keys)."""
+    from .atomic import atomic_write_text
+
+    data: dict[str, Any] = {}
+    if manifest.is_file():
+        try:
+            old = json.loads(manifest.read_bytes())
+        except (OSError, ValueError):
+            old = None  # a torn manifest is replaced by ours rather than stopping a finished conversion
+        if isinstance(old, dict):
+            data = old
+    if not data:
+        data = {"tool": "vinvl features to-oscar", "predictions": os.fspath(source)}
+    data["feature_dim"] = dim
+    atomic_write_text(manifest, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _head(raw: Union[str, bytes, memoryview], size: int = 40) -> Union[str, bytes]:
+    return raw[:size] if isinstance(raw, (str, bytes)) else bytes(raw[:size])
 
 
 def _text(raw: Union[str, bytes], path: Optional[PathLike], line: Optional[int]) -> str:
@@ -507,20 +672,35 @@ def detect_row_kind(fields: Sequence[bytes]) -> str:
     return "plain"
 
 
-def row_checker(kind: str, path: Optional[PathLike] = None, dim: int = OSCAR_DIM):
-    """A ``(fields, line) -> None`` check that raises :class:`FormatError` for a bad row of ``kind``."""
+def row_checker(kind: str, path: Optional[PathLike] = None, dim: Optional[int] = None):
+    """A ``(fields, line) -> None`` check that raises :class:`FormatError` for a bad row of ``kind``.
+
+    Feature rows must all have one width: ``dim`` (for predictions, the per-object feature's),
+    else the one ``path``'s manifest records, else the first row's with boxes. Every kind
+    refuses a row ending in a carriage return (CR line endings).
+    """
     if kind not in ROW_KINDS or kind == "auto":
         raise ValueError(f"unknown row kind {kind!r}; one of {', '.join(ROW_KINDS[1:])}")
+    width = _Width(dim, "as given") if dim is not None else _Width(None, "")
+    if dim is None and path is not None and kind in ("features", "caption-features", "predictions"):
+        recorded = manifest_feature_dim(path)
+        if recorded is not None:
+            width = _Width(recorded, f"as {Path(path).parent / MANIFEST_NAME} says")
 
     def check(fields: list[bytes], line: int) -> None:
-        if kind == "features":
-            parse_features_row(fields, dim, path=path, line=line)
-        elif kind == "caption-features":
-            parse_caption_features_row(fields, dim, path=path, line=line)
+        check_no_cr(fields, path, line)
+        if kind in ("features", "caption-features"):
+            parse = parse_features_row if kind == "features" else parse_caption_features_row
+            key, arr = parse(fields, width.dim, path=path, line=line, dim_origin=width.origin)
+            if len(arr) and width.dim is None:
+                width.check(arr.shape[1], path, line, key)
         elif kind == "predictions":
             if len(fields) != 2:
                 raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
-            Prediction.from_json(_text(fields[0], path, line), fields[1], path=path, line=line)
+            key = _text(fields[0], path, line)
+            pred = Prediction.from_json(key, fields[1], path=path, line=line)
+            if pred.features is not None and len(pred):
+                width.check(pred.features.shape[1], path, line, key, "region features")
         elif kind == "label":
             parse_label_row(fields, path=path, line=line)
         elif kind == "hw":

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import typer
 
 from .. import __version__
-from ..errors import VinvlError
+from ..errors import VinvlError, one_line
 from . import corpus as _corpus
 from . import datasets as _datasets
 from . import detector as _detector
@@ -65,15 +65,33 @@ def _root(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI and return its exit code; user errors print one line and give 2, never a traceback."""
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="vinvl")
-    except SystemExit as e:  # typer's standalone mode exits: help, usage errors (2), typer.Exit
+        rv = app(args=list(argv) if argv is not None else None, prog_name="vinvl", standalone_mode=False)
+    except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except typer.TyperException as e:  # click's usage errors: bad or missing options and arguments
+        if type(e).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
+            return e.exit_code
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        param = getattr(e, "param", None)
+        if isinstance(e, typer.BadParameter) and param is not None and getattr(e, "message", None) \
+                and type(e).__name__ != "MissingParameter":
+            name = "/".join(param.opts) if param.param_type_name == "option" else str(param.name).upper()
+            message = f"{name}: {e.message}"
+        else:
+            message = (f"{ctx.command_path}: " if ctx is not None else "") + e.format_message()
+        print(f"error: {one_line(message)}{hint}", file=sys.stderr)
+        return e.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
     except VinvlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyError as e:  # lookups by key/name raise KeyError with a message naming the file
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"error: {one_line(str(e.args[0] if e.args else e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
-    return 0
+    # Without standalone mode typer returns the exit code of typer.Exit / --help, or the command's own value.
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

@@ -15,6 +15,7 @@ from ..corpus.decontaminate import (
     decontaminate as _decontaminate,
 )
 from ..errors import VinvlError
+from .options import output_file, output_folder
 
 app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 
@@ -35,16 +36,16 @@ def _expand_images(items: List[Path]) -> list[Path]:
 @app.command("decontaminate")
 def decontaminate(
     corpus: Path = typer.Argument(..., help="Corpus TSV: one row per (image, text), the image key in the first column."),
-    out: Path = typer.Option(..., "-o", "--out", help="Filtered corpus TSV (+ its .lineidx)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Removed keys: key, reason, match, distance [OUT.removed.tsv]."),
+    out: Path = typer.Option(..., "-o", "--out", help="Filtered corpus TSV (+ its .lineidx).", callback=output_file),
+    report: Optional[Path] = typer.Option(None, "--report", callback=output_file, help="Removed keys: key, reason, match, distance [OUT.removed.tsv]."),
     corpus_images: Optional[Path] = typer.Option(None, "--corpus-images", help="Folder of corpus images: KEY + .jpg/.png/...; '/' in a key = subfolder."),
     test_images: Optional[List[Path]] = typer.Option(None, "--test-images", help="Test images: files or folders (repeatable)."),
     id_mapping: Optional[Path] = typer.Option(None, "--id-mapping", help="corpus_id<TAB>mapped_id TSV (or JSON object), e.g. VG id -> COCO id."),
     test_ids: Optional[Path] = typer.Option(None, "--test-ids", help="Test ids (in the mapped namespace), one per line."),
-    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Aligned signature distance below which an image is a duplicate."),
-    candidate_threshold: float = typer.Option(DEFAULT_CANDIDATE_THRESHOLD, "--candidate-threshold", help="Blurred signature distance below which a pair is checked."),
-    size: int = typer.Option(DEFAULT_SIZE, "--size", help="Signature side (pixels)."),
-    workers: int = typer.Option(0, "--workers", help="Processes for decoding and checking images (0: this one)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, "--threshold", min=0.0, help="Aligned signature distance below which an image is a duplicate."),
+    candidate_threshold: float = typer.Option(DEFAULT_CANDIDATE_THRESHOLD, "--candidate-threshold", min=0.0, help="Blurred signature distance below which a pair is checked."),
+    size: int = typer.Option(DEFAULT_SIZE, "--size", min=2, help="Signature side (pixels)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes for decoding and checking images (0: this one)."),
 ) -> None:
     """Remove corpus rows whose image is a test image: by id mapping and/or near-duplicate search."""
     report_path = report if report is not None else out.with_suffix(".removed.tsv")
@@ -79,7 +80,8 @@ def decontaminate(
 
 @app.command("build")
 def build(
-    out: Path = typer.Argument(..., help="Output folder for NAME.tsv (+ .lineidx), NAME.yaml and NAME_report.json."),
+    out: Path = typer.Argument(..., help="Output folder for NAME.tsv (+ .lineidx), NAME.yaml and NAME_report.json.",
+                               callback=output_folder),
     captions: List[str] = typer.Option([], "--captions", help="DATASET=FILE: a COCO-style caption json (repeatable)."),
     questions: List[str] = typer.Option([], "--questions", help="DATASET=FILE: a VQA or GQA question file (repeatable)."),
     features: List[str] = typer.Option(..., "--features", help="DATASET=FOLDER with features.tsv (vinvl extract output)."),

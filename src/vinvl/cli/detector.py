@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from .options import device_name, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
                   no_args_is_help=True)
@@ -15,22 +16,22 @@ app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image T
 @app.command("train")
 def train(
     dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label and labelmap."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoints, labelmap.json, log."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoints, labelmap.json, log.", callback=output_folder),
     preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset (classes/attributes follow the label map)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to fine-tune (predictors of other shapes re-initialised)."),
-    iterations: int = typer.Option(3000, "--iterations", help="SGD iterations."),
-    batch_size: int = typer.Option(2, "--batch-size", help="Images per iteration."),
-    lr: float = typer.Option(0.02, "--lr", help="Base learning rate (warm-up, then x0.1 at 75% and 92%)."),
-    warmup: int = typer.Option(200, "--warmup", help="Warm-up iterations."),
-    rois: int = typer.Option(128, "--rois-per-image", help="Sampled proposals per image for the box head."),
-    positive_fraction: float = typer.Option(0.25, "--roi-positive-fraction", help="Largest share of positives among them."),
+    iterations: int = typer.Option(3000, "--iterations", min=1, help="SGD iterations."),
+    batch_size: int = typer.Option(2, "--batch-size", min=1, help="Images per iteration."),
+    lr: float = typer.Option(0.02, "--lr", min=0.0, help="Base learning rate (warm-up, then x0.1 at 75% and 92%)."),
+    warmup: int = typer.Option(200, "--warmup", min=0, help="Warm-up iterations."),
+    rois: int = typer.Option(128, "--rois-per-image", min=1, help="Sampled proposals per image for the box head."),
+    positive_fraction: float = typer.Option(0.25, "--roi-positive-fraction", min=0.0, max=1.0, help="Largest share of positives among them."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. pooler_resolution=10)."),
     trainable_bn: bool = typer.Option(False, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sampling and flips."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of initialisation, sampling and flips."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda.", callback=device_name),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last_checkpoint.pth."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Iterations between checkpoints."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
 ) -> None:
     """Train (or fine-tune) AttrRCNN; writes OUT/model_final.pth in the released checkpoints' layout."""
     import torch
@@ -57,10 +58,10 @@ def evaluate(
     labelmap: Optional[Path] = typer.Option(None, "--labelmap", help="Label map (default: the dataset's)."),
     preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset of the checkpoint."),
     groups: Optional[List[str]] = typer.Option(None, "--attribute-group", help="NAME=a,b,c: also report accuracy within a group."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE, as for training."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda.", callback=device_name),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here.", callback=output_file),
 ) -> None:
     """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
     from ..detection import Detector

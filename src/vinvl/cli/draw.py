@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from .options import output_folder
 
 HELP = """Draw the detections of a predictions.tsv onto their images.
 
@@ -21,11 +22,11 @@ also writes OUT/index.html showing every picture with a table of its boxes.
 def draw(
     predictions: Path = typer.Argument(..., help="predictions.tsv (rows: key, JSON)."),
     images: Path = typer.Option(..., "--images", help="Folder holding the images, named by key."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder for KEY.png (and index.html)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder for KEY.png (and index.html).", callback=output_folder),
     keys: Optional[List[str]] = typer.Option(None, "--keys", help="Draw only these keys (repeatable)."),
     html: bool = typer.Option(False, "--html", help="Also write OUT/index.html."),
     top_attributes: int = typer.Option(2, "--top-attributes", min=0, help="Attributes shown per label."),
-    min_score: float = typer.Option(0.0, "--min-score", help="Skip boxes scoring below this."),
+    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="Skip boxes scoring below this."),
     max_boxes: Optional[int] = typer.Option(None, "--max-boxes", min=0, help="Draw at most this many boxes per image."),
 ) -> None:
     """Draw a predictions.tsv's detections onto their images."""

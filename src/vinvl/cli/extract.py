@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import VinvlError
+from .options import check_output_folder, device_name, one_of, output_folder
 
 HELP = """Detect objects and attributes and write the VinVL/Oscar files.
 
@@ -40,7 +41,8 @@ they are. A duplicate key stops the run before any work.
 Outputs in OUT, each .tsv with its .lineidx, rows in input order:
   predictions.tsv  the detector's rows (the native form adds attributes,
                    attr_scores, image_h, image_w)
-  features.tsv     key, num_boxes, base64 float32 (num_boxes x 2054)
+  features.tsv     key, num_boxes, base64 float32 (num_boxes x D: 2054,
+                   518 for the demo model; manifest.json feature_dim)
   label.tsv, hw.tsv, imageid2idx.json   Oscar's tags, sizes, key index
   errors.tsv       key, where, reason: inputs that could not be read
   manifest.json    model, weights sha256, settings, versions, counts
@@ -56,36 +58,39 @@ over N processes and merges their shards (rank 0).
 
 def extract(
     args: Optional[List[str]] = typer.Argument(None, help="Images/folders (native) or KEY VALUE pairs (original)."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder.", callback=output_folder),
     config_file: Optional[Path] = typer.Option(None, "--config-file", help="Original yaml config (original form)."),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Images or folders (original form)."),
     model: Optional[str] = typer.Option(None, "--model", help="Released model name, looked up in VINVL_HOME."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint file (overrides --model)."),
     labelmap: Optional[Path] = typer.Option(None, "--labelmap", help="Label map file."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Architecture preset for --weights."),
-    min_size: Optional[int] = typer.Option(None, "--min-size", help="Short side after resizing."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", help="Longest side after resizing."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
+    min_size: Optional[int] = typer.Option(None, "--min-size", min=1, help="Short side after resizing."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", min=1, help="Longest side after resizing."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda.", callback=device_name),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. nms_filter=2)."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader workers decoding and resizing images."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader workers decoding and resizing images."),
     bucket_batches: int = typer.Option(
-        8, "--bucket-batches", help="With --batch-size > 1: batches per window in which images of equal resized size "
+        8, "--bucket-batches", min=1, help="With --batch-size > 1: batches per window in which images of equal resized size "
         "are batched together (no padding; the same rows as batch size 1 up to float rounding)."),
-    key_from: str = typer.Option("relpath", "--key-from", help="Key of a file input: relpath, name or stem."),
+    key_from: str = typer.Option("relpath", "--key-from", help="Key of a file input: relpath, name or stem.",
+                                  callback=one_of("relpath", "name", "stem")),
     key_regex: Optional[str] = typer.Option(None, "--key-regex", help="Key = first group of this regex on the relative path."),
     key_map: Optional[Path] = typer.Option(None, "--key-map", help="File mapping path -> key (TSV or JSON)."),
-    skip: Optional[List[str]] = typer.Option(None, "--skip", help="Leave out an output: predictions, features, labels, hw."),
+    skip: Optional[List[str]] = typer.Option(None, "--skip", help="Leave out an output: predictions, features, labels, hw.",
+                                              callback=one_of("predictions", "features", "labels", "hw")),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
     exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (faithful), or bf16/fp16 autocast (faster, small drift)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (faithful), or bf16/fp16 autocast (faster, small drift).",
+                              callback=one_of("fp32", "bf16", "fp16")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     from ..config.original import ConfigError, apply_set_options, load_original
     from ..detection import Detector
     from ..extract import collect_inputs, make_key_rule
-    from ..extract.run import NATIVE_SUBSET, OUTPUT_FILES, ExtractOptions, extract as run_extract, file_sha256, mark_failed
+    from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, file_sha256, mark_failed
     from ..zoo import default_model, resolve_model
 
     args = args or []
@@ -106,13 +111,14 @@ def extract(
             if not run.datasets_test:
                 raise VinvlError("the original form needs --images PATH or DATASETS.TEST (dataset yamls under DATA_DIR)")
             images = [data_dir / d for d in run.datasets_test]
-        cfg = run.detector.replace(**overrides) if overrides else run.detector
+        cfg = _with_options(run.detector, overrides)
         weights_path = weights or (Path(run.weights) if run.weights else None)
         if weights_path is None:
             raise ConfigError(f"{config_file}: MODEL.WEIGHT is empty; set it or pass --weights")
         labelmap_path = labelmap or (Path(run.labelmap) if run.labelmap else None)
         dev = device or run.device
         out_dir = out or Path(run.output_dir)
+        check_output_folder(out_dir, "-o/--out" if out else "OUTPUT_DIR")
         subset, sized, inputs = run.save_subset, False, list(images)
         model_name = None
     else:
@@ -142,16 +148,13 @@ def extract(
             cfg = detector_preset(preset or entry.preset)
             labelmap_path = labelmap or cached_labelmap
         cfg = apply_set_options(cfg, set_ or [])
-        cfg = cfg.replace(**overrides) if overrides else cfg
+        cfg = _with_options(cfg, overrides)
         dev = device or "cpu"
         out_dir, subset, sized = out, NATIVE_SUBSET, True
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dev.startswith("cuda") and ":" not in dev:
         dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     _check_device(dev)
-    unknown = [s for s in skip or [] if s not in OUTPUT_FILES]
-    if unknown:
-        raise VinvlError(f"--skip {unknown[0]!r}: outputs are {', '.join(OUTPUT_FILES)}")
     if labelmap_path is not None and not Path(labelmap_path).is_file():
         raise VinvlError(f"{labelmap_path}: no such label map file")
     rule = make_key_rule(key_from, key_regex, key_map)
@@ -195,6 +198,17 @@ def extract(
     if stats.failed:
         typer.echo(f"{stats.failed} input(s) could not be read: see {Path(out_dir) / 'errors.tsv'}", err=True)
         raise typer.Exit(3)
+
+
+def _with_options(cfg, overrides: dict):  # type: ignore[no-untyped-def]
+    """``cfg`` with --min-size/--max-size/--batch-size applied; a conflict names the options."""
+    if not overrides:
+        return cfg
+    try:
+        return cfg.replace(**overrides)
+    except VinvlError as e:
+        given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+        raise VinvlError(f"{given}: {e}") from None
 
 
 def _agree_across_ranks(items: list, rank: int, world: int) -> None:

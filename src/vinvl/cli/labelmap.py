@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..labelmap import LabelMap, VocabularyMap
+from .options import output_file
 
 app = typer.Typer(help="Label maps: show, look up, convert, map between vocabularies.", no_args_is_help=True)
 
@@ -54,7 +55,7 @@ def map_(
 @app.command("convert")
 def convert(
     file: Path = typer.Argument(..., help="Any supported label map."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output VG-style json."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output VG-style json.", callback=output_file),
     attributes: Optional[Path] = typer.Option(None, help="Take the attributes from this VG json."),
 ) -> None:
     """Write a label map in the VG json layout (label_to_idx, idx_to_label, ...)."""

@@ -9,7 +9,8 @@ import typer
 
 from .. import tsv as T
 from ..errors import VinvlError
-from ..features import ROW_KINDS, first_row_kind, row_checker
+from ..features import ROW_KINDS, check_no_cr, first_row_kind, row_checker
+from .options import one_of, output_file
 
 app = typer.Typer(help="TSV + .lineidx files: index, check, show, merge.", no_args_is_help=True)
 
@@ -27,17 +28,17 @@ def index(
 @app.command("check")
 def check(
     file: Path = typer.Argument(..., help="TSV file to check."),
-    kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}."),
-    columns: Optional[int] = typer.Option(None, help="Expected number of columns (default: the first row's)."),
-    max_report: int = typer.Option(1000, help="Print at most this many problems."),
+    kind: str = typer.Option("auto", help=f"Row format: {', '.join(ROW_KINDS)}.", callback=one_of(*ROW_KINDS)),
+    columns: Optional[int] = typer.Option(None, min=1, help="Expected number of columns (default: the first row's)."),
+    max_report: int = typer.Option(1000, min=0, help="Print at most this many problems."),
+    dim: Optional[int] = typer.Option(
+        None, "--dim", min=1, help="Width of each stored vector: a features row's (2054; 518 for the demo detector) or a "
+        "predictions object's feature (2048; 512 for the demo). Default: manifest.json beside the file, else the first "
+        "row with boxes; every row must have it."),
 ) -> None:
     """Report every bad line of a file in one pass; exit 2 if there is any."""
-    if kind not in ROW_KINDS:
-        raise VinvlError(f"--kind must be one of {', '.join(ROW_KINDS)}")
     chosen = first_row_kind(file) if kind == "auto" else kind
-    rows, problems = T.check_tsv(
-        file, columns=columns, row_check=None if chosen == "plain" else row_checker(chosen, file)
-    )
+    rows, problems = T.check_tsv(file, columns=columns, row_check=row_checker(chosen, file, dim=dim))
     for p in problems[:max_report]:
         typer.echo(f"error: {p}", err=True)
     if len(problems) > max_report:
@@ -53,7 +54,7 @@ def show(
     file: Path = typer.Argument(..., help="TSV file."),
     row: Optional[int] = typer.Option(None, help="0-based row number."),
     key: Optional[str] = typer.Option(None, help="Key (first column)."),
-    width: int = typer.Option(120, help="Truncate each field to this many characters (0: no limit)."),
+    width: int = typer.Option(120, min=0, help="Truncate each field to this many characters (0: no limit)."),
 ) -> None:
     """Print one row (by number or key), one field per line; with neither, the row count."""
     t = T.TSVFile(file, build_index=True)
@@ -63,9 +64,11 @@ def show(
     if row is not None and key is not None:
         raise VinvlError("give --row or --key, not both")
     if row is not None and not 0 <= row < len(t):
-        raise VinvlError(f"{file}: row {row} out of range (0..{len(t) - 1})")
-    fields = t[row] if row is not None else t.get(key)  # type: ignore[arg-type]
-    for i, value in enumerate(fields):
+        span = f" (0..{len(t) - 1})" if len(t) else ""
+        raise VinvlError(f"{file}: row {row} is out of range: the file has {len(t)} rows{span}")
+    at = row if row is not None else t.index_of(key)  # type: ignore[arg-type]
+    check_no_cr(t.fields_bytes(at), file, at + 1)
+    for i, value in enumerate(t[at]):
         text = value if not width or len(value) <= width else value[:width] + f"... ({len(value)} chars)"
         typer.echo(f"[{i}] {text}")
 
@@ -73,7 +76,7 @@ def show(
 @app.command("merge")
 def merge(
     shards: List[Path] = typer.Argument(..., help="TSV shards, in order."),
-    out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it).", callback=output_file),
 ) -> None:
     """Concatenate shards with a rebased .lineidx (rows are copied, not re-read)."""
     T.merge_tsv(shards, out)

@@ -7,6 +7,8 @@ onto these dataclasses at the edge; inside, the detector reads only these fields
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,24 +136,106 @@ class DetectorConfig:
             if section not in self._SECTIONS or name not in _field_names(getattr(self, section)):
                 raise VinvlError(f"unknown detector setting {key!r}")
             sections.setdefault(section, {})[name] = value
-        changed = {s: dataclasses.replace(getattr(self, s), **kv) for s, kv in sections.items()}
-        out = dataclasses.replace(self, **top, **changed)
+        changed = {}
+        for s, kv in sections.items():
+            part = getattr(self, s)
+            hints = _hints(type(part))
+            changed[s] = dataclasses.replace(part, **{k: _typed(v, hints[k], k) for k, v in kv.items()})
+        hints = _hints(type(self))
+        out = dataclasses.replace(self, **{k: _typed(v, hints[k], k) for k, v in top.items()}, **changed)
         out.validate()
         return out
 
     def validate(self) -> None:
-        """Raise a clear error for settings the detector cannot honour."""
-        p = self.postprocess
+        """Raise a clear error naming the setting for a value of the wrong type or range, or one the detector cannot honour."""
+        for part in [self, *(getattr(self, s) for s in self._SECTIONS)]:
+            hints = _hints(type(part))
+            for f in dataclasses.fields(part):
+                if f.name not in self._SECTIONS:
+                    _typed(getattr(part, f.name), hints[f.name], f.name)
+        b, r, h, a, p, i = self.backbone, self.rpn, self.box_head, self.attributes, self.postprocess, self.input
+        for name, value in [
+            ("stem_out_channels", b.stem_out_channels), ("res2_out_channels", b.res2_out_channels),
+            ("num_groups", b.num_groups), ("width_per_group", b.width_per_group), ("anchor_stride", r.anchor_stride),
+            ("pre_nms_top_n", r.pre_nms_top_n), ("post_nms_top_n", r.post_nms_top_n),
+            ("pooler_resolution", h.pooler_resolution), ("cls_embed_dim", a.cls_embed_dim), ("hidden_dim", a.hidden_dim),
+            ("num_attributes", a.num_attributes), ("detections_per_img", p.detections_per_img), ("min_size", i.min_size),
+            ("batch_size", self.batch_size),
+        ]:
+            if value < 1:
+                raise VinvlError(f"{name} must be >= 1, got {value!r}")
+        if not h.pooler_scale > 0:
+            raise VinvlError(f"pooler_scale must be positive, got {h.pooler_scale!r}")
+        if h.num_classes < 2:
+            raise VinvlError(f"num_classes must be >= 2 (background and one class), got {h.num_classes!r}")
+        for name, value in [("sampling_ratio", h.sampling_ratio), ("min_box_size", r.min_box_size),
+                            ("max_per_box", a.max_per_box), ("min_detections_per_img", p.min_detections_per_img)]:
+            if value < 0:
+                raise VinvlError(f"{name} must be >= 0, got {value!r}")
+        for name, value in [("score_thresh", p.score_thresh), ("nms_thresh", p.nms_thresh),
+                            ("filter1_nms_thresh", p.filter1_nms_thresh), ("rpn__nms_thresh", r.nms_thresh),
+                            ("attributes__threshold", a.threshold)]:
+            if not 0.0 <= value <= 1.0:
+                raise VinvlError(f"{name} must lie in 0..1, got {value!r}")
+        for name, values in [("blocks", b.blocks), ("anchor_sizes", r.anchor_sizes), ("aspect_ratios", r.aspect_ratios),
+                             ("bbox_reg_weights", h.bbox_reg_weights),
+                             ("pixel_std", i.pixel_std)]:
+            if not values or any(not v > 0 for v in values):
+                raise VinvlError(f"{name} must be positive, got {values!r}")
         if p.nms_filter not in (0, 1, 2):
             raise VinvlError(f"nms_filter must be 0, 1 or 2, got {p.nms_filter!r}")
         if self.batching not in ("same_size", "padded"):
             raise VinvlError(f"batching must be 'same_size' or 'padded', got {self.batching!r}")
-        if self.batch_size < 1:
-            raise VinvlError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 < p.min_detections_per_img <= p.detections_per_img and p.min_detections_per_img != 0:
             raise VinvlError("min_detections_per_img must lie in 0..detections_per_img")
-        if self.input.min_size <= 0 or self.input.max_size < self.input.min_size:
-            raise VinvlError(f"bad input sizes {self.input.min_size}/{self.input.max_size}")
+        if i.max_size < i.min_size:
+            raise VinvlError(f"max_size ({i.max_size}) must not be below min_size ({i.min_size})")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """``value`` checked against a field's annotation (an int is taken for a float, a list for a tuple)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    ok = True
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is Literal:
+        ok = any(value == a and type(value) is type(a) for a in args)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            item_hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+            ok = len(item_hints) == len(value)
+            if ok:
+                try:
+                    value = tuple(_typed(v, t, name) for v, t in zip(value, item_hints))
+                except VinvlError:
+                    ok = False
+    if not ok:
+        raise VinvlError(f"{name} must be {_describe(hint)}, got {value!r}")
+    return value
 
 
 def _field_names(obj: Any) -> set[str]:

@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
-from ..errors import VinvlError
+from ..errors import FormatError, VinvlError
+from ..yamlio import read_yaml
 from .detector import (
     AttributeConfig,
     BackboneConfig,
@@ -98,9 +99,9 @@ def merge_yaml(cfg: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid yaml ({e})") from None
+        data = read_yaml(path) or {}
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     _merge(cfg, data, "", str(path))
@@ -300,7 +301,7 @@ def typed_override(cfg: DetectorConfig, key: str, value: str) -> DetectorConfig:
     parsed = decode_value(value)
     try:
         return cfg.replace(**{key: parsed})
-    except TypeError as e:
+    except (TypeError, VinvlError) as e:
         raise ConfigError(f"--set {key}={value}: {e}") from None
 
 

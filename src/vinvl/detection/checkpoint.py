@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -11,7 +10,7 @@ from typing import Any, Mapping, Union
 import torch
 from torch import nn
 
-from ..errors import VinvlError
+from ..errors import VinvlError, torch_load_problem
 
 # The attribute head shares the box head's res5 extractor; checkpoints store a copy under this prefix.
 _SHARED_COPY = "attribute.feature_extractor."
@@ -29,16 +28,8 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: refusing to load: the file needs unsafe unpickling (it stores Python objects, not only "
-            f"tensors): {first}"
-        ) from None
-    except Exception as e:  # torch.load raises many types (struct.error, RuntimeError, ...) on junk
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # torch.load raises many types (UnpicklingError, struct.error, RuntimeError, ...) on junk
+        raise CheckpointError(f"{path}: {torch_load_problem(e)}") from None
     return extract_state_dict(obj, str(path))
 
 

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write
 from ..config import DetectorConfig
-from ..errors import VinvlError
+from ..errors import VinvlError, torch_load_problem
 from ..labelmap import LabelMap
 from ..tsv import TSVFile
+from ..yamlio import read_yaml
 from .box_coder import BoxCoder
-from .checkpoint import load_into, read_checkpoint
+from .checkpoint import CheckpointError, load_into, read_checkpoint
 from .detector import AttrRCNN
 from .losses import BoxLossConfig, RPNLossConfig, attribute_loss, box_loss, rpn_loss, sample_rois
 from .preprocess import pad_batch, to_input_tensor
@@ -73,10 +73,7 @@ class DetectionDataset:
 
     def __init__(self, yaml_path: PathLike, labelmap: Optional[LabelMap] = None) -> None:
         self.path = Path(yaml_path)
-        try:
-            spec = yaml.safe_load(self.path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise VinvlError(f"{self.path}: cannot read the dataset yaml ({e})") from None
+        spec = read_yaml(self.path)
         for k in ("img", "label"):
             if not isinstance(spec, dict) or k not in spec:
                 raise VinvlError(f"{self.path}: a training dataset yaml needs '{k}'")
@@ -219,7 +216,6 @@ def train(
 ) -> Path:
     """Train and write ``out_dir/model_final.pth`` (+ periodic ``model_NNNNNNN.pth``, ``labelmap.json``, log)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     ds = DetectionDataset(dataset)
     if ds.labelmap.num_classes != cfg.box_head.num_classes:
@@ -236,10 +232,14 @@ def train(
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=tc.base_lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)  # only once the dataset, settings and --init have been read
     start = 0
     state_path = out / "last_checkpoint.pth"
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=True)
+        try:
+            st = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as e:  # torch.load raises many types on a torn or foreign file
+            raise CheckpointError(f"{state_path}: {torch_load_problem(e)}") from None
         model.load_state_dict(st["training_model"])
         opt.load_state_dict(st["optimizer"])
         start = int(st["iteration"])

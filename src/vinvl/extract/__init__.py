@@ -1,16 +1,36 @@
-"""Extraction: images in, the VinVL/Oscar files out (predictions.tsv, features.tsv, label.tsv, hw.tsv, ...)."""
+"""Extraction: images in, the VinVL/Oscar files out (predictions.tsv, features.tsv, label.tsv, hw.tsv, ...).
 
-from .run import ExtractOptions, ExtractStats, extract
-from .sources import ImageItem, KeyRule, collect_images, collect_inputs, image_key, make_key_rule
+Names are resolved on first use (PEP 562) so that importing ``vinvl.extract.sources`` (image
+inputs, used by torch-free tools) does not import the detector and torch with ``run``.
+"""
 
-__all__ = [
-    "ExtractOptions",
-    "ExtractStats",
-    "ImageItem",
-    "KeyRule",
-    "collect_images",
-    "collect_inputs",
-    "extract",
-    "image_key",
-    "make_key_rule",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExtractOptions": "run",
+    "ExtractStats": "run",
+    "extract": "run",
+    "ImageItem": "sources",
+    "KeyRule": "sources",
+    "collect_images": "sources",
+    "collect_inputs": "sources",
+    "image_key": "sources",
+    "make_key_rule": "sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
