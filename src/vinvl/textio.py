@@ -41,7 +41,7 @@ def read_text(path: PathLike, what: str = "file") -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"no such {what}", display_path(path)) from None
+        raise FormatError("no such file", display_path(path)) from None
     except IsADirectoryError:
         raise FormatError(f"is a folder, expected a {what}", display_path(path)) from None
     except OSError as e:

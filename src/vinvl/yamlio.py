@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Union
 
 from .errors import FormatError, one_line
+from .textio import read_text
 
 
 def yaml_problem(error: BaseException) -> str:
@@ -17,19 +17,11 @@ def yaml_problem(error: BaseException) -> str:
     return where + one_line(str(problem))
 
 
-def read_yaml(path: Union[str, os.PathLike]) -> Any:
+def read_yaml(path: Union[str, os.PathLike], what: str = "yaml file") -> Any:
     """``yaml.safe_load`` of a UTF-8 file; a missing, unreadable or malformed file is one :class:`FormatError`."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError("no such file", path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"not UTF-8 text (byte {e.start})", path) from None
-    except OSError as e:
-        raise FormatError(f"cannot read it ({e.strerror or e})", path) from None
+    text = read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

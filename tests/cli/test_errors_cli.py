@@ -310,7 +310,7 @@ def test_yaml_that_is_not_text(tmp_path: Path) -> None:
     from vinvl.yamlio import read_yaml
 
     (tmp_path / "b.yaml").write_bytes(b"a: \xff\xfe\n")
-    with pytest.raises(FormatError, match=r"b.yaml: not UTF-8"):
+    with pytest.raises(FormatError, match=r"b.yaml:1: not UTF-8 text"):
         read_yaml(tmp_path / "b.yaml")
     with pytest.raises(FormatError, match=r"c.yaml: no such file"):
         read_yaml(tmp_path / "c.yaml")

@@ -93,5 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: what was written is kept; an interrupted extract resumes with --resume
+        print("error: interrupted", file=sys.stderr)
+        return 130
     # Without standalone mode typer returns the exit code of typer.Exit / --help, or the command's own value.
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

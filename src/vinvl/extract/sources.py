@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import pybase64
-import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import VinvlError
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
+from ..yamlio import read_yaml
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
@@ -211,10 +211,7 @@ def read_linelist(path: Path) -> list[int]:
 
 def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[ImageItem]:
     """Images of a dataset yaml (``img``: an image TSV; ``linelist``: the rows to take), paths relative to it."""
-    try:
-        spec = yaml.safe_load(read_text(path, "dataset yaml"))
-    except yaml.YAMLError as e:
-        raise VinvlError(f"{path}: not valid yaml ({' '.join(str(e).split())})") from None
+    spec = read_yaml(path, "dataset yaml")
     if not isinstance(spec, dict) or "img" not in spec:
         raise VinvlError(f"{path}: a dataset yaml needs an 'img' entry (the image TSV)")
 
