@@ -204,23 +204,21 @@ class CaptionTensorizer:
         }
 
     def decode_inputs(self, tags: Optional[str], img_feats) -> dict[str, torch.Tensor]:
-        """Decoding inputs: ``[CLS] [MASK]*(max_seq_a_length-2) [SEP]`` (+ tags), every caption position masked."""
+        """Decoding inputs: ``[CLS] [MASK]*(max_seq_a_length-2) [SEP]`` (+ tags) padded to ``max_seq_length``,
+        every position masked; an image without tags gets PAD, masked out, in the tag slots (as the original),
+        so it stacks with tagged images."""
         t = self.tok
         tokens, types, a_len, seq_len = self._text([t.mask_token] * (self.max_a - 2), tags)
-        pad = self.max_seq - seq_len if tags else 0
+        pad = self.max_seq - seq_len
         ids = t.convert_tokens_to_ids(tokens) + [t.pad_token_id] * pad
         types += [0] * pad
         feats, n_img = _regions(img_feats, self.max_img)
-        keep_seq = self.max_seq if tags else self.max_a
-        full = CaptionTensorizer(t, self.max_img, keep_seq, self.max_a)._mask3d(a_len, seq_len, n_img)
-        masked_pos = torch.zeros(len(ids), dtype=torch.long)
-        masked_pos[: len(ids)] = 1
         return {
             "input_ids": torch.tensor(ids),
             "token_type_ids": torch.tensor(types),
-            "attention_mask": full,
+            "attention_mask": self._mask3d(a_len, seq_len, n_img),
             "img_feats": feats,
-            "masked_pos": masked_pos,
+            "masked_pos": torch.ones(self.max_seq, dtype=torch.long),
         }
 
 
