@@ -181,19 +181,62 @@ class CaptionData:
             return self._store.regions(key)
         return self._feats.get(key)  # type: ignore[union-attr]
 
+    def _label_tsv(self) -> Any:
+        return self._store.labels if self._store is not None else self._labels
+
+    def objects(self, key: str) -> list[dict[str, Any]]:
+        """The image's label objects (``{"class", "conf", "rect", ...}``), [] without labels."""
+        from ..features import parse_label_row
+
+        labels = self._label_tsv()
+        return [] if labels is None else parse_label_row(labels.get(key), path=labels.path)[1]
+
     def tags(self, key: str) -> str:
         """The image's tags (label classes joined by spaces), '' without labels."""
-        if self._store is not None:
-            return self._store.tags(key)
-        if self._labels is None:
-            return ""
-        from ..features import parse_label_row, tags_text
+        from ..features import tags_text
 
-        return tags_text(parse_label_row(self._labels.get(key), path=self._labels.path)[1])
+        return tags_text(self.objects(key))
 
     def captioned_keys(self) -> list[str]:
         """Keys of the images with captions, in the split's order."""
         return [k for k in self.keys if k in self.refs]
+
+
+def write_caption_split(data: CaptionData, out_dir: PathLike, name: str) -> Path:
+    """Write ``data`` as the original's captioning split (``run_captioning.py``'s ``CaptionTSVDataset``):
+    ``{name}.yaml`` naming ``{name}.feature.tsv`` (``key \\t {"num_boxes", "features"}``), ``{name}.label.tsv``
+    (``key \\t [{"class", ...}]``, rows aligned with the features: the original pairs them by row), and, with
+    captions, ``{name}_caption.json`` (``[{image_id: key, caption, id}]``) + ``{name}_caption_coco_format.json``
+    (its evaluation references); only captioned images when there are captions. Returns the yaml."""
+    from ..atomic import atomic_write_text
+    from ..features import format_caption_features_row
+    from ..tsv import TSVWriter
+
+    if not name or any(c in name for c in "/\\\t\n"):
+        raise VinvlError(f"split name {name!r}: give a plain file name stem")
+    out = Path(out_dir)
+    keys = data.captioned_keys() if data.captions else list(data.keys)
+    if not keys:
+        raise VinvlError(f"{data.name}: no images to write")
+    labelled = data._label_tsv() is not None
+    with TSVWriter(out / f"{name}.feature.tsv", columns=2) as fw:
+        for k in keys:
+            fw.write(format_caption_features_row(k, data.regions(k), dim=data.dim))
+    spec: dict[str, Any] = {"feature": f"{name}.feature.tsv", "label": None}
+    if labelled:
+        with TSVWriter(out / f"{name}.label.tsv", columns=2) as lw:
+            for k in keys:
+                lw.write([k, json.dumps(data.objects(k))])
+        spec["label"] = f"{name}.label.tsv"
+    if data.captions:
+        # image_id is the TSV key (a string): the original maps captions to rows and results to references by it
+        caps = [{"image_id": k, "caption": c, "id": i} for i, (k, c) in enumerate(data.captions)]
+        atomic_write_json(out / f"{name}_caption.json", caps)
+        coco = {"info": {}, "licenses": [], "type": "captions", "images": [{"id": k, "file_name": k} for k in keys],
+                "annotations": caps}
+        atomic_write_json(out / f"{name}_caption_coco_format.json", coco)
+        spec["caption"] = f"{name}_caption.json"
+    return atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False))
 
 
 def _stack(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -569,5 +612,5 @@ def predict(
 
 __all__ = [
     "CaptionConfig", "CaptionData", "DecodeConfig", "caption_images", "caption_loss", "evaluate", "predict",
-    "read_captions", "train", "trained_settings",
+    "read_captions", "train", "trained_settings", "write_caption_split",
 ]
