@@ -76,6 +76,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def epoch_chunks(n: int, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, list[int]]]:
     """``(epoch, this rank's example indices)`` of every global batch from global batch ``start`` on
     (a global batch is ``batch_size`` examples per rank; an epoch's last partial batch is dropped)."""
+    if n < world:  # an empty rank would stack nothing
+        raise VinvlError(f"{n} training examples for {world} processes: the training split is empty or too small")
     per_global = batch_size * world
     per_epoch = max(n // per_global, 1)
     b = start
@@ -147,7 +149,9 @@ def train_loop(
     step = 0
     opt, sched = make_optimizer(model, cfg)
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / "training_state.pt", map_location="cpu", weights_only=True)
+        from .checkpoint import load_training_state
+
+        state = load_training_state(resume_from)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])

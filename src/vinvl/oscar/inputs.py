@@ -34,21 +34,29 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
     from transformers import BertTokenizerFast
 
     path = Path(vocab)
-    if path.suffix == ".zip" and path.is_file():
-        import zipfile
+    try:
+        if path.suffix == ".zip" and path.is_file():
+            import zipfile
 
-        with zipfile.ZipFile(path) as z:
-            members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
-            if not members:
-                raise VinvlError(f"{path}: no vocab.txt inside")
-            words = z.read(members[-1]).decode("utf-8").splitlines()
-    else:
-        if path.is_dir():
-            path = path / "vocab.txt"
-        if not path.is_file():
-            raise VinvlError(f"{path}: no such vocabulary file")
-        words = path.read_text(encoding="utf-8").splitlines()
+            with zipfile.ZipFile(path) as z:
+                members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
+                if not members:
+                    raise VinvlError(f"{path}: no vocab.txt inside")
+                name = f"{path}:{members[-1]}"
+                words = z.read(members[-1]).decode("utf-8").splitlines()
+        else:
+            if path.is_dir():
+                path = path / "vocab.txt"
+            if not path.is_file():
+                raise VinvlError(f"{path}: no such vocabulary file")
+            name = str(path)
+            words = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VinvlError(f"{path}: cannot read the vocabulary ({e})") from None
     vocab = {w: i for i, w in enumerate(words)}  # the file's line order is the id order
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
+    if missing:
+        raise VinvlError(f"{name}: not a BERT vocabulary (no {', '.join(missing)})")
     return BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)
 
 
