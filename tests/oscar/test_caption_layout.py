@@ -201,3 +201,27 @@ def test_an_image_without_tags_decodes_in_a_tagged_batch(tmp_path: Path, rng) ->
     alone = [caption_images(model, tok, [k], feats.get, tags.get, settings, DecodeConfig(num_beams=2, max_gen_length=8))[0]
              for k in "abc"]
     assert together == alone
+
+
+def test_caption_layout_features_feed_every_reader(tmp_path: Path, rng) -> None:
+    """The caption layout wherever features are read: a features folder, a VQA/GQA/NLVR2 ``--features`` TSV,
+    retrieval's ``--features`` file; an imageid2idx.json that does not fit its TSV is an error, not a wrong row."""
+    import shutil
+
+    from vinvl.oscar.classify import open_regions
+    from vinvl.oscar.inputs import RegionStore
+    from vinvl.oscar.retrieval_data import open_images
+
+    keys = ["k0", "k1", "k2", "k3"]
+    feats = extraction_folder(tmp_path / "x", rng, keys)
+    convert_features(tmp_path / "x/features.tsv", tmp_path / "x/train.feature.tsv", "caption")
+    shutil.copytree(tmp_path / "x", tmp_path / "y")
+    convert_features(tmp_path / "x/features.tsv", tmp_path / "y/features.tsv", "caption")  # a folder in the caption layout
+    for src in (open_regions(tmp_path / "x/train.feature.tsv"), open_images(tmp_path / "x/train.feature.tsv"),
+                RegionStore(tmp_path / "y"), open_regions(tmp_path / "y")):
+        for k in keys:
+            np.testing.assert_array_equal(src.regions(k), feats[k])
+        assert src.tags("k2") == "man dog"
+    write_key_index(tmp_path / "y/imageid2idx.json", ((k, i) for i, k in enumerate(reversed(keys))))
+    with pytest.raises(FormatError, match="the key index points at row 4, whose key is 'k3'"):
+        RegionStore(tmp_path / "y").regions("k0")

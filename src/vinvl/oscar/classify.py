@@ -177,7 +177,7 @@ class TensorDictRegions:
 
 
 def open_regions(path: PathLike) -> Any:
-    """Region features by image id: a features folder (:class:`RegionStore`) or a ``.pt`` feature dict."""
+    """Region features by image id: a features folder or feature TSV (:class:`RegionStore`) or a ``.pt`` feature dict."""
     from .inputs import RegionStore
 
     p = Path(path)
@@ -185,7 +185,9 @@ def open_regions(path: PathLike) -> Any:
         return RegionStore(p)
     if p.suffix == ".pt" and p.is_file():
         return TensorDictRegions(p)
-    raise VinvlError(f"{p}: not a features folder (features.tsv) nor a .pt feature dict")
+    if p.suffix == ".tsv" and p.is_file():  # a feature TSV of either layout (e.g. captioning's *.feature.tsv)
+        return RegionStore(p.parent, features=p.name)
+    raise VinvlError(f"{p}: not a features folder (features.tsv), a feature TSV nor a .pt feature dict")
 
 
 # -- datasets --------------------------------------------------------------------------------

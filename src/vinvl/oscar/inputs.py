@@ -282,8 +282,14 @@ class RegionStore:
         self.labels = TSVFile(lpath, build_index=True) if lpath.is_file() else None
 
     def regions(self, key: str) -> np.ndarray:
-        """``[num_boxes, 2054]`` float32 region features of image ``key``."""
-        return self.features.get(str(key))
+        """``[num_boxes, 2054]`` float32 region features of image ``key`` (either feature row layout)."""
+        from ..errors import FormatError
+
+        i = self.features.tsv.index_of(str(key))
+        found, arr = self.features[i]
+        if found != str(key):  # an imageid2idx.json that does not fit the TSV
+            raise FormatError(f"the key index points at row {i + 1}, whose key is {found!r}", self.features.tsv.path, key=str(key))
+        return arr
 
     def tags(self, key: str) -> str:
         """The image's tags (class names joined by spaces), or '' without a label file."""
