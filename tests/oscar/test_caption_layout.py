@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from vinvl.errors import FormatError, VinvlError
+from vinvl.errors import FormatError
 from vinvl.features import FeatureTSV, Prediction, convert_features, format_features_row, format_label_row
 from vinvl.tsv import TSVWriter, write_key_index
 

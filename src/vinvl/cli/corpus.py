@@ -11,7 +11,6 @@ from ..corpus.decontaminate import (
     DEFAULT_CANDIDATE_THRESHOLD,
     DEFAULT_SIZE,
     DEFAULT_THRESHOLD,
-    IMAGE_EXTENSIONS,
     decontaminate as _decontaminate,
 )
 from ..errors import VinvlError
@@ -21,6 +20,8 @@ app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 
 def _expand_images(items: List[Path]) -> list[Path]:
     """Files as given, folders as their images (recursively, sorted)."""
+    from ..extract.sources import IMAGE_EXTENSIONS
+
     out: list[Path] = []
     for p in items:
         if p.is_dir():
