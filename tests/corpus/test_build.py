@@ -241,6 +241,7 @@ def test_the_originals_layout_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("row, why", [
     (["coco_11", "cc_11", "x"], "dataset names of image id 'coco_11' and label id 'cc_11' differ"),
+    (["flickr30k_9", "coco_9", "x"], "dataset names of image id 'flickr30k_9' and label id 'coco_9' differ"),
     (["coco_11", "coco_12", "x"], "label id 'coco_12' does not end in the image key '11'"),
     (["gqa_g7", "gqa_qa_g8_q1", "x"], "question label id 'gqa_qa_g8_q1' is not <dataset>_qa_<image key g7>_<qa id>"),
     (["gqa_g7", "gqa_qa_g7_q9", "x"], "QA_fileB.tsv: no row for 'q9'"),

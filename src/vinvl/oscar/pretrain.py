@@ -122,7 +122,10 @@ class CorpusDataset:
             image_id, label_id, text_a = (f.decode("utf-8") for f in fields[:3])
         except (ValueError, UnicodeDecodeError):
             raise VinvlError(f"{where}: expected image id, label id, text_a (UTF-8)") from None
-        dataset = L.ALIASES.get(image_id.split("_")[0], image_id.split("_")[0])
+        dataset = image_id.split("_")[0]
+        if dataset != label_id.split("_")[0]:  # checked before the dataset filter, as the original asserts it
+            raise VinvlError(f"{where}: dataset names of image id {image_id!r} and label id {label_id!r} differ")
+        dataset = L.ALIASES.get(dataset, dataset)
         if dataset not in self.chunked:
             self.skipped += 1
             return
