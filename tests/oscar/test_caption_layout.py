@@ -225,3 +225,28 @@ def test_caption_layout_features_feed_every_reader(tmp_path: Path, rng) -> None:
     write_key_index(tmp_path / "y/imageid2idx.json", ((k, i) for i, k in enumerate(reversed(keys))))
     with pytest.raises(FormatError, match="the key index points at row 4, whose key is 'k3'"):
         RegionStore(tmp_path / "y").regions("k0")
+
+
+def test_a_vinvl_captioning_checkpoint_has_the_originals_training_args(tmp_path: Path, rng) -> None:
+    """The original's caption evaluation (`restore_training_settings`) torch.loads the checkpoint's
+    training_args.bin and reads its lengths and switches by attribute: vinvl writes it beside its json."""
+    import argparse
+
+    from vinvl.oscar import OscarConfig
+    from vinvl.oscar.captioning import CaptionConfig, CaptionData, train
+    from vinvl.oscar.checkpoint import training_settings
+
+    split, _ = original_split(tmp_path / "data", rng)
+    (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    cfg = CaptionConfig(max_seq_length=20, max_seq_a_length=12, max_img_seq_length=5, batch_size=2, max_steps=2, log_steps=1)
+    ckpt = train(CaptionData(split), tmp_path / "run", cfg, vocab=tmp_path / "vocab.txt", log=lambda m: None, device="cpu",
+                 model_config=OscarConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                          max_position_embeddings=32, img_feature_dim=16))
+    args = torch.load(ckpt / "training_args.bin", weights_only=False)  # as the original reads it (our own file)
+    assert isinstance(args, argparse.Namespace)
+    assert args.max_seq_length - args.max_seq_a_length == 8  # the tag room it restores
+    for name, value in (("max_seq_a_length", 12), ("do_lower_case", True), ("add_od_labels", True),
+                        ("max_img_seq_length", 5), ("img_feature_dim", 16)):
+        assert getattr(args, name) == value, name
+    (ckpt / "training_args.json").unlink()  # and vinvl reads the .bin alone the same way
+    assert training_settings(ckpt)["max_seq_a_length"] == 12 and training_settings(ckpt).source.endswith(".bin")

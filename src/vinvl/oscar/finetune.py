@@ -101,6 +101,17 @@ def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
     return done[-1].parent if done else None
 
 
+def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
+    """``training_args.json`` (vinvl reads it first) and ``training_args.bin``, the pickled ``argparse.Namespace``
+    the original's scripts save and read back (its captioning evaluation needs it), of plain values only."""
+    import argparse
+
+    plain = json.loads(json.dumps(args, default=str))
+    folder = Path(folder)
+    atomic_write(folder / "training_args.bin", lambda tmp: torch.save(argparse.Namespace(**plain), tmp))
+    atomic_write(folder / "training_args.json", lambda tmp: tmp.write_text(json.dumps(plain, indent=1)))
+
+
 def make_optimizer(model: nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW without decay on biases and LayerNorm weights, and the warm-up + linear/constant schedule."""
     if cfg.scheduler not in ("linear", "constant"):
@@ -141,7 +152,7 @@ def train_loop(
     ``step_fn(module, batch)`` returns (loss, figures to log) and is given the DDP wrapper when
     there are several processes. ``resume_from`` (a checkpoint folder whose weights ``model``
     already holds) restores the optimiser, schedule and step. ``on_save(folder, step)`` adds
-    task files to each checkpoint; ``training_args`` is written into each one as json.
+    task files to each checkpoint; ``training_args`` is written into each one (:func:`write_training_args`).
     """
     out = Path(out_dir)
     rank, world = dist_info()
@@ -197,7 +208,7 @@ def train_loop(
             if rank == 0:
                 model.save_original(folder, tokenizer=tokenizer)
                 if training_args is not None:
-                    (folder / "training_args.json").write_text(json.dumps(training_args, indent=1, default=str))
+                    write_training_args(folder, training_args)
                 if on_save is not None:
                     on_save(folder, step)
                 state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}

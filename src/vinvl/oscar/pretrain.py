@@ -297,5 +297,5 @@ def pretrain(
 
     return train_loop(
         model, lambda start: stacked_batches(ds, cfg.batch_size, cfg.seed, start, rank, world), step_fn, loop, out, tokenizer=tok,
-        resume_from=last, log=log,
+        resume_from=last, log=log, training_args=asdict(cfg),
     )
