@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -425,6 +426,63 @@ def parse_caption_features_row(
     if n < 0:
         raise FormatError(f"num_boxes is not a non-negative integer: {n}", path, line=line, key=key)
     return key, _shaped(blob, n, dim, path, line, key, dim_origin)
+
+
+FEATURE_LAYOUTS = ("plain", "caption")  # key, num_boxes, base64 | key, {"num_boxes", "features"} (run_captioning.py)
+_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def _feature_fields(fields: Sequence[bytes], path: Path, line: int) -> tuple[bytes, int, bytes]:
+    """``(key, num_boxes, base64 blob)`` of a feature row of either layout, its blob left encoded."""
+    if len(fields) == 3:
+        key, count, blob = fields
+    elif len(fields) == 2:
+        key = fields[0]
+        try:
+            obj = json.loads(fields[1])
+            count, blob = obj["num_boxes"], obj["features"].encode("ascii")
+        except (json.JSONDecodeError, UnicodeError, KeyError, TypeError, AttributeError) as e:
+            raise FormatError(f"expected {{'num_boxes', 'features'}} JSON ({e})", path, line=line) from None
+    else:
+        raise FormatError(f"expected 3 columns (key, num_boxes, features) or 2 (key, JSON), found {len(fields)}",
+                          path, line=line)
+    k = _text(key, path, line)
+    try:
+        n = int(count)
+        if n < 0 or isinstance(count, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise FormatError(f"num_boxes is not a non-negative integer: {count!r}", path, line=line, key=k) from None
+    if len(blob) % 4 or not _B64.fullmatch(blob):
+        raise FormatError("features are not base64", path, line=line, key=k)
+    size = len(blob) // 4 * 3 - (len(blob) - len(blob.rstrip(b"=")))
+    if (n == 0 and size) or (n and size % (4 * n)):
+        raise FormatError(f"{size} feature bytes do not split into {n} boxes of float32", path, line=line, key=k)
+    return key, n, blob
+
+
+def convert_features(src: PathLike, dst: PathLike, layout: str = "caption") -> dict[str, Any]:
+    """Rewrite a feature TSV of either layout in ``layout`` (``caption``: captioning's ``key, {"num_boxes",
+    "features"}``; ``plain``: ``key, num_boxes, base64``), streaming, rows and blobs unchanged; writes ``dst``
+    and its ``.lineidx`` only when every row converted (row order is kept, so an ``imageid2idx.json`` still fits)."""
+    if layout not in FEATURE_LAYOUTS:
+        raise FormatError(f"unknown feature layout {layout!r}; one of {', '.join(FEATURE_LAYOUTS)}")
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise FormatError("the output would overwrite the input; give another name", dst)
+    rows = boxes = 0
+    with TSVWriter(dst, columns=3 if layout == "plain" else 2) as w:
+        for n, fields in iter_tsv(src):
+            key, count, blob = _feature_fields(fields, src, n)
+            if layout == "plain":
+                w.write((key, str(count).encode(), blob))
+            else:  # byte-identical to json.dumps({"num_boxes": n, "features": blob}): base64 needs no escaping
+                w.write((key, b'{"num_boxes": %d, "features": "%s"}' % (count, blob)))
+            rows += 1
+            boxes += count
+        if not rows:
+            raise FormatError("file is empty (no rows)", src)
+    return {"rows": rows, "boxes": boxes, "layout": layout, "out": os.fspath(dst)}
 
 
 class FeatureTSV:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vinvl.corpus.build import synthetic_corpus
+from vinvl.errors import VinvlError
 from vinvl.oscar import OscarConfig, OscarForPretraining
 from vinvl.oscar.inputs import load_tokenizer
 from vinvl.oscar.pretrain import CorpusDataset, PretrainConfig, pretrain
@@ -35,8 +36,7 @@ def test_examples(corpus: Path) -> None:
     assert torch.equal(e["input_ids"], ds.example(3, 0)["input_ids"])  # seeded by (seed, epoch, row)
     real = e["attention_mask"][:24].sum()
     assert (e["masked_lm_labels"][real:] == -1).all()
-    assert any("qa" in r[1] for r in ds.rows) and ds.text_b(next(i for i, r in enumerate(ds.rows) if "qa" in r[1])) in (
-        "red", "green", "blue", "yellow", "black", "white")
+    assert ds.qa_rows and all(ds.text_b(i) in ("red", "green", "blue", "yellow", "black", "white") for i in ds.qa_rows)
 
 
 @pytest.mark.slow
@@ -70,6 +70,70 @@ def test_resume_continues_the_same_run(corpus: Path, tmp_path: Path) -> None:
     for ra, rb in zip(a[2:], b):
         assert ra["step"] == rb["step"]
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5)
+
+
+def drawn_texts(ds: CorpusDataset, i: int, epoch: int) -> tuple[list[int], list[int], int]:
+    """An example's text_a and text_b ids as drawn (masked positions restored from the MLM labels), and its label."""
+    e = ds.example(i, epoch)
+    n = int(e["input_ids"].shape[0])
+    ids = torch.where(e["masked_lm_labels"][:n] >= 0, e["masked_lm_labels"][:n], e["input_ids"]).tolist()
+    types, real = e["token_type_ids"].tolist(), int(e["attention_mask"][:n].sum())
+    a = [t for t, s in zip(ids[1:real], types[1:real]) if s == 0][:-1]  # without [SEP]
+    b = [t for t, s in zip(ids[:real], types[:real]) if s == 1][:-1]
+    return a, b, int(e["next_sentence_label"])
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("classes, texta_false", [(3, 0.25), (2, 0.0), (2, 0.5)])
+def test_contrastive_labels_mean_what_the_originals_code_says(corpus: Path, mode: int, classes: int, texta_false: float) -> None:
+    """oscar_tsv.py's random_sent: label 0 the row's own texts; label 1 text_b replaced (mode 0: a text_a or text_b
+    of a row of another image, 1: another image's text_b, 2: a question's answer, for caption rows too); label
+    num_contrast_classes - 1 text_a replaced by another image's. Drawn with fixed randomness over two epochs."""
+    tok = load_tokenizer(corpus.parent)
+    cfg = PretrainConfig(max_seq_length=64, max_img_seq_length=4, num_contrast_classes=classes, texta_false_prob=texta_false,
+                         textb_sample_mode=mode, seed=5)
+    ds = CorpusDataset(corpus, tok, cfg)
+    enc = lambda t: tok.convert_tokens_to_ids(tok.tokenize(t))  # noqa: E731
+    rows = [(r.image_id, enc(r.text_a), enc(r.text_b), r.qa) for r in ds.rows]
+    texta_of = lambda img: {tuple(a) for im, a, _, _ in rows if im != img}  # noqa: E731
+    textb_of = lambda img: {tuple(b) for im, _, b, _ in rows if im != img}  # noqa: E731
+    answers = {tuple(b) for _, _, b, qa in rows if qa}
+    seen, b_kinds = [], set()
+    for epoch in (0, 1):
+        for i, (img, a0, b0, qa) in enumerate(rows):
+            a, b, label = drawn_texts(ds, i, epoch)
+            seen.append(label)
+            if label == 0:
+                assert (a, b) == (a0, b0)
+            elif label == 1 and not (classes == 2 and texta_false == 0.5):  # a wrong text_b
+                assert a == a0
+                if mode == 2:
+                    assert tuple(b) in answers
+                    b_kinds.add("answer for a caption row" if not qa else "answer")
+                elif mode == 1:
+                    assert tuple(b) in textb_of(img)
+                else:
+                    assert tuple(b) in texta_of(img) | textb_of(img)
+                    b_kinds.add("a caption or question" if tuple(b) in texta_of(img) else "tags or answer")
+            else:  # label num_contrast_classes - 1: a wrong text_a
+                assert label == classes - 1 and b == b0 and tuple(a) in texta_of(img)
+    n = len(seen)
+    share = [seen.count(k) / n for k in range(classes)]
+    assert set(seen) <= set(range(classes)) and abs(share[0] - 0.5) < 0.07, share
+    if classes == 3:
+        assert abs(share[1] - 0.25) < 0.07 and abs(share[2] - 0.25) < 0.07, share
+    expected_kinds = {0: {"a caption or question", "tags or answer"}, 1: set(), 2: {"answer for a caption row", "answer"}}[mode]
+    if not (classes == 2 and texta_false == 0.5):
+        assert b_kinds == expected_kinds
+
+
+def test_sampling_options_as_the_original_allows(corpus: Path) -> None:
+    tok = load_tokenizer(corpus.parent)
+    for bad, why in ((dict(num_contrast_classes=2, texta_false_prob=0.25), "the original uses 3 classes"),
+                     (dict(num_contrast_classes=3, texta_false_prob=0.0), "the original uses 3 classes"),
+                     (dict(texta_false_prob=0.7), "must be in"), (dict(textb_sample_mode=3), "--textb-sample-mode 3")):
+        with pytest.raises(VinvlError, match=why):
+            CorpusDataset(corpus, tok, PretrainConfig(**bad))
 
 
 def test_vanilla_oscar_two_way(corpus: Path) -> None:

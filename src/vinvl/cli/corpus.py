@@ -11,7 +11,6 @@ from ..corpus.decontaminate import (
     DEFAULT_CANDIDATE_THRESHOLD,
     DEFAULT_SIZE,
     DEFAULT_THRESHOLD,
-    IMAGE_EXTENSIONS,
     decontaminate as _decontaminate,
 )
 from ..errors import VinvlError
@@ -22,6 +21,8 @@ app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 
 def _expand_images(items: List[Path]) -> list[Path]:
     """Files as given, folders as their images (recursively, sorted)."""
+    from ..extract.sources import IMAGE_EXTENSIONS
+
     out: list[Path] = []
     for p in items:
         if p.is_dir():
@@ -83,12 +84,16 @@ def build(
     out: Path = typer.Argument(..., help="Output folder for NAME.tsv (+ .lineidx), NAME.yaml and NAME_report.json.",
                                callback=output_folder),
     captions: List[str] = typer.Option([], "--captions", help="DATASET=FILE: a COCO-style caption json (repeatable)."),
-    questions: List[str] = typer.Option([], "--questions", help="DATASET=FILE: a VQA or GQA question file (repeatable)."),
-    features: List[str] = typer.Option(..., "--features", help="DATASET=FOLDER with features.tsv (vinvl extract output)."),
-    labels: List[str] = typer.Option([], "--labels", help="DATASET=FOLDER with label.tsv (default: the features folder)."),
+    questions: List[str] = typer.Option([], "--questions", help="DATASET=FILE: GQA questions (with answers: question rows) or VQA "
+                                   "questions (no answers: rows with the tags as text_b) (repeatable)."),
+    features: List[str] = typer.Option(..., "--features", help="DATASET=FOLDER with features.tsv + imageid2idx.json "
+                                        "(vinvl extract output; chunked datasets: one such folder per chunk inside)."),
+    labels: List[str] = typer.Option([], "--labels", help="DATASET=FOLDER with the tags and sizes: label.tsv + hw.tsv, "
+                                      "predictions.tsv or predictions_gt.tsv (default: the features folder)."),
     name: str = typer.Option("corpus", "--name", help="Base name of the corpus files."),
 ) -> None:
-    """Build a pretraining corpus in the original layout from caption and question files and feature folders."""
+    """Build a pretraining corpus in the original layout (corpus TSV, label folders, yaml) from caption and question
+    files and feature folders; the original's OscarTSVDataset and `vinvl oscar pretrain` read it."""
     from ..corpus.build import TextSource, build_corpus
 
     def pairs(items: List[str], what: str) -> list[tuple[str, Path]]:
@@ -108,4 +113,6 @@ def build(
     labs = dict(pairs(labels, "labels"))
     labs = {d: labs.get(d, feats[d]) for d in feats}
     report = build_corpus(sources, feats, labs, out, name=name)
-    typer.echo(f"{out / (name + '.tsv')}: {report['total']} rows {report['rows']}; skipped (no features) {report['skipped_no_features']}")
+    for w in report["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"{out / (name + '.yaml')}: {report['total']} rows {report['rows']}; skipped {report['skipped']}")

@@ -134,3 +134,17 @@ def predict(
     dcfg = _decode_config(num_beams, max_gen_length, length_penalty, repetition_penalty, batch_size)
     path = run(checkpoint, images, out, dcfg, model=model, weights=weights, labelmap=labelmap, device=device)
     typer.echo(str(path))
+
+
+@app.command("split")
+def split(
+    source: Path = typer.Argument(..., help="Feature folder (e.g. `vinvl extract` output: features.tsv + label.tsv) or a split yaml."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for NAME.yaml and its files."),
+    name: str = typer.Option(..., "--name", help="Split name: NAME.yaml, NAME.feature.tsv, NAME.label.tsv, NAME_caption.json."),
+    captions: Optional[Path] = _CAPTIONS,
+) -> None:
+    """Write a split in the original run_captioning.py layout (caption-format feature TSV, row-aligned label TSV,
+    caption json + its _coco_format.json references), readable by the original's CaptionTSVDataset and by vinvl."""
+    from ..oscar.captioning import CaptionData, write_caption_split
+
+    typer.echo(str(write_caption_split(CaptionData(source, captions), out, name)))

@@ -63,14 +63,21 @@ def _model_config(path: Optional[Path]) -> Any:
     return config_file(path)
 
 
-def _lengths(checkpoint: Path, cfg: Any, max_seq: Optional[int], max_img: Optional[int]) -> Any:
-    """Sequence lengths: given, else those the checkpoint was trained with (training_args.json), else the task's."""
-    from ..oscar.checkpoint import resolve_checkpoint
+def _checkpoint(checkpoint: Path) -> Path:
+    """The fine-tuned checkpoint's folder (or zip), checked before anything else is read."""
+    from ..oscar.checkpoint import require_checkpoint
 
-    args = resolve_checkpoint(checkpoint) / "training_args.json"
-    saved = json.loads(args.read_text()) if args.is_file() else {}
-    cfg.max_seq_length = max_seq or saved.get("max_seq_length", cfg.max_seq_length)
-    cfg.max_img_seq_length = max_img or saved.get("max_img_seq_length", cfg.max_img_seq_length)
+    return require_checkpoint(checkpoint)
+
+
+def _lengths(checkpoint: Path, cfg: Any, max_seq: Optional[int], max_img: Optional[int]) -> Any:
+    """Sequence lengths: given, else those the checkpoint was trained with (vinvl's training_args.json or
+    the original's training_args.bin), else the task's."""
+    from ..oscar.checkpoint import training_settings
+
+    saved = training_settings(checkpoint)
+    trained = saved.typed("max_seq_length", cfg.max_seq_length), saved.typed("max_img_seq_length", cfg.max_img_seq_length)
+    cfg.max_seq_length, cfg.max_img_seq_length = max_seq or trained[0], max_img or trained[1]
     return cfg
 
 
@@ -78,11 +85,10 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
            label2ans: Optional[Path], default_label: str, default_l2a: str) -> Any:
     """The answer vocabulary: the given pickles, else the checkpoint's answers.json, else DATA_DIR's pickles."""
     from ..errors import VinvlError
-    from ..oscar.checkpoint import resolve_checkpoint
     from ..oscar.classify import AnswerVocab
 
     if label_file is None and checkpoint is not None:
-        folder = resolve_checkpoint(checkpoint)
+        folder = _checkpoint(checkpoint)
         if (folder / "answers.json").is_file():
             return AnswerVocab.from_checkpoint(folder)
     if label_file is None and data_dir is not None:
@@ -93,23 +99,29 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
                     label2ans = d / default_l2a
                 break
     if label_file is None:
-        raise VinvlError(f"no answer vocabulary: give --label-file ({default_label})")
+        where = f"{checkpoint} has no answers.json; " if checkpoint is not None else ""
+        raise VinvlError(f"no answer vocabulary: {where}give --label-file ({default_label})")
     return AnswerVocab.from_files(label_file, label2ans)
 
 
-def _restore(cls: Any, task: Any, checkpoint: Path, device: str, max_seq: Optional[int], max_img: Optional[int]) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, task config) of a fine-tuned checkpoint, the sequence lengths as :func:`_lengths`
-    picks them; a clear error when the text is longer than the model's position table."""
-    from ..errors import VinvlError
-    from ..oscar.checkpoint import resolve_checkpoint
+def _prepare(task: Any, checkpoint: Path, max_seq: Optional[int], max_img: Optional[int]) -> tuple[Path, Any, Any]:
+    """(checkpoint folder, tokenizer, task config) of a fine-tuned checkpoint, the sequence lengths as
+    :func:`_lengths` picks them: everything but the weights, so the data can be checked before they load."""
     from ..oscar.inputs import load_tokenizer
 
-    cfg = _lengths(checkpoint, task.default_config(), max_seq, max_img)
-    model = cls.from_original(checkpoint).to(device)
+    folder = _checkpoint(checkpoint)
+    return folder, load_tokenizer(folder), _lengths(folder, task.default_config(), max_seq, max_img)
+
+
+def _model(cls: Any, folder: Path, cfg: Any, device: str) -> Any:
+    """The fine-tuned model on ``device``; a clear error when the text is longer than its position table."""
+    from ..errors import VinvlError
+
+    model = cls.from_original(folder).to(device)
     if cfg.max_seq_length > model.config.max_position_embeddings:
         raise VinvlError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's "
                          f"{model.config.max_position_embeddings} positions")
-    return model, load_tokenizer(resolve_checkpoint(checkpoint)), cfg
+    return model
 
 
 def _write_eval(out: Path, name: str, metrics: dict, results: list, checkpoint: Path, data: Path) -> None:
@@ -178,10 +190,11 @@ def vqa_eval(
     """VQA score (soft score of the arg-max answer) + {split}_results.json [{question_id, answer}] + metrics.json."""
     from ..oscar import OscarForSequenceClassification, vqa
 
-    answers = _vocab(checkpoint, data_dir, label_file, label2ans, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
+    folder, tok, cfg = _prepare(vqa, checkpoint, max_seq_length, max_img_seq_length)
+    answers = _vocab(folder, data_dir, label_file, label2ans, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
     qfile, ffile = vqa.split_files(data_dir, split, data_label_type, txt_data_dir)
-    model, tok, cfg = _restore(OscarForSequenceClassification, vqa, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = vqa.load_split(qfile, features or ffile, answers, tok, cfg)
+    model = _model(OscarForSequenceClassification, folder, cfg, device)
     metrics, results = vqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
 
@@ -212,8 +225,9 @@ def _predict_qa(cls: Any, task: Any, checkpoint: Path, images: list[Path], quest
                 regions_dir: Optional[Path], device: str, softmax: bool) -> None:
     from ..oscar.classify import answer_questions, write_json
 
-    answers = _vocab(checkpoint, None, label_file, label2ans, task.LABEL_FILE, task.LABEL2ANS_FILE)
-    model, tok, cfg = _restore(cls, task, checkpoint, device, max_seq, max_img)
+    folder, tok, cfg = _prepare(task, checkpoint, max_seq, max_img)
+    answers = _vocab(folder, None, label_file, label2ans, task.LABEL_FILE, task.LABEL2ANS_FILE)
+    model = _model(cls, folder, cfg, device)
     rows = answer_questions(model, tok, answers, images, questions, regions_dir or out / "regions", cfg.max_seq_length,
                             cfg.max_img_seq_length, top_k=top_k, softmax=softmax, detector=detector, weights=weights,
                             labelmap=labelmap, device=device)
@@ -271,10 +285,11 @@ def gqa_eval(
     """Accuracy + {split}_results.json [{questionId, prediction}] + metrics.json."""
     from ..oscar import OscarForSequenceClassification, gqa
 
-    answers = _vocab(checkpoint, data_dir, label_file, label2ans, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
+    folder, tok, cfg = _prepare(gqa, checkpoint, max_seq_length, max_img_seq_length)
+    answers = _vocab(folder, data_dir, label_file, label2ans, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
     qfile = gqa.split_file(data_dir, split, data_type)
-    model, tok, cfg = _restore(OscarForSequenceClassification, gqa, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = gqa.load_split(qfile, features or data_dir / gqa.FEATURES_FILE, answers, tok, cfg)
+    model = _model(OscarForSequenceClassification, folder, cfg, device)
     metrics, results = gqa.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
 
@@ -343,9 +358,10 @@ def nlvr2_eval(
     """Accuracy + {split}_results.json (each item's prediction) + metrics.json."""
     from ..oscar import OscarForMultipleChoice, nlvr2
 
+    folder, tok, cfg = _prepare(nlvr2, checkpoint, max_seq_length, max_img_seq_length)
     path = nlvr2.split_file(data_dir, split, data_type)
-    model, tok, cfg = _restore(OscarForMultipleChoice, nlvr2, checkpoint, device, max_seq_length, max_img_seq_length)
     ds = nlvr2.load_split(path, features or data_dir / nlvr2.FEATURES_FILE, tok, cfg, use_label_seq)
+    model = _model(OscarForMultipleChoice, folder, cfg, device)
     metrics, results = nlvr2.evaluate(model, ds, batch_size)
     _write_eval(out, _split_name(split), metrics, results, checkpoint, path)
 
@@ -365,7 +381,8 @@ def nlvr2_predict(
     from ..oscar import OscarForMultipleChoice, nlvr2
     from ..oscar.classify import write_json
 
-    model, tok, cfg = _restore(OscarForMultipleChoice, nlvr2, checkpoint, device, max_seq_length, max_img_seq_length)
+    folder, tok, cfg = _prepare(nlvr2, checkpoint, max_seq_length, max_img_seq_length)
+    model = _model(OscarForMultipleChoice, folder, cfg, device)
     rows = nlvr2.predict(model, tok, [(left, right)], sentence, regions_dir or out / "regions", cfg, use_label_seq,
                          detector=detector, weights=detector_weights, labelmap=labelmap, device=device)
     write_json(out / "predictions.json", rows, indent=1)

@@ -1,13 +1,14 @@
-"""Pretraining corpora in the original layout: a corpus TSV and a yaml naming the feature and label folders.
+"""Pretraining corpora in the original's layout (:mod:`vinvl.corpus.layout`), built from caption and
+question files and feature/label folders.
 
-Corpus TSV rows: ``image id \\t label id \\t text_a`` where the image id is
-``<dataset>_<image key>`` (chunked datasets: ``<dataset>_<chunk>_<image key>``) and the label id
-contains ``qa`` for question rows (their answer, when known, is a fourth column). The yaml
-names ``corpus_file``, ``image_label_path`` (dataset -> folder with ``label.tsv``) and
-``image_feature_path`` (dataset -> folder with ``features.tsv`` + ``imageid2idx.json``), the
-layout ``vinvl extract`` writes. :func:`build_corpus` makes one from COCO-style caption files
-and VQA/GQA-style question files; :func:`synthetic_corpus` makes a small one whose region
-features really relate to its texts and tags, for tests and demonstrations.
+:func:`build_corpus` writes the corpus TSV (``image id \\t label id \\t text_a``), a label folder per
+dataset (``predictions_gt.tsv`` with the tags and image sizes of the images used, ``QA_fileB.tsv`` with
+the answers of its questions, and their index jsons) and the yaml (``corpus``, ``corpus_file``,
+``image_label_path``, ``image_feature_path``), which the original's ``OscarTSVDataset`` and
+:class:`vinvl.oscar.pretrain.CorpusDataset` both read. The tags and sizes come from each dataset's
+label folder: ``vinvl extract`` / ``vinvl features to-oscar`` output (``label.tsv`` + ``hw.tsv``), a
+``predictions.tsv``, or a ``predictions_gt.tsv``. :func:`synthetic_corpus` makes a small corpus whose
+region features really relate to its texts and tags, for tests and demonstrations.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import yaml
 
+from ..atomic import atomic_write_text
 from ..errors import VinvlError
-from ..features import format_features_row, format_label_row, Prediction
-from ..tsv import TSVFile, TSVWriter, write_key_index
+from ..features import Prediction, format_features_row, format_hw_row, format_label_row, parse_hw_row
+from ..tsv import TSVFile, TSVWriter, read_key_index, write_key_index
+from . import layout as L
 
 PathLike = Union[str, os.PathLike]
 
@@ -38,36 +41,122 @@ class TextSource:
     kind: str
 
 
+class Text(NamedTuple):
+    """One text of a source: the image key, the caption or question, and a question's id and answer."""
+
+    key: str
+    text: str
+    qa_id: Optional[str] = None
+    answer: Optional[str] = None
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VinvlError(f"{path}: cannot read JSON ({e})") from None
 
 
-def read_texts(src: TextSource) -> Iterable[tuple[str, str, str, Optional[str]]]:
-    """``(image key, label id, text, answer)`` of a COCO caption json, a VQA question json or a GQA dict."""
+def read_texts(src: TextSource) -> Iterable[Text]:
+    """The texts of a COCO caption json, a VQA question json (no answers), a GQA question dict (with
+    answers) or an Oscar ``*_qla*.json`` list (``q``, ``img_id``, ``q_id``; no answer words)."""
     data = _load_json(src.path)
-    if src.kind == "caption":
-        anns = data.get("annotations") if isinstance(data, dict) else None
-        if anns is None:
-            raise VinvlError(f"{src.path}: a caption file needs an 'annotations' list (COCO style)")
-        for a in anns:
-            yield str(a["image_id"]), f"{src.dataset}_cap_{a.get('id', '')}", str(a["caption"]).strip(), None
-    elif src.kind == "qa":
-        if isinstance(data, dict) and "questions" in data:  # VQA v2
-            for q in data["questions"]:
-                yield str(q["image_id"]), f"{src.dataset}_qa_{q['question_id']}", str(q["question"]).strip(), None
-        elif isinstance(data, dict):  # GQA: {qid: {"imageId", "question", "answer"}}
-            for qid, q in data.items():
-                yield str(q["imageId"]), f"{src.dataset}_qa_{qid}", str(q["question"]).strip(), q.get("answer")
-        elif isinstance(data, list):  # Oscar's qla files: [{"q", "img_id", "q_id", ...}]
-            for q in data:
-                yield str(q["img_id"]), f"{src.dataset}_qa_{q.get('q_id', '')}", str(q["q"]).strip(), None
+    try:
+        if src.kind == "caption":
+            anns = data.get("annotations") if isinstance(data, dict) else None
+            if anns is None:
+                raise VinvlError(f"{src.path}: a caption file needs an 'annotations' list (COCO style)")
+            for a in anns:
+                yield Text(str(a["image_id"]), str(a["caption"]))
+        elif src.kind == "qa":
+            if isinstance(data, dict) and "questions" in data:  # VQA v2
+                for q in data["questions"]:
+                    yield Text(str(q["image_id"]), str(q["question"]), str(q["question_id"]))
+            elif isinstance(data, dict):  # GQA: {qid: {"imageId", "question", "answer"}}
+                for qid, q in data.items():
+                    yield Text(str(q["imageId"]), str(q["question"]), str(qid), q.get("answer"))
+            elif isinstance(data, list):  # Oscar's qla files: [{"q", "img_id", "q_id", ...}]
+                for q in data:
+                    yield Text(str(q["img_id"]), str(q["q"]), str(q.get("q_id", "")))
+            else:
+                raise VinvlError(f"{src.path}: not a VQA/GQA question file")
         else:
-            raise VinvlError(f"{src.path}: not a VQA/GQA question file")
-    else:
-        raise VinvlError(f"{src.path}: kind must be caption or qa, got {src.kind!r}")
+            raise VinvlError(f"{src.path}: kind must be caption or qa, got {src.kind!r}")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise VinvlError(f"{src.path}: an entry lacks {e} (not a {src.kind} file of a known kind)") from None
+
+
+class _Images:
+    """A dataset's feature keys (and chunks) and, from its label folder, each image's objects and size."""
+
+    TAG_FILES = ("label.tsv", "predictions.tsv", L.LABEL_FILE)
+
+    def __init__(self, dataset: str, feature_dir: Path, label_dir: Path) -> None:
+        self.dataset, self.feature_dir, self.label_dir = dataset, feature_dir, label_dir
+        self.chunked = L.is_chunked(dataset, feature_dir)
+        folders = sorted(p.parent for p in feature_dir.glob(f"*/{L.FEATURE_FILE}")) if self.chunked else [feature_dir]
+        if not folders or not (folders[0] / L.FEATURE_FILE).is_file():
+            raise VinvlError(f"{feature_dir / L.FEATURE_FILE}: no features for dataset {dataset!r}"
+                             + (" (nor chunk folders holding them)" if dataset not in L.ONE_SPLIT else ""))
+        self.chunk_of: dict[str, Optional[str]] = {}
+        self.ambiguous: dict[str, tuple[str, str]] = {}
+        for folder in folders:
+            chunk = L.check_id_part(folder.name, f"{feature_dir}: chunk folder") if self.chunked else None
+            index = folder / L.FEATURE_INDEX
+            keys = read_key_index(index) if index.is_file() else TSVFile(folder / L.FEATURE_FILE, build_index=True).keys()
+            for k in keys:
+                if k in self.chunk_of:
+                    self.ambiguous[k] = (str(self.chunk_of[k]), str(chunk))
+                self.chunk_of[k] = chunk
+        self._tsv: dict[tuple[Optional[str], str], Optional[TSVFile]] = {}
+        self._seen: dict[str, Optional[tuple[list[dict[str, Any]], int, int]]] = {}
+
+    def _dirs(self, root: Path, chunk: Optional[str]) -> list[Path]:
+        return [root / chunk, root] if chunk is not None else [root]
+
+    def _open(self, chunk: Optional[str], names: Sequence[str], roots: Sequence[Path]) -> Optional[TSVFile]:
+        slot = (chunk, names[0])
+        if slot not in self._tsv:
+            found = next((d / n for r in roots for d in self._dirs(r, chunk) for n in names if (d / n).is_file()), None)
+            self._tsv[slot] = TSVFile(found, build_index=True) if found else None
+        return self._tsv[slot]
+
+    def objects(self, key: str) -> Optional[tuple[list[dict[str, Any]], int, int]]:
+        """``(objects, image_h, image_w)`` of an image, None when its label folder has no row for it."""
+        if key not in self._seen:
+            self._seen[key] = self._objects(key)
+        return self._seen[key]
+
+    def _objects(self, key: str) -> Optional[tuple[list[dict[str, Any]], int, int]]:
+        chunk = self.chunk_of[key]
+        tags = self._open(chunk, self.TAG_FILES, [self.label_dir])
+        if tags is None:
+            raise VinvlError(f"{self.label_dir}: no {', '.join(self.TAG_FILES)} with the tags of dataset {self.dataset!r}")
+        if key not in tags:
+            return None
+        fields = tags.get(key)
+        try:
+            data = json.loads(fields[1])
+        except (IndexError, json.JSONDecodeError) as e:
+            raise VinvlError(f"{tags.path}: row {key!r}: not a label row ({e})") from None
+        h = w = None
+        if isinstance(data, dict):
+            h, w, data = data.get("image_h"), data.get("image_w"), data.get("objects")
+        if not isinstance(data, list) or not all(isinstance(o, dict) and "class" in o for o in data):
+            raise VinvlError(f"{tags.path}: row {key!r}: expected a list of objects with a 'class'")
+        keep = ("class", "conf", "rect", "attributes")
+        objects = [{k: o[k] for k in keep if k in o} for o in data]
+        if h is None or w is None:
+            hw = self._open(chunk, ("hw.tsv",), [self.label_dir, self.feature_dir])
+            if hw is None or key not in hw:
+                raise VinvlError(f"{tags.path}: no image size for {key!r} (the original's predictions_gt.tsv needs "
+                                 "image_h/image_w: give a label folder with hw.tsv, as `vinvl extract` writes)")
+            _, h, w = parse_hw_row(hw.fields_bytes(hw.index_of(key)), path=hw.path)
+        return objects, int(h), int(w)
+
+
+def _clean(text: Optional[str]) -> str:
+    return " ".join(str(text or "").split())
 
 
 def build_corpus(
@@ -77,38 +166,86 @@ def build_corpus(
     out_dir: PathLike,
     name: str = "corpus",
 ) -> dict[str, Any]:
-    """Write ``out_dir/<name>.tsv`` (+ ``.lineidx``), ``<name>.yaml`` and ``<name>_report.json``; rows whose
-    image has no features are counted, not written."""
+    """Write the corpus ``out_dir/<name>.tsv`` (+ ``.lineidx``), its label folders ``<name>_labels/<dataset>/``,
+    ``<name>.yaml`` (last: its presence marks a complete corpus) and ``<name>_report.json``.
+
+    Caption rows get the image's tags as text_b; a question with an answer (GQA) becomes a question
+    row (its answer in ``QA_fileB.tsv``), one without (VQA questions) a row with the tags as text_b.
+    Texts whose image has no features or no tag row, empty texts, and captions of images without tags
+    (the original refuses an empty text_b) are counted and left out.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keys: dict[str, set[str]] = {}
-    for ds, folder in feature_folders.items():
-        f = Path(folder) / "features.tsv"
-        if not f.is_file():
-            raise VinvlError(f"{f}: no features.tsv for dataset {ds!r}")
-        keys[ds] = set(TSVFile(f, build_index=True).keys())
+    for ds in feature_folders:
+        L.check_id_part(ds, "dataset name")
+        if ds in L.ALIASES:
+            raise VinvlError(f"dataset name {ds!r}: the original reads it as {L.ALIASES[ds]!r}; use that name")
+    images = {ds: _Images(ds, Path(folder), Path(label_folders.get(ds, folder))) for ds, folder in feature_folders.items()}
     counts: Counter = Counter()
-    missing: Counter = Counter()
-    with TSVWriter(out / f"{name}.tsv") as w:
+    skipped: Counter = Counter()
+    used: dict[str, dict[str, tuple[list, int, int]]] = {ds: {} for ds in images}
+    answers: dict[str, dict[str, str]] = {ds: {} for ds in images}
+    label_dir = lambda ds: out / f"{name}_labels" / ds  # noqa: E731
+    with TSVWriter(out / f"{name}.tsv", columns=3) as w:
         for src in sources:
-            if src.dataset not in keys:
+            if src.dataset not in images:
                 raise VinvlError(f"{src.path}: dataset {src.dataset!r} has no feature folder")
-            for key, label_id, text, answer in read_texts(src):
-                if key not in keys[src.dataset]:
-                    missing[f"{src.dataset}/{src.kind}"] += 1
+            imgs, kind = images[src.dataset], f"{src.dataset}/{src.kind}"
+            for t in read_texts(src):
+                text, key = _clean(t.text), t.key
+                if key not in imgs.chunk_of:
+                    skipped[f"{kind}/no_features"] += 1
                     continue
-                text = " ".join(text.split())
-                row = [f"{src.dataset}_{key}", label_id, text] + ([" ".join(str(answer).split())] if answer else [])
-                w.write(row)
-                counts[f"{src.dataset}/{src.kind}"] += 1
+                if not text:
+                    skipped[f"{kind}/empty_text"] += 1
+                    continue
+                L.check_id_part(key, f"{src.path}: image key")
+                if key in imgs.ambiguous:
+                    raise VinvlError(f"{imgs.feature_dir}: image key {key!r} is in chunks {' and '.join(imgs.ambiguous[key])}")
+                info = imgs.objects(key)
+                if info is None:
+                    skipped[f"{kind}/no_tags"] += 1
+                    continue
+                img_id = L.image_id(src.dataset, key, imgs.chunk_of[key])
+                answer = _clean(t.answer)
+                if t.qa_id is not None and answer:
+                    qa_id = L.check_id_part(t.qa_id, f"{src.path}: question id")
+                    if qa_id in answers[src.dataset]:
+                        raise VinvlError(f"{src.path}: question id {qa_id!r} twice in dataset {src.dataset!r}")
+                    answers[src.dataset][qa_id] = answer
+                    w.write([img_id, L.qa_label_id(src.dataset, key, qa_id), text])
+                    counts[f"{kind}"] += 1
+                elif info[0]:
+                    w.write([img_id, img_id, text])
+                    counts[f"{kind}" if t.qa_id is None else f"{kind}/without_answer"] += 1
+                else:
+                    skipped[f"{kind}/image_without_tags"] += 1
+                    continue
+                used[src.dataset][key] = info
+        datasets = [ds for ds in images if used[ds]]
+        if not datasets:
+            raise VinvlError("no corpus rows: no text has an image with features and tags")
+        for ds in datasets:
+            with TSVWriter(label_dir(ds) / L.LABEL_FILE, columns=2) as lw:
+                for key, (objects, h, wd) in used[ds].items():
+                    lw.write(L.tags_row(key, objects, h, wd))
+            write_key_index(label_dir(ds) / L.LABEL_INDEX, ((k, i) for i, k in enumerate(used[ds])))
+            if answers[ds]:
+                with TSVWriter(label_dir(ds) / L.QA_FILE, columns=2) as qw:
+                    for qa_id, answer in answers[ds].items():
+                        qw.write(L.answer_row(qa_id, answer))
+                write_key_index(label_dir(ds) / L.QA_INDEX, ((q, i) for i, q in enumerate(answers[ds])))
     spec = {
+        "corpus": "_".join(datasets),
         "corpus_file": f"{name}.tsv",
-        "image_feature_path": {ds: str(Path(p).resolve()) for ds, p in feature_folders.items()},
-        "image_label_path": {ds: str(Path(p).resolve()) for ds, p in label_folders.items()},
+        "image_label_path": {ds: f"{name}_labels/{ds}" for ds in datasets},
+        "image_feature_path": {ds: str(Path(feature_folders[ds]).resolve()) for ds in datasets},
     }
-    (out / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=True))
-    report = {"rows": dict(counts), "skipped_no_features": dict(missing), "total": sum(counts.values())}
+    unknown = [ds for ds in datasets if ds not in L.CHUNKED + L.ONE_SPLIT]
+    report = {"rows": dict(counts), "skipped": dict(skipped), "total": sum(counts.values()),
+              "warnings": [f"the original reads only the datasets {', '.join(L.ONE_SPLIT + L.CHUNKED)}; "
+                           f"{', '.join(unknown)} is read by vinvl only"] if unknown else []}
     (out / f"{name}_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False))
     return report
 
 
@@ -122,17 +259,20 @@ def synthetic_corpus(out_dir: PathLike, num_images: int = 200, seed: int = 0, di
                      qa_fraction: float = 0.2) -> Path:
     """A corpus of ``num_images`` images of 2-4 coloured things each: each region's feature is the
     sum of its colour's and thing's fixed random vectors plus noise, tags are the things, captions
-    and questions name them. Writes features/label folders, a WordPiece ``vocab.txt`` trained with
-    ``tokenizers``, the corpus TSV and yaml; returns the yaml path."""
+    and questions (answered by a colour) name them. Writes a feature folder as ``vinvl extract`` does
+    (dataset ``coco``, so that the original reads the corpus too), a COCO caption json and a GQA-style
+    question json, a WordPiece ``vocab.txt`` trained with ``tokenizers``, and the corpus through
+    :func:`build_corpus`; returns the yaml path."""
     from tokenizers import BertWordPieceTokenizer
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     basis = {w: rng.standard_normal(dim).astype(np.float32) for w in COLOURS + THINGS}
-    feat_dir, label_dir = out / "features" / "synth", out / "labels" / "synth"
+    feat_dir = out / "features" / "coco"
     texts: list[str] = []
-    rows = []
-    with TSVWriter(feat_dir / "features.tsv") as fw, TSVWriter(label_dir / "label.tsv") as lw:
+    captions, questions = [], {}
+    with TSVWriter(feat_dir / "features.tsv") as fw, TSVWriter(feat_dir / "label.tsv") as lw, \
+            TSVWriter(feat_dir / "hw.tsv") as hw:
         for i in range(num_images):
             key = f"{i:06d}"
             n = int(rng.integers(2, 5))
@@ -144,25 +284,24 @@ def synthetic_corpus(out_dir: PathLike, num_images: int = 200, seed: int = 0, di
             pred = Prediction(key, np.tile(np.array([[0, 0, 9, 9]], np.float32), (n, 1)), [t for _, t in objs],
                               np.ones(n, np.float32))
             lw.write(format_label_row(pred))
+            hw.write(format_hw_row(key, 10, 10))
             (c1, t1), (c2, t2) = objs[0], objs[1]
             if rng.random() < qa_fraction:
-                text, label = f"what color is the {t1}?", f"synth_qa_{i}"
-                rows.append([f"synth_{key}", label, text, c1])
+                text = f"what color is the {t1}?"
+                questions[f"q{i}"] = {"imageId": key, "question": text, "answer": c1}
                 texts += [text, c1]
             else:
                 text = f"a {c1} {t1} {VERBS[int(rng.integers(len(VERBS)))]} a {c2} {t2}"
-                rows.append([f"synth_{key}", f"synth_cap_{i}", text])
+                captions.append({"image_id": key, "id": i, "caption": text})
                 texts.append(text)
             texts.append(" ".join(t for _, t in objs))
     write_key_index(feat_dir / "imageid2idx.json", ((f"{i:06d}", i) for i in range(num_images)))
-    with TSVWriter(out / "corpus.tsv") as w:
-        for r in rows:
-            w.write(r)
+    (out / "captions.json").write_text(json.dumps({"annotations": captions}))
+    (out / "questions.json").write_text(json.dumps(questions))
+    sources = [TextSource("coco", out / "captions.json", "caption"), TextSource("coco", out / "questions.json", "qa")]
+    build_corpus(sources, {"coco": feat_dir}, {"coco": feat_dir}, out, name="corpus")
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=200, min_frequency=1,
                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.save_model(str(out))
-    spec = {"corpus_file": "corpus.tsv", "image_feature_path": {"synth": "features/synth"},
-            "image_label_path": {"synth": "labels/synth"}}
-    (out / "corpus.yaml").write_text(yaml.safe_dump(spec, sort_keys=True))
     return out / "corpus.yaml"

@@ -27,7 +27,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FormatError, VinvlError
-from ..extract.sources import IMAGE_EXTENSIONS
 from ..tsv import TSVWriter, iter_tsv
 
 PathLike = Union[str, os.PathLike]
@@ -372,6 +371,8 @@ def id_mapping_matches(
 
 def index_image_folder(folder: PathLike) -> dict[str, Path]:
     """Map every image under ``folder`` to a key: its relative POSIX path with and without the extension."""
+    from ..extract.sources import IMAGE_EXTENSIONS  # here: the extract package imports torch
+
     root = Path(folder)
     if not root.is_dir():
         raise VinvlError(f"{root}: image folder not found")

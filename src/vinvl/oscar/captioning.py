@@ -92,17 +92,12 @@ class DecodeConfig:
 
 
 # -- data ------------------------------------------------------------------------------------
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise VinvlError(f"{path}: cannot read the json ({e})") from None
-
-
 def read_captions(path: PathLike) -> list[dict[str, Any]]:
     """A caption json: a list of ``{image_id, caption}`` or COCO's ``{"annotations": [...]}``."""
+    from .checkpoint import read_json
+
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, dict):
         data = data.get("annotations")
     if not isinstance(data, list):
@@ -181,19 +176,62 @@ class CaptionData:
             return self._store.regions(key)
         return self._feats.get(key)  # type: ignore[union-attr]
 
+    def _label_tsv(self) -> Any:
+        return self._store.labels if self._store is not None else self._labels
+
+    def objects(self, key: str) -> list[dict[str, Any]]:
+        """The image's label objects (``{"class", "conf", "rect", ...}``), [] without labels."""
+        from ..features import parse_label_row
+
+        labels = self._label_tsv()
+        return [] if labels is None else parse_label_row(labels.get(key), path=labels.path)[1]
+
     def tags(self, key: str) -> str:
         """The image's tags (label classes joined by spaces), '' without labels."""
-        if self._store is not None:
-            return self._store.tags(key)
-        if self._labels is None:
-            return ""
-        from ..features import parse_label_row, tags_text
+        from ..features import tags_text
 
-        return tags_text(parse_label_row(self._labels.get(key), path=self._labels.path)[1])
+        return tags_text(self.objects(key))
 
     def captioned_keys(self) -> list[str]:
         """Keys of the images with captions, in the split's order."""
         return [k for k in self.keys if k in self.refs]
+
+
+def write_caption_split(data: CaptionData, out_dir: PathLike, name: str) -> Path:
+    """Write ``data`` as the original's captioning split (``run_captioning.py``'s ``CaptionTSVDataset``):
+    ``{name}.yaml`` naming ``{name}.feature.tsv`` (``key \\t {"num_boxes", "features"}``), ``{name}.label.tsv``
+    (``key \\t [{"class", ...}]``, rows aligned with the features: the original pairs them by row), and, with
+    captions, ``{name}_caption.json`` (``[{image_id: key, caption, id}]``) + ``{name}_caption_coco_format.json``
+    (its evaluation references); only captioned images when there are captions. Returns the yaml."""
+    from ..atomic import atomic_write_text
+    from ..features import format_caption_features_row
+    from ..tsv import TSVWriter
+
+    if not name or any(c in name for c in "/\\\t\n"):
+        raise VinvlError(f"split name {name!r}: give a plain file name stem")
+    out = Path(out_dir)
+    keys = data.captioned_keys() if data.captions else list(data.keys)
+    if not keys:
+        raise VinvlError(f"{data.name}: no images to write")
+    labelled = data._label_tsv() is not None
+    with TSVWriter(out / f"{name}.feature.tsv", columns=2) as fw:
+        for k in keys:
+            fw.write(format_caption_features_row(k, data.regions(k), dim=data.dim))
+    spec: dict[str, Any] = {"feature": f"{name}.feature.tsv", "label": None}
+    if labelled:
+        with TSVWriter(out / f"{name}.label.tsv", columns=2) as lw:
+            for k in keys:
+                lw.write([k, json.dumps(data.objects(k))])
+        spec["label"] = f"{name}.label.tsv"
+    if data.captions:
+        # image_id is the TSV key (a string): the original maps captions to rows and results to references by it
+        caps = [{"image_id": k, "caption": c, "id": i} for i, (k, c) in enumerate(data.captions)]
+        atomic_write_json(out / f"{name}_caption.json", caps)
+        coco = {"info": {}, "licenses": [], "type": "captions", "images": [{"id": k, "file_name": k} for k in keys],
+                "annotations": caps}
+        atomic_write_json(out / f"{name}_caption_coco_format.json", coco)
+        spec["caption"] = f"{name}_caption.json"
+    return atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False))
 
 
 def _stack(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -260,27 +298,10 @@ def checkpoint_folder(checkpoint: PathLike) -> Path:
 
 
 def trained_settings(checkpoint: PathLike) -> dict[str, Any]:
-    """The training options a checkpoint folder records (``training_args.json`` of ours or the
-    original's ``training_args.bin``, read safely); {} when it records none."""
-    folder = checkpoint_folder(checkpoint)
-    if folder.suffix == ".zip" and folder.is_file():  # a released zip: its newest training_args.bin
-        import zipfile
+    """The training options a checkpoint records (:func:`vinvl.oscar.checkpoint.training_settings`)."""
+    from .checkpoint import training_settings
 
-        from ..safe_pickle import safe_loads
-
-        with zipfile.ZipFile(folder) as z:
-            members = sorted(n for n in z.namelist() if n.endswith("training_args.bin"))
-            args = safe_loads(z.read(members[-1]), f"{folder}:{members[-1]}") if members else {}
-        return dict(vars(args)) if hasattr(args, "__dict__") else dict(args)
-    if (folder / "training_args.json").is_file():
-        data = _read_json(folder / "training_args.json")
-        return data if isinstance(data, dict) else {}
-    if (folder / "training_args.bin").is_file():
-        from .checkpoint import read_training_args
-
-        args = read_training_args(folder)
-        return dict(vars(args)) if hasattr(args, "__dict__") else dict(args)
-    return {}
+    return training_settings(checkpoint)
 
 
 @dataclass
@@ -298,16 +319,22 @@ class _Layout:
 def _layout(settings: dict[str, Any], max_gen_length: int, fallback: CaptionConfig) -> _Layout:
     """As the original's ``restore_training_settings``: the tag room the model was trained with after
     ``max_gen_length`` caption slots; tag position ids from ``max(max_seq_a_length, max_gen_length)``."""
-    get = lambda k: settings.get(k, getattr(fallback, k))  # noqa: E731
-    a_len = get("max_gen_length") if settings.get("scst") else get("max_seq_a_length")
-    return _Layout(
+    from .checkpoint import TrainingSettings
+
+    s = settings if isinstance(settings, TrainingSettings) else TrainingSettings(settings)
+    get = lambda k: s.typed(k, getattr(fallback, k))  # noqa: E731
+    a_len = get("max_gen_length") if s.typed("scst", False) else get("max_seq_a_length")
+    lay = _Layout(
         max_gen_length=max_gen_length,
-        od_len=int(get("max_seq_length")) - int(a_len),
-        max_img=int(get("max_img_seq_length")),
-        od_start=max(int(get("max_seq_a_length")), max_gen_length),
-        add_od_labels=bool(get("add_od_labels")),
-        do_lower_case=bool(get("do_lower_case")),
+        od_len=get("max_seq_length") - a_len,
+        max_img=get("max_img_seq_length"),
+        od_start=max(get("max_seq_a_length"), max_gen_length),
+        add_od_labels=get("add_od_labels"),
+        do_lower_case=get("do_lower_case"),
     )
+    if lay.od_len < 0:
+        raise VinvlError(f"{s.source}: max_seq_length {get('max_seq_length')} is shorter than the caption room {a_len}")
+    return lay
 
 
 def _decode_tensorizer(tok: Any, lay: _Layout) -> CaptionTensorizer:
@@ -397,6 +424,10 @@ def train(
         raise VinvlError("SCST runs in one process here (its sampling bypasses the data-parallel wrapper)")
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (vocab.txt) or an initial checkpoint holding one")
+    if init is not None:
+        from .checkpoint import require_checkpoint
+
+        require_checkpoint(init, "initial checkpoint (--init)")
     tok = load_tokenizer(vocab or checkpoint_folder(init), do_lower_case=cfg.do_lower_case)  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
     last = latest_checkpoint(out_dir) if resume else None
@@ -422,7 +453,9 @@ def train(
     to_dev = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
     state = {"calls": 0}
     if last is not None:
-        state["calls"] = int(torch.load(last / "training_state.pt", map_location="cpu", weights_only=True)["step"]) * cfg.gradient_accumulation_steps
+        from .checkpoint import load_training_state
+
+        state["calls"] = int(load_training_state(last)["step"]) * cfg.gradient_accumulation_steps
 
     def xe_step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = to_dev(batch)
@@ -475,8 +508,11 @@ def train(
 
 # -- decoding, evaluation, prediction ----------------------------------------------------------
 def _load(checkpoint: PathLike, device: Optional[str]) -> tuple[OscarForCaptioning, Any, dict[str, Any], torch.device]:
-    checkpoint = checkpoint_folder(checkpoint)
+    from .checkpoint import require_checkpoint
+
+    checkpoint = require_checkpoint(checkpoint)
     settings = trained_settings(checkpoint)
+    _layout(settings, CaptionConfig.max_gen_length, CaptionConfig())  # a malformed record stops before the weights load
     model = OscarForCaptioning.from_original(checkpoint)
     tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -524,10 +560,12 @@ def evaluate(
     ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``."""
     from .caption_metrics import coco_caption_metrics
 
+    keys = data.captioned_keys() or list(data.keys)
+    if not keys:
+        raise VinvlError(f"{data.name}: no images to caption")
     model, tok, settings, dev = _load(checkpoint, device)
     if model.config.img_feature_dim != data.dim:
         raise VinvlError(f"{data.name}: regions are {data.dim}-d but {checkpoint} takes {model.config.img_feature_dim}-d")
-    keys = data.captioned_keys() or list(data.keys)
     caps = caption_images(model, tok, keys, data.regions, data.tags, settings, dcfg, dev)
     out = Path(out_dir)
     results = [{"image_id": data.image_ids.get(k, k), "caption": c} for k, c in zip(keys, caps)]
@@ -569,5 +607,5 @@ def predict(
 
 __all__ = [
     "CaptionConfig", "CaptionData", "DecodeConfig", "caption_images", "caption_loss", "evaluate", "predict",
-    "read_captions", "train", "trained_settings",
+    "read_captions", "train", "trained_settings", "write_caption_split",
 ]

@@ -32,23 +32,56 @@ def rename_legacy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_json(path: PathLike, expect: Optional[type] = None, data: Optional[bytes] = None) -> Any:
+    """A JSON side file (``data``: its bytes, e.g. from a zip); ``expect`` (dict or list) is the top-level type
+    it must have. A missing, unreadable or malformed file is one error naming it."""
+    try:
+        obj = json.loads(data if data is not None else Path(path).read_bytes())
+    except FileNotFoundError:
+        raise VinvlError(f"{path}: no such file") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VinvlError(f"{path}: not valid JSON ({e})") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise VinvlError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"found {type(obj).__name__}")
+    return obj
+
+
+def _config(path: str, data: dict, config_cls: Any) -> Any:
+    try:
+        return config_cls(**data)
+    except (TypeError, ValueError) as e:
+        raise VinvlError(f"{path}: not a model config ({e})") from None
+
+
 def read_config(folder: Path, config_cls: Any) -> Any:
     """The folder's ``config.json`` as ``config_cls`` (an OscarConfig)."""
     path = folder / "config.json"
     if not path.is_file():
         raise VinvlError(f"{folder}: no config.json; pass config=")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise VinvlError(f"{path}: invalid JSON ({e})") from None
-    return config_cls(**data)
+    return _config(str(path), read_json(path, dict), config_cls)
 
 
-def _torch_load(data: Union[Path, io.BytesIO], name: str) -> dict:
+def load_tensors(data: Union[PathLike, io.BytesIO], name: str, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only (no code runs);
+    a missing, damaged or refused file is one error line naming it."""
     try:
         return torch.load(data, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VinvlError(f"{name}: no such file") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-        raise VinvlError(f"{name}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):  # torch's own text spans many lines
+            detail = next((ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))), "")
+            reason = f"holds more than tensors and plain values, refused by weights_only loading: {detail}"
+        else:
+            reason = f"{type(e).__name__}: {lines[0] if lines else e!r}"
+        raise VinvlError(f"{name}: not a readable {what} ({reason[:300]})") from None
+
+
+def _natural(name: str) -> list:
+    """Sort key putting ``checkpoint-10`` after ``checkpoint-9``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict, Any]:
@@ -57,14 +90,15 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
         bins = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
         if not bins:
             raise VinvlError(f"{path}: no pytorch_model.bin inside")
-        bins.sort(key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+        bins.sort(key=_natural)
         member = bins[-1]
         folder = member[: -len("pytorch_model.bin")]
         if config is None:
             if folder + "config.json" not in z.namelist():
                 raise VinvlError(f"{path}: no config.json beside {member}")
-            config = config_cls(**json.loads(z.read(folder + "config.json")))
-        return _torch_load(io.BytesIO(z.read(member)), f"{path}:{member}"), config
+            name = f"{path}:{folder}config.json"
+            config = _config(name, read_json(name, dict, z.read(folder + "config.json")), config_cls)
+        return load_tensors(io.BytesIO(z.read(member)), f"{path}:{member}"), config
 
 
 def resolve_checkpoint(source: PathLike) -> Path:
@@ -75,6 +109,21 @@ def resolve_checkpoint(source: PathLike) -> Path:
         if ckpts:
             return ckpts[-1].parent
     return path
+
+
+def require_checkpoint(source: PathLike, what: str = "checkpoint") -> Path:
+    """:func:`resolve_checkpoint`, checked before any work: a folder with ``pytorch_model.bin`` (or a run folder
+    with a ``checkpoint-N/`` holding one) or a ``.zip``; otherwise one error naming ``source``."""
+    path = resolve_checkpoint(source)
+    if path.suffix == ".zip" and path.is_file():
+        return path
+    if path.is_dir() and (path / "pytorch_model.bin").is_file():
+        return path
+    if path.is_file() and path.name == "pytorch_model.bin":
+        return path.parent
+    if not path.exists():
+        raise VinvlError(f"{source}: no such {what}")
+    raise VinvlError(f"{source}: not a {what} (a folder with pytorch_model.bin, a run folder with checkpoint-N/, or a .zip)")
 
 
 def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict, Any]:
@@ -90,7 +139,7 @@ def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict,
         path = path / "pytorch_model.bin"
     if not path.is_file():
         raise VinvlError(f"{path}: no such checkpoint (a pytorch_model.bin, its folder, a run folder or a .zip)")
-    return _torch_load(path, str(path)), config
+    return load_tensors(path, str(path)), config
 
 
 def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any] = None) -> nn.Module:
@@ -184,13 +233,81 @@ def read_training_args(folder: PathLike) -> Any:
     return load_training_args(path / "training_args.bin" if path.is_dir() else path)
 
 
+class TrainingSettings(dict):
+    """The options a checkpoint was trained with (name -> value) and the file they came from."""
+
+    def __init__(self, values: Optional[dict] = None, source: str = "training settings") -> None:
+        super().__init__(values or {})
+        self.source = source
+
+    def typed(self, name: str, default: Any) -> Any:
+        """Setting ``name`` as the type of ``default`` (int, float, bool or str), ``default`` when absent;
+        a value of another kind is one error naming the file and the setting."""
+        if name not in self or self[name] is None:
+            return default
+        v, kind = self[name], type(default)
+        if kind is bool and (isinstance(v, bool) or v in (0, 1)):
+            return bool(v)
+        if kind is int and not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            return int(v)
+        if kind is float and not isinstance(v, bool) and isinstance(v, (int, float)):
+            return float(v)
+        if kind is str and isinstance(v, str):
+            return v
+        raise VinvlError(f"{self.source}: {name} must be {kind.__name__}, found {v!r}")
+
+
+def training_settings(checkpoint: PathLike) -> TrainingSettings:
+    """The options a checkpoint (folder, run folder or released zip) was trained with: vinvl's
+    ``training_args.json``, else the original's ``training_args.bin`` (a pickled argparse Namespace, read
+    through the safe unpickler; a zip's newest one); empty when it records none. A malformed file is one
+    error naming it."""
+    from ..safe_pickle import load_training_args, safe_loads
+
+    path = resolve_checkpoint(checkpoint)
+    if path.suffix == ".zip" and path.is_file():
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            for file in ("training_args.json", "training_args.bin"):
+                members = sorted((n for n in names if n.endswith(file)), key=_natural)
+                if members:
+                    name = f"{path}:{members[-1]}"
+                    if file.endswith(".json"):
+                        return TrainingSettings(read_json(name, dict, z.read(members[-1])), name)
+                    return TrainingSettings(_namespace_dict(safe_loads(z.read(members[-1]), name), name), name)
+        return TrainingSettings(source=str(path))
+    folder = path if path.is_dir() else path.parent
+    if (folder / "training_args.json").is_file():
+        return TrainingSettings(read_json(folder / "training_args.json", dict), str(folder / "training_args.json"))
+    if (folder / "training_args.bin").is_file():
+        file = folder / "training_args.bin"
+        return TrainingSettings(vars(load_training_args(file)), str(file))
+    return TrainingSettings(source=str(folder))
+
+
+def _namespace_dict(obj: Any, name: str) -> dict:
+    import argparse
+
+    if isinstance(obj, argparse.Namespace):
+        return dict(vars(obj))
+    if isinstance(obj, dict):
+        return dict(obj)
+    raise VinvlError(f"{name}: expected a saved argparse.Namespace, found {type(obj).__name__}")
+
+
+def load_training_state(folder: PathLike) -> dict:
+    """A checkpoint's ``training_state.pt`` (optimizer, scheduler, step), to resume; one error naming it if unreadable."""
+    path = Path(folder) / "training_state.pt"
+    state = load_tensors(path, str(path))
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "step"} <= set(state):
+        raise VinvlError(f"{path}: not a training state (optimizer, scheduler, step)")
+    return state
+
+
 def config_file(path: Optional[PathLike]) -> Any:
     """An :class:`OscarConfig` from a ``config.json`` (``None`` for ``None``); one clear error if unreadable."""
     if path is None:
         return None
     from .modeling import OscarConfig
 
-    try:
-        return OscarConfig(**json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as e:
-        raise VinvlError(f"{path}: cannot read the model config ({e})") from None
+    return _config(str(path), read_json(path, dict), OscarConfig)

@@ -14,7 +14,6 @@ tensor, read with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..errors import VinvlError
-from .checkpoint import read_original, resolve_checkpoint
+from .checkpoint import read_original
 from .finetune import dist_info, latest_checkpoint, loop_config, stacked_batches, total_steps, train_loop
 from .inputs import ClassificationTensorizer
 from .modeling import OscarConfig
@@ -70,15 +69,14 @@ def write_json(path: PathLike, obj: Any, indent: Optional[int] = None) -> Path:
 
 def read_json_list(path: PathLike, required: Sequence[str]) -> list[dict]:
     """A task file: a JSON list of objects, each with the ``required`` keys."""
+    from .checkpoint import read_json
+
     path = Path(path)
     if not path.is_file():
         raise VinvlError(f"{path}: no such data file")
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VinvlError(f"{path}: not JSON ({e})") from None
-    if not isinstance(items, list):
-        raise VinvlError(f"{path}: expected a JSON list of items")
+    items = read_json(path, list)
+    if not items:
+        raise VinvlError(f"{path}: no items (an empty split)")
     for i, it in enumerate(items):
         missing = [k for k in required if not isinstance(it, dict) or k not in it]
         if missing:
@@ -126,11 +124,18 @@ class AnswerVocab:
     @classmethod
     def from_checkpoint(cls, folder: PathLike) -> "AnswerVocab":
         """The ``answers.json`` a training run writes into its checkpoints."""
+        from .checkpoint import read_json
+
         path = Path(folder) / ANSWERS_FILE
         if not path.is_file():
             raise VinvlError(f"{path}: no answer list; give the answer vocabulary (--label-file, --label2ans)")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(data["answers"], data.get("labels"))
+        data = read_json(path, dict)
+        answers, labels = data.get("answers"), data.get("labels")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise VinvlError(f"{path}: 'answers' must be a non-empty list of strings (the answer of each logit)")
+        if labels is not None and (not isinstance(labels, list) or len(labels) != len(answers)):
+            raise VinvlError(f"{path}: 'labels' must be a list as long as 'answers' ({len(answers)})")
+        return cls(answers, labels)
 
     def save(self, folder: PathLike) -> Path:
         """Write ``answers.json`` (answers and labels in logit order) into ``folder``."""
@@ -150,10 +155,9 @@ class TensorDictRegions:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        try:
-            data = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-            raise VinvlError(f"{self.path}: not a readable feature dict ({type(e).__name__}: {e})") from None
+        from .checkpoint import load_tensors
+
+        data = load_tensors(self.path, str(self.path), "feature dict")
         if not isinstance(data, dict):
             raise VinvlError(f"{self.path}: expected a dict image id -> region features")
         self.data = data
@@ -173,7 +177,7 @@ class TensorDictRegions:
 
 
 def open_regions(path: PathLike) -> Any:
-    """Region features by image id: a features folder (:class:`RegionStore`) or a ``.pt`` feature dict."""
+    """Region features by image id: a features folder or feature TSV (:class:`RegionStore`) or a ``.pt`` feature dict."""
     from .inputs import RegionStore
 
     p = Path(path)
@@ -181,7 +185,9 @@ def open_regions(path: PathLike) -> Any:
         return RegionStore(p)
     if p.suffix == ".pt" and p.is_file():
         return TensorDictRegions(p)
-    raise VinvlError(f"{p}: not a features folder (features.tsv) nor a .pt feature dict")
+    if p.suffix == ".tsv" and p.is_file():  # a feature TSV of either layout (e.g. captioning's *.feature.tsv)
+        return RegionStore(p.parent, features=p.name)
+    raise VinvlError(f"{p}: not a features folder (features.tsv), a feature TSV nor a .pt feature dict")
 
 
 # -- datasets --------------------------------------------------------------------------------
@@ -245,6 +251,8 @@ def load_qa_split(
     items = read_json_list(qa_file, ("q", "img_id"))
     if test is None:
         test = not any(it.get("an") for it in items)
+    elif not test and not any(it.get("an") for it in items):
+        raise VinvlError(f"{qa_file}: no item has an answer ('an'): nothing to train on or score")
     regions = open_regions(features) if isinstance(features, (str, os.PathLike)) else features
     tz = ClassificationTensorizer(tokenizer, cfg.max_seq_length, cfg.max_img_seq_length)
     return QADataset(items, regions, vocab, tz, target=target, test=test, source=str(qa_file))
@@ -340,7 +348,13 @@ def fine_tune(
     last = latest_checkpoint(out) if resume else None
     torch.manual_seed(cfg.seed)
     eval_log_path = out / "eval_logs.json"
-    eval_log: list[dict] = json.loads(eval_log_path.read_text()) if (last and eval_log_path.is_file()) else []
+    eval_log: list[dict] = []
+    if last and eval_log_path.is_file():
+        from .checkpoint import read_json
+
+        eval_log = read_json(eval_log_path, list)
+        if not all(isinstance(e, dict) and isinstance(e.get("eval_score"), (int, float)) for e in eval_log):
+            raise VinvlError(f"{eval_log_path}: expected a list of {{step, eval_score, ...}} entries")
 
     def step_fn(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         o = module(**to_device(batch, module))
@@ -438,6 +452,8 @@ def run_training(
     log: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Set up the task model (``init`` + ``overrides``, or the newest checkpoint when resuming) and fine-tune it."""
+    if len(train_set) == 0:
+        raise VinvlError(f"{getattr(train_set, 'source', 'the training split')}: no training examples")
     last = latest_checkpoint(out_dir) if resume else None
     torch.manual_seed(cfg.seed)  # the head's initialisation too comes from the seed, as the original's set_seed
     if last is not None:
@@ -452,6 +468,9 @@ def task_tokenizer(vocab: Optional[PathLike], init: Optional[PathLike]) -> Any:
     """The tokenizer on ``vocab`` (a vocab.txt or folder), else on the starting checkpoint's vocab.txt."""
     from .inputs import load_tokenizer
 
+    from .checkpoint import require_checkpoint
+
     if vocab is None and init is None:
         raise VinvlError("give --vocab (a vocab.txt) or --init (a checkpoint with one)")
-    return load_tokenizer(vocab if vocab is not None else resolve_checkpoint(init))
+    folder = require_checkpoint(init, "initial checkpoint (--init)") if init is not None else None
+    return load_tokenizer(vocab if vocab is not None else folder)

@@ -76,6 +76,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def epoch_chunks(n: int, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, list[int]]]:
     """``(epoch, this rank's example indices)`` of every global batch from global batch ``start`` on
     (a global batch is ``batch_size`` examples per rank; an epoch's last partial batch is dropped)."""
+    if n < world:  # an empty rank would stack nothing
+        raise VinvlError(f"{n} training examples for {world} processes: the training split is empty or too small")
     per_global = batch_size * world
     per_epoch = max(n // per_global, 1)
     b = start
@@ -97,6 +99,17 @@ def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
     """The newest ``checkpoint-N/`` of a run folder that has a training state (``None`` if there is none)."""
     done = sorted(Path(out_dir).glob("checkpoint-*/training_state.pt"), key=lambda p: int(p.parent.name.split("-")[1]))
     return done[-1].parent if done else None
+
+
+def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
+    """``training_args.json`` (vinvl reads it first) and ``training_args.bin``, the pickled ``argparse.Namespace``
+    the original's scripts save and read back (its captioning evaluation needs it), of plain values only."""
+    import argparse
+
+    plain = json.loads(json.dumps(args, default=str))
+    folder = Path(folder)
+    atomic_write(folder / "training_args.bin", lambda tmp: torch.save(argparse.Namespace(**plain), tmp))
+    atomic_write(folder / "training_args.json", lambda tmp: tmp.write_text(json.dumps(plain, indent=1)))
 
 
 def make_optimizer(model: nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -139,7 +152,7 @@ def train_loop(
     ``step_fn(module, batch)`` returns (loss, figures to log) and is given the DDP wrapper when
     there are several processes. ``resume_from`` (a checkpoint folder whose weights ``model``
     already holds) restores the optimiser, schedule and step. ``on_save(folder, step)`` adds
-    task files to each checkpoint; ``training_args`` is written into each one as json.
+    task files to each checkpoint; ``training_args`` is written into each one (:func:`write_training_args`).
     """
     out = Path(out_dir)
     rank, world = dist_info()
@@ -147,7 +160,9 @@ def train_loop(
     step = 0
     opt, sched = make_optimizer(model, cfg)
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / "training_state.pt", map_location="cpu", weights_only=True)
+        from .checkpoint import load_training_state
+
+        state = load_training_state(resume_from)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
@@ -193,7 +208,7 @@ def train_loop(
             if rank == 0:
                 model.save_original(folder, tokenizer=tokenizer)
                 if training_args is not None:
-                    (folder / "training_args.json").write_text(json.dumps(training_args, indent=1, default=str))
+                    write_training_args(folder, training_args)
                 if on_save is not None:
                     on_save(folder, step)
                 state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}

@@ -34,21 +34,29 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
     from transformers import BertTokenizerFast
 
     path = Path(vocab)
-    if path.suffix == ".zip" and path.is_file():
-        import zipfile
+    try:
+        if path.suffix == ".zip" and path.is_file():
+            import zipfile
 
-        with zipfile.ZipFile(path) as z:
-            members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
-            if not members:
-                raise VinvlError(f"{path}: no vocab.txt inside")
-            words = z.read(members[-1]).decode("utf-8").splitlines()
-    else:
-        if path.is_dir():
-            path = path / "vocab.txt"
-        if not path.is_file():
-            raise VinvlError(f"{path}: no such vocabulary file")
-        words = path.read_text(encoding="utf-8").splitlines()
+            with zipfile.ZipFile(path) as z:
+                members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
+                if not members:
+                    raise VinvlError(f"{path}: no vocab.txt inside")
+                name = f"{path}:{members[-1]}"
+                words = z.read(members[-1]).decode("utf-8").splitlines()
+        else:
+            if path.is_dir():
+                path = path / "vocab.txt"
+            if not path.is_file():
+                raise VinvlError(f"{path}: no such vocabulary file")
+            name = str(path)
+            words = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VinvlError(f"{path}: cannot read the vocabulary ({e})") from None
     vocab = {w: i for i, w in enumerate(words)}  # the file's line order is the id order
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
+    if missing:
+        raise VinvlError(f"{name}: not a BERT vocabulary (no {', '.join(missing)})")
     return BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)
 
 
@@ -204,23 +212,21 @@ class CaptionTensorizer:
         }
 
     def decode_inputs(self, tags: Optional[str], img_feats) -> dict[str, torch.Tensor]:
-        """Decoding inputs: ``[CLS] [MASK]*(max_seq_a_length-2) [SEP]`` (+ tags), every caption position masked."""
+        """Decoding inputs: ``[CLS] [MASK]*(max_seq_a_length-2) [SEP]`` (+ tags) padded to ``max_seq_length``,
+        every position masked; an image without tags gets PAD, masked out, in the tag slots (as the original),
+        so it stacks with tagged images."""
         t = self.tok
         tokens, types, a_len, seq_len = self._text([t.mask_token] * (self.max_a - 2), tags)
-        pad = self.max_seq - seq_len if tags else 0
+        pad = self.max_seq - seq_len
         ids = t.convert_tokens_to_ids(tokens) + [t.pad_token_id] * pad
         types += [0] * pad
         feats, n_img = _regions(img_feats, self.max_img)
-        keep_seq = self.max_seq if tags else self.max_a
-        full = CaptionTensorizer(t, self.max_img, keep_seq, self.max_a)._mask3d(a_len, seq_len, n_img)
-        masked_pos = torch.zeros(len(ids), dtype=torch.long)
-        masked_pos[: len(ids)] = 1
         return {
             "input_ids": torch.tensor(ids),
             "token_type_ids": torch.tensor(types),
-            "attention_mask": full,
+            "attention_mask": self._mask3d(a_len, seq_len, n_img),
             "img_feats": feats,
-            "masked_pos": masked_pos,
+            "masked_pos": torch.ones(self.max_seq, dtype=torch.long),
         }
 
 
@@ -276,8 +282,14 @@ class RegionStore:
         self.labels = TSVFile(lpath, build_index=True) if lpath.is_file() else None
 
     def regions(self, key: str) -> np.ndarray:
-        """``[num_boxes, 2054]`` float32 region features of image ``key``."""
-        return self.features.get(str(key))
+        """``[num_boxes, 2054]`` float32 region features of image ``key`` (either feature row layout)."""
+        from ..errors import FormatError
+
+        i = self.features.tsv.index_of(str(key))
+        found, arr = self.features[i]
+        if found != str(key):  # an imageid2idx.json that does not fit the TSV
+            raise FormatError(f"the key index points at row {i + 1}, whose key is {found!r}", self.features.tsv.path, key=str(key))
+        return arr
 
     def tags(self, key: str) -> str:
         """The image's tags (class names joined by spaces), or '' without a label file."""

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -408,18 +407,14 @@ def model_for_training(init: Optional[PathLike], cfg: RetrievalConfig, config: O
 def restore_settings(checkpoint: PathLike, cfg: RetrievalConfig, log: Callable[[str], None]) -> RetrievalConfig:
     """The input settings a checkpoint was trained with (``training_args.json`` of vinvl, or the
     original's ``training_args.bin``) override ``cfg``'s, as the original's ``restore_training_settings``."""
-    folder = Path(checkpoint)
-    args: dict[str, Any] = {}
-    if (folder / "training_args.json").is_file():
-        args = json.loads((folder / "training_args.json").read_text())
-    elif (folder / "training_args.bin").is_file():
-        from .checkpoint import read_training_args
+    from .checkpoint import training_settings
 
-        args = vars(read_training_args(folder))
+    args = training_settings(checkpoint)
     for name in ("max_seq_length", "max_img_seq_length", "add_od_labels"):
-        if name in args and args[name] != getattr(cfg, name):
-            log(f"override {name} with the training value: {getattr(cfg, name)} -> {args[name]}")
-            setattr(cfg, name, type(getattr(cfg, name))(args[name]))
+        value = args.typed(name, getattr(cfg, name))
+        if value != getattr(cfg, name):
+            log(f"override {name} with the training value: {getattr(cfg, name)} -> {value}")
+            setattr(cfg, name, value)
     return cfg
 
 
@@ -490,11 +485,12 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (vocab.txt) or a checkpoint to start from (it holds one)")
-    if vocab is None and Path(init).is_dir() and not (Path(init) / "vocab.txt").is_file():
-        from .checkpoint import resolve_checkpoint
+    if init is not None:
+        from .checkpoint import require_checkpoint
 
-        vocab = resolve_checkpoint(init)  # a run folder: its newest checkpoint's vocab.txt
-    tok = load_tokenizer(vocab or init)
+        folder = require_checkpoint(init, "initial checkpoint (--init)")
+        vocab = vocab or folder  # a run folder: its newest checkpoint's vocab.txt
+    tok = load_tokenizer(vocab)
     rank, world = dist_info()
     data = load_split(data_dir, split, features, captions_per_image=cfg.captions_per_image_train)
     builder = PairBuilder(tok, cfg.max_seq_length, cfg.max_img_seq_length, cfg.add_od_labels)
@@ -519,11 +515,9 @@ def train(data_dir: PathLike, out_dir: PathLike, cfg: RetrievalConfig = Retrieva
 
 def load_checkpoint(checkpoint: PathLike, device: str = "cpu") -> tuple[OscarForSequenceClassification, Any, Path]:
     """A retrieval checkpoint (folder or run folder: its newest ``checkpoint-N/``), its tokenizer, its folder."""
-    from .checkpoint import resolve_checkpoint
+    from .checkpoint import require_checkpoint
 
-    folder = resolve_checkpoint(checkpoint)
-    if not (folder / "pytorch_model.bin").is_file():
-        raise VinvlError(f"{checkpoint}: no pytorch_model.bin, nor a checkpoint-N/ holding one")
+    folder = require_checkpoint(checkpoint)
     model = OscarForSequenceClassification.from_original(folder).to(device).eval()
     return model, load_tokenizer(folder), folder
 

@@ -29,12 +29,11 @@ Key = Union[int, str]
 
 
 def _load_pt(path: Path) -> Any:
+    from .checkpoint import load_tensors
+
     if not path.is_file():
         raise VinvlError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with objects beyond tensors and containers is refused, not run
-        raise VinvlError(f"{path}: cannot read it as a tensor/dict file ({type(e).__name__}: {e})") from None
+    return load_tensors(path, str(path), "tensor/dict file")
 
 
 def load_captions(path: PathLike) -> dict[Key, list[str]]:
