@@ -41,7 +41,7 @@ def one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).split())
 
 
-def torch_load_problem(error: BaseException) -> str:
+def torch_load_problem(error: BaseException, what: str = "PyTorch checkpoint") -> str:
     """Why ``torch.load(weights_only=True)`` failed, in one line (torch's own message is a paragraph)."""
     text = one_line(str(error))
     low = text.lower()
@@ -55,5 +55,5 @@ def torch_load_problem(error: BaseException) -> str:
         boiler = ("weights only load failed", "pytorch 2.6", "re-running", "do it only", "please use", "(1)", "(2)",
                   "alternatively", "this file can still be loaded")
         kept = [t for t in sentences if not any(b in t.lower() for b in boiler)]
-        return f"not a readable PyTorch checkpoint (torch's weights-only reader: {(kept or sentences)[0].strip()[:200]})"
-    return f"not a readable PyTorch checkpoint ({type(error).__name__}: {text[:300]})"
+        return f"not a readable {what} (torch's weights-only reader: {(kept or sentences)[0].strip()[:200]})"
+    return f"not a readable {what} ({type(error).__name__}: {text[:300]})"

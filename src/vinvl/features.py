@@ -434,6 +434,7 @@ _B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 def _feature_fields(fields: Sequence[bytes], path: Path, line: int) -> tuple[bytes, int, bytes]:
     """``(key, num_boxes, base64 blob)`` of a feature row of either layout, its blob left encoded."""
+    check_no_cr(fields, path, line)
     if len(fields) == 3:
         key, count, blob = fields
     elif len(fields) == 2:

@@ -10,7 +10,7 @@ import typer
 
 from .. import features as F
 from ..errors import VinvlError
-from .options import output_folder
+from .options import one_of, output_file, output_folder
 
 app = typer.Typer(help="Region features: convert to Oscar's layout, inspect.", no_args_is_help=True)
 
@@ -25,6 +25,19 @@ def to_oscar(
     lineidx files and manifest.json (its feature_dim), streaming."""
     stats = F.to_oscar(predictions, out, hw=hw)
     typer.echo(f"{out}: {stats['images']} images, {stats['boxes']} boxes, {stats['feature_dim']}-d rows")
+
+
+@app.command("convert")
+def convert(
+    src: Path = typer.Argument(..., help="Feature TSV in either layout."),
+    out: Path = typer.Option(..., "-o", "--out", help="Converted feature TSV (its .lineidx beside it).",
+                             callback=output_file),
+    layout: str = typer.Option("caption", "--layout", help="caption (run_captioning.py's key, JSON) or plain "
+                               "(key, num_boxes, base64).", callback=one_of(*F.FEATURE_LAYOUTS)),
+) -> None:
+    """Rewrite a feature TSV in captioning's layout or the 3-column one (rows, order and blobs unchanged)."""
+    s = F.convert_features(src, out, layout)
+    typer.echo(f"{out}: {s['rows']} rows, {s['boxes']} boxes ({s['layout']})")
 
 
 @app.command("show")

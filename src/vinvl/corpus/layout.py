@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
 
 from ..errors import VinvlError
 from ..tsv import TSVFile, read_key_index
+from ..yamlio import read_yaml
 
 PathLike = Union[str, os.PathLike]
 
@@ -107,10 +107,7 @@ def read_spec(path: PathLike, data_dir: Optional[PathLike] = None) -> CorpusSpec
     """Read a corpus yaml; relative label paths against its folder, feature paths against ``data_dir`` (the
     original's ``--data_dir``; default: the yaml's folder)."""
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise VinvlError(f"{path}: cannot read the corpus yaml ({e})") from None
+    spec = read_yaml(path, "corpus yaml")
     if not isinstance(spec, dict):
         raise VinvlError(f"{path}: a corpus yaml is a mapping (corpus, corpus_file, image_label_path, image_feature_path)")
     for k in ("corpus", "corpus_file", "image_label_path", "image_feature_path"):

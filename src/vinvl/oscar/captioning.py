@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-
 from ..atomic import atomic_write_json
 from ..errors import VinvlError
+from ..yamlio import read_yaml
 from .inputs import CaptionTensorizer, RegionStore, load_tokenizer
 from .modeling import OscarConfig, OscarForCaptioning
 
@@ -129,10 +129,7 @@ class CaptionData:
             self.dim = self._store.dim
             self.keys = self._store.features.tsv.keys()
         elif src.is_file():
-            try:
-                spec = yaml.safe_load(src.read_text(encoding="utf-8"))
-            except yaml.YAMLError as e:
-                raise VinvlError(f"{src}: not a yaml file ({e})") from None
+            spec = read_yaml(src, "captioning yaml")
             if not isinstance(spec, dict) or "feature" not in spec:
                 raise VinvlError(f"{src}: a captioning yaml needs 'feature' (and 'label', 'caption')")
             res = lambda p: Path(p) if Path(p).is_absolute() else src.parent / p  # noqa: E731

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..detection.checkpoint import key_list
-from ..errors import VinvlError
+from ..errors import VinvlError, torch_load_problem
 
 PathLike = Union[str, os.PathLike]
 
@@ -70,13 +70,7 @@ def load_tensors(data: Union[PathLike, io.BytesIO], name: str, what: str = "PyTo
     except FileNotFoundError:
         raise VinvlError(f"{name}: no such file") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        if lines and lines[0].startswith("Weights only load failed"):  # torch's own text spans many lines
-            detail = next((ln for ln in lines[1:] if not ln.startswith(("Please file", "Check the documentation"))), "")
-            reason = f"holds more than tensors and plain values, refused by weights_only loading: {detail}"
-        else:
-            reason = f"{type(e).__name__}: {lines[0] if lines else e!r}"
-        raise VinvlError(f"{name}: not a readable {what} ({reason[:300]})") from None
+        raise VinvlError(f"{name}: {torch_load_problem(e, what)}") from None
 
 
 def _natural(name: str) -> list:
