@@ -14,16 +14,16 @@ from vinvl.cli import main
 from vinvl.datasets.shapes import COLOURS, generate_image
 from vinvl.detection import Detector
 from vinvl.detection.losses import box_iou
-from vinvl.zoo import default_model, resolve_model
+from vinvl.registry import default_detector, resolve_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def demo() -> Detector:
-    entry, weights, labelmap = resolve_model("shapes_demo")
-    assert weights.stat().st_size < 8 * 2**20  # a few MB, shipped inside the package
-    return Detector.from_checkpoint(weights, preset=entry.preset, labelmap=labelmap)
+    found = resolve_detector("shapes_demo", download=False)
+    assert found.weights.stat().st_size < 8 * 2**20  # a few MB, shipped inside the package
+    return Detector.from_checkpoint(found.weights, preset=found.preset, labelmap=found.labelmap)
 
 
 def test_demo_detects_shapes_class_and_colour(demo: Detector) -> None:
@@ -46,7 +46,7 @@ def test_demo_detects_shapes_class_and_colour(demo: Detector) -> None:
 
 def test_extract_defaults_to_the_demo(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("VINVL_HOME", str(tmp_path / "empty-home"))
-    assert default_model()[0] == "shapes_demo"
+    assert default_detector()[0] == "shapes_demo"
     code = main(["extract", str(REPO / "examples" / "images"), "-o", str(tmp_path / "o"), "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0, err
