@@ -507,6 +507,8 @@ class Downloader:
                 pause = min(self.max_backoff, self.backoff * (2**attempt))
                 time.sleep(delay if delay is not None else pause * (0.5 + random.random() / 2))
         detail = last if isinstance(last, urllib.error.HTTPError) else getattr(last, "reason", last)
+        if host not in self._reached:  # never answered: another source may do better
+            raise RemoteError(f"cannot reach {host}: {_reason(detail)} (offline?)")
         raise VinvlError(f"{what}: failed after {self.attempts} attempts: {_reason(detail)}")
 
     def _count(self, n: int) -> None:
