@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import quote, urlsplit
@@ -481,6 +481,19 @@ def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Opt
         raise VerificationError(f"{path}: {bad}; the file was deleted")
 
 
+def _hub_head(url: str, timeout: float, endpoint: str) -> Any:
+    """The hub's metadata of one file (HEAD, no retries); a connection failure is a RemoteError naming the host."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata
+
+    from .download import RemoteError
+
+    try:
+        return get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
+    except (httpx2.ConnectError, httpx2.TimeoutException) as e:
+        raise RemoteError(f"cannot reach {urlsplit(endpoint).netloc}: {_one_line(e)} (offline?)") from None
+
+
 def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bool) -> Any:
     """One hub file into ``dest/filename`` through huggingface_hub (its cache first, then the endpoint)."""
     from .download import RemoteError, Result
@@ -502,13 +515,13 @@ def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bo
             return Result(dest, [final], [final.stat().st_size], present=1)
     if hf_offline():
         raise RemoteError("HF_HUB_OFFLINE is set and the file is not in the hub cache")
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub import hf_hub_download, hf_hub_url
 
     endpoint = hf_endpoint()
     url = hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=endpoint)
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
     # A HEAD without retries first: an unreachable hub fails at once (hf_hub_download retries with back-off).
-    meta = get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
+    meta = _hub_head(url, timeout, endpoint)
     if dry_run:
         return Result(dest, [final], [meta.size])
     dest.mkdir(parents=True, exist_ok=True)
@@ -550,13 +563,14 @@ def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) 
 
     denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
     hub = [s for s in asset.sources if s.kind == "hf"]
+    where = asset.destination()
     if hub:
-        return (f"the Hugging Face mirror {hub[0].repo} has it (HF_ENDPOINT for a mirror of the hub, HF_TOKEN "
-                "if it needs a login)")
+        return (f"the Hugging Face mirror {hub[0].repo} has it: check the network (HF_ENDPOINT for a mirror of the "
+                f"hub, HF_TOKEN if it asks for a login), or put the file into {where}")
     if denied:
         return ("no public mirror is known for it: a read SAS from the authors is needed "
-                "(--sas or VINVL_AZURE_SAS), or place the file there yourself")
-    return "check the network (vinvl download --check shows every source), or place the file there yourself"
+                f"(--sas or VINVL_AZURE_SAS), or put the file into {where}")
+    return f"check the network (vinvl download --check shows every source), or put the file into {where}"
 
 
 def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[str], quiet: bool, dry_run: bool,
@@ -583,8 +597,6 @@ def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[st
         except VinvlError:
             raise  # the local disk, a refused name: another source cannot help
         except Exception as e:  # noqa: BLE001 - the hub client's errors (HTTP, network, consistency checks)
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
             failed.append((src, e))
     what = asset.filename or asset.sources[0].url
     tried = "; ".join(f"{s.label()}: {_one_line(e)}" for s, e in failed)
@@ -645,6 +657,8 @@ class DetectorFiles:
 
 def resolve_detector(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> DetectorFiles:
     """The local weights and label map of detector ``name``, fetched first when missing (``download``)."""
+    if name not in REGISTRY:
+        raise VinvlError(f"unknown model {name!r}; detectors: {', '.join(names('detector'))}")
     e = entry(name)
     if e.kind != "detector":
         raise VinvlError(f"{name} is a {e.kind}, not a detector; detectors: {', '.join(names('detector'))}")
@@ -711,13 +725,15 @@ def _check_one(asset: Asset, src: Source, *, sas: Optional[str], timeout: float)
         if hf_offline():
             row.status, row.detail = "offline", "HF_HUB_OFFLINE is set"
             return row
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub import hf_hub_url
         from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RevisionNotFoundError
 
         try:
-            meta = get_hf_file_metadata(hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=hf_endpoint()),
-                                        timeout=timeout, endpoint=hf_endpoint())
+            meta = _hub_head(hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=hf_endpoint()), timeout,
+                             hf_endpoint())
             row.status, row.size = "reachable", meta.size
+        except RemoteError as e:
+            row.status, row.detail = "unreachable", _one_line(e)
         except GatedRepoError as e:
             row.status, row.detail = "needs token", _one_line(e)
         except (EntryNotFoundError, RevisionNotFoundError) as e:
