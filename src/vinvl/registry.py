@@ -442,8 +442,8 @@ def _git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def _file_sha256(path: Path) -> str:
+    """Hex sha256 of a file (vinvl.extract.run.file_sha256 imports torch; this module must stay light)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -463,12 +463,12 @@ def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Opt
     else:
         digest = None
         if sha256:
-            digest = file_sha256(path)
+            digest = _file_sha256(path)
             if digest != sha256.lower():
                 bad = f"sha256 mismatch (registry {sha256}, got {digest})"
         tag = (etag or "").strip('"').lower().removeprefix("w/").strip('"')
         if bad is None and re.fullmatch(r"[0-9a-f]{64}", tag):  # an LFS file: its ETag is its sha256
-            digest = digest or file_sha256(path)
+            digest = digest or _file_sha256(path)
             if digest != tag:
                 bad = f"sha256 mismatch ({what} says {tag}, got {digest})"
         elif bad is None and re.fullmatch(r"[0-9a-f]{40}", tag):  # a small file: its git blob hash
