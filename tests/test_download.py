@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from vinvl import assets as assets_mod
+from vinvl import registry
 from vinvl.cli import main
 from vinvl.download import (
     Downloader,
@@ -843,35 +843,35 @@ def test_offline_fails_fast_with_one_line(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_model_name_into_vinvl_home_with_mirror(azurite: Azurite, tmp_path: Path, monkeypatch) -> None:
-    from vinvl.zoo import MODELS, resolve_model
-
-    e = MODELS["vinvl_vg_x152c4"]
+    e = registry.entry("vinvl_vg_x152c4")
     azurite.put("pub", "zoo/vinvl_vg_x152c4.pth", b"weights")
     azurite.put("pub", "zoo/VG-SGG-dicts-vgoi6-clipped.json", b"{}")
-    fake = (
-        assets_mod.Asset(e.name, f"{azurite.base}/pub/missing/vinvl_vg_x152c4.pth", "file", "~0.7 GB", "w",
-                         f"models/{e.name}", e.weights, (f"{azurite.base}/pub/zoo/vinvl_vg_x152c4.pth",)),
-        assets_mod.Asset(e.name, f"{azurite.base}/pub/zoo/VG-SGG-dicts-vgoi6-clipped.json", "file", "small", "l",
-                         f"models/{e.name}", e.labelmap),
-    )
-    monkeypatch.setattr(assets_mod, "ASSETS", fake)
+    t = f"models/{e.name}"
+    fake = registry.Entry(e.name, "detector", e.description, (
+        registry.Asset(e.name, "file", e.weights, (registry.azure(f"{azurite.base}/pub/missing/vinvl_vg_x152c4.pth"),
+                                                   registry.azure(f"{azurite.base}/pub/zoo/vinvl_vg_x152c4.pth")),
+                       "593 MB", "w", t),
+        registry.Asset(e.name, "file", e.labelmap, (registry.azure(f"{azurite.base}/pub/zoo/VG-SGG-dicts-vgoi6-clipped.json"),),
+                       "small", "l", t),
+    ), preset=e.preset, weights=e.weights, labelmap=e.labelmap)
+    monkeypatch.setitem(registry.REGISTRY, e.name, fake)
     monkeypatch.setenv("VINVL_HOME", str(tmp_path))
     results = download(e.name, downloader=_dl())
     assert [u.split("/pub/")[1] for u, _ in results] == ["zoo/vinvl_vg_x152c4.pth", "zoo/VG-SGG-dicts-vgoi6-clipped.json"]
-    _, weights, labelmap = resolve_model(e.name)
-    assert weights.read_bytes() == b"weights" and labelmap == tmp_path / "models" / e.name / e.labelmap
+    found = registry.resolve_detector(e.name, download=False)
+    assert found.weights.read_bytes() == b"weights" and found.labelmap == tmp_path / "models" / e.name / e.labelmap
 
 
-def test_registry_models_match_zoo() -> None:
-    from vinvl.zoo import MODELS
+def test_registry_models_have_their_files() -> None:
+    from vinvl.config import DETECTOR_PRESETS
 
-    for name, e in MODELS.items():
-        if e.shipped:
-            continue
-        files = {a.file_name for a in assets_mod.assets_of(name)}
-        assert {e.weights, e.labelmap} <= files
-        assert {a.target for a in assets_mod.assets_of(name)} == {f"models/{name}"}
-    assert assets_mod.assets_of("coco2014_trainval")[0].exclude == ("coco2014test/", "coco2015test/")
+    for name in registry.names("detector"):
+        e = registry.entry(name)
+        assert {e.weights, e.labelmap} <= {a.filename for a in e.assets}
+        assert e.preset in DETECTOR_PRESETS
+        if not e.shipped:
+            assert {a.target for a in e.assets} == {f"models/{name}"}
+    assert registry.entry("coco2014_trainval").assets[0].exclude == ("coco2014test/", "coco2015test/")
 
 
 def _spec_urls(text: str) -> set[str]:

@@ -1,4 +1,5 @@
-"""Resumable, verified downloads of the released assets from Azure Blob storage (``vinvl download``).
+"""Resumable, verified downloads from Azure Blob storage and plain HTTP(S) (the engine of ``vinvl download``;
+which asset comes from where is :mod:`vinvl.registry`'s business).
 
 Why the standard library only (``urllib.request`` + ``concurrent.futures``), and not the Azure SDK
 or ``requests``: the released blobs are public (or readable with a SAS, which is nothing but a query
@@ -61,7 +62,27 @@ _SIDECAR_VERSION = 1
 
 
 class RemoteError(VinvlError):
-    """The server said no (not found, access denied) or could not be reached; a mirror may help."""
+    """The server said no (not found, access denied) or could not be reached; a mirror may help.
+
+    ``status`` is the HTTP status when the server answered (None when it could not be reached).
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Anonymous reads of an account that disallows public access: 409 PublicAccessNotPermitted (the VinVL
+# release's accounts since 2023), 401 NoAuthenticationInformation, or 403 for a refused SAS.
+ACCESS_DENIED = (401, 403, 409)
+
+
+def access_hint(status: int, has_sas: bool) -> str:
+    """One clause saying why Azure refused a read and what to do about it."""
+    if has_sas:
+        return "the SAS in the query was refused (expired, or not valid for this account or container)"
+    return ("anonymous reads are refused: public access to this storage account was withdrawn (the VinVL "
+            "release's accounts since 2023); pass a read SAS with --sas or VINVL_AZURE_SAS")
 
 
 class VerificationError(VinvlError):
@@ -469,10 +490,8 @@ class Downloader:
                     e.close()
                 else:
                     code = _error_code(e)
-                    hint = ""
-                    if e.code in (401, 403):
-                        hint = " (access denied: the container may need a SAS token, pass the URL with its ?sv=... query)"
-                    raise RemoteError(f"{what}: HTTP {e.code}{code}{hint}") from None
+                    hint = f": {access_hint(e.code, bool(urlsplit(url).query))}" if e.code in ACCESS_DENIED else ""
+                    raise RemoteError(f"{what}: HTTP {e.code}{code}{hint}", e.code) from None
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
                     ssl.SSLError, _Retry) as e:
                 reason = getattr(e, "reason", e)
@@ -488,6 +507,8 @@ class Downloader:
                 pause = min(self.max_backoff, self.backoff * (2**attempt))
                 time.sleep(delay if delay is not None else pause * (0.5 + random.random() / 2))
         detail = last if isinstance(last, urllib.error.HTTPError) else getattr(last, "reason", last)
+        if host not in self._reached:  # never answered: another source may do better
+            raise RemoteError(f"cannot reach {host}: {_reason(detail)} (offline?)")
         raise VinvlError(f"{what}: failed after {self.attempts} attempts: {_reason(detail)}")
 
     def _count(self, n: int) -> None:
@@ -535,6 +556,28 @@ class Downloader:
         if not out:
             raise RemoteError(f"no files under {loc.display()}" + (" after --exclude" if found else ""))
         return out
+
+    def stat_url(self, url: str, rel: str) -> RemoteFile:
+        """Size and Content-MD5 of any HTTP(S) file (a HEAD request), stored as ``rel``; no blob naming rules."""
+        check_blob_name(rel)
+        display = url.split("?", 1)[0]
+
+        def head(resp: Any) -> tuple[Optional[int], Optional[str]]:
+            return _content_length(resp), (resp.headers.get("Content-MD5") or None)
+
+        size, md5 = self._request(url, display, head, method="HEAD")
+        return RemoteFile(url, rel, size, md5)
+
+    def probe(self, url: str, kind: str = "file") -> Optional[int]:
+        """Whether ``url`` answers, without fetching it: a HEAD for a file (its size), one listing entry for a folder."""
+        if kind != "folder":
+            return self.stat_file(url).size
+        loc = parse_blob_url(url, self.path_style)
+        prefix = loc.path if (loc.path.endswith("/") or not loc.path) else loc.path + "/"
+        blobs, _ = parse_listing(self._request(loc.list_url(prefix, 1), f"listing {loc.display()}", _read_all))
+        if not blobs:
+            raise RemoteError(f"no files under {loc.display()}", 404)
+        return None
 
     def stat_file(self, url: str, rel: Optional[str] = None) -> RemoteFile:
         """Size and Content-MD5 of one blob (a HEAD request)."""
@@ -798,38 +841,29 @@ def download(
     dry_run: bool = False,
     quiet: bool = False,
     workers: int = 4,
+    sas: Optional[str] = None,
     downloader: Optional[Downloader] = None,
 ) -> list[tuple[str, Result]]:
-    """Fetch a registry name (every asset it groups) or a URL; returns ``(url, result)`` per asset."""
-    from .assets import assets_of, find_by_url
+    """Fetch a registry name (every asset it groups, each from its first working source) or a URL;
+    returns ``(source, result)`` per asset."""
+    from . import registry
 
     dl = downloader or Downloader(workers=workers, quiet=quiet)
     exclude = tuple(exclude)
-    if "://" in source:
-        asset = find_by_url(source)
-        if asset is None:
-            path = urlsplit(source).path
-            kind = "folder" if path.endswith("/") else "zip" if path.endswith(".zip") else "file"
-            dest = Path(out) if out is not None else _default_url_dest(source, kind)
-            return [(source, dl.download(source, dest, kind=kind, exclude=exclude, dry_run=dry_run))]
-        # A registry URL (perhaps with a SAS appended): its place, file name and excludes.
-        jobs = [(asset, [source])]
-    else:
-        jobs = [(a, [a.url, *a.mirrors]) for a in assets_of(source)]
-    results = []
-    for asset, urls in jobs:
-        dest = asset.destination(out)
-        for k, url in enumerate(urls):
-            try:
-                res = dl.download(url, dest, kind=asset.kind, filename=asset.file_name if asset.kind != "folder" else None,
-                                  exclude=asset.exclude + exclude, dry_run=dry_run, label=f"{asset.name}")
-            except RemoteError:
-                if k + 1 < len(urls):
-                    continue  # the next mirror may have it
-                raise
-            results.append((url, res))
-            break
-    return results
+    if "://" not in source:
+        done = registry.fetch(source, out, sas=sas, quiet=quiet, dry_run=dry_run, exclude=exclude, downloader=dl)
+        return [(f.source.label() if f.source else f"present: {f.asset.local_path(out)}", f.result) for f in done]
+    found = registry.find_by_url(source)
+    if found is None:
+        path = urlsplit(source).path
+        kind = "folder" if path.endswith("/") else "zip" if path.endswith(".zip") else "file"
+        dest = Path(out) if out is not None else _default_url_dest(source, kind)
+        return [(source, dl.download(source, dest, kind=kind, exclude=exclude, dry_run=dry_run))]
+    # A registry URL (perhaps with a SAS appended): its place, file name and excludes.
+    asset, _ = found
+    res = dl.download(source, asset.destination(out), kind=asset.kind, filename=asset.filename or None,
+                      exclude=asset.exclude + exclude, dry_run=dry_run, label=asset.name)
+    return [(source, res)]
 
 
 def human_size(n: Optional[int]) -> str:

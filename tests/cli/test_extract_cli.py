@@ -148,11 +148,23 @@ def test_original_form_errors(small: Path, tmp_path: Path, capsys, extra: list[s
 
 
 def test_native_form_errors(small: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import dataclasses
+    import socket
+
+    from vinvl import registry
+
     monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
-    code, _, err = run(capsys, "extract", small / "imgs", "-o", tmp_path / "o", "--model", "vinvl_vg_x152c4")
-    assert code == 2
-    assert "model vinvl_vg_x152c4 is not in the cache" in err and "vinvl download vinvl_vg_x152c4" in err
-    assert str(tmp_path / "home" / "models" / "vinvl_vg_x152c4" / "vinvl_vg_x152c4.pth") in err
+    # An explicit --model is fetched when missing: here from a source where nothing listens.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/acct/c"
+    e = registry.entry("vinvl_vg_x152c4")
+    monkeypatch.setitem(registry.REGISTRY, e.name, dataclasses.replace(e, assets=tuple(
+        dataclasses.replace(a, sources=(registry.azure(f"{dead}/{a.filename}"),)) for a in e.assets)))
+    code, _, err = run(capsys, "extract", small / "imgs", "-o", tmp_path / "o", "--model", "vinvl_vg_x152c4", "--quiet")
+    assert code == 2 and err.count("error:") == 1
+    assert "vinvl_vg_x152c4: vinvl_vg_x152c4.pth: no source worked" in err and f"azure {dead}/" in err
+    assert str(tmp_path / "home" / "models" / "vinvl_vg_x152c4") in err
     code, _, err = run(capsys, "extract", small / "imgs", "--weights", small / "weights.pth")
     assert code == 2 and "-o/--out is required" in err
     code, _, err = run(capsys, "extract", small / "imgs", "-o", tmp_path / "o", "--weights", small / "weights.pth",

@@ -1,7 +1,7 @@
 """The ``vinvl`` command tree; each group is a small module that parses arguments and calls the library.
 
 The full tree (later work fills it in; ``vinvl --help`` lists what exists today):
-``extract``, ``draw``, ``tsv``, ``features``, ``labelmap``, ``download``,
+``extract``, ``caption``, ``draw``, ``tsv``, ``features``, ``labelmap``, ``download``,
 ``detector train|eval``, ``datasets``, ``oscar <task>``, ``corpus``.
 """
 
@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VinvlError, one_line
+from . import caption as _caption
 from . import corpus as _corpus
 from . import datasets as _datasets
 from . import detector as _detector
@@ -40,6 +41,7 @@ app.command(
 )(_extract.extract)
 app.command("draw", help=_draw.HELP)(_draw.draw)
 app.command("download", help=_download.HELP)(_download.download)
+app.command("caption", help=_caption.HELP)(_caption.caption)
 app.add_typer(_tsv.app, name="tsv")
 app.add_typer(_features.app, name="features")
 app.add_typer(_labelmap.app, name="labelmap")

@@ -54,7 +54,8 @@ def train(
 @app.command("eval")
 def evaluate(
     dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label (and labelmap)."),
-    weights: Path = typer.Option(..., "--weights", help="Checkpoint."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score this predictions.tsv (e.g. `vinvl extract`'s rows, at its thresholds) instead of running --weights."),
     labelmap: Optional[Path] = typer.Option(None, "--labelmap", help="Label map (default: the dataset's)."),
     preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset of the checkpoint."),
     groups: Optional[List[str]] = typer.Option(None, "--attribute-group", help="NAME=a,b,c: also report accuracy within a group."),
@@ -64,6 +65,18 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here.", callback=output_file),
 ) -> None:
     """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
+    if (weights is None) == (predictions is None):
+        from ..errors import VinvlError
+
+        raise VinvlError("give --weights (run the detector, low threshold) or --predictions (score a predictions.tsv)")
+    if predictions is not None:
+        from ..detection.evaluate import evaluate_predictions
+
+        m = evaluate_predictions(predictions, dataset)
+        typer.echo(json.dumps(m, indent=1))
+        if json_out:
+            json_out.write_text(json.dumps(m, indent=1) + "\n")
+        return
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
     from ..detection.train import DetectionDataset

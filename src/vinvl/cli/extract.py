@@ -61,7 +61,7 @@ def extract(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder.", callback=output_folder),
     config_file: Optional[Path] = typer.Option(None, "--config-file", help="Original yaml config (original form)."),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Images or folders (original form)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Released model name, looked up in VINVL_HOME."),
+    model: Optional[str] = typer.Option(None, "--model", help="Registry detector name (VINVL_HOME; fetched when missing)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint file (overrides --model)."),
     labelmap: Optional[Path] = typer.Option(None, "--labelmap", help="Label map file."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Architecture preset for --weights."),
@@ -90,8 +90,8 @@ def extract(
     from ..config.original import ConfigError, apply_set_options, load_original
     from ..detection import Detector
     from ..extract import collect_inputs, make_key_rule
-    from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, file_sha256, mark_failed
-    from ..zoo import default_model, resolve_model
+    from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, mark_failed
+    from ..registry import default_detector, file_sha256, resolve_detector
 
     args = args or []
     overrides: dict = {}
@@ -138,15 +138,16 @@ def extract(
             weights_path, labelmap_path, model_name = weights, labelmap, None
         else:
             if model is None:
-                model_name, why = default_model()
+                model_name, why = default_detector()
                 typer.echo(f"using {why}", err=True)
             else:
                 model_name = model
-            entry, weights_path, cached_labelmap = resolve_model(model_name)
+            # A name given explicitly is fetched when missing; the implicit default never downloads.
+            found = resolve_detector(model_name, download=model is not None, quiet=quiet)
             from ..config import detector_preset
 
-            cfg = detector_preset(preset or entry.preset)
-            labelmap_path = labelmap or cached_labelmap
+            cfg = detector_preset(preset or found.preset)
+            weights_path, labelmap_path = found.weights, labelmap or found.labelmap
         cfg = apply_set_options(cfg, set_ or [])
         cfg = _with_options(cfg, overrides)
         dev = device or "cpu"

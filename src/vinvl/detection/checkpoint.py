@@ -26,6 +26,8 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        return extract_state_dict(read_safetensors(path), str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch.load raises many types (UnpicklingError, struct.error, RuntimeError, ...) on junk
@@ -33,8 +35,20 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     return extract_state_dict(obj, str(path))
 
 
+def read_safetensors(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors (no pickle involved); one clear error when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
 def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
-    """The state dict inside ``{'model': sd, ...}`` or a bare one, with a ``module.`` prefix removed."""
+    """The state dict inside ``{'model': sd, ...}`` (training state such as ``optimizer``, ``scheduler`` and
+    ``iteration`` beside it ignored) or a bare one, a ``module.`` prefix removed, 16-bit floats cast to fp32."""
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
@@ -42,10 +56,11 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torc
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{source}: non-tensor entries in the state dict: {', '.join(map(str, bad[:5]))}")
-    keys = list(obj)
-    if all(k.startswith("module.") for k in keys):
-        return {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    # Mirrors may hold half-precision copies: the model computes in fp32 (extraction casts per --dtype).
+    out = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in out):
+        return {k[len("module.") :]: v for k, v in out.items()}
+    return out
 
 
 def key_list(keys: list[str], limit: int = 12) -> str:

@@ -109,3 +109,40 @@ def evaluate(
     for g, r in group_right.items():
         out[f"attribute_{g}_accuracy"] = r / attr_total if attr_total else 0.0
     return out
+
+
+def evaluate_predictions(predictions: PathLike, dataset: PathLike) -> dict[str, Any]:
+    """COCO-style box AP / AP50 / AP75 of a ``predictions.tsv`` (``vinvl extract`` rows, as written, with the
+    score threshold they were extracted with) against a labelled dataset yaml; every dataset image must have a row."""
+    import json
+
+    from ..tsv import TSVFile
+
+    ds = DetectionDataset(dataset)
+    lm = ds.labelmap
+    rows = TSVFile(predictions, build_index=True)
+    gt_json, det_json, images = [], [], []
+    for i, key in enumerate(ds.keys):
+        if key not in rows:
+            raise VinvlError(f"{predictions}: no row for image {key!r} of {dataset}")
+        boxes, labels, _ = ds.targets(i)
+        images.append({"id": i, "width": 1, "height": 1})  # only the boxes matter to COCOeval
+        for b, c in zip(boxes.tolist(), labels.tolist()):
+            gt_json.append({"id": len(gt_json) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
+                            "bbox": [b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1],
+                            "area": (b[2] - b[0] + 1) * (b[3] - b[1] + 1)})
+        try:
+            row = json.loads(rows.get(key)[1])
+            objects = row["objects"] if isinstance(row, dict) else row
+            for o in objects:
+                b = [float(v) for v in o["rect"]]
+                if o["class"] not in ds.class_index:
+                    raise VinvlError(f"{predictions}: key {key!r}: class {o['class']!r} is not in the dataset's label map")
+                det_json.append({"image_id": i, "category_id": ds.class_index[o["class"]], "score": float(o["conf"]),
+                                 "bbox": [b[0], b[1], b[2] - b[0] + 1, b[3] - b[1] + 1]})
+        except (json.JSONDecodeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise VinvlError(f"{predictions}: key {key!r}: not a predictions row ({e})") from None
+    categories = [{"id": c, "name": lm.class_name(c)} for c in range(1, lm.num_classes)]
+    out: dict[str, Any] = {"images": len(images), "objects": len(gt_json), "detections": len(det_json)}
+    out.update(_coco_ap(gt_json, det_json, images, categories))
+    return out

@@ -125,15 +125,6 @@ def _clean(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def file_sha256(path: Union[str, os.PathLike], chunk: int = 1 << 24) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _Shard:
     """One rank's streamed outputs and the journal of its completed batches."""
 

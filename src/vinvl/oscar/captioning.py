@@ -301,6 +301,22 @@ def trained_settings(checkpoint: PathLike) -> dict[str, Any]:
     return training_settings(checkpoint)
 
 
+# A checkpoint that records no training options (the hub's captioning folders have no
+# training_args.bin) decodes as the original's VinVL COCO-captioning recipe trained it:
+# run_captioning.py's defaults for the lengths (max_seq_length 70, max_seq_a_length 40,
+# max_img_seq_length 50) with --do_lower_case --add_od_labels (VinVL_MODEL_ZOO.md, "Image Captioning
+# on COCO"); its evaluation command adds --num_beams 5 --max_gen_length 20 (DecodeConfig's defaults).
+VINVL_CAPTION_RECIPE: dict[str, Any] = {
+    "max_seq_length": 70, "max_seq_a_length": 40, "max_img_seq_length": 50, "add_od_labels": True,
+    "do_lower_case": True,
+}
+
+
+def decoding_settings(checkpoint: PathLike) -> dict[str, Any]:
+    """The training options decoding follows: those ``checkpoint`` records, else :data:`VINVL_CAPTION_RECIPE`."""
+    return trained_settings(checkpoint) or dict(VINVL_CAPTION_RECIPE)
+
+
 @dataclass
 class _Layout:
     """Decoding layout: caption slots, tag slots, regions, where tag positions start, tags on or off."""
@@ -508,7 +524,7 @@ def _load(checkpoint: PathLike, device: Optional[str]) -> tuple[OscarForCaptioni
     from .checkpoint import require_checkpoint
 
     checkpoint = require_checkpoint(checkpoint)
-    settings = trained_settings(checkpoint)
+    settings = decoding_settings(checkpoint)
     _layout(settings, CaptionConfig.max_gen_length, CaptionConfig())  # a malformed record stops before the weights load
     model = OscarForCaptioning.from_original(checkpoint)
     tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
@@ -603,6 +619,6 @@ def predict(
 
 
 __all__ = [
-    "CaptionConfig", "CaptionData", "DecodeConfig", "caption_images", "caption_loss", "evaluate", "predict",
-    "read_captions", "train", "trained_settings", "write_caption_split",
+    "CaptionConfig", "CaptionData", "DecodeConfig", "VINVL_CAPTION_RECIPE", "caption_images", "caption_loss",
+    "decoding_settings", "evaluate", "predict", "read_captions", "train", "trained_settings", "write_caption_split",
 ]

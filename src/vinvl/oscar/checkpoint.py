@@ -96,8 +96,15 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
 
 
 def resolve_checkpoint(source: PathLike) -> Path:
-    """A checkpoint folder or zip as given; a run folder (no ``pytorch_model.bin`` of its own): its newest ``checkpoint-N/``."""
+    """A checkpoint folder or zip as given; a run folder (no ``pytorch_model.bin`` of its own): its newest
+    ``checkpoint-N/``; a registry name (``vinvl-base-image-captioning``, ``vqa_base``) where no such path
+    exists: its folder in ``VINVL_HOME``, fetched when missing (:func:`vinvl.registry.checkpoint_path`)."""
     path = Path(source)
+    if not path.exists():
+        from ..registry import checkpoint_path, is_checkpoint_name
+
+        if is_checkpoint_name(str(source)):
+            path = checkpoint_path(str(source))
     if path.is_dir() and not (path / "pytorch_model.bin").exists():
         ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
         if ckpts:
@@ -111,13 +118,14 @@ def require_checkpoint(source: PathLike, what: str = "checkpoint") -> Path:
     path = resolve_checkpoint(source)
     if path.suffix == ".zip" and path.is_file():
         return path
-    if path.is_dir() and (path / "pytorch_model.bin").is_file():
+    if path.is_dir() and ((path / "pytorch_model.bin").is_file() or (path / "model.safetensors").is_file()):
         return path
     if path.is_file() and path.name == "pytorch_model.bin":
         return path.parent
     if not path.exists():
         raise VinvlError(f"{source}: no such {what}")
-    raise VinvlError(f"{source}: not a {what} (a folder with pytorch_model.bin, a run folder with checkpoint-N/, or a .zip)")
+    raise VinvlError(f"{source}: not a {what} (a folder with pytorch_model.bin or model.safetensors, a run folder "
+                     "with checkpoint-N/, or a .zip)")
 
 
 def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict, Any]:
@@ -130,9 +138,14 @@ def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict,
     if path.is_dir():
         if config is None:
             config = read_config(path, OscarConfig)
-        path = path / "pytorch_model.bin"
+        bin_, st = path / "pytorch_model.bin", path / "model.safetensors"
+        path = st if st.is_file() and not bin_.is_file() else bin_
     if not path.is_file():
         raise VinvlError(f"{path}: no such checkpoint (a pytorch_model.bin, its folder, a run folder or a .zip)")
+    if path.suffix == ".safetensors":
+        from ..detection.checkpoint import read_safetensors
+
+        return read_safetensors(path), config
     return load_tensors(path, str(path)), config
 
 

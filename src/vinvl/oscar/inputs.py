@@ -315,20 +315,21 @@ def regions_for_images(
     ``out_dir`` and return the image keys in input order and a :class:`RegionStore` over the result.
 
     The model is ``weights`` (+ ``labelmap``, with the released X152-C4 preset), a registry
-    ``model`` name, or by default the released VG detector when cached, else the shipped demo
-    detector. Images that fail to decode are left out of the keys (``out_dir/errors.tsv`` says why).
+    ``model`` name (fetched when missing, :func:`vinvl.registry.resolve_detector`), or by default the
+    released VG detector when cached, else the shipped demo detector. Images that fail to decode are left out of the keys (``out_dir/errors.tsv`` says why).
     An ``out_dir`` already complete for the same inputs is reused.
     """
     from ..config import detector_preset
     from ..detection import Detector
     from ..extract import collect_inputs, extract
-    from ..zoo import default_model, resolve_model
+    from ..registry import default_detector, resolve_detector
 
     if weights is not None:
         cfg, weights_path, labelmap_path = detector_preset("vinvl_vg_x152c4"), Path(weights), labelmap
     else:
-        entry, weights_path, cached = resolve_model(model or default_model()[0])
-        cfg, labelmap_path = detector_preset(entry.preset), labelmap or cached
+        # A name given explicitly is fetched when missing; the implicit default never downloads.
+        found = resolve_detector(model or default_detector()[0], download=model is not None, quiet=quiet)
+        cfg, weights_path, labelmap_path = detector_preset(found.preset), found.weights, labelmap or found.labelmap
     items = collect_inputs(list(images))
     det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=device, dtype=dtype)
     out = Path(out_dir)

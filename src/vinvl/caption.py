@@ -1,0 +1,83 @@
+"""Photo to caption in one call: the released detector's regions and tags, then the Oscar+ captioner.
+
+Both models are registry names (or a captioner folder) resolved by :mod:`vinvl.registry`, which
+fetches whatever is missing into ``VINVL_HOME`` first; decoding follows the checkpoint's recorded
+training options, else the VinVL captioning recipe (:data:`vinvl.oscar.captioning.VINVL_CAPTION_RECIPE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .errors import VinvlError
+from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR
+
+PathLike = Union[str, os.PathLike]
+
+
+def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False) -> Path:
+    """A captioner folder: ``model`` as a path when it exists, else a registry name fetched when missing."""
+    from .registry import checkpoint_path, is_checkpoint_name
+
+    if Path(model).exists():
+        return Path(model)
+    if not is_checkpoint_name(model):
+        from .registry import names
+
+        raise VinvlError(f"--model {model!r}: no such checkpoint folder or registry name; captioners: "
+                         f"{', '.join(names('captioner'))}")
+    return checkpoint_path(model, sas=sas, quiet=quiet)
+
+
+def region_dim(preset: str) -> int:
+    """The width of the Oscar+ region rows a detector preset gives: its res5 channels + 6 box geometry values."""
+    from .config import detector_preset
+
+    return detector_preset(preset).backbone.stage_channels(4)[1] + 6
+
+
+def caption(
+    images: Sequence[PathLike],
+    *,
+    model: str = DEFAULT_CAPTIONER,
+    detector: str = DEFAULT_DETECTOR,
+    num_beams: int = 5,
+    max_gen_length: int = 20,
+    batch_size: int = 16,
+    device: Optional[str] = None,
+    work_dir: Optional[PathLike] = None,
+    sas: Optional[str] = None,
+    quiet: bool = False,
+) -> list[tuple[str, str]]:
+    """``(image key, caption)`` for every readable image of ``images`` (files, folders, lists), in input order.
+
+    The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder.
+    """
+    from .oscar.captioning import DecodeConfig, predict
+    from .oscar.checkpoint import read_config
+    from .oscar.modeling import OscarConfig
+    from .registry import resolve_detector
+
+    if not images:
+        raise VinvlError("no images given")
+    missing = [str(p) for p in images if not Path(p).exists()]
+    if missing:
+        raise VinvlError(f"{missing[0]}: no such image file or folder")
+    # Both models are fetched (and their fit checked) before any image is processed.
+    ckpt = captioner_path(model, sas=sas, quiet=quiet)
+    found = resolve_detector(detector, sas=sas, quiet=quiet)
+    want = int(read_config(ckpt, OscarConfig).img_feature_dim)
+    got = region_dim(found.preset)
+    if want != got:
+        raise VinvlError(f"{detector} gives {got}-d regions but {model} takes {want}-d: use the detector the "
+                         f"captioner was trained on (the released captioners: vinvl_vg_x152c4)")
+    dcfg = DecodeConfig(num_beams=num_beams, max_gen_length=max_gen_length, batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
+        out = Path(work_dir) if work_dir is not None else Path(tmp)
+        path = predict(ckpt, list(images), out, dcfg, model=detector, device=device)
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    return [(str(r["image_id"]), str(r["caption"])) for r in rows]

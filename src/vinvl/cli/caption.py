@@ -1,0 +1,53 @@
+"""``vinvl caption``: photos to captions in one command (released detector + released Oscar+ captioner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+HELP = """Caption photos: detect regions and tags, then decode a caption for each.
+
+IMAGE... are image files, folders (recursive) or .txt lists, as for
+`vinvl extract`. --model is a captioner (registry name or checkpoint
+folder; default vinvl-base-image-captioning), --detector the detector
+giving its regions (default vinvl_vg_x152c4); both are fetched into
+VINVL_HOME when missing (Hugging Face Hub first; see `vinvl download
+--check`). A checkpoint without training_args.bin decodes as the VinVL
+COCO recipe: tags on, beam 5, max_gen_length 20, 50 regions, 30 tag
+tokens. Prints `key<TAB>caption` per image, or writes the COCO results
+json ([{image_id, caption}]) with -o.
+"""
+
+
+def caption(
+    images: List[Path] = typer.Argument(..., metavar="IMAGE|FOLDER...", help="Image files, folders or lists."),
+    model: str = typer.Option("vinvl-base-image-captioning", "--model", help="Captioner: registry name or folder."),
+    detector: str = typer.Option("vinvl_vg_x152c4", "--detector", help="Detector registry name."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the COCO results json here instead of printing."),
+    num_beams: int = typer.Option(5, "--num-beams", min=1),
+    max_gen_length: int = typer.Option(20, "--max-gen-length", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per decoding batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
+    regions: Optional[Path] = typer.Option(None, "--regions", help="Keep the detector output in this folder (reused when complete)."),
+    sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS for Azure sources (default: $VINVL_AZURE_SAS)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Photos to captions: key<TAB>caption per image, or -o results.json."""
+    from ..caption import caption as run
+
+    if out is not None and out.is_dir():
+        from ..errors import VinvlError
+
+        raise VinvlError(f"-o {out}: is a folder; give the results json file")
+    rows = run(images, model=model, detector=detector, num_beams=num_beams, max_gen_length=max_gen_length,
+               batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet)
+    if out is not None:
+        from ..atomic import atomic_write_json
+
+        atomic_write_json(out, [{"image_id": k, "caption": c} for k, c in rows], indent=1)
+        typer.echo(f"{out}: {len(rows)} captions", err=True)
+        return
+    for key, text in rows:
+        typer.echo(f"{key}\t{text}")

@@ -1,0 +1,789 @@
+"""The one registry of released VinVL models and data, and the one resolver from a name to local files.
+
+An :class:`Entry` is a name (``vinvl_vg_x152c4``, ``vinvl-base-image-captioning``, ``coco2014_test``)
+grouping the :class:`Asset` s one job needs: its detector preset where it is a detector, and for each
+file, folder or zip the ordered :class:`Source` s it can come from, tried in that order:
+
+- ``hf``: a Hugging Face Hub repo file at a revision pinned to a commit (``main`` only where no
+  commit id is publicly known), fetched through ``huggingface_hub`` (its cache, resume, ETag,
+  ``HF_ENDPOINT`` mirrors, ``HF_HUB_OFFLINE``, tokens) and checked against the hub's ETag (the
+  sha256 of an LFS file, the git blob hash of a small one);
+- ``azure``: a blob, folder or zip of the original release, fetched by :mod:`vinvl.download`
+  (a read SAS from ``--sas`` or ``VINVL_AZURE_SAS`` is added to the URL);
+- ``https``: any other plain file URL, through the same engine.
+
+Files land in ``VINVL_HOME`` (``$VINVL_HOME``, else ``~/.cache/vinvl``) whatever their source:
+detectors in ``models/NAME/``, captioners and Oscar+ checkpoints in ``checkpoints/NAME/``,
+features in ``features/NAME/``, corpora in ``corpora/NAME/``. A file already there (complete files
+only ever get their final name) is used without any network access. Sizes are those the release
+notes or the hub's file listing state; exact byte counts and sha256 digests are given only where
+they are publicly known (never guessed): otherwise the hub's ETag is the check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+from urllib.parse import quote, urlsplit
+
+from .errors import VinvlError
+
+SOURCE_KINDS = ("hf", "azure", "https")
+ASSET_KINDS = ("file", "folder", "zip")
+ENTRY_KINDS = ("detector", "captioner", "checkpoint", "features", "corpus")
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place an asset can come from: ``hf`` (repo, revision, path), ``azure`` or ``https`` (url)."""
+
+    kind: str
+    url: str = ""
+    repo: str = ""
+    revision: str = ""
+    path: str = ""
+    size: Optional[int] = None  # exact bytes, where publicly known
+    sha256: Optional[str] = None  # hex digest, where publicly known
+
+    @property
+    def pinned(self) -> bool:
+        """True when an hf source's revision is a full commit id (not a moving branch)."""
+        return bool(_COMMIT.fullmatch(self.revision))
+
+    def address(self, endpoint: Optional[str] = None) -> str:
+        """The URL this source is read from (an hf source's ``resolve`` URL on ``endpoint``)."""
+        if self.kind != "hf":
+            return self.url
+        base = (endpoint or hf_endpoint()).rstrip("/")
+        return f"{base}/{self.repo}/resolve/{quote(self.revision, safe='')}/{quote(self.path)}"
+
+    def label(self) -> str:
+        """A short name for messages and tables: ``hf REPO@REV/PATH`` or ``azure URL``."""
+        if self.kind == "hf":
+            rev = self.revision[:7] if self.pinned else self.revision
+            return f"hf {self.repo}@{rev}/{self.path}"
+        return f"{self.kind} {self.url}"
+
+
+def hf(repo: str, revision: str, path: str, *, size: Optional[int] = None, sha256: Optional[str] = None) -> Source:
+    """An ``hf`` source: file ``path`` of hub repo ``repo`` at ``revision``."""
+    return Source("hf", repo=repo, revision=revision, path=path, size=size, sha256=sha256)
+
+
+def azure(url: str) -> Source:
+    """An ``azure`` source: a blob (file or zip) or folder (URL ending in ``/``) of the original release."""
+    return Source("azure", url=url)
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file, folder or zip of an entry: its local name, where it may come from, and what it is."""
+
+    name: str  # the entry it belongs to
+    kind: str  # file, folder (every blob under a prefix) or zip (unpacked after download)
+    filename: str  # the local file name (file, zip); "" for a folder
+    sources: tuple[Source, ...]
+    size: str  # as the release or the hub lists it; "unknown" where neither does
+    description: str
+    target: str  # its folder under VINVL_HOME ("" for files shipped in the package)
+    exclude: tuple[str, ...] = ()
+
+    def destination(self, out: Optional[Path] = None) -> Path:
+        """The folder this asset is written into: ``out`` when given, else its place in ``VINVL_HOME``."""
+        if out is not None:
+            return Path(out)
+        return shipped_model_dir() if not self.target else vinvl_home() / self.target
+
+    def local_path(self, out: Optional[Path] = None) -> Path:
+        """The file, the unpacked folder of a zip, or the folder, once fetched."""
+        dest = self.destination(out)
+        if self.kind == "file":
+            return dest / self.filename
+        if self.kind == "zip":
+            return dest / Path(self.filename).stem
+        return dest
+
+    def present(self, out: Optional[Path] = None) -> bool:
+        """Whether the asset is complete locally (only verified files ever get their final name).
+
+        A folder is never taken as complete: the engine lists it and skips the files it already has.
+        """
+        if self.kind == "folder":
+            return False
+        p = self.local_path(out)
+        return p.is_file() if self.kind == "file" else p.is_dir()
+
+    @property
+    def urls(self) -> list[str]:
+        """The URL of every source, in order (hf sources on the public hub)."""
+        return [s.address(HF_DEFAULT_ENDPOINT) for s in self.sources]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registry name: its kind, its detector preset (detectors) and the assets it groups."""
+
+    name: str
+    kind: str
+    description: str
+    assets: tuple[Asset, ...]
+    preset: Optional[str] = None
+    weights: str = ""  # detectors: the weights file name
+    labelmap: str = ""  # detectors: the label map file name
+    shipped: bool = False  # inside the package (the demo detector)
+
+    def asset(self, filename: str) -> Asset:
+        """The asset whose local file name is ``filename``."""
+        for a in self.assets:
+            if a.filename == filename:
+                return a
+        raise VinvlError(f"{self.name}: no file {filename!r} in the registry entry")
+
+    def folder(self) -> Path:
+        """Where the entry's files live (the package folder for a shipped entry)."""
+        return self.assets[0].destination()
+
+
+# ---------------------------------------------------------------------------------------------
+# The entries
+
+
+_OD = "https://biglmdiag.blob.core.windows.net/vinvl/model_ckpts/od_models"
+_PZ = "https://penzhanwu2.blob.core.windows.net"
+_P = "https://biglmdiag.blob.core.windows.net/vinvl/image_features/"
+_S = "X152C4_frcnnbig2_exp168model_0060000model.roi_heads.nm_filter_2_model.roi_heads.score_thresh_0.2"
+_C = "https://biglmdiag.blob.core.windows.net/vinvl/pretrain_corpus/"
+_M = "https://biglmdiag.blob.core.windows.net/vinvl/model_ckpts/"
+
+# Hub mirrors (michelecafagna26). Commit ids are those the hub's public file listings show holding the
+# files; hl-actions shows only abbreviated ids publicly, so it follows "main".
+_HF_VG = ("michelecafagna26/vinvl_vg_x152c4", "6491424f0b13085e733300fef2ee0e24ea2258df")
+HF_CAPTIONERS: dict[str, tuple[str, str, str]] = {
+    "vinvl-base-image-captioning": (
+        "2671765543d4fa0560a19abba1bcb75e130c71dc",
+        "Oscar+ base fine-tuned for COCO captioning (cross-entropy), the original's layout; decodes on "
+        "vinvl_vg_x152c4 regions and tags",
+        "447 MB"),
+    "vinvl-base-finetuned-hl-scenes-image-captioning": (
+        "99aa060ea4f2661be3dfc29dee04eb8d845d357b",
+        "Oscar+ base fine-tuned on the HL dataset for scene descriptions", "447 MB"),
+    "vinvl-base-finetuned-hl-actions-image-captioning": (
+        "main", "Oscar+ base fine-tuned on the HL dataset for action descriptions", "447 MB"),
+    "vinvl-base-finetuned-hl-rationales-image-captioning": (
+        "e78573eb7fd955e64f8d37355eb4c8188d8b49eb",
+        "Oscar+ base fine-tuned on the HL dataset for rationales", "447 MB"),
+}
+# The files of a captioning checkpoint as the original saves it (no training_args.bin on the hub).
+CAPTIONER_FILES = ("pytorch_model.bin", "config.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json")
+
+
+def _detector(name: str, weights: tuple[str, tuple[Source, ...], str], labelmap: tuple[str, tuple[Source, ...], str],
+              description: str, extras: Sequence[tuple[str, tuple[Source, ...], str]] = ()) -> Entry:
+    t = f"models/{name}"
+    assets = [
+        Asset(name, "file", weights[0], weights[1], weights[2], f"weights: {description}", t),
+        Asset(name, "file", labelmap[0], labelmap[1], labelmap[2], f"label map of {name}", t),
+    ]
+    assets += [Asset(name, "file", f, s, "small", d, t) for f, s, d in extras]
+    return Entry(name, "detector", description, tuple(assets), preset=name, weights=weights[0], labelmap=labelmap[0])
+
+
+def _detectors() -> list[Entry]:
+    vg_w, vg_l = "vinvl_vg_x152c4.pth", "VG-SGG-dicts-vgoi6-clipped.json"
+    fs, o365 = f"{_OD}/FourSets", f"{_OD}/objects365"
+    return [
+        _detector(
+            "vinvl_vg_x152c4",
+            (vg_w, (hf(*_HF_VG, vg_w), azure(f"{_PZ}/results/vinvl/od_models/{vg_w}"),
+                    azure(f"{_PZ}/sgg/sgg_benchmark/vinvl_model_zoo/{vg_w}")), "593 MB"),
+            (vg_l, (hf(*_HF_VG, vg_l), azure(f"{_PZ}/sgg/sgg_benchmark/vinvl_model_zoo/{vg_l}")), "109 kB"),
+            "VinVL X152-C4 on Visual Genome: 1594 classes, 524 attributes (the features of Oscar+)",
+        ),
+        _detector(
+            "vinvl_foursets_x152c4",
+            ("model_final.pth", (azure(f"{fs}/model_final.pth"),), "unknown"),
+            ("vgcocooiobjects_v1_class2ind.json", (azure(f"{fs}/vgcocooiobjects_v1_class2ind.json"),), "small"),
+            "X152-C4 on COCO-stuff + VG + Objects365 + OpenImages: 1848 merged classes",
+            [("config.yaml", (azure(f"{fs}/config.yaml"),), "config of the FourSets detector"),
+             ("coco_vgoiv6_class2ind.json", (azure(f"{fs}/coco_vgoiv6_class2ind.json"),),
+              "vocabulary map COCO -> the 1848 merged classes"),
+             ("object365_vgoiv6_class2ind.json", (azure(f"{fs}/object365_vgoiv6_class2ind.json"),),
+              "vocabulary map Objects365 -> the 1848 merged classes"),
+             ("oi_vgoiv6_class2ind.json", (azure(f"{fs}/oi_vgoiv6_class2ind.json"),),
+              "vocabulary map OpenImages V5 -> the 1848 merged classes")],
+        ),
+        _detector(
+            "vinvl_objects365_x152c4",
+            ("model_0740000.pth", (azure(f"{o365}/model_0740000.pth"),), "unknown"),
+            ("train.labelmap.tsv", (azure(f"{o365}/train.labelmap.tsv"),), "small"),
+            "X152-C4 on Objects365: 365 classes",
+            [("attr_frcnn_X152C4.yaml", (azure(f"{o365}/attr_frcnn_X152C4.yaml"),), "config of the Objects365 detector")],
+        ),
+        Entry("shapes_demo", "detector",
+              "Demo detector shipped with vinvl: 5 shapes, 8 attributes on the synthetic shapes dataset (docs/models.md)",
+              (Asset("shapes_demo", "file", "shapes_demo.pth", (), "6.4 MB", "weights of the demo detector", ""),
+               Asset("shapes_demo", "file", "shapes_demo_labelmap.json", (), "small", "label map of shapes_demo", "")),
+              preset="shapes_demo", weights="shapes_demo.pth", labelmap="shapes_demo_labelmap.json", shipped=True),
+    ]
+
+
+def _captioners() -> list[Entry]:
+    out = []
+    for name, (rev, what, size) in HF_CAPTIONERS.items():
+        repo, t = f"michelecafagna26/{name}", f"checkpoints/{name}"
+        assets = tuple(Asset(name, "file", f, (hf(repo, rev, f),), size if f == "pytorch_model.bin" else "small",
+                             f"{f} of {name}", t) for f in CAPTIONER_FILES)
+        out.append(Entry(name, "captioner", what, assets))
+    return out
+
+
+def _features() -> list[Entry]:
+    rows = [
+        ("coco2014_trainval", f"coco_{_S}/model_0060000/", "~50 GB", "COCO 2014 train/val region features",
+         ("coco2014test/", "coco2015test/")),  # the two test folders live below this prefix
+        ("coco2014_test", f"coco_{_S}/model_0060000/coco2014test/", "~16 GB", "COCO 2014 test region features", ()),
+        ("coco2015_test", f"coco_{_S}/model_0060000/coco2015test/", "~32 GB", "COCO 2015 test region features", ()),
+        ("gqa", f"gqa_{_S}/model_0060000/", "~62 GB", "GQA region features (all splits)", ()),
+        ("nlvr2", f"nlvr2_{_S}/", "~28 GB", "NLVR2 train/dev/test region features", ()),
+        ("flickr30k", f"flickr30k_{_S}/model_0060000/", "~14 GB", "Flickr30k region features (all)", ()),
+        ("googlecc", f"googlecc_{_S}/", "~960 GB", "Conceptual Captions region features, 12 chunks", ()),
+        ("sbu", f"sbu_{_S}/model_0060000/", "~280 GB", "SBU region features, 4 chunks", ()),
+        ("oi", f"oi_{_S}/model_0060000/", "~530 GB", "Open Images detection region features, 8 chunks", ()),
+    ]
+    return [Entry(n, "features", d, (Asset(n, "folder", "", (azure(_P + p),), s, d, f"features/{n}", x),))
+            for n, p, s, d, x in rows]
+
+
+def _corpora() -> list[Entry]:
+    out = []
+    for name, stem, what in (
+        ("corpus_small", "coco_flickr30k_gqa", "COCO + Flickr30k + GQA"),
+        ("corpus_medium", "coco_flickr30k_gqa_oi", "COCO + Flickr30k + GQA + OpenImages"),
+        ("corpus_large", "coco_flickr30k_googlecc_gqa_sbu_oi", "COCO + Flickr30k + CC + GQA + SBU + OpenImages"),
+    ):
+        t, desc = f"corpora/{name}", f"Oscar+ pretraining corpus ({what})"
+        out.append(Entry(name, "corpus", desc, (
+            Asset(name, "file", f"{stem}.tsv", (azure(f"{_C}{stem}.tsv"),), "unknown", desc, t),
+            Asset(name, "file", f"{stem}_x152c4big2exp168.yaml", (azure(f"{_C}{stem}_x152c4big2exp168.yaml"),),
+                  "small", f"dataset yaml of {stem}.tsv", t),
+        )))
+    return out
+
+
+def _checkpoints() -> list[Entry]:
+    rows = [
+        ("vqa_base", "vqa/base/best.zip", "zip", "Oscar+ base fine-tuned on VQA 2.0"),
+        ("vqa_large", "vqa/large/best.zip", "zip", "Oscar+ large fine-tuned on VQA 2.0"),
+        ("vqa_base_pretrained", "vqa/base/checkpoint-2000000/", "folder",
+         "Oscar+ base pretrained, the starting point of the VQA training commands"),
+        ("vqa_large_pretrained", "vqa/large/checkpoint-2000000/", "folder",
+         "Oscar+ large pretrained, the starting point of the VQA training commands"),
+        ("gqa_base", "gqa/base/best.zip", "zip", "Oscar+ base fine-tuned on GQA"),
+        ("nlvr2_base", "nlvr2/base/best.zip", "zip", "Oscar+ base fine-tuned on NLVR2"),
+        ("nlvr2_large", "nlvr2/large/best.zip", "zip", "Oscar+ large fine-tuned on NLVR2"),
+        ("coco_ir_base", "coco_ir/base/checkpoint-0132780/", "folder", "Oscar+ base for COCO image-text retrieval"),
+        ("coco_ir_large", "coco_ir/large/checkpoint-0132780/", "folder", "Oscar+ large for COCO image-text retrieval"),
+    ]
+    for stem, what in (
+        ("pretrained_base", "Oscar+ base pretrained for captioning"),
+        ("pretrained_large", "Oscar+ large pretrained for captioning"),
+        ("coco_captioning_base_xe", "COCO captioning, base, cross-entropy"),
+        ("coco_captioning_base_scst", "COCO captioning, base, SCST (CIDEr optimisation)"),
+        ("coco_captioning_large_xe", "COCO captioning, large, cross-entropy"),
+        ("coco_captioning_large_scst", "COCO captioning, large, SCST (CIDEr optimisation)"),
+        ("nocaps_base_xe", "NoCaps captioning, base, cross-entropy"),
+        ("nocaps_base_scst", "NoCaps captioning, base, SCST"),
+    ):
+        name = stem if stem.startswith(("coco", "nocaps")) else f"captioning_{stem}"
+        rows.append((name, f"image_captioning/{stem}.zip", "zip", what))
+    out = []
+    for n, p, k, d in rows:
+        fname = p.rstrip("/").rsplit("/", 1)[-1] if k == "zip" else ""
+        out.append(Entry(n, "checkpoint", d, (Asset(n, k, fname, (azure(_M + p),), "unknown", d, f"checkpoints/{n}"),)))
+    return out
+
+
+REGISTRY: dict[str, Entry] = {e.name: e for e in _detectors() + _captioners() + _features() + _corpora() + _checkpoints()}
+DEFAULT_DETECTOR = "vinvl_vg_x152c4"
+DEMO_DETECTOR = "shapes_demo"
+DEFAULT_CAPTIONER = "vinvl-base-image-captioning"
+
+
+# ---------------------------------------------------------------------------------------------
+# Places
+
+
+def vinvl_home() -> Path:
+    """The cache folder: ``$VINVL_HOME``, else ``~/.cache/vinvl``."""
+    return Path(os.environ.get("VINVL_HOME") or Path.home() / ".cache" / "vinvl")
+
+
+def shipped_model_dir() -> Path:
+    """The package folder holding the shipped demo model."""
+    from importlib import resources
+
+    return Path(str(resources.files("vinvl").joinpath("models")))
+
+
+def hf_endpoint() -> str:
+    """The hub endpoint: ``$HF_ENDPOINT`` (a mirror), else huggingface.co; read at each call."""
+    return (os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set: the hub is never asked."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hf_cache_dir() -> Path:
+    # huggingface_hub reads these at import; read them per call so tests and callers may set them late.
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home) / "hub"
+
+
+def azure_sas(sas: Optional[str] = None) -> Optional[str]:
+    """The read SAS to add to Azure URLs: ``sas``, else ``$VINVL_AZURE_SAS``; without a leading ``?``."""
+    value = (sas if sas is not None else os.environ.get("VINVL_AZURE_SAS", "")).strip().lstrip("?")
+    return value or None
+
+
+def _with_sas(url: str, sas: Optional[str]) -> str:
+    if not sas or urlsplit(url).query:
+        return url  # a URL given with its own query keeps it
+    return f"{url}?{sas}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Look-ups
+
+
+def entry(name: str) -> Entry:
+    """The registry entry ``name``; a clear error listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise VinvlError(f"unknown name {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def names(kind: Optional[str] = None) -> list[str]:
+    """Every registry name (of ``kind`` when given), in registry order."""
+    return [n for n, e in REGISTRY.items() if kind is None or e.kind == kind]
+
+
+def find_by_url(url: str) -> Optional[tuple[Asset, Source]]:
+    """The asset and source whose URL is ``url`` ignoring any query string (a SAS), else None."""
+    bare = url.split("?", 1)[0]
+    for e in REGISTRY.values():
+        for a in e.assets:
+            for s in a.sources:
+                if s.kind != "hf" and s.url == bare:
+                    return a, s
+    return None
+
+
+def list_entries() -> list[dict[str, Any]]:
+    """One record per source of every asset: name, kind (file/folder/zip), source, url, size, description, target."""
+    rows = []
+    for e in REGISTRY.values():
+        for a in e.assets:
+            for k, s in enumerate(a.sources):
+                rows.append({"name": e.name, "entry": e.kind, "kind": a.kind, "source": s.kind,
+                             "url": s.address(HF_DEFAULT_ENDPOINT), "revision": s.revision or None,
+                             "file": a.filename, "size": a.size, "target": a.target,
+                             "description": a.description if k == 0 else f"alternative source: {a.description}"})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+@dataclass
+class Fetched:
+    """What fetching one asset did: the source that served it (None: already present) and the engine's result."""
+
+    asset: Asset
+    source: Optional[Source]
+    result: Any  # vinvl.download.Result
+
+
+class _SilentTqdm:
+    """Stands in for the hub's progress bar class when ``quiet``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from tqdm.auto import tqdm
+
+        kwargs["disable"] = True
+        return tqdm(*args, **kwargs)
+
+
+def _one_line(e: BaseException) -> str:
+    # Hub errors carry several lines (status, URL, request id): keep the message on one line.
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: "os.PathLike | str", chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int], what: str,
+            drop: Sequence[Path] = ()) -> None:
+    """Check a fetched file against what its source states; a mismatch deletes it (and ``drop``)."""
+    from .download import VerificationError
+
+    bad = None
+    got_size = path.stat().st_size
+    if size is not None and got_size != size:
+        bad = f"size {got_size} bytes, expected {size}"
+    else:
+        digest = None
+        if sha256:
+            digest = file_sha256(path)
+            if digest != sha256.lower():
+                bad = f"sha256 mismatch (registry {sha256}, got {digest})"
+        tag = (etag or "").strip('"').lower().removeprefix("w/").strip('"')
+        if bad is None and re.fullmatch(r"[0-9a-f]{64}", tag):  # an LFS file: its ETag is its sha256
+            digest = digest or file_sha256(path)
+            if digest != tag:
+                bad = f"sha256 mismatch ({what} says {tag}, got {digest})"
+        elif bad is None and re.fullmatch(r"[0-9a-f]{40}", tag):  # a small file: its git blob hash
+            got = _git_blob_sha1(path)
+            if got != tag:
+                bad = f"git blob hash mismatch ({what} says {tag}, got {got})"
+    if bad:
+        for p in (path, *drop):
+            p.unlink(missing_ok=True)
+        raise VerificationError(f"{path}: {bad}; the file was deleted")
+
+
+def _hub_head(url: str, timeout: float, endpoint: str) -> Any:
+    """The hub's metadata of one file (HEAD, no retries); a connection failure is a RemoteError naming the host."""
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata
+
+    from .download import RemoteError
+
+    try:
+        return get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
+    except (httpx2.ConnectError, httpx2.TimeoutException) as e:
+        raise RemoteError(f"cannot reach {urlsplit(endpoint).netloc}: {_one_line(e)} (offline?)") from None
+
+
+def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bool) -> Any:
+    """One hub file into ``dest/filename`` through huggingface_hub (its cache first, then the endpoint)."""
+    from .download import RemoteError, Result
+
+    final = dest / asset.filename
+    cache_dir = _hf_cache_dir()
+    from huggingface_hub import try_to_load_from_cache
+
+    if src.pinned:  # the hub's own cache already holds this commit's file: no network
+        cached = try_to_load_from_cache(src.repo, src.path, cache_dir=str(cache_dir), revision=src.revision)
+        if isinstance(cached, str) and Path(cached).is_file():
+            if dry_run:
+                return Result(dest, [final], [Path(cached).stat().st_size])
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(final.name + ".part")
+            shutil.copyfile(cached, tmp)
+            _verify(tmp, etag=None, sha256=src.sha256, size=src.size, what=src.label())
+            os.replace(tmp, final)
+            return Result(dest, [final], [final.stat().st_size], present=1)
+    if hf_offline():
+        raise RemoteError("HF_HUB_OFFLINE is set and the file is not in the hub cache")
+    from huggingface_hub import hf_hub_download, hf_hub_url
+
+    endpoint = hf_endpoint()
+    url = hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=endpoint)
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    # A HEAD without retries first: an unreachable hub fails at once (hf_hub_download retries with back-off).
+    meta = _hub_head(url, timeout, endpoint)
+    if dry_run:
+        return Result(dest, [final], [meta.size])
+    dest.mkdir(parents=True, exist_ok=True)
+    got = Path(hf_hub_download(src.repo, src.path, revision=src.revision, local_dir=str(dest),
+                               cache_dir=str(cache_dir), endpoint=endpoint, etag_timeout=timeout,
+                               tqdm_class=_SilentTqdm if quiet else None))  # type: ignore[arg-type]
+    record = dest / ".cache" / "huggingface" / "download" / (src.path + ".metadata")
+    _verify(got, etag=meta.etag, sha256=src.sha256, size=src.size if src.size is not None else meta.size,
+            what=src.label(), drop=(record,))
+    if got != final:
+        os.replace(got, final)
+    return Result(dest, [final], [final.stat().st_size], fetched_bytes=final.stat().st_size)
+
+
+def _fetch_url(src: Source, asset: Asset, dest: Path, dl: Any, *, sas: Optional[str], dry_run: bool,
+               exclude: Sequence[str]) -> Any:
+    """An ``azure`` or ``https`` source through the engine (files, folders, zips)."""
+    from .download import Result, unpack_zip
+
+    url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+    if src.kind == "azure":
+        res = dl.download(url, dest, kind=asset.kind, filename=asset.filename or None,
+                          exclude=tuple(asset.exclude) + tuple(exclude), dry_run=dry_run, label=asset.name)
+    else:
+        rf = dl.stat_url(url, asset.filename)
+        todo = [(rf, dest / asset.filename)]
+        if dry_run:
+            return Result(dest, [dest / asset.filename], [rf.size])
+        res = dl.fetch(todo, dest, asset.name)
+        if asset.kind == "zip":
+            res.unpacked = unpack_zip(dest / asset.filename)
+    if not dry_run and asset.kind == "file" and (src.sha256 or src.size is not None):
+        _verify(dest / asset.filename, etag=None, sha256=src.sha256, size=src.size, what=src.label())
+    return res
+
+
+def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) -> str:
+    from .download import ACCESS_DENIED, RemoteError
+
+    denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
+    hub = [s for s in asset.sources if s.kind == "hf"]
+    where = asset.destination()
+    if hub:
+        return (f"the Hugging Face mirror {hub[0].repo} has it: check the network (HF_ENDPOINT for a mirror of the "
+                f"hub, HF_TOKEN if it asks for a login), or put the file into {where}")
+    if denied:
+        return ("no public mirror is known for it: a read SAS from the authors is needed "
+                f"(--sas or VINVL_AZURE_SAS), or put the file into {where}")
+    return f"check the network (vinvl download --check shows every source), or put the file into {where}"
+
+
+def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[str], quiet: bool, dry_run: bool,
+                 exclude: Sequence[str]) -> Fetched:
+    from .download import RemoteError, Result, VerificationError
+
+    dest = asset.destination(out)
+    if asset.present(out):
+        path = asset.local_path(out)
+        return Fetched(asset, None, Result(dest, [path], [path.stat().st_size if path.is_file() else None],
+                                           present=1, unpacked=path if asset.kind == "zip" else None))
+    if not asset.sources:
+        raise VinvlError(f"{asset.local_path(out)} is missing: it is shipped with the package; reinstall vinvl")
+    failed: list[tuple[Source, BaseException]] = []
+    for src in asset.sources:
+        try:
+            if src.kind == "hf":
+                res = _fetch_hf(src, asset, dest, quiet=quiet, dry_run=dry_run)
+            else:
+                res = _fetch_url(src, asset, dest, dl, sas=sas, dry_run=dry_run, exclude=exclude)
+            return Fetched(asset, src, res)
+        except (RemoteError, VerificationError) as e:
+            failed.append((src, e))
+        except VinvlError:
+            raise  # the local disk, a refused name: another source cannot help
+        except Exception as e:  # noqa: BLE001 - the hub client's errors (HTTP, network, consistency checks)
+            failed.append((src, e))
+    what = asset.filename or asset.sources[0].url
+    tried = "; ".join(f"{s.label()}: {_one_line(e)}" for s, e in failed)
+    raise RemoteError(f"{asset.name}: {what}: no source worked (tried {tried}); {_alternatives(asset, failed)}",
+                      getattr(failed[-1][1], "status", None))
+
+
+def fetch(
+    name: str,
+    out: Optional[Path] = None,
+    *,
+    sas: Optional[str] = None,
+    quiet: bool = False,
+    workers: int = 4,
+    dry_run: bool = False,
+    exclude: Iterable[str] = (),
+    downloader: Any = None,
+) -> list[Fetched]:
+    """Every asset of ``name`` into its place (or ``out``), each from the first source that works."""
+    from .download import Downloader
+
+    e = entry(name)
+    dl = downloader or Downloader(workers=workers, quiet=quiet)
+    return [_fetch_asset(a, out, dl, sas=azure_sas(sas), quiet=quiet, dry_run=dry_run, exclude=tuple(exclude))
+            for a in e.assets]
+
+
+def ensure(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> Entry:
+    """Make every file of ``name`` present in its place, fetching what lacks (``download``), and return the entry.
+
+    Without ``download`` a missing file is one error naming it and the command that fetches it.
+    """
+    e = entry(name)
+    missing = [a for a in e.assets if not a.present()]
+    if not missing:
+        return e
+    if not download or e.shipped:
+        where = "; ".join(f"{a.local_path()} (from {a.sources[0].label() if a.sources else 'the package'})"
+                          for a in missing)
+        raise VinvlError(f"{name} is not in the cache: missing {where}. Run `vinvl download {name}` or put the files there")
+    if not quiet:
+        import sys
+
+        print(f"fetching {name} into {e.folder()} ...", file=sys.stderr)
+    fetch(name, sas=sas, quiet=quiet)
+    return e
+
+
+@dataclass(frozen=True)
+class DetectorFiles:
+    """A resolved detector: its registry name, preset, weights and label map."""
+
+    name: str
+    preset: str
+    weights: Path
+    labelmap: Path
+
+
+def resolve_detector(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> DetectorFiles:
+    """The local weights and label map of detector ``name``, fetched first when missing (``download``)."""
+    if name not in REGISTRY:
+        raise VinvlError(f"unknown model {name!r}; detectors: {', '.join(names('detector'))}")
+    e = entry(name)
+    if e.kind != "detector":
+        raise VinvlError(f"{name} is a {e.kind}, not a detector; detectors: {', '.join(names('detector'))}")
+    ensure(name, download=download, sas=sas, quiet=quiet)
+    folder = e.folder()
+    return DetectorFiles(name, e.preset or name, folder / e.weights, folder / e.labelmap)
+
+
+def default_detector() -> tuple[str, str]:
+    """``(name, why)``: the released VG detector when it is in the cache, else the shipped demo; never downloads."""
+    if all(a.present() for a in entry(DEFAULT_DETECTOR).assets):
+        return DEFAULT_DETECTOR, f"the released {DEFAULT_DETECTOR} from {entry(DEFAULT_DETECTOR).folder()}"
+    ensure(DEMO_DETECTOR, download=False)
+    return DEMO_DETECTOR, (
+        f"the shipped demo model {DEMO_DETECTOR} (5 shapes, not real-world objects): {DEFAULT_DETECTOR} is not in "
+        f"{entry(DEFAULT_DETECTOR).folder()}; run `vinvl download {DEFAULT_DETECTOR}` or pass --model/--weights"
+    )
+
+
+def checkpoint_path(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> Path:
+    """The local folder (or zip) of a captioner or Oscar+ checkpoint ``name``, fetched first when missing."""
+    e = entry(name)
+    if e.kind not in ("captioner", "checkpoint"):
+        raise VinvlError(f"{name} is a {e.kind}, not an Oscar+ checkpoint")
+    ensure(name, download=download, sas=sas, quiet=quiet)
+    path = e.assets[0].local_path()
+    if e.kind == "captioner":
+        return e.folder()
+    if (path / "pytorch_model.bin").is_file() or list(path.glob("checkpoint-*")):
+        return path
+    # A released zip unpacks to a folder holding the checkpoint folder (or several): the newest one.
+    found = sorted(path.rglob("pytorch_model.bin"),
+                   key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+    return found[-1].parent if found else path
+
+
+def is_checkpoint_name(value: str) -> bool:
+    """Whether ``value`` names a captioner or Oscar+ checkpoint in the registry."""
+    e = REGISTRY.get(value)
+    return e is not None and e.kind in ("captioner", "checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# vinvl download --check
+
+
+@dataclass
+class CheckRow:
+    """One source of one asset as ``--check`` found it."""
+
+    name: str
+    file: str
+    source: Source
+    status: str  # reachable, needs SAS, needs token, missing, unreachable, offline, error
+    size: Optional[int] = None
+    detail: str = ""
+
+
+def _check_one(asset: Asset, src: Source, *, sas: Optional[str], timeout: float) -> CheckRow:
+    from .download import ACCESS_DENIED, Downloader, RemoteError
+
+    row = CheckRow(asset.name, asset.filename or "(folder)", src, "error")
+    if src.kind == "hf":
+        if hf_offline():
+            row.status, row.detail = "offline", "HF_HUB_OFFLINE is set"
+            return row
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RevisionNotFoundError
+
+        try:
+            meta = _hub_head(hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=hf_endpoint()), timeout,
+                             hf_endpoint())
+            row.status, row.size = "reachable", meta.size
+        except RemoteError as e:
+            row.status, row.detail = "unreachable", _one_line(e)
+        except GatedRepoError as e:
+            row.status, row.detail = "needs token", _one_line(e)
+        except (EntryNotFoundError, RevisionNotFoundError) as e:
+            row.status, row.detail = "missing", _one_line(e)
+        except HfHubHTTPError as e:
+            code = e.response.status_code if e.response is not None else None
+            row.status = "needs token" if code in (401, 403) else "missing" if code == 404 else "error"
+            row.detail = _one_line(e)
+        except Exception as e:  # noqa: BLE001 - connection errors of the hub client
+            row.status, row.detail = "unreachable", _one_line(e)
+        return row
+    dl = Downloader(attempts=1, connect_timeout=timeout, timeout=timeout, quiet=True)
+    url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+    try:
+        row.size = dl.stat_url(url, asset.filename or "x").size if src.kind == "https" else dl.probe(url, asset.kind)
+        row.status = "reachable"
+    except RemoteError as e:
+        row.detail = _one_line(e)
+        row.status = ("unreachable" if e.status is None else "needs SAS" if e.status in ACCESS_DENIED
+                      else "missing" if e.status == 404 else "error")
+    except VinvlError as e:
+        row.detail = _one_line(e)
+    return row
+
+
+def check(selected: Optional[Sequence[str]] = None, *, sas: Optional[str] = None, timeout: float = 5.0,
+          workers: int = 16) -> list[CheckRow]:
+    """Ask every source of every asset of ``selected`` (default: all names) whether it answers: HEAD requests
+    only (one listing entry for a folder), in parallel. Raises :class:`VinvlError` when no source answers at all."""
+    entries = [entry(n) for n in (selected or list(REGISTRY))]
+    jobs = [(a, s) for e in entries for a in e.assets for s in a.sources]
+    if not jobs:
+        return []
+    token = azure_sas(sas)
+    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="vinvl-check") as pool:
+        rows = list(pool.map(lambda j: _check_one(j[0], j[1], sas=token, timeout=timeout), jobs))
+    if all(r.status in ("unreachable", "offline") for r in rows):
+        hosts = {}
+        for r in rows:
+            host = urlsplit(r.source.address()).netloc
+            hosts.setdefault(host, r.detail)
+        why = "; ".join(f"{h}: {d}" for h, d in hosts.items())
+        raise VinvlError(f"offline: no source answered ({why})")
+    return rows
+
+
+__all__ = [
+    "ASSET_KINDS", "Asset", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEMO_DETECTOR", "DetectorFiles",
+    "ENTRY_KINDS", "Entry", "Fetched", "REGISTRY", "SOURCE_KINDS", "Source", "azure", "azure_sas", "check",
+    "checkpoint_path", "default_detector", "ensure", "entry", "fetch", "find_by_url", "hf", "hf_endpoint",
+    "hf_offline", "is_checkpoint_name", "list_entries", "names", "resolve_detector", "shipped_model_dir",
+    "vinvl_home",
+]

@@ -1,0 +1,356 @@
+"""The registry and its resolver against a loopback Hugging Face Hub (tests/hub_server.py, reached through
+HF_ENDPOINT) serving synthetic files in the published layouts, and Azure (Azurite, or a server that refuses
+anonymous reads): by-name resolution at the pinned commits, source order both ways, a cut transfer resumed,
+checksum mismatches refused, offline failures fast and naming every source, `vinvl download --check`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hub_server import HubServer, Repo
+from test_download import Azurite, _dl, _sas, azurite  # noqa: F401  (the Azurite fixture)
+
+from vinvl import registry
+from vinvl.cli import main
+from vinvl.download import RemoteError
+from vinvl.errors import VinvlError
+
+VG = registry.entry("vinvl_vg_x152c4")
+VG_REPO, VG_REV = VG.assets[0].sources[0].repo, VG.assets[0].sources[0].revision
+CAP = registry.entry("vinvl-base-image-captioning")
+CAP_REPO, CAP_REV = CAP.assets[0].sources[0].repo, CAP.assets[0].sources[0].revision
+CHUNK = 10 * 2**20  # huggingface_hub's download chunk: a cut resumes from the last whole chunk
+
+
+def _bytes(n: int, seed: int) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest()
+    return (block * (n // 32 + 1))[:n]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The released VG label map's layout (VG-SGG-dicts-vgoi6-clipped.json), with a few classes.
+VG_LABELMAP = json.dumps({"label_to_idx": {"person": 1, "dog": 2}, "idx_to_label": {"1": "person", "2": "dog"},
+                          "attribute_to_idx": {"red": 1}, "idx_to_attribute": {"1": "red"}}).encode()
+VG_WEIGHTS = _bytes(2 * CHUNK + 12345, 1)  # an LFS file larger than two download chunks
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """The loopback hub with the detector repo at its pinned commit; VINVL_HOME and the hub cache in tmp."""
+    server = HubServer({VG_REPO: Repo(VG_REV, {"vinvl_vg_x152c4.pth": VG_WEIGHTS,
+                                               "VG-SGG-dicts-vgoi6-clipped.json": VG_LABELMAP})})
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("VINVL_AZURE_SAS", raising=False)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    yield server
+    server.close()
+
+
+def _one_line(msg: str) -> None:
+    assert "\n" not in msg and "Traceback" not in msg, msg
+
+
+def _entry(name: str, *sources: registry.Source, filename: str = "weights.pth") -> registry.Entry:
+    """A one-file detector entry with the given sources, for source-order tests."""
+    t = f"models/{name}"
+    return registry.Entry(name, "detector", "test", (registry.Asset(name, "file", filename, sources, "?", "w", t),),
+                          preset="tiny", weights=filename, labelmap=filename)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry's own facts
+
+
+def test_registry_entries_are_well_formed() -> None:
+    for e in registry.REGISTRY.values():
+        assert e.kind in registry.ENTRY_KINDS
+        for a in e.assets:
+            assert a.kind in registry.ASSET_KINDS and (a.sources or e.shipped)
+            for s in a.sources:
+                assert s.kind in registry.SOURCE_KINDS
+                if s.kind == "hf":
+                    assert s.repo and s.path and (s.pinned or s.revision == "main"), s
+                else:
+                    assert s.url.startswith("https://"), s
+            # The hub comes first where it has the asset.
+            kinds = [s.kind for s in a.sources]
+            assert kinds == sorted(kinds, key=lambda k: k != "hf"), (e.name, kinds)
+    # The hub mirrors of the issue resolve by name, in exactly the published layouts.
+    assert [s.kind for s in VG.asset("vinvl_vg_x152c4.pth").sources] == ["hf", "azure", "azure"]
+    assert [s.kind for s in VG.asset("VG-SGG-dicts-vgoi6-clipped.json").sources] == ["hf", "azure"]
+    for name in ("vinvl-base-image-captioning", "vinvl-base-finetuned-hl-scenes-image-captioning",
+                 "vinvl-base-finetuned-hl-actions-image-captioning",
+                 "vinvl-base-finetuned-hl-rationales-image-captioning"):
+        e = registry.entry(name)
+        assert e.kind == "captioner" and [a.filename for a in e.assets] == list(registry.CAPTIONER_FILES)
+        assert {s.repo for a in e.assets for s in a.sources} == {f"michelecafagna26/{name}"}
+    # A moving branch only where no commit id is publicly known.
+    unpinned = {e.name for e in registry.REGISTRY.values() for a in e.assets for s in a.sources
+                if s.kind == "hf" and not s.pinned}
+    assert unpinned == {"vinvl-base-finetuned-hl-actions-image-captioning"}
+
+
+def test_list_shows_every_source(capsys: pytest.CaptureFixture) -> None:
+    assert main(["download", "--list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    hub_rows = [r for r in rows if r["name"] == "vinvl_vg_x152c4" and r["source"] == "hf"]
+    assert {r["url"] for r in hub_rows} == {
+        f"https://huggingface.co/{VG_REPO}/resolve/{VG_REV}/vinvl_vg_x152c4.pth",
+        f"https://huggingface.co/{VG_REPO}/resolve/{VG_REV}/VG-SGG-dicts-vgoi6-clipped.json"}
+    assert {r["source"] for r in rows} == {"hf", "azure"}
+
+
+# ---------------------------------------------------------------------------------------------
+# By name from the hub
+
+
+def test_name_resolves_from_the_hub_at_the_pinned_commit(hub: HubServer) -> None:
+    found = registry.resolve_detector("vinvl_vg_x152c4", quiet=True)
+    home = Path(os.environ["VINVL_HOME"]) / "models" / "vinvl_vg_x152c4"
+    assert (found.weights, found.labelmap) == (home / "vinvl_vg_x152c4.pth", home / "VG-SGG-dicts-vgoi6-clipped.json")
+    assert found.weights.read_bytes() == VG_WEIGHTS and found.labelmap.read_bytes() == VG_LABELMAP
+    assert found.preset == "vinvl_vg_x152c4"
+    api = [(m, p, a) for role, m, p, _, a in hub.log if role == "api" and "/resolve/" in p]
+    cdn = [(m, p, a) for role, m, p, _, a in hub.log if role == "cdn"]
+    assert api and all(f"/{VG_REPO}/resolve/{VG_REV}/" in p for _, p, _ in api)  # the pinned commit, never main
+    assert all(a == "Bearer hf_test_token" for _, _, a in api)  # the token goes to the hub ...
+    assert cdn and all(a == "" for _, _, a in cdn)  # ... and not to the storage it redirects to
+    # Present files are used as they are: no request at all.
+    seen = len(hub.log)
+    assert registry.resolve_detector("vinvl_vg_x152c4") == found
+    assert len(hub.log) == seen
+    assert registry.default_detector()[0] == "vinvl_vg_x152c4"
+
+
+def test_download_cli_by_name_then_present(hub: HubServer, capsys: pytest.CaptureFixture) -> None:
+    assert main(["download", "vinvl_vg_x152c4", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all(f"(hf {VG_REPO}@{VG_REV[:7]}/" in line for line in out), out
+    assert main(["download", "vinvl_vg_x152c4", "--quiet"]) == 0
+    assert all("1 already present" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_cut_transfer_resumed(hub: HubServer) -> None:
+    hub.state.cut.add(f"{VG_REPO}/vinvl_vg_x152c4.pth")  # the first body stops half-way, connection closed
+    found = registry.resolve_detector("vinvl_vg_x152c4", quiet=True)
+    assert found.weights.read_bytes() == VG_WEIGHTS
+    gets = [r for role, m, _, r, _ in hub.log if role == "cdn" and m == "GET"]
+    assert len(gets) == 2 and gets[0] == ""
+    start = int(re.fullmatch(r"bytes=(\d+)-", gets[1])[1])
+    assert start > 0 and start % CHUNK == 0  # resumed after the bytes already written, not from 0
+
+
+@pytest.mark.parametrize("file", ["vinvl_vg_x152c4.pth", "VG-SGG-dicts-vgoi6-clipped.json"], ids=["lfs", "small"])
+def test_checksum_mismatch_refused(hub: HubServer, file: str, capsys: pytest.CaptureFixture) -> None:
+    good = hub.state.repos[VG_REPO].files[file]
+    hub.state.tamper[f"{VG_REPO}/{file}"] = bytes([good[0] ^ 1]) + good[1:]  # same size, one bit off
+    assert main(["download", "vinvl_vg_x152c4", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert re.search(r"(sha256|git blob hash) mismatch .*; the file was deleted", err), err
+    assert not (registry.entry("vinvl_vg_x152c4").folder() / file).exists()
+    with pytest.raises(RemoteError):
+        registry.resolve_detector("vinvl_vg_x152c4", quiet=True)
+    hub.state.tamper.clear()  # the server heals: the same command succeeds
+    assert registry.resolve_detector("vinvl_vg_x152c4", quiet=True).weights.read_bytes() == VG_WEIGHTS
+
+
+def test_registry_sha256_is_checked_too(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = registry.hf(VG_REPO, VG_REV, "vinvl_vg_x152c4.pth", sha256="0" * 64)
+    monkeypatch.setitem(registry.REGISTRY, "pinned_sha", _entry("pinned_sha", src, filename="vinvl_vg_x152c4.pth"))
+    with pytest.raises(RemoteError, match=r"sha256 mismatch \(registry 0{64}, got [0-9a-f]{64}\)"):
+        registry.ensure("pinned_sha", quiet=True)
+
+
+def test_hub_cache_is_used_offline(hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A file the hub's own cache holds at the pinned commit needs no network, even with HF_HUB_OFFLINE."""
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(VG_REPO, "VG-SGG-dicts-vgoi6-clipped.json", revision=VG_REV, endpoint=hub.endpoint,
+                    cache_dir=str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = len(hub.log)
+    asset = VG.asset("VG-SGG-dicts-vgoi6-clipped.json")
+    monkeypatch.setitem(registry.REGISTRY, "vg_labelmap_only", registry.Entry(
+        "vg_labelmap_only", "detector", "t", (registry.Asset("vg_labelmap_only", "file", asset.filename,
+                                                             asset.sources[:1], "?", "l", "models/x"),)))
+    done = registry.fetch("vg_labelmap_only", quiet=True)
+    assert done[0].result.files[0].read_bytes() == VG_LABELMAP and len(hub.log) == seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Source order, Azure, SAS
+
+
+def test_hub_first_then_azure_fallback(hub: HubServer, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    azurite.put("pub", "fallback/weights.pth", b"from azure")
+    missing_on_hub = registry.hf(VG_REPO, VG_REV, "not-there.pth")
+    e = _entry("hub_then_azure", missing_on_hub, registry.azure(f"{azurite.base}/pub/fallback/weights.pth"))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    assert done[0].source.kind == "azure" and done[0].result.files[0].read_bytes() == b"from azure"
+    assert any(p.endswith("/not-there.pth") for _, _, p, _, _ in hub.log)  # the hub was asked first
+
+
+def test_azure_first_then_hub_fallback(hub: HubServer, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
+    azurite.put("priv", "reverse/vinvl_vg_x152c4.pth", b"private")  # no SAS: anonymous reads refused
+    e = _entry("azure_then_hub", registry.azure(f"{azurite.base}/priv/reverse/vinvl_vg_x152c4.pth"),
+               registry.hf(VG_REPO, VG_REV, "vinvl_vg_x152c4.pth"), filename="vinvl_vg_x152c4.pth")
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    assert done[0].source.kind == "hf" and done[0].result.files[0].read_bytes() == VG_WEIGHTS
+    # With a SAS (--sas or VINVL_AZURE_SAS) the first source works and the hub is not asked.
+    (done[0].result.files[0]).unlink()
+    seen = len(hub.log)
+    monkeypatch.setenv("VINVL_AZURE_SAS", "?" + _sas(azurite, "priv"))
+    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    assert done[0].source.kind == "azure" and done[0].result.files[0].read_bytes() == b"private"
+    assert len(hub.log) == seen
+
+
+def test_sas_option_of_the_cli(azurite: Azurite, hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    azurite.put("priv", "cli/weights.pth", b"needs a sas")
+    e = _entry("sas_only", registry.azure(f"{azurite.base}/priv/cli/weights.pth"))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    assert main(["download", e.name, "--quiet"]) == 2
+    capsys.readouterr()
+    assert main(["download", e.name, "--quiet", "--sas", _sas(azurite, "priv")]) == 0
+    assert (e.folder() / "weights.pth").read_bytes() == b"needs a sas"
+
+
+def test_withdrawn_public_access_is_one_line_naming_the_alternatives(hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    denied = registry.azure(f"{hub.endpoint}/denied/vinvl/model.pth")
+    azure_only = _entry("azure_only", denied)
+    with_mirror = _entry("with_mirror", denied, registry.hf(VG_REPO, VG_REV, "gone.pth"))
+    monkeypatch.setitem(registry.REGISTRY, azure_only.name, azure_only)
+    monkeypatch.setitem(registry.REGISTRY, with_mirror.name, with_mirror)
+    assert main(["download", "azure_only", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert "HTTP 409 PublicAccessNotPermitted" in err and "public access to this storage account was withdrawn" in err
+    assert "--sas or VINVL_AZURE_SAS" in err and "no public mirror is known" in err
+    assert main(["download", "with_mirror", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert f"azure {denied.url}: " in err and f"hf {VG_REPO}@{VG_REV[:7]}/gone.pth: " in err
+    assert f"the Hugging Face mirror {VG_REPO} has it" in err
+
+
+def test_https_source(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    sha = hashlib.sha256(VG_WEIGHTS).hexdigest()
+    url = f"{hub.cdn}/lfs/{VG_REPO}/{sha}/vinvl_vg_x152c4.pth"
+    e = _entry("plain_https", registry.Source("https", url=url, size=len(VG_WEIGHTS), sha256=sha))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    done = registry.fetch(e.name, quiet=True, downloader=_dl(range_size=CHUNK))
+    assert done[0].result.files[0].read_bytes() == VG_WEIGHTS
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline
+
+
+def test_offline_fails_fast_naming_every_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    dead = [_free_port() for _ in range(3)]  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{dead[0]}")
+    monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    sources = (registry.hf(VG_REPO, VG_REV, "vinvl_vg_x152c4.pth"),
+               registry.azure(f"http://127.0.0.1:{dead[1]}/acct/results/vinvl_vg_x152c4.pth"),
+               registry.azure(f"http://127.0.0.1:{dead[2]}/acct/sgg/vinvl_vg_x152c4.pth"))
+    e = _entry("offline_model", *sources, filename="vinvl_vg_x152c4.pth")
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    t = time.monotonic()
+    code = main(["extract", str(tmp_path), "-o", str(tmp_path / "out"), "--model", e.name, "--quiet"])
+    took = time.monotonic() - t
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and took < 2, (code, took)
+    assert len(err) == 1 and err[0].startswith("error: offline_model: vinvl_vg_x152c4.pth: no source worked"), err
+    for s in sources:
+        assert s.label() in err[0]
+    assert not (tmp_path / "out").exists()  # nothing was started
+    # HF_HUB_OFFLINE: the hub is not even asked.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RemoteError, match="HF_HUB_OFFLINE is set") as info:
+        registry.ensure(e.name, quiet=True)
+    _one_line(str(info.value))
+
+
+def test_check_table(hub: HubServer, azurite: Azurite, monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture) -> None:
+    azurite.put("pub", "check/weights.pth", b"12345")
+    sources = (registry.hf(VG_REPO, VG_REV, "vinvl_vg_x152c4.pth"),
+               registry.azure(f"{hub.endpoint}/denied/vinvl/weights.pth"),
+               registry.azure(f"{azurite.base}/pub/check/weights.pth"),
+               registry.azure(f"{azurite.base}/pub/check/absent.pth"),
+               registry.azure(f"http://127.0.0.1:{_free_port()}/acct/c/weights.pth"))
+    e = _entry("checked", *sources)
+    folder = registry.Entry("checked_folder", "features", "f", (registry.Asset(
+        "checked_folder", "folder", "", (registry.azure(f"{azurite.base}/pub/check/"),), "?", "f", "features/x"),))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    monkeypatch.setitem(registry.REGISTRY, folder.name, folder)
+    t = time.monotonic()
+    assert main(["download", "--check", "checked", "checked_folder"]) == 0
+    assert time.monotonic() - t < 5
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    status = {s.label(): line for s in sources for line in lines if s.label() in line}
+    assert re.search(r"\breachable\s+\S+ MiB$", status[sources[0].label()])
+    assert "needs SAS" in status[sources[1].label()]
+    assert re.search(r"\breachable\s+5 B$", status[sources[2].label()])
+    assert "missing" in status[sources[3].label()] and "unreachable" in status[sources[4].label()]
+    assert any("checked_folder" in line and "reachable" in line for line in lines)
+    assert "2 of 2 assets have a reachable source" in cap.err
+    # JSON, and an asset without any reachable source: exit 3.
+    assert main(["download", "--check", "checked", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["reachable", "needs SAS", "reachable", "missing", "unreachable"]
+    monkeypatch.setitem(registry.REGISTRY, "none_left", _entry("none_left", *sources[1:2], *sources[3:]))
+    assert main(["download", "--check", "none_left"]) == 3
+
+
+def test_check_offline_says_so_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    e = _entry("unreachable", registry.hf(VG_REPO, VG_REV, "x.pth"),
+               registry.azure(f"http://127.0.0.1:{_free_port()}/acct/c/x.pth"))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    t = time.monotonic()
+    assert main(["download", "--check", e.name]) == 2
+    assert time.monotonic() - t < 2
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert err.startswith("error: offline: no source answered (127.0.0.1:")
+
+
+def test_unknown_and_wrong_kind_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VINVL_HOME", str(tmp_path))
+    with pytest.raises(VinvlError, match=r"unknown name 'nope'; known: vinvl_vg_x152c4, "):
+        registry.entry("nope")
+    with pytest.raises(VinvlError, match="is a captioner, not a detector"):
+        registry.resolve_detector("vinvl-base-image-captioning", download=False)
+    with pytest.raises(VinvlError, match=r"vinvl_vg_x152c4 is not in the cache: missing .*vinvl download vinvl_vg_x152c4"):
+        registry.resolve_detector("vinvl_vg_x152c4", download=False)
+
