@@ -108,7 +108,7 @@ OUTPUTS = [
     (("detector", "train"), "out", True), (("corpus", "build"), "out", True), (("features", "to-oscar"), "out", True),
     (("detector", "eval"), "json_out", False), (("corpus", "decontaminate"), "out", False),
     (("corpus", "decontaminate"), "report", False), (("tsv", "merge"), "out", False),
-    (("labelmap", "convert"), "out", False), (("features", "convert"), "out", False),
+    (("labelmap", "convert"), "out", False), (("features", "convert"), "out", False), (("caption",), "out", False),
 ]
 
 

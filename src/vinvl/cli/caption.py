@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import device_name, output_file, output_folder
+
 HELP = """Caption photos: detect regions and tags, then decode a caption for each.
 
 IMAGE... are image files, folders (recursive) or .txt lists, as for
@@ -25,22 +27,21 @@ def caption(
     images: List[Path] = typer.Argument(..., metavar="IMAGE|FOLDER...", help="Image files, folders or lists."),
     model: str = typer.Option("vinvl-base-image-captioning", "--model", help="Captioner: registry name or folder."),
     detector: str = typer.Option("vinvl_vg_x152c4", "--detector", help="Detector registry name."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the COCO results json here instead of printing."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the COCO results json here instead of printing.",
+                                       callback=output_file),
     num_beams: int = typer.Option(5, "--num-beams", min=1),
     max_gen_length: int = typer.Option(20, "--max-gen-length", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per decoding batch."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)."),
-    regions: Optional[Path] = typer.Option(None, "--regions", help="Keep the detector output in this folder (reused when complete)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present).",
+                                         callback=device_name),
+    regions: Optional[Path] = typer.Option(None, "--regions", help="Keep the detector output in this folder (reused when "
+                                           "complete).", callback=output_folder),
     sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS for Azure sources (default: $VINVL_AZURE_SAS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Photos to captions: key<TAB>caption per image, or -o results.json."""
     from ..caption import caption as run
 
-    if out is not None and out.is_dir():
-        from ..errors import VinvlError
-
-        raise VinvlError(f"-o {out}: is a folder; give the results json file")
     rows = run(images, model=model, detector=detector, num_beams=num_beams, max_gen_length=max_gen_length,
                batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet)
     if out is not None:

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from .options import one_of, output_folder
+
 HELP = """Download released VinVL assets: models, label maps, features, corpora, checkpoints.
 
 NAME is a registry name (`vinvl download --list` shows them all; a model
@@ -29,22 +31,22 @@ reachable source, 3 when some have none, 2 when offline.
 
 def download(
     names: Optional[List[str]] = typer.Argument(None, metavar="NAME|URL...", help="Registry name or blob URL (several with --check)."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Folder to write into (default: its VINVL_HOME place)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Folder to write into (default: its VINVL_HOME place).",
+                                       callback=output_folder),
     list_: bool = typer.Option(False, "--list", help="List every released asset and each of its sources, and exit."),
     check: bool = typer.Option(False, "--check", help="Ask every source of NAME... (default: all) whether it answers; no download."),
-    format: str = typer.Option("table", "--format", help="Output of --list and --check: table or json."),
+    format: str = typer.Option("table", "--format", help="Output of --list and --check: table or json.",
+                               callback=one_of("table", "json")),
     sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS token added to Azure URLs (default: $VINVL_AZURE_SAS)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip blobs under this sub-prefix (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the files and sizes without fetching."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     workers: int = typer.Option(4, "--workers", min=1, help="Parallel requests."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each --check request may take."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds each --check request may take."),
 ) -> None:
     """Download released VinVL assets by name or URL."""
     from ..errors import VinvlError
 
-    if format not in ("table", "json"):
-        raise VinvlError(f"--format must be table or json, not {format!r}")
     if list_:
         _print_list(format)
         return
