@@ -11,10 +11,10 @@ from ..corpus.decontaminate import (
     DEFAULT_CANDIDATE_THRESHOLD,
     DEFAULT_SIZE,
     DEFAULT_THRESHOLD,
-    IMAGE_EXTENSIONS,
     decontaminate as _decontaminate,
 )
 from ..errors import VinvlError
+from ..images import IMAGE_EXTENSIONS
 
 app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 

@@ -15,13 +15,14 @@ from torch import nn
 from ..config import DetectorConfig, detector_preset
 from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
+from ..images import ImageInput, load_image
 from ..labelmap import LabelMap
 from .attributes import AttributeHead, select_attributes
 from .backbone import Backbone, fold_frozen_bn, unfold_frozen_bn
 from .box_coder import BoxCoder, clip_boxes, scale_boxes
 from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
 from .postprocess import select_detections
-from .preprocess import ImageInput, load_image, pad_batch, to_input_tensor
+from .preprocess import pad_batch, to_input_tensor
 from .roi_heads import ROIHeads
 from .rpn import RPN
 
