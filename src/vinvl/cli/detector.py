@@ -65,7 +65,7 @@ def evaluate(
     """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
-    from ..detection.train import DetectionDataset
+    from ..detection.dataset import DetectionDataset
     from ..errors import VinvlError
 
     lm_path = labelmap
