@@ -133,10 +133,9 @@ def load_image(image: ImageInput, exif_transpose: bool = False) -> Image.Image:
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
         try:
-            with _reasons():
-                return to_rgb(_open(image, exif_transpose, None))
-        except ImageLoadError as e:
-            raise VinvlError(f"cannot use the {image.mode} image: {e}") from None
+            return to_rgb(_open(image, exif_transpose, None))
+        except (OSError, ValueError) as e:
+            raise VinvlError(f"cannot use the {image.mode} image ({e})") from None
     path = Path(image)
     if not path.exists():
         raise VinvlError(f"{display_path(path)}: no such file")

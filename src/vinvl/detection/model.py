@@ -102,16 +102,20 @@ class AttrRCNN(nn.Module):
         lc = self.loss_config
         with contextlib.nullcontext() if training else torch.no_grad():
             c4 = self.backbone(images)
-            objectness, rpn_deltas = self.rpn.head(c4)
             losses: dict[str, torch.Tensor] = {}
             if training:
                 gt_boxes = [t.boxes for t in targets]
+                objectness, rpn_deltas = self.rpn.head(c4)
                 losses["loss_objectness"], losses["loss_rpn_box_reg"] = self.rpn.loss(
                     objectness, rpn_deltas, gt_boxes, sizes, lc.rpn, generator
                 )
-            top_n = (lc.pre_nms_top_n, lc.post_nms_top_n) if training else (None, None)
-            with torch.no_grad():  # proposals are not differentiated through
-                proposals = self.rpn.select(objectness.detach(), rpn_deltas.detach(), sizes, *top_n)
+                with torch.no_grad():  # proposals are not differentiated through
+                    proposals = self.rpn.select(
+                        objectness.detach(), rpn_deltas.detach(), sizes, lc.pre_nms_top_n, lc.post_nms_top_n
+                    )
+            else:
+                # RPN.forward is the same head and selection, called as a module so that hooks see it.
+                proposals = self.rpn(c4, sizes)
             boxes = [p[0] for p in proposals]
             if training:
                 rois = sample_rois(

@@ -20,7 +20,8 @@ import yaml
 from PIL import Image
 
 from ..errors import VinvlError
-from ..images import IMAGE_EXTENSIONS, ImageLoadError, decode_image, read_image_file, tsv_image_bytes  # noqa: F401 -- re-exported with load_image_item
+from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file, tsv_image_bytes
+from ..images import ImageLoadError  # noqa: F401 -- load_image_item's error, importable beside it
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 
