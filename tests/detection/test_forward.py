@@ -201,30 +201,22 @@ def test_empty_ground_truth_gives_finite_losses(shapes: Path) -> None:
     assert losses["loss_box_reg"].item() == 0 and losses["loss_attribute"].item() == 0
 
 
-def smooth_image(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3))
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(8, 40)
-        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(0, 255, 3)
-    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-
-
 @pytest.mark.parametrize("overrides", [
     {}, {"nms_filter": 0}, {"nms_filter": 2}, {"ignore_box_regression": False},
     {"ignore_box_regression": False, "nms_filter": 2}, {"ignore_box_regression": False, "cls_agnostic_bbox_reg": True},
     {"attributes__enabled": False}, {"batching": "padded"},
 ])
 @pytest.mark.parametrize("numerics", [{}, {"channels_last": False}, {"dtype": "bf16"}])
-def test_detections_equal_the_old_forward(overrides: dict, numerics: dict) -> None:
+def test_detections_equal_the_old_forward(shapes: Path, overrides: dict, numerics: dict) -> None:
     det = Detector.from_config("tiny", seed=0, **numerics, **overrides)
     with torch.no_grad():  # spread the scores over the threshold, so every mode keeps boxes
         det.model.roi_heads.box.predictor.cls_score.weight.mul_(40)
         det.model.roi_heads.box.predictor.bbox_pred.weight.mul_(5)
         if det.model.attribute is not None:
             det.model.attribute.predictor.attr_score.weight.mul_(20)
-    images = [smooth_image(0, 120, 200), smooth_image(1, 200, 120), smooth_image(2, 120, 200), smooth_image(3, 150, 151)]
+    ds = DetectionDataset(shapes / "dataset.yaml")
+    images = [np.asarray(ds.image(i)) for i in range(len(ds))]
+    images.insert(2, images[0][:, ::-1].copy())  # a second image of one size: "same_size" batches it with the first
     new = det.detect_raw(images, batch_size=2, trace=True)
     model = det.model
     try:
