@@ -199,6 +199,10 @@ def test_empty_ground_truth_gives_finite_losses(shapes: Path) -> None:
     _, losses = model(s.image[None], [s.size], [empty], generator=torch.Generator().manual_seed(0))
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_box_reg"].item() == 0 and losses["loss_attribute"].item() == 0
+    with pytest.raises(ValueError, match="1 images but 2 targets"):
+        model(s.image[None], [s.size], [empty, empty])
+    with pytest.raises(ValueError, match="1 images but 2 sizes"):
+        model(s.image[None], [s.size, s.size])
 
 
 @pytest.mark.parametrize("overrides", [

@@ -99,6 +99,9 @@ class AttrRCNN(nn.Module):
         ``generator``), no detections."""
         training = targets is not None
         sizes = list(image_sizes)
+        for what, n in [("sizes", len(sizes))] + ([("targets", len(targets))] if training else []):
+            if n != len(images):
+                raise ValueError(f"{len(images)} images but {n} {what}")
         lc = self.loss_config
         with contextlib.nullcontext() if training else torch.no_grad():
             c4 = self.backbone(images)
