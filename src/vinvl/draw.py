@@ -14,9 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import atomic_write
 from .errors import VinvlError
 from .features import Prediction
+from .images import IMAGE_EXTENSIONS, ImageLoadError, read_image
 from .tsv import PathLike, TSVFile
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _GOLDEN = 0.6180339887498949
 _BoxXY = tuple[int, int, int, int]
@@ -230,10 +229,9 @@ def _check_key(key: str) -> None:
 
 def _load_image(path: Path, pred: Prediction) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            # No EXIF transpose: the detector's boxes are in the file's stored pixel grid.
-            image = im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        # No EXIF transpose: the detector's boxes are in the file's stored pixel grid.
+        image = read_image(path)
+    except ImageLoadError as e:
         raise VinvlError(f"{path}: cannot read image for key {pred.key!r} ({e})") from None
     if pred.image_w is not None and pred.image_h is not None and image.size != (pred.image_w, pred.image_h):
         raise VinvlError(

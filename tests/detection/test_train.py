@@ -59,8 +59,8 @@ def test_trained_bn_folds_into_the_frozen_layout() -> None:
     det = Detector.from_checkpoint({"model": sd}, preset=cfg)
     x = torch.rand(1, 3, 96, 128) * 100
     with torch.no_grad():
-        ref = model(x, [(96, 128)])[0]
-        ours = det.model(x, [(96, 128)])[0]
+        ref = model(x, [(96, 128)])[0][0]
+        ours = det.model(x, [(96, 128)])[0][0]
     assert torch.equal(ref.labels, ours.labels)
     torch.testing.assert_close(ours.features, ref.features, rtol=1e-4, atol=1e-4)
 

@@ -14,6 +14,7 @@ from ..corpus.decontaminate import (
     decontaminate as _decontaminate,
 )
 from ..errors import VinvlError
+from ..images import IMAGE_EXTENSIONS
 from .options import output_file, output_folder
 
 app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
@@ -21,7 +22,6 @@ app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 
 def _expand_images(items: List[Path]) -> list[Path]:
     """Files as given, folders as their images (recursively, sorted)."""
-    from ..extract.sources import IMAGE_EXTENSIONS
 
     out: list[Path] = []
     for p in items:

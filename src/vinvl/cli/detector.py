@@ -79,7 +79,7 @@ def evaluate(
         return
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
-    from ..detection.train import DetectionDataset
+    from ..detection.dataset import DetectionDataset
     from ..errors import VinvlError
 
     lm_path = labelmap

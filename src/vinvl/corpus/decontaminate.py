@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import FormatError, VinvlError
+from ..images import IMAGE_EXTENSIONS, ImageLoadError, open_image, read_image_file, to_8bit_gray
 from ..tsv import TSVWriter, iter_tsv
 
 PathLike = Union[str, os.PathLike]
@@ -75,24 +75,17 @@ class Match(NamedTuple):
 
 
 def _open(image: ImageLike, size: int) -> Image.Image:
-    if isinstance(image, Image.Image):
-        img = image
-    else:
-        img = Image.open(image)
-        # JPEG only: decode at 1/2..1/8 scale in the DCT (an area average, so still robust),
-        # keeping at least 4x the signature size; a large photo decodes ~10x faster.
-        img.draft("L", (4 * size, 4 * size))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img.load()
-    return ImageOps.exif_transpose(img)  # compare images as they are shown
+    # JPEG only: decode at 1/2..1/8 scale in the DCT (an area average, so still robust), keeping at
+    # least 4x the signature size; a large photo decodes ~10x faster.
+    data = image if isinstance(image, Image.Image) else read_image_file(image)
+    return open_image(data, exif_transpose=True, draft=("L", (4 * size, 4 * size)))  # compare images as they are shown
 
 
 def _to_gray(img: Image.Image) -> Image.Image:
     if img.mode in ("L", "F"):
         return img
     if img.mode.startswith("I"):  # 16-bit PNG/TIFF: scale to 0..255 rather than clip
-        return img.convert("I").point(lambda v: v / 256).convert("L")
+        return to_8bit_gray(img)
     return img.convert("L")
 
 
@@ -200,7 +193,9 @@ def _signature_or_error(args: tuple[int, str, int, float, float]) -> tuple[int, 
     i, path, size, border, blur = args
     try:
         return i, image_signature(path, size, border, blur), ""
-    except Exception as e:  # noqa: BLE001 -- any decoder error means "unreadable", reported per file
+    except ImageLoadError as e:
+        return i, None, str(e)
+    except Exception as e:  # noqa: BLE001 -- any other error while decoding means "unreadable", reported per file
         msg = str(e).splitlines()[0] if str(e) else ""
         return i, None, f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
@@ -371,7 +366,6 @@ def id_mapping_matches(
 
 def index_image_folder(folder: PathLike) -> dict[str, Path]:
     """Map every image under ``folder`` to a key: its relative POSIX path with and without the extension."""
-    from ..extract.sources import IMAGE_EXTENSIONS  # here: the extract package imports torch
 
     root = Path(folder)
     if not root.is_dir():

@@ -1,7 +1,8 @@
 """VinVL's AttrRCNN object-attribute detector (X152-C4) in pure PyTorch over torchvision ops."""
 
 from .checkpoint import CheckpointError, load_into, read_checkpoint
-from .detector import AttrRCNN, Detections, Detector, RawDetections
+from .detector import Detections, Detector
+from .model import AttrRCNN, RawDetections, Target
 from .preprocess import target_size
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Detections",
     "Detector",
     "RawDetections",
+    "Target",
     "load_into",
     "read_checkpoint",
     "target_size",

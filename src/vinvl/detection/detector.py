@@ -1,118 +1,29 @@
-"""AttrRCNN (VinVL's X152-C4 object-attribute detector) built from its parts, and the ``Detector`` API."""
+"""``Detector``, the detector's user-facing API: images (files, PIL images, arrays) in, ``Detections``
+(boxes in original pixels, class and attribute names from a label map, features, ``predictions.tsv``
+rows) out, around the :class:`~vinvl.detection.model.AttrRCNN` model."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import DetectorConfig, detector_preset
 from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
+from ..images import ImageInput, load_image
 from ..labelmap import LabelMap
-from .attributes import AttributeHead, select_attributes
-from .backbone import Backbone, fold_frozen_bn, unfold_frozen_bn
-from .box_coder import BoxCoder, clip_boxes, scale_boxes
+from .backbone import fold_frozen_bn, unfold_frozen_bn
+from .box_coder import scale_boxes
 from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
-from .postprocess import select_detections
-from .preprocess import ImageInput, load_image, pad_batch, to_input_tensor
-from .roi_heads import ROIHeads
-from .rpn import RPN
+from .model import AttrRCNN, RawDetections
+from .preprocess import pad_batch, to_input_tensor
 
-
-@dataclass
-class RawDetections:
-    """One image's detections in resized-image coordinates (tensors), with optional intermediates."""
-
-    boxes: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor
-    features: torch.Tensor
-    scores_all: torch.Tensor
-    rows: Optional[torch.Tensor] = None
-    attr_logits: Optional[torch.Tensor] = None
-    attr_labels: Optional[torch.Tensor] = None
-    attr_scores: Optional[torch.Tensor] = None
-    trace: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class AttrRCNN(nn.Module):
-    """Backbone -> RPN -> box head (res5 over ROIs) -> post-processing -> attribute head.
-
-    Module names follow maskrcnn-benchmark's, so released checkpoints load without renaming.
-    """
-
-    def __init__(self, cfg: DetectorConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.backbone = Backbone(cfg.backbone)
-        self.rpn = RPN(cfg.rpn, self.backbone.out_channels)
-        self.roi_heads = ROIHeads(cfg.backbone, cfg.box_head)
-        feat_dim = self.roi_heads.box.feature_extractor.out_channels
-        self.attribute = (
-            AttributeHead(cfg.attributes, feat_dim, cfg.box_head.num_classes) if cfg.attributes.enabled else None
-        )
-        self.box_coder = BoxCoder(cfg.box_head.bbox_reg_weights)
-
-    def class_boxes(self, deltas: torch.Tensor, proposals: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """``[R, C, 4]`` per-class boxes: the proposal repeated (regression ignored) or decoded and clipped."""
-        num_classes = self.cfg.box_head.num_classes
-        if self.cfg.postprocess.ignore_box_regression:
-            return proposals[:, None, :].expand(-1, num_classes, 4)
-        if self.cfg.box_head.cls_agnostic_bbox_reg:
-            decoded = self.box_coder.decode(deltas[:, -4:], proposals).repeat(1, num_classes)
-        else:
-            decoded = self.box_coder.decode(deltas, proposals)
-        return clip_boxes(decoded, hw[0], hw[1]).view(len(proposals), num_classes, 4)
-
-    @torch.no_grad()
-    def forward(
-        self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]], trace: bool = False
-    ) -> list[RawDetections]:
-        """Detect in a ``[B, 3, H, W]`` batch whose images have the given (resized) ``(h, w)`` sizes."""
-        c4 = self.backbone(images)
-        proposals = self.rpn(c4, list(image_sizes))
-        boxes = [p[0] for p in proposals]
-        extractor = self.roi_heads.box.feature_extractor
-        pooled = extractor(c4, boxes)
-        logits, deltas = self.roi_heads.box.predictor(pooled)
-        logits, deltas = logits.float(), deltas.float()  # post-processing always in fp32
-        probs = F.softmax(logits, -1)
-        counts = [len(b) for b in boxes]
-        results = []
-        for i, (pool_i, prob_i, delta_i, logit_i) in enumerate(
-            zip(pooled.split(counts), probs.split(counts), deltas.split(counts), logits.split(counts))
-        ):
-            hw = image_sizes[i]
-            cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
-            sel = select_detections(prob_i, cls_boxes, boxes[i], self.cfg.postprocess)
-            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows], sel.rows)
-            if self.attribute is not None:
-                # The original re-pools the output boxes; when they are the proposals the pooled
-                # features are identical, so reuse them.
-                if self.cfg.postprocess.ignore_box_regression or len(sel.boxes) == 0:
-                    attr_in = out.features
-                else:
-                    attr_in = extractor(c4[i : i + 1], [sel.boxes])
-                a = self.cfg.attributes
-                out.attr_logits = self.attribute.predictor(attr_in, sel.labels).float()
-                out.attr_labels, out.attr_scores = select_attributes(out.attr_logits, a.threshold, a.max_per_box)
-            if trace:
-                out.trace = {
-                    "c4_feature": c4[i : i + 1],
-                    "rpn_proposals": boxes[i],
-                    "rpn_objectness": proposals[i][1],
-                    "proposal_class_logits": logit_i,
-                    "proposal_pool5": pool_i,
-                }
-            results.append(out)
-        return results
+__all__ = ["AttrRCNN", "Detections", "Detector", "RawDetections"]
 
 
 @dataclass
@@ -328,7 +239,7 @@ class Detector:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._numerics():
-                raws = self.model(x, [shapes[i] for i in batch], trace=trace)
+                raws, _ = self.model(x, [shapes[i] for i in batch], trace=trace)
             for i, raw in zip(batch, raws):
                 results[i] = (raw, shapes[i], prepared[i][1])
         return results

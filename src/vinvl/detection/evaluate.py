@@ -20,7 +20,7 @@ import torch
 from ..errors import VinvlError
 from .detector import Detector
 from .losses import box_iou
-from .train import DetectionDataset
+from .dataset import DetectionDataset
 
 PathLike = Union[str, os.PathLike]
 

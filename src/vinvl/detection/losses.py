@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -175,6 +175,18 @@ def sample_rois(
     width = max(a.shape[1] for a in attrs)
     attrs = [F.pad(a, (0, width - a.shape[1])) for a in attrs]
     return SampledROIs(boxes, labels_t, torch.cat(regs), labels_t > 0, torch.cat(attrs))
+
+
+@dataclass
+class LossConfig:
+    """The training-time settings of ``AttrRCNN.forward`` with targets: the RPN's and the box head's
+    matching and sampling, the proposals kept for the box head, and the attribute loss's weight."""
+
+    rpn: RPNLossConfig = field(default_factory=RPNLossConfig)
+    box: BoxLossConfig = field(default_factory=BoxLossConfig)
+    pre_nms_top_n: int = 2000
+    post_nms_top_n: int = 300
+    attribute_weight: float = 0.5
 
 
 def box_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: SampledROIs, cfg: BoxLossConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Union
-
 import numpy as np
 import torch
 from PIL import Image
 
 from ..config import InputConfig
-from ..errors import VinvlError
-
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 def target_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -33,24 +26,6 @@ def target_size(width: int, height: int, min_size: int, max_size: int) -> tuple[
     if width < height:
         return int(size * height / width), size
     return size, int(size * width / height)
-
-
-def load_image(image: ImageInput) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image or an ``H x W x 3`` uint8 RGB array (no EXIF rotation)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise VinvlError(f"expected an H x W x 3 uint8 RGB array, got {image.dtype} {image.shape}")
-        return Image.fromarray(image).convert("RGB")
-    path = Path(image)
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise VinvlError(f"{path}: no such file") from None
-    except (OSError, Image.DecompressionBombError, ValueError) as e:
-        raise VinvlError(f"{path}: cannot read image ({e})") from None
 
 
 def to_input_tensor(image: Image.Image, cfg: InputConfig) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Single-level region proposal network: head, anchors and test-time proposal selection."""
+"""Single-level region proposal network: head, anchors, proposal selection and its training loss."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torchvision.ops import nms
 from ..config import RPNConfig
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder, box_sizes, clip_boxes
+from .losses import RPNLossConfig, rpn_loss
 
 
 class RPNHead(nn.Module):
@@ -51,6 +52,21 @@ class RPN(nn.Module):
         """``(boxes [K, 4], objectness [K])`` per image, in NMS keep order (descending objectness)."""
         objectness, deltas = self.head(features)
         return self.select(objectness, deltas, image_sizes)
+
+    def loss(
+        self,
+        objectness: torch.Tensor,
+        deltas: torch.Tensor,
+        gt_boxes: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        cfg: RPNLossConfig,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objectness loss, box loss)`` of the head's outputs against each image's ground-truth boxes."""
+        n, _, h, w = objectness.shape
+        anchors = self.anchor_generator.grid_anchors(h, w)
+        obj_flat = flatten_head_output(objectness, 1).view(n, -1)
+        return rpn_loss(obj_flat, flatten_head_output(deltas, 4), anchors, gt_boxes, image_sizes, cfg, generator)
 
     def select(
         self,

@@ -1,11 +1,12 @@
 """Training AttrRCNN on a TSV dataset (image TSV + label TSV), from scratch or fine-tuning a checkpoint.
 
-The data layout is the original's: a dataset yaml naming ``img`` (``key \\t base64``),
-``label`` (``key \\t [{"rect", "class", "attributes"}]``) and ``labelmap``. Inputs are resized
-as at test time and flipped horizontally at random. The model is the inference model; from
-scratch its frozen BNs can be trained as ordinary batch norms (``trainable_bn``) and are folded
-back into frozen statistics in every checkpoint, so checkpoints always have the layout
-``Detector.from_checkpoint`` (and the original) reads.
+The data layout is the original's (:mod:`.dataset`): a dataset yaml naming ``img``
+(``key \\t base64``), ``label`` (``key \\t [{"rect", "class", "attributes"}]``) and ``labelmap``.
+Inputs are resized as at test time and flipped horizontally at random. The model is the inference
+model and its one forward pass gives the losses; from scratch its frozen BNs can be trained as
+ordinary batch norms (``trainable_bn``) and are folded back into frozen statistics in every
+checkpoint, so checkpoints always have the layout ``Detector.from_checkpoint`` (and the original)
+reads.
 """
 
 from __future__ import annotations
@@ -21,22 +22,16 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
-from PIL import Image
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write
 from ..config import DetectorConfig
 from ..errors import VinvlError, torch_load_problem
-from ..labelmap import LabelMap
-from ..tsv import TSVFile
-from ..yamlio import read_yaml
-from .box_coder import BoxCoder
 from .checkpoint import CheckpointError, load_into, read_checkpoint
-from .detector import AttrRCNN
-from .losses import BoxLossConfig, RPNLossConfig, attribute_loss, box_loss, rpn_loss, sample_rois
-from .preprocess import pad_batch, to_input_tensor
-from .rpn import flatten_head_output
+from .dataset import DetectionDataset, collate
+from .losses import BoxLossConfig, LossConfig, RPNLossConfig
+from .model import AttrRCNN
 
 PathLike = Union[str, os.PathLike]
 
@@ -67,77 +62,15 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: Optional[float] = 10.0
 
-
-class DetectionDataset:
-    """Images, boxes, classes and attributes of a dataset yaml (``img``, ``label``, ``labelmap``)."""
-
-    def __init__(self, yaml_path: PathLike, labelmap: Optional[LabelMap] = None) -> None:
-        self.path = Path(yaml_path)
-        spec = read_yaml(self.path)
-        for k in ("img", "label"):
-            if not isinstance(spec, dict) or k not in spec:
-                raise VinvlError(f"{self.path}: a training dataset yaml needs '{k}'")
-        base = self.path.parent
-        self.img = TSVFile(base / spec["img"], build_index=True)
-        label = TSVFile(base / spec["label"], build_index=True)
-        if labelmap is None:
-            if "labelmap" not in spec:
-                raise VinvlError(f"{self.path}: no 'labelmap' entry; pass a label map")
-            labelmap = LabelMap.load(base / spec["labelmap"])
-        self.labelmap = labelmap
-        self.class_index = {n: i for i, n in enumerate(labelmap.classes)}
-        self.attribute_index = {n: i for i, n in enumerate(labelmap.attributes or ())}
-        self.keys = self.img.keys()
-        self.annotations: list[list[dict[str, Any]]] = []
-        for i, key in enumerate(self.keys):
-            if key not in label:
-                raise VinvlError(f"{label.path}: no row for image {key!r} of {self.img.path}")
-            try:
-                objs = json.loads(label.get(key)[1])
-            except (json.JSONDecodeError, IndexError) as e:
-                raise VinvlError(f"{label.path}: key {key!r}: bad label row ({e})") from None
-            for o in objs:
-                if o.get("class") not in self.class_index:
-                    raise VinvlError(f"{label.path}: key {key!r}: class {o.get('class')!r} is not in the label map")
-            self.annotations.append(objs)
-        label.close()
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def image(self, i: int) -> Image.Image:
-        """Image ``i`` as RGB."""
-        from ..extract.sources import ImageLoadError, decode_image, image_bytes, ImageItem
-
-        try:
-            return decode_image(image_bytes(ImageItem(self.keys[i], self.img.path, i), {self.img.path: self.img}))
-        except ImageLoadError as e:
-            raise VinvlError(f"{self.img.path}: row {i} ({self.keys[i]}): {e}") from None
-
-    def targets(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(boxes [G, 4] in original pixels, class indices [G], attribute indices [G, A] 0-padded)``."""
-        objs = self.annotations[i]
-        boxes = torch.tensor([o["rect"] for o in objs], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([self.class_index[o["class"]] for o in objs], dtype=torch.long)
-        attrs = [[self.attribute_index[a] for a in o.get("attributes", []) if a in self.attribute_index] for o in objs]
-        width = max([len(a) for a in attrs] + [1])
-        at = torch.zeros(len(objs), width, dtype=torch.long)
-        for r, a in enumerate(attrs):
-            at[r, : len(a)] = torch.tensor(a, dtype=torch.long)
-        return boxes, labels, at
-
-
-def _sample(ds: DetectionDataset, i: int, cfg: DetectorConfig, flip: bool) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor, torch.Tensor]:
-    img = ds.image(i)
-    boxes, labels, attrs = ds.targets(i)
-    W, H = img.size
-    if flip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        boxes = torch.stack([W - 1 - boxes[:, 2], boxes[:, 1], W - 1 - boxes[:, 0], boxes[:, 3]], dim=1)
-    x = to_input_tensor(img, cfg.input)
-    h, w = x.shape[1:]
-    boxes = boxes * torch.tensor([w / W, h / H, w / W, h / H])
-    return x, (h, w), boxes, labels, attrs
+    def loss_config(self) -> LossConfig:
+        """The model's training-time settings (sampling, training proposals, attribute weight) of these."""
+        return LossConfig(
+            rpn=RPNLossConfig(batch_per_image=self.rpn_batch_per_image),
+            box=BoxLossConfig(batch_per_image=self.roi_batch_per_image, positive_fraction=self.roi_positive_fraction),
+            pre_nms_top_n=self.rpn_pre_nms_top_n,
+            post_nms_top_n=self.rpn_post_nms_top_n,
+            attribute_weight=self.attribute_loss_weight,
+        )
 
 
 def use_trainable_bn(model: nn.Module) -> nn.Module:
@@ -223,7 +156,7 @@ def train(
     if cfg.attributes.enabled and ds.labelmap.attributes is not None and ds.labelmap.num_attributes != cfg.attributes.num_attributes:
         cfg = cfg.replace(num_attributes=ds.labelmap.num_attributes)
     torch.manual_seed(tc.seed)
-    model = AttrRCNN(cfg)
+    model = AttrRCNN(cfg, tc.loss_config())
     if init is not None:
         fresh = load_for_finetuning(model, init)
         log(f"fine-tuning from {init}; re-initialised: {', '.join(fresh) or 'nothing'}")
@@ -249,16 +182,14 @@ def train(
     gen = torch.Generator().manual_seed(tc.seed + start)
     rng = random.Random(tc.seed + start)
     batches = _batches(len(ds), min(tc.images_per_batch, len(ds)), tc.seed, start_epoch=start * tc.images_per_batch // max(len(ds), 1))
-    rpn_cfg = RPNLossConfig(batch_per_image=tc.rpn_batch_per_image)
-    box_cfg = BoxLossConfig(batch_per_image=tc.roi_batch_per_image, positive_fraction=tc.roi_positive_fraction)
-    coder = BoxCoder(cfg.box_head.bbox_reg_weights)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for it in range(start, tc.iterations):
         for g in opt.param_groups:
             g["lr"] = tc.base_lr * _lr_factor(it, tc)
-        samples = [_sample(ds, i, cfg, rng.random() < tc.hflip) for i in next(batches)]
-        losses = training_losses(model, samples, rpn_cfg, box_cfg, coder, tc, gen, device)
+        samples = [ds.sample(i, cfg.input, rng.random() < tc.hflip) for i in next(batches)]
+        images, sizes, targets = collate(samples, device)
+        _, losses = model(images, sizes, targets, generator=gen)
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise VinvlError(f"iteration {it}: the loss is {total.item()}; lower the learning rate")
@@ -281,44 +212,6 @@ def train(
         if (it + 1) % tc.checkpoint_every == 0 or it + 1 == tc.iterations:
             _save(model, opt, it + 1, out, final=it + 1 == tc.iterations)
     return out / "model_final.pth"
-
-
-def training_losses(
-    model: AttrRCNN,
-    samples: list,
-    rpn_cfg: RPNLossConfig,
-    box_cfg: BoxLossConfig,
-    coder: BoxCoder,
-    tc: TrainConfig,
-    gen: torch.Generator,
-    device: str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """All AttrRCNN losses for one batch of ``(tensor, (h, w), boxes, labels, attributes)`` samples."""
-    x = pad_batch([s[0] for s in samples]).to(device)
-    sizes = [s[1] for s in samples]
-    gt_boxes = [s[2].to(device) for s in samples]
-    gt_labels = [s[3].to(device) for s in samples]
-    gt_attrs = [s[4].to(device) for s in samples]
-    c4 = model.backbone(x)
-    objectness, deltas = model.rpn.head(c4)
-    n, _, h, w = objectness.shape
-    anchors = model.rpn.anchor_generator.grid_anchors(h, w)
-    obj_flat = flatten_head_output(objectness, 1).view(n, -1)
-    del_flat = flatten_head_output(deltas, 4)
-    loss_obj, loss_rpn_box = rpn_loss(obj_flat, del_flat, anchors, gt_boxes, sizes, rpn_cfg, gen)
-    with torch.no_grad():
-        proposals = [p for p, _ in model.rpn.select(objectness.detach(), deltas.detach(), sizes, tc.rpn_pre_nms_top_n, tc.rpn_post_nms_top_n)]
-    rois = sample_rois(proposals, gt_boxes, gt_labels, gt_attrs, coder, box_cfg, gen)
-    extractor = model.roi_heads.box.feature_extractor
-    pooled = extractor(c4, rois.boxes)
-    logits, box_deltas = model.roi_heads.box.predictor(pooled)
-    loss_cls, loss_box = box_loss(logits, box_deltas, rois, box_cfg)
-    out = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box, "loss_classifier": loss_cls, "loss_box_reg": loss_box}
-    if model.attribute is not None:
-        pos = torch.nonzero(rois.positive).squeeze(1)
-        attr_logits = model.attribute.predictor(pooled[pos], rois.labels[pos])
-        out["loss_attribute"] = tc.attribute_loss_weight * attribute_loss(attr_logits, rois.attributes[pos])
-    return out
 
 
 def _save(model: nn.Module, opt: torch.optim.Optimizer, iteration: int, out: Path, final: bool) -> None:

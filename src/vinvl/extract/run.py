@@ -35,9 +35,10 @@ from ..detection import Detector
 from ..detection.preprocess import to_input_tensor
 from ..errors import VinvlError
 from ..features import format_features_row, format_hw_row, format_label_row
+from ..images import ImageLoadError
 from ..textio import display_path
 from ..tsv import lineidx_path, merge_tsv, write_key_index
-from .sources import ImageItem, ImageLoadError, load_image_item
+from .sources import ImageItem, load_image_item
 
 NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
 # Optional outputs and their file names; errors.tsv, imageid2idx.json and manifest.json are always written.

@@ -2,30 +2,29 @@
 
 Every input becomes an :class:`ImageItem` (its key and where its bytes are) before any work
 starts, in a deterministic order, so a run is a function of its inputs and a duplicate or
-unmappable key is an error up front. Decoding happens later, in :func:`load_image_item`, which
-turns every way an image can be broken into an :class:`ImageLoadError` with a reason.
+unmappable key is an error up front. Decoding happens later, in :func:`load_image_item`, with
+:mod:`vinvl.images`'s decoder, which turns every way an image can be broken into an
+:class:`ImageLoadError` with a reason (both names are also importable from here).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import pybase64
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import VinvlError
+from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file, tsv_image_bytes
+from ..images import ImageLoadError  # noqa: F401 -- load_image_item's error, importable beside it
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 from ..yamlio import read_yaml
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 YAML_EXTENSIONS = frozenset({".yaml", ".yml"})
 KEY_FROM = ("relpath", "name", "stem")
@@ -273,54 +272,15 @@ def collect_images(paths: Sequence[PathLike]) -> list[ImageItem]:
     return collect_inputs(paths)
 
 
-class ImageLoadError(Exception):
-    """An input that cannot be used as an image; the message is the reason written to errors.tsv."""
-
-
 def image_bytes(item: ImageItem, tsv_cache: Optional[dict[Path, TSVFile]] = None) -> bytes:
     """The encoded bytes of ``item`` (a file's content, or an image TSV row's base64 last column)."""
     if item.row is None:
-        try:
-            return item.path.read_bytes()
-        except OSError as e:
-            raise ImageLoadError(f"cannot read: {e.strerror or e}") from None
+        return read_image_file(item.path)
     cache = tsv_cache if tsv_cache is not None else {}
     f = cache.get(item.path)
     if f is None:
         f = cache[item.path] = TSVFile(item.path, build_index=True)
-    fields = f.fields_bytes(item.row)
-    if len(fields) < 2:
-        raise ImageLoadError(f"expected 'key<TAB>base64 image', found {len(fields)} column(s)")
-    try:
-        return pybase64.b64decode(fields[-1], validate=True)
-    except ValueError:
-        raise ImageLoadError("the image column is not valid base64") from None
-
-
-def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
-    """Decode to RGB as the original does (PIL ``.convert('RGB')``, no EXIF rotation unless asked)."""
-    if not data:
-        raise ImageLoadError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that; treat both as a bomb.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            try:
-                return img.convert("RGB")  # the original's conversion, also for 16-bit (it clips)
-            except ValueError:
-                if not img.mode.startswith("I"):
-                    raise
-                return img.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(f"decompression bomb: {e}") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError("not an image (PIL cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(f"corrupt or truncated image: {e}") from None
+    return tsv_image_bytes(f.fields_bytes(item.row))
 
 
 def load_image_item(

@@ -1,0 +1,190 @@
+"""AttrRCNN, VinVL's X152-C4 object-attribute detector, built from its parts: one forward pass for
+inference and training (``(detections, losses)``, as torchvision's ``GeneralizedRCNN``)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DetectorConfig
+from .attributes import AttributeHead, select_attributes
+from .backbone import Backbone
+from .box_coder import BoxCoder, clip_boxes
+from .losses import LossConfig, SampledROIs, attribute_loss, box_loss, sample_rois
+from .postprocess import select_detections
+from .roi_heads import ROIHeads
+from .rpn import RPN
+
+
+@dataclass
+class Target:
+    """One image's ground truth in resized-image pixels: boxes ``[G, 4]`` (xyxy), class indices ``[G]``,
+    attribute indices ``[G, A]`` (0 pads)."""
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    attributes: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Target":
+        """This target on ``device``."""
+        return Target(self.boxes.to(device), self.labels.to(device), self.attributes.to(device))
+
+
+@dataclass
+class RawDetections:
+    """One image's detections in resized-image coordinates (tensors), with optional intermediates."""
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    features: torch.Tensor
+    scores_all: torch.Tensor
+    rows: Optional[torch.Tensor] = None
+    attr_logits: Optional[torch.Tensor] = None
+    attr_labels: Optional[torch.Tensor] = None
+    attr_scores: Optional[torch.Tensor] = None
+    trace: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AttrRCNN(nn.Module):
+    """Backbone -> RPN -> box head (res5 over ROIs) -> post-processing -> attribute head.
+
+    Module names follow maskrcnn-benchmark's, so released checkpoints load without renaming. One
+    :meth:`forward` serves inference (detections) and training (losses, given targets): backbone, RPN
+    head, proposal selection, pooling and predictors run the same code in both.
+    """
+
+    def __init__(self, cfg: DetectorConfig, loss_config: Optional[LossConfig] = None) -> None:
+        """The modules of ``cfg``; ``loss_config`` holds the training-time settings of :meth:`forward` with targets."""
+        super().__init__()
+        self.cfg = cfg
+        self.loss_config = loss_config if loss_config is not None else LossConfig()
+        self.backbone = Backbone(cfg.backbone)
+        self.rpn = RPN(cfg.rpn, self.backbone.out_channels)
+        self.roi_heads = ROIHeads(cfg.backbone, cfg.box_head)
+        feat_dim = self.roi_heads.box.feature_extractor.out_channels
+        self.attribute = (
+            AttributeHead(cfg.attributes, feat_dim, cfg.box_head.num_classes) if cfg.attributes.enabled else None
+        )
+        self.box_coder = BoxCoder(cfg.box_head.bbox_reg_weights)
+
+    def class_boxes(self, deltas: torch.Tensor, proposals: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """``[R, C, 4]`` per-class boxes: the proposal repeated (regression ignored) or decoded and clipped."""
+        num_classes = self.cfg.box_head.num_classes
+        if self.cfg.postprocess.ignore_box_regression:
+            return proposals[:, None, :].expand(-1, num_classes, 4)
+        if self.cfg.box_head.cls_agnostic_bbox_reg:
+            decoded = self.box_coder.decode(deltas[:, -4:], proposals).repeat(1, num_classes)
+        else:
+            decoded = self.box_coder.decode(deltas, proposals)
+        return clip_boxes(decoded, hw[0], hw[1]).view(len(proposals), num_classes, 4)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Optional[Sequence[Target]] = None,
+        *,
+        generator: Optional[torch.Generator] = None,
+        trace: bool = False,
+    ) -> tuple[list[RawDetections], dict[str, torch.Tensor]]:
+        """``(detections, losses)`` of a ``[B, 3, H, W]`` batch whose images have the given (resized)
+        ``(h, w)`` sizes. Without ``targets``: detections (under no-grad), no losses; with one
+        :class:`Target` per image: the training losses (``loss_config``; sampling draws from
+        ``generator``), no detections."""
+        training = targets is not None
+        sizes = list(image_sizes)
+        for what, n in [("sizes", len(sizes))] + ([("targets", len(targets))] if training else []):
+            if n != len(images):
+                raise ValueError(f"{len(images)} images but {n} {what}")
+        lc = self.loss_config
+        with contextlib.nullcontext() if training else torch.no_grad():
+            c4 = self.backbone(images)
+            losses: dict[str, torch.Tensor] = {}
+            if training:
+                gt_boxes = [t.boxes for t in targets]
+                objectness, rpn_deltas = self.rpn.head(c4)
+                losses["loss_objectness"], losses["loss_rpn_box_reg"] = self.rpn.loss(
+                    objectness, rpn_deltas, gt_boxes, sizes, lc.rpn, generator
+                )
+                with torch.no_grad():  # proposals are not differentiated through
+                    proposals = self.rpn.select(
+                        objectness.detach(), rpn_deltas.detach(), sizes, lc.pre_nms_top_n, lc.post_nms_top_n
+                    )
+            else:
+                # RPN.forward is the same head and selection, called as a module so that hooks see it.
+                proposals = self.rpn(c4, sizes)
+            boxes = [p[0] for p in proposals]
+            if training:
+                rois = sample_rois(
+                    boxes, gt_boxes, [t.labels for t in targets], [t.attributes for t in targets],
+                    self.box_coder, lc.box, generator,
+                )
+                boxes = rois.boxes
+            pooled = self.roi_heads.box.feature_extractor(c4, boxes)
+            logits, deltas = self.roi_heads.box.predictor(pooled)
+            if training:
+                losses.update(self._head_losses(pooled, logits, deltas, rois))
+                return [], losses
+            return self._detections(c4, proposals, pooled, logits, deltas, sizes, trace), losses
+
+    def _head_losses(
+        self, pooled: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, rois: SampledROIs
+    ) -> dict[str, torch.Tensor]:
+        lc = self.loss_config
+        out = dict(zip(("loss_classifier", "loss_box_reg"), box_loss(logits, deltas, rois, lc.box)))
+        if self.attribute is not None:
+            # Trained on the positive samples with their true class, as the original does.
+            pos = torch.nonzero(rois.positive).squeeze(1)
+            attr_logits = self.attribute.predictor(pooled[pos], rois.labels[pos])
+            out["loss_attribute"] = lc.attribute_weight * attribute_loss(attr_logits, rois.attributes[pos])
+        return out
+
+    def _detections(
+        self,
+        c4: torch.Tensor,
+        proposals: list[tuple[torch.Tensor, torch.Tensor]],
+        pooled: torch.Tensor,
+        logits: torch.Tensor,
+        deltas: torch.Tensor,
+        image_sizes: list[tuple[int, int]],
+        trace: bool,
+    ) -> list[RawDetections]:
+        boxes = [p[0] for p in proposals]
+        extractor = self.roi_heads.box.feature_extractor
+        logits, deltas = logits.float(), deltas.float()  # post-processing always in fp32
+        probs = F.softmax(logits, -1)
+        counts = [len(b) for b in boxes]
+        results = []
+        for i, (pool_i, prob_i, delta_i, logit_i) in enumerate(
+            zip(pooled.split(counts), probs.split(counts), deltas.split(counts), logits.split(counts))
+        ):
+            hw = image_sizes[i]
+            cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
+            sel = select_detections(prob_i, cls_boxes, boxes[i], self.cfg.postprocess)
+            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows], sel.rows)
+            if self.attribute is not None:
+                # The original re-pools the output boxes; when they are the proposals the pooled
+                # features are identical, so reuse them.
+                if self.cfg.postprocess.ignore_box_regression or len(sel.boxes) == 0:
+                    attr_in = out.features
+                else:
+                    attr_in = extractor(c4[i : i + 1], [sel.boxes])
+                a = self.cfg.attributes
+                out.attr_logits = self.attribute.predictor(attr_in, sel.labels).float()
+                out.attr_labels, out.attr_scores = select_attributes(out.attr_logits, a.threshold, a.max_per_box)
+            if trace:
+                out.trace = {
+                    "c4_feature": c4[i : i + 1],
+                    "rpn_proposals": boxes[i],
+                    "rpn_objectness": proposals[i][1],
+                    "proposal_class_logits": logit_i,
+                    "proposal_pool5": pool_i,
+                }
+            results.append(out)
+        return results
