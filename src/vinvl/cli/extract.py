@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -83,12 +83,16 @@ def extract(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
     exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (faithful), or bf16/fp16 autocast (faster, small drift).",
-                              callback=one_of("fp32", "bf16", "fp16")),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (native form: bf16 where this CPU/GPU has native bf16 and it "
+                              "is measured faster, else fp32; original form: fp32), fp32 (faithful), or bf16/fp16 autocast "
+                              "(faster, small drift).", callback=one_of("auto", "fp32", "bf16", "fp16")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
+    import torch
+
     from ..config.original import ConfigError, apply_set_options, load_original
     from ..detection import Detector
+    from ..detection.numerics import Numerics, choose as choose_numerics
     from ..extract import collect_inputs, make_key_rule
     from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, mark_failed
     from ..registry import default_detector, file_sha256, resolve_detector
@@ -160,11 +164,16 @@ def extract(
         raise VinvlError(f"{labelmap_path}: no such label map file")
     rule = make_key_rule(key_from, key_regex, key_map)
     items = collect_inputs(inputs, rule, data_dir)
+    if config_file is not None:  # the original form reproduces the original's files: its fp32 NCHW arithmetic
+        numerics = Numerics("fp32" if dtype == "auto" else dtype, False, "the original form's arithmetic")
+    else:
+        numerics = choose_numerics(torch.device(dev), dtype, backbone=cfg.backbone)
     if world > 1:
-        _agree_across_ranks(items, rank, world)
-    # The original form reproduces the original's files: its NCHW arithmetic, not the faster channels-last path.
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=dtype,
-                                   channels_last=config_file is None)
+        numerics = _agree_across_ranks(items, rank, world, numerics)
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=numerics.dtype,
+                                   channels_last=numerics.channels_last)
+    if rank == 0 and not quiet:
+        typer.echo(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})", err=True)
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
@@ -172,7 +181,8 @@ def extract(
         exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet, rank=rank, world_size=world,
         extra_manifest={
             "form": "original" if config_file is not None else "native",
-            "dtype": dtype,
+            "dtype": numerics.dtype,
+            "numerics": numerics.reason,
             "command": ["vinvl", "extract", *sys.argv[2:]] if sys.argv[1:2] == ["extract"] else None,
             "model": model_name,
             "weights": str(weights_path),
@@ -212,23 +222,25 @@ def _with_options(cfg, overrides: dict):  # type: ignore[no-untyped-def]
         raise VinvlError(f"{given}: {e}") from None
 
 
-def _agree_across_ranks(items: list, rank: int, world: int) -> None:
-    """Under torchrun: check once, at the start, that every rank sees the same inputs (gloo, then closed)."""
+def _agree_across_ranks(items: list, rank: int, world: int, numerics: Any) -> Any:
+    """Under torchrun: check once, at the start, that every rank sees the same inputs, and give every rank rank 0's
+    numerics (each rank's own ``auto`` measurement could differ, and the shards must be computed alike)."""
     import hashlib
 
     import torch.distributed as dist
 
     digest = hashlib.sha256("\n".join(f"{i.key}\t{i.where}" for i in items).encode()).hexdigest()
     if not dist.is_available():
-        return
+        return numerics
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         seen: list = [None] * world
-        dist.all_gather_object(seen, digest)
+        dist.all_gather_object(seen, (digest, numerics))
     finally:
         dist.destroy_process_group()
-    if len(set(seen)) != 1:
+    if len({d for d, _ in seen}) != 1:
         raise VinvlError(f"the {world} ranks see different inputs (rank {rank}: {len(items)} images); give every rank the same")
+    return seen[0][1]
 
 
 def _check_device(device: str) -> None:
