@@ -170,8 +170,9 @@ def extract(
         numerics = choose_numerics(torch.device(dev), dtype, backbone=cfg.backbone)
     if world > 1:
         numerics = _agree_across_ranks(items, rank, world, numerics)
+    # The native form folds res5's frozen BNs in either layout (what --dtype auto measured); the original form never.
     det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=numerics.dtype,
-                                   channels_last=numerics.channels_last)
+                                   channels_last=numerics.channels_last, fold_bn=config_file is None)
     if rank == 0 and not quiet:
         typer.echo(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})", err=True)
     if labelmap_path is None and rank == 0:

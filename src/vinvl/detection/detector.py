@@ -154,6 +154,7 @@ class Detector:
         seed: Optional[int] = None,
         channels_last: bool = True,
         dtype: str = "fp32",
+        fold_bn: Optional[bool] = None,
         **overrides: Any,
     ) -> "Detector":
         """A detector with freshly initialised weights (for tests and training)."""
@@ -161,7 +162,7 @@ class Detector:
         cfg = cfg.replace(**overrides) if overrides else cfg
         if seed is not None:
             torch.manual_seed(seed)
-        return cls(AttrRCNN(cfg), _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype)
+        return cls(AttrRCNN(cfg), _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype, fold_bn=fold_bn)
 
     @classmethod
     def from_checkpoint(
@@ -172,6 +173,7 @@ class Detector:
         device: Union[str, torch.device] = "cpu",
         channels_last: bool = True,
         dtype: str = "fp32",
+        fold_bn: Optional[bool] = None,
         **overrides: Any,
     ) -> "Detector":
         """Load a maskrcnn-benchmark checkpoint (``{'model': sd}`` or bare, ``module.`` prefixes allowed)."""
@@ -186,7 +188,7 @@ class Detector:
         model = model.to_empty(device="cpu")
         # Buffers the checkpoint carries (anchors) are overwritten by load; the rest must all be present.
         load_into(model, sd, source)
-        return cls(model, _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype)
+        return cls(model, _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype, fold_bn=fold_bn)
 
     def compile(self, **options: Any) -> "Detector":
         """``torch.compile`` the backbone and res5 in place (state dict unchanged); ``options`` go to torch.compile.
