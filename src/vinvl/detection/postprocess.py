@@ -62,7 +62,7 @@ def per_class_nms_mask(
     order = torch.sort(scores, dim=0, descending=True, stable=True).indices.T.contiguous()  # [K, R]
     shared = boxes.dim() == 2
     if shared:
-        over_all = pairwise_iou(boxes, boxes).double() > iou_threshold  # [R, R]
+        over_all = _pack_bits(pairwise_iou(boxes, boxes).double() > iou_threshold)  # [R, W]
     step = max(1, _NMS_CHUNK_ELEMS // (r * r)) if not shared else k
     for c0 in range(0, k, step):
         c1 = min(k, c0 + step)
@@ -71,17 +71,29 @@ def per_class_nms_mask(
             over = over_all
         else:
             cb = boxes[:, c0:c1].transpose(0, 1)  # [n, R, 4]
-            over = pairwise_iou(cb, cb).double() > iou_threshold  # [n, R, R]
-        suppressed = torch.zeros((n, r), dtype=torch.bool, device=scores.device)
+            over = _pack_bits(pairwise_iou(cb, cb).double() > iou_threshold)  # [n, R, W]
+        # The greedy sweep over ranks, every class at once, with the suppressed sets as 64-bit words: each
+        # step touches n x W words instead of n x R booleans (~40x less work for R = 300).
+        suppressed = torch.zeros((n, over.shape[-1]), dtype=torch.int64, device=scores.device)
         kept = keep[c0:c1]
         cls = torch.arange(n, device=scores.device)
         for step_i in range(r):
             idx = order[c0:c1, step_i]
-            alive = ~suppressed[cls, idx]
+            alive = ((suppressed[cls, idx >> 6] >> (idx & 63)) & 1) == 0
             kept[cls, idx] = alive
-            rows = over[idx] if shared else over[cls, idx]  # [n, R]
-            suppressed |= rows & alive[:, None]
+            rows = over[idx] if shared else over[cls, idx]  # [n, W]
+            suppressed |= rows * alive[:, None]
     return keep.T
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """``[..., R]`` booleans as ``[..., ceil(R / 64)]`` int64 words (bit ``i % 64`` of word ``i // 64``)."""
+    r = mask.shape[-1]
+    w = (r + 63) // 64
+    padded = torch.zeros((*mask.shape[:-1], w * 64), dtype=torch.int64, device=mask.device)
+    padded[..., :r] = mask
+    shifts = torch.arange(64, dtype=torch.int64, device=mask.device)
+    return (padded.view(*mask.shape[:-1], w, 64) << shifts).sum(-1)  # distinct bits: the sum is their OR
 
 
 def _nms_mask_fixed_point(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
