@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torchvision.ops import nms
 
@@ -56,44 +57,50 @@ def per_class_nms_mask(
     if parallel if parallel is not None else scores.is_cuda:
         return _nms_mask_fixed_point(boxes, scores, iou_threshold)
     r, k = scores.shape
-    keep = torch.zeros((k, r), dtype=torch.bool, device=scores.device)
+    keep = np.zeros((k, r), dtype=bool)
     if r == 0 or k == 0:
-        return keep.T
-    order = torch.sort(scores, dim=0, descending=True, stable=True).indices.T.contiguous()  # [K, R]
+        return torch.from_numpy(keep.T.copy()).to(scores.device)
+    order = torch.sort(scores, dim=0, descending=True, stable=True).indices.T.contiguous().cpu().numpy()  # [K, R]
     shared = boxes.dim() == 2
     if shared:
-        over_all = _pack_bits(pairwise_iou(boxes, boxes).double() > iou_threshold)  # [R, W]
+        over_all = _pack_bits((pairwise_iou(boxes, boxes).double() > iou_threshold).cpu().numpy())  # [R, W]
     step = max(1, _NMS_CHUNK_ELEMS // (r * r)) if not shared else k
     for c0 in range(0, k, step):
         c1 = min(k, c0 + step)
-        n = c1 - c0
         if shared:
             over = over_all
         else:
             cb = boxes[:, c0:c1].transpose(0, 1)  # [n, R, 4]
-            over = _pack_bits(pairwise_iou(cb, cb).double() > iou_threshold)  # [n, R, W]
-        # The greedy sweep over ranks, every class at once, with the suppressed sets as 64-bit words: each
-        # step touches n x W words instead of n x R booleans (~40x less work for R = 300).
-        suppressed = torch.zeros((n, over.shape[-1]), dtype=torch.int64, device=scores.device)
-        kept = keep[c0:c1]
-        cls = torch.arange(n, device=scores.device)
-        for step_i in range(r):
-            idx = order[c0:c1, step_i]
-            alive = ((suppressed[cls, idx >> 6] >> (idx & 63)) & 1) == 0
-            kept[cls, idx] = alive
-            rows = over[idx] if shared else over[cls, idx]  # [n, W]
-            suppressed |= rows * alive[:, None]
-    return keep.T
+            over = _pack_bits((pairwise_iou(cb, cb).double() > iou_threshold).cpu().numpy())  # [n, R, W]
+        keep[c0:c1] = _greedy_sweep(order[c0:c1], over, shared)
+    return torch.from_numpy(keep.T.copy()).to(scores.device)
 
 
-def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """``[..., R]`` booleans as ``[..., ceil(R / 64)]`` int64 words (bit ``i % 64`` of word ``i // 64``)."""
-    r = mask.shape[-1]
-    w = (r + 63) // 64
-    padded = torch.zeros((*mask.shape[:-1], w * 64), dtype=torch.int64, device=mask.device)
-    padded[..., :r] = mask
-    shifts = torch.arange(64, dtype=torch.int64, device=mask.device)
-    return (padded.view(*mask.shape[:-1], w, 64) << shifts).sum(-1)  # distinct bits: the sum is their OR
+def _pack_bits(mask: np.ndarray) -> np.ndarray:
+    """``[..., R]`` booleans as ``[..., ceil(R / 64)]`` uint64 words (bit ``i % 64`` of word ``i // 64``)."""
+    packed = np.packbits(mask, axis=-1, bitorder="little")
+    pad = (-packed.shape[-1]) % 8
+    if pad:
+        packed = np.concatenate([packed, np.zeros((*packed.shape[:-1], pad), np.uint8)], axis=-1)
+    return np.ascontiguousarray(packed).view("<u8")
+
+
+def _greedy_sweep(order: np.ndarray, over: np.ndarray, shared: bool) -> np.ndarray:
+    """Greedy NMS of every class at once: rank by rank, a row is kept unless a kept row suppressed it. The
+    suppressed sets are 64-bit words (n x W words a step instead of n x R booleans), and the sweep runs in
+    numpy: its ~1500 small operations would each wake torch's thread pool, which costs more than the work
+    (and far more when other processes share the cores)."""
+    n, r = order.shape
+    suppressed = np.zeros((n, over.shape[-1]), dtype=np.uint64)
+    kept = np.zeros((n, r), dtype=bool)
+    cls = np.arange(n)
+    for t in range(r):
+        idx = order[:, t]
+        alive = (suppressed[cls, idx >> 6] >> (idx & 63).astype(np.uint64)) & np.uint64(1) == 0
+        kept[cls, idx] = alive
+        rows = over[idx] if shared else over[cls, idx]  # [n, W]
+        suppressed |= np.where(alive[:, None], rows, np.uint64(0))
+    return kept
 
 
 def _nms_mask_fixed_point(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
