@@ -116,7 +116,7 @@ class CaptionData:
         ``captions`` (a caption json) overrides the yaml's or goes with a folder."""
         from ..features import FeatureTSV
         from ..tsv import TSVFile
-        from .inputs import _row_dim
+        from .data.regions import row_dim as _row_dim
 
         src = Path(source)
         self.name = str(src)
@@ -587,7 +587,7 @@ def predict(
 ) -> Path:
     """Images -> detector regions and tags (:func:`~vinvl.oscar.inputs.regions_for_images`) -> captions;
     writes ``out_dir/results.json`` ([{image_id, caption}], image_id = the image key) and returns it."""
-    from .inputs import regions_for_images
+    from ..regions import regions_for_images
 
     cap_model, tok, settings, dev = _load(checkpoint, device)
     out = Path(out_dir)

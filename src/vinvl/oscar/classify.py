@@ -404,7 +404,7 @@ def image_regions(
     weights: Optional[PathLike] = None, labelmap: Optional[PathLike] = None, device: str = "cpu",
 ) -> tuple[list[str], Any]:
     """Run the detector over new images (``vinvl.oscar.inputs.regions_for_images``): keys in input order + their store."""
-    from .inputs import regions_for_images
+    from ..regions import regions_for_images
 
     keys, store = regions_for_images(images, work_dir, model=detector, weights=weights, labelmap=labelmap, device=device)
     if not keys:

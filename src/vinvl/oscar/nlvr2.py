@@ -20,7 +20,7 @@ import torch
 
 from ..errors import VinvlError
 from .classify import TaskConfig, model_overrides, open_regions, predict_logits, read_json_list
-from .inputs import ClassificationTensorizer, _truncate_pair
+from .tensorize import ClassificationTensorizer, truncate_pair as _truncate_pair
 from .modeling import OscarConfig, OscarForMultipleChoice
 
 PathLike = Union[str, os.PathLike]

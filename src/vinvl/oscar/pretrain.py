@@ -31,7 +31,8 @@ from ..atomic import atomic_write_json
 from ..corpus import layout as L
 from ..errors import VinvlError
 from ..tsv import TSVFile, read_key_index
-from .inputs import _regions, _row_dim, _truncate_pair
+from .data.regions import row_dim as _row_dim
+from .tensorize import pad_regions as _regions, truncate_pair as _truncate_pair
 from .modeling import OscarConfig, OscarForPretraining
 
 PathLike = Union[str, os.PathLike]

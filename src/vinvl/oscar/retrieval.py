@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VinvlError
-from .inputs import _regions, load_tokenizer
+from .tensorize import load_tokenizer, pad_regions as _regions
 from .modeling import OscarConfig, OscarForPretraining, OscarForSequenceClassification, additive_mask
 from .retrieval_data import Key, RetrievalSplit, load_split
 
