@@ -59,18 +59,20 @@ def _config(dim: int, dropout: float):  # type: ignore[no-untyped-def]
 
     return OscarConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                        max_position_embeddings=64, img_feature_dim=dim, hidden_dropout_prob=dropout,
-                       attention_probs_dropout_prob=dropout, vocab_size=40)
+                       attention_probs_dropout_prob=dropout, vocab_size=40, initializer_range=0.1)
 
 
 def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int = 1, dropout: float = 0.1,
-        resume: bool = False, callbacks: tuple = ()) -> Path:
-    """Train ``task`` on the tiny data for MAX_STEPS steps, saving every SAVE_STEPS; returns the last checkpoint."""
+        resume: bool = False, callbacks: tuple = (), device: str = "cpu", precision: str = "fp32",
+        max_steps: int = MAX_STEPS, save_steps: int = SAVE_STEPS, log_steps: int = 2) -> Path:
+    """Train ``task`` on the tiny data for ``max_steps`` steps, saving every ``save_steps``; returns the last checkpoint."""
     from vinvl.oscar import options as O
     from vinvl.oscar.tasks.base import task_tokenizer
 
     quiet = lambda m: None  # noqa: E731
     common = dict(batch_size=batch_size, gradient_accumulation_steps=accumulation, learning_rate=1e-3, warmup_steps=2,
-                  max_steps=MAX_STEPS, save_steps=SAVE_STEPS, log_steps=2, seed=3, device="cpu")
+                  max_steps=max_steps, save_steps=save_steps, log_steps=log_steps, seed=3, device=device,
+                  precision=precision)
     kw = dict(resume=resume, log=quiet, callbacks=callbacks)
     if task == "pretrain":
         from vinvl.oscar.tasks.pretrain import pretrain
@@ -92,7 +94,7 @@ def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int
         from vinvl.oscar.tasks import nlvr2
 
         d = data / "nlvr2"
-        opts = O.NLVR2Options(**common, max_seq_length=10, max_img_seq_length=2, drop_out=dropout, warmup_steps=2)
+        opts = O.NLVR2Options(**common, max_seq_length=10, max_img_seq_length=2, drop_out=dropout)
         return nlvr2.train(d / "train.json", d / "features", out, opts, task_tokenizer(d, None),
                            model_config=_config(48, dropout), eval_file=d / "val.json", **kw)
     if task == "retrieval":
@@ -129,6 +131,10 @@ def main() -> None:
     ap.add_argument("--kill-at", type=int, default=5)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process group for all the tasks run (the Trainer keeps it)
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
     for task in a.tasks.split(","):
         callbacks: tuple = ()
         if a.mode == "kill":

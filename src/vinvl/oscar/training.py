@@ -339,6 +339,7 @@ class Trainer:
         last = latest_checkpoint(out) if resume else None
         seed_everything(opts.seed)  # fresh heads, dropout and sampling start from the seed, as the original's set_seed
         model = task.build_model(last).to(rt.device)
+        self.model, self.runtime = model, rt  # what callbacks may look at
         fused = rt.device.type == "cuda"
         optimizer, schedule = make_optimizer(model, opts, total, fused=fused)
         scaler = torch.amp.GradScaler(rt.device.type) if opts.precision == "fp16" else None
@@ -394,6 +395,9 @@ class Trainer:
         folder = out / f"checkpoint-{step}"
         window: dict[str, torch.Tensor] = {}
         window_steps, t0, seen = 0, time.perf_counter(), 0
+        if state is not None and len(state.get("log_windows") or []) == rt.world:  # the log window the run was in
+            sums, window_steps = state["log_windows"][rt.rank]
+            window = {n: torch.tensor(v, device=rt.device) for n, v in sums.items()}
         try:
             while step < total:
                 epoch, micro = prefetch.next()
@@ -422,6 +426,7 @@ class Trainer:
                     scaler.unscale_(optimizer)
                 if opts.max_grad_norm > 0:
                     nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], opts.max_grad_norm)
+                lr = schedule.get_last_lr()[0]  # the rate of this step (logged)
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -435,10 +440,11 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 if (opts.log_steps > 0 and step % opts.log_steps == 0) or step == total:
-                    self._log_window(rt, window, window_steps, step, total, schedule, t0, seen, bar)
+                    self._log_window(rt, window, window_steps, step, total, lr, t0, seen, bar)
                     window, window_steps = {}, 0
                 if self._saves_at(step, total, per_epoch):
-                    folder = self._save(rt, model, optimizer, schedule, scaler, step, per_epoch, per_step, args)
+                    pending = ({n: float(v) for n, v in window.items()}, window_steps)  # the log window so far
+                    folder = self._save(rt, model, optimizer, schedule, scaler, step, per_epoch, per_step, args, pending)
                 for cb in self.callbacks:
                     cb(step)
         finally:
@@ -460,7 +466,7 @@ class Trainer:
         return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
 
     def _log_window(self, rt: Runtime, window: dict[str, torch.Tensor], steps: int, step: int, total: int,
-                    schedule: Any, t0: float, seen: int, bar: Any) -> None:
+                    lr: float, t0: float, seen: int, bar: Any) -> None:
         names = sorted(window, key=lambda x: (x != "loss", x))
         values = torch.stack([window[n] / steps for n in names]) if names else torch.zeros(0)
         rt.mean_(values)  # one collective and one host read per logging step
@@ -468,7 +474,6 @@ class Trainer:
             return
         mean = dict(zip(names, values.tolist()))
         seconds = time.perf_counter() - t0
-        lr = schedule.get_last_lr()[0]
         shown = "  ".join(f"{n} {v:.4f}" for n, v in mean.items())
         line = f"step {step}/{total}  {shown}  lr {lr:.2e}"
         (bar.write if bar is not None else self.log)(line)
@@ -499,11 +504,12 @@ class Trainer:
             atomic_write_json(path, [e for e in entries if e.get("step", 0) <= step], indent=1)
 
     def _save(self, rt: Runtime, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int,
-              per_epoch: int, per_step: int, args: dict[str, Any]) -> Path:
+              per_epoch: int, per_step: int, args: dict[str, Any], window: tuple[dict[str, float], int]) -> Path:
         from .checkpoint import read_json, write_training_args
 
         folder = self.out / f"checkpoint-{step}"
-        rngs = rt.gather(capture_rng(rt.device))
+        mine = rt.gather((capture_rng(rt.device), [window[0], window[1]]))
+        rngs, windows = [m[0] for m in mine], [m[1] for m in mine]
         if rt.rank == 0:
             model.save_original(folder, tokenizer=self.task.tokenizer)
             write_training_args(folder, args)
@@ -522,7 +528,7 @@ class Trainer:
                 atomic_write_json(path, logs, indent=1)
                 self.log(f"step {step}: evaluation score {result['score']:.4f} (best {best:.4f})")
             state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step,
-                     "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
+                     "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "log_windows": windows,
                      "examples_per_step": per_step, "world_size": rt.world}
             # last: its presence marks a complete checkpoint
             atomic_write(folder / "training_state.pt", lambda tmp: torch.save(state, tmp))

@@ -163,7 +163,6 @@ class CaptionTask(Task):
             raise VinvlError(f"{data.name}: no captions to train on")
         self.data, self.eval_data = data, eval_data
         self.ddp_forward = not options.scst  # SCST decodes outside forward: gradients are averaged by hand
-        self.unused_parameters = True  # the pooler takes no part in the captioning losses
         self._settings: dict[str, Any] = {"img_feature_dim": data.dim}
         if options.scst:
             from ..metrics.caption import CiderD
@@ -194,6 +193,9 @@ class CaptionTask(Task):
                              f"{model.config.img_feature_dim}-d")
         if self.options.freeze_embedding:
             model.bert.embeddings.word_embeddings.weight.requires_grad = False
+        # the pooler takes no part in the captioning losses: it never gets a gradient (as in the original), and
+        # data parallelism need not look for it
+        model.bert.pooler.requires_grad_(False)
         hf.use_attention(model.config, "sdpa")  # SCST decodes before any forward has chosen it
         return model
 
@@ -283,13 +285,29 @@ def train(data: CaptionData, out_dir: PathLike, options: Optional[CaptionOptions
 
 
 # -- decoding, evaluation, prediction ----------------------------------------------------------
+# A checkpoint that records no training options decodes as the original's VinVL COCO-captioning recipe trained
+# it: run_captioning.py's default lengths with --do_lower_case --add_od_labels (VinVL_MODEL_ZOO.md, "Image
+# Captioning on COCO"); its evaluation command is DecodeOptions' defaults (--num_beams 5 --max_gen_length 20).
+VINVL_CAPTION_RECIPE: dict[str, Any] = {
+    "max_seq_length": 70, "max_seq_a_length": 40, "max_img_seq_length": 50, "add_od_labels": True,
+    "do_lower_case": True,
+}
+
+
+def decoding_settings(checkpoint: PathLike) -> dict[str, Any]:
+    """The training options decoding follows: those ``checkpoint`` records, else :data:`VINVL_CAPTION_RECIPE`."""
+    from ..checkpoint import training_settings
+
+    return training_settings(checkpoint) or TrainingSettings(VINVL_CAPTION_RECIPE, "the VinVL captioning recipe")
+
+
 def load_captioner(checkpoint: PathLike, device: Any = "cpu") -> tuple[OscarForCaptioning, Any, dict[str, Any]]:
     """(model on ``device`` in eval mode, tokenizer, training settings) of a captioning checkpoint (folder, run
     folder or released zip); a malformed settings record stops before the weights load."""
-    from ..checkpoint import require_checkpoint, training_settings
+    from ..checkpoint import require_checkpoint
 
     checkpoint = require_checkpoint(checkpoint)
-    settings = training_settings(checkpoint)
+    settings = decoding_settings(checkpoint)
     decoding_layout(settings, DecodeOptions.max_gen_length)
     model = OscarForCaptioning.from_original(checkpoint)
     tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
@@ -356,6 +374,6 @@ def predict(checkpoint: PathLike, regions: Any, keys: Sequence[str], out_dir: Pa
 
 
 __all__ = [
-    "CaptionData", "CaptionTask", "DecodingLayout", "caption_images", "caption_loss", "decoding_layout", "evaluate",
-    "load_captioner", "predict", "train",
+    "CaptionData", "CaptionTask", "DecodingLayout", "VINVL_CAPTION_RECIPE", "caption_images", "caption_loss",
+    "decoding_layout", "decoding_settings", "evaluate", "load_captioner", "predict", "train",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -35,7 +34,7 @@ from ..metrics.retrieval import fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
 from ..tensorize import RetrievalTensorizer, load_tokenizer, pad_regions
-from .base import Task, accuracy
+from .base import Task
 
 PathLike = Union[str, os.PathLike]
 Image = tuple[Any, list[int]]  # (region features [N, dim], tag token ids)
