@@ -91,6 +91,8 @@ class BenchCaption(Task):
     def train_set(self) -> _Synthetic:
         return self.data
 
+    collate = CaptionTask.collate
+
     def loss(self, module: torch.nn.Module, batch: dict, ctx: Any) -> Any:
         return CaptionTask._xe(self, module, batch, ctx)
 
@@ -118,11 +120,10 @@ def step_flops(task: Task, batch_size: int, device: torch.device, precision: str
     """Model FLOPs of one training step (forward + backward) of ``batch_size`` examples, counted once."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vinvl.oscar.tasks.base import stack
     from vinvl.oscar.training import autocast
 
     model = task.build_model(None).to(device).train()
-    batch = {k: v.to(device) for k, v in stack([task.train_set().example(i, 0) for i in range(batch_size)]).items()}
+    batch = {k: v.to(device) for k, v in task.collate([task.train_set().example(i, 0) for i in range(batch_size)]).items()}
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast(device, precision):

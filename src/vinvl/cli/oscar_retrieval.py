@@ -55,10 +55,9 @@ def evaluate(
 ) -> None:
     """R@1/5/10 image->text and text->image from the full cross-encoder score matrix (--cross_image_eval):
     OUT/metrics.json (and OUT/scores.pt)."""
+    from ..oscar.checkpoint import require_checkpoint
     from ..oscar.tasks.retrieval import evaluate as run
     from ..oscar.training import resolve_device
-
-    from ..oscar.checkpoint import require_checkpoint
 
     require_checkpoint(checkpoint)
     cfg = options_of(RetrievalOptions, given)

@@ -243,12 +243,16 @@ class OscarForCaptioning(_OscarHead):
 
     def forward(
         self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, masked_pos=None, masked_ids=None,
-        position_ids=None, **kw,
+        position_ids=None, masked_index=None, **kw,
     ) -> OscarOutput:
-        """Training (``masked_pos``/``masked_ids``): logits and loss at the masked text positions; else all text logits."""
+        """Training (``masked_pos``/``masked_ids``): logits and loss at the masked text positions; ``masked_index``
+        ``[B, M]`` (the masked positions, padded): logits ``[B, M, V]`` at those positions, a fixed shape (no host
+        synchronisation); else all text logits."""
         out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, position_ids=position_ids, **kw)
         text = out.sequence_output[:, : input_ids.shape[1]]
-        if masked_pos is not None:
+        if masked_index is not None:
+            out.logits = self.cls(text.gather(1, masked_index[..., None].expand(-1, -1, text.shape[-1])))
+        elif masked_pos is not None:
             picked = text[masked_pos == 1]
             out.logits = self.cls(picked)
             if masked_ids is not None:
@@ -290,10 +294,10 @@ class OscarForPretraining(_OscarHead):
         out.prediction_scores, out.seq_relationship_scores = self.cls(out.sequence_output, out.pooled_output)
         if masked_lm_labels is not None and next_sentence_label is not None:
             v = self.config.vocab_size
-            if (masked_lm_labels != -1).any():
-                out.masked_lm_loss = F.cross_entropy(out.prediction_scores.view(-1, v), masked_lm_labels.view(-1), ignore_index=-1)
-            else:  # nothing masked in this batch: no MLM term (cross-entropy would be nan)
-                out.masked_lm_loss = out.prediction_scores.sum() * 0
+            labels = masked_lm_labels.view(-1)
+            # the mean over masked tokens, 0 when nothing is masked (cross-entropy's mean would be nan); no host sync
+            total = F.cross_entropy(out.prediction_scores.view(-1, v), labels, ignore_index=-1, reduction="sum")
+            out.masked_lm_loss = total / (labels != -1).sum().clamp(min=1)
             nsp = F.cross_entropy(out.seq_relationship_scores.view(-1, self.config.num_contrast_classes), next_sentence_label.view(-1))
             out.loss = out.masked_lm_loss + nsp
         return out

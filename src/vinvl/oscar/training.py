@@ -123,12 +123,14 @@ class Runtime:
             t /= self.world
         return t
 
-    def close(self) -> None:
-        """End the process group if this runtime started it."""
+    def close(self, wait: bool = True) -> None:
+        """End the process group if this runtime started it (``wait``: for every process first; not after an
+        error, which the other processes may never reach)."""
         if self.owns_group:
             import torch.distributed as dist
 
-            dist.barrier()
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -323,9 +325,12 @@ class Trainer:
         """Train to the last step (from ``out_dir``'s newest complete checkpoint with ``resume``)."""
         rt = Runtime.start(self.opts.device)
         try:
-            return self._train(rt, resume)
-        finally:
-            rt.close()
+            folder = self._train(rt, resume)
+        except BaseException:
+            rt.close(wait=False)
+            raise
+        rt.close()
+        return folder
 
     def _train(self, rt: Runtime, resume: bool) -> Path:
         from .checkpoint import latest_checkpoint, load_training_state

@@ -39,13 +39,15 @@ PathLike = Union[str, os.PathLike]
 
 # -- loss ------------------------------------------------------------------------------------
 def caption_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
-                 drop_worst_ratio: float = 0.0) -> torch.Tensor:
+                 drop_worst_ratio: float = 0.0, reduce: bool = True) -> torch.Tensor:
     """The original's ``BertCaptioningLoss`` on ``[M, V]`` logits of the masked tokens: smoothed targets,
-    per-token KL, the ``drop_worst_ratio`` largest dropped, mean."""
+    per-token KL, the ``drop_worst_ratio`` largest dropped, mean (``reduce=False``: each token's loss)."""
     eps, V = label_smoothing, logits.shape[1]
     one_hot = torch.zeros_like(logits).scatter(1, target.view(-1, 1), 1.0)
     soft = one_hot * (1 - eps) + (1 - one_hot) * eps / (V - 1)
     loss = F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="none").sum(1)
+    if not reduce:
+        return loss
     if drop_worst_ratio > 0:
         loss = loss.topk(int(loss.shape[0] * (1 - drop_worst_ratio)), largest=False).values
     return loss.mean()
@@ -205,15 +207,34 @@ class CaptionTask(Task):
     def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: Any) -> tuple[torch.Tensor, dict]:
         return self._scst(batch, ctx) if self.options.scst else self._xe(module, batch, ctx)
 
+    def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        batch = stack(examples)
+        if not self.options.scst:  # the masked positions in a fixed shape (computed here, in the data thread)
+            n = batch["masked_ids"].shape[1]
+            batch["masked_index"] = torch.stack([torch.nn.functional.pad(row.nonzero().flatten(), (0, n - int(row.sum())))
+                                                 for row in batch["masked_pos"]])
+        return batch
+
     def _xe(self, module: torch.nn.Module, b: dict[str, torch.Tensor], ctx: Any) -> tuple[torch.Tensor, dict]:
         o = self.options
-        out = module(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["img_feats"], masked_pos=b["masked_pos"])
-        target = b["masked_ids"][b["masked_ids"] != 0]
         calls = ctx.step * o.gradient_accumulation_steps + ctx.micro + 1  # the original counts loss calls
-        logits = out.logits.float()
-        loss = caption_loss(logits, target, o.label_smoothing, o.drop_worst_ratio if calls > o.drop_worst_after else 0.0)
-        acc = (logits.detach().argmax(-1) == target).float().sum() / b["masked_pos"].sum()
-        return loss, {"acc": acc}
+        drop = o.drop_worst_ratio if calls > o.drop_worst_after else 0.0
+        inputs = (b["input_ids"], b["token_type_ids"], b["attention_mask"], b["img_feats"])
+        if drop > 0 or "masked_index" not in b:  # the masked tokens as one list (their number decides what is dropped)
+            out = module(*inputs, masked_pos=b["masked_pos"])
+            target = b["masked_ids"][b["masked_ids"] != 0]
+            logits = out.logits.float()
+            loss = caption_loss(logits, target, o.label_smoothing, drop)
+            acc = (logits.detach().argmax(-1) == target).float().sum() / b["masked_pos"].sum()
+            return loss, {"acc": acc}
+        # the same mean over the masked tokens, in fixed shapes: no host synchronisation per step
+        out = module(*inputs, masked_index=b["masked_index"])
+        logits, target = out.logits.float(), b["masked_ids"]
+        real = (target != 0).float()
+        per_token = caption_loss(logits.flatten(0, 1), target.flatten(), o.label_smoothing, reduce=False).view_as(real)
+        count = real.sum().clamp(min=1)
+        acc = ((logits.detach().argmax(-1) == target).float() * real).sum() / count
+        return (per_token * real).sum() / count, {"acc": acc}
 
     def _scst(self, batch: dict[str, torch.Tensor], ctx: Any) -> tuple[torch.Tensor, dict]:
         from ..generate import generate, sample
