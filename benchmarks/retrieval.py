@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from vinvl.oscar import OscarConfig, OscarForSequenceClassification
-from vinvl.oscar.inputs import load_tokenizer
-from vinvl.oscar.retrieval import FastScorer, PairBuilder, naive_scores
+from vinvl.oscar.tasks.retrieval import FastScorer, naive_scores
+from vinvl.oscar.tensorize import RetrievalTensorizer, load_tokenizer
 
 
 def main() -> int:
@@ -44,7 +44,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=256, help="captions per forward of the fast scorer (default 256)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast in the fast scorer (CUDA only); the check then uses --amp-tolerance")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in the fast scorer; the check then uses --amp-tolerance")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |score difference| allowed in float32 (default 1e-4)")
     p.add_argument("--amp-tolerance", type=float, default=0.1, help="max |score difference| allowed with --amp (default 0.1)")
     p.add_argument("--pad-multiple", type=int, default=None, help="fast scorer text-length rounding (default: 8 on CUDA, 1 on CPU)")
@@ -69,7 +69,7 @@ def main() -> int:
                       intermediate_size=4 * a.hidden, vocab_size=len(words) + 5, img_feature_dim=a.region_dim,
                       num_labels=2, max_position_embeddings=max(128, a.max_seq_length))
     model = OscarForSequenceClassification(cfg).to(a.device).eval()
-    builder = PairBuilder(tok, a.max_seq_length, a.max_img_seq_length)
+    builder = RetrievalTensorizer(tok, a.max_seq_length, a.max_img_seq_length)
 
     def text(mean: int) -> list[int]:
         return builder.ids(" ".join(rng.choice(words) for _ in range(max(1, mean + rng.randint(-3, 3)))))

@@ -73,13 +73,14 @@ def hub(tiny_captioner: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_released_folder_decodes_with_the_vinvl_recipe(tmp_path: Path, tiny_captioner: dict[str, bytes]) -> None:
-    from vinvl.oscar.captioning import VINVL_CAPTION_RECIPE, CaptionConfig, _layout, decoding_settings
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.captioning import VINVL_CAPTION_RECIPE, decoding_layout, decoding_settings
 
     for name, data in tiny_captioner.items():
         (tmp_path / name).write_bytes(data)
     settings = decoding_settings(tmp_path)  # no training_args.bin: the recipe
     assert settings == VINVL_CAPTION_RECIPE
-    lay = _layout(settings, 20, CaptionConfig(add_od_labels=False, max_img_seq_length=7))
+    lay = decoding_layout(settings, 20, CaptionOptions(add_od_labels=False, max_img_seq_length=7))
     assert (lay.add_od_labels, lay.od_len, lay.max_img, lay.od_start, lay.do_lower_case) == (True, 30, 50, 40, True)
     (tmp_path / "training_args.json").write_text(json.dumps({"max_seq_length": 60, "max_seq_a_length": 20,
                                                              "max_img_seq_length": 40, "add_od_labels": False}))

@@ -2,7 +2,7 @@
 
 Both models are registry names (or a captioner folder) resolved by :mod:`vinvl.registry`, which
 fetches whatever is missing into ``VINVL_HOME`` first; decoding follows the checkpoint's recorded
-training options, else the VinVL captioning recipe (:data:`vinvl.oscar.captioning.VINVL_CAPTION_RECIPE`).
+training options, else the VinVL captioning recipe (:data:`vinvl.oscar.tasks.captioning.VINVL_CAPTION_RECIPE`).
 """
 
 from __future__ import annotations
@@ -57,9 +57,12 @@ def caption(
 
     The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder.
     """
-    from .oscar.captioning import DecodeConfig, predict
     from .oscar.checkpoint import read_config
     from .oscar.modeling import OscarConfig
+    from .oscar.options import DecodeOptions
+    from .oscar.tasks.captioning import predict
+    from .oscar.training import resolve_device
+    from .regions import regions_for_images
     from .registry import resolve_detector
 
     if not images:
@@ -75,9 +78,11 @@ def caption(
     if want != got:
         raise VinvlError(f"{detector} gives {got}-d regions but {model} takes {want}-d: use the detector the "
                          f"captioner was trained on (the released captioners: vinvl_vg_x152c4)")
-    dcfg = DecodeConfig(num_beams=num_beams, max_gen_length=max_gen_length, batch_size=batch_size)
+    dcfg = DecodeOptions(num_beams=num_beams, max_gen_length=max_gen_length, eval_batch_size=batch_size)
+    dev = resolve_device(device or "auto")
     with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
         out = Path(work_dir) if work_dir is not None else Path(tmp)
-        path = predict(ckpt, list(images), out, dcfg, model=detector, device=device)
+        keys, store = regions_for_images(list(images), out / "regions", model=detector, device=str(dev), quiet=quiet)
+        path = predict(ckpt, store, keys, out, dcfg, device=dev)
         rows = json.loads(path.read_text(encoding="utf-8"))
     return [(str(r["image_id"]), str(r["caption"])) for r in rows]

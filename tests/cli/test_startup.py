@@ -66,12 +66,15 @@ def test_light_commands_do_not_import_torch(tmp_path: Path, dim: int) -> None:
         ["features", "to-oscar", f["pred"], "-o", f["out"]],
         ["labelmap", "show", f["lm"]], ["labelmap", "lookup", f["lm"], "dog", "1"],
         ["tsv", "show", f["feat"], "--row", "99"],  # an error too must come without torch
+        ["oscar", "--help"], ["oscar", "pretrain", "--help"], ["oscar", "vqa", "train", "--help"],
+        ["oscar", "caption", "eval", "--help"], ["oscar", "retrieval", "rank", "--help"],
+        ["oscar", "vqa", "train", "d", "-o", f["out"], "--learning-rate", "-1"],  # a range error before any import
     ]
     report = _probe(commands, tmp_path)
     assert [r[0] for r in report] == commands
     for argv, code, heavy in report:
         assert heavy == [], f"vinvl {' '.join(argv)} imported {heavy}"
-        assert code == (2 if argv[-1] == "99" else 0), argv
+        assert code == (2 if argv[-1] in ("99", "-1") else 0), argv
 
 
 def test_heavy_commands_still_get_torch_when_they_run(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ import yaml
 from vinvl.corpus.build import TextSource, build_corpus
 from vinvl.errors import VinvlError
 from vinvl.features import Prediction, format_features_row, format_hw_row, format_label_row
-from vinvl.oscar.pretrain import CorpusDataset, PretrainConfig
+from vinvl.oscar.data.corpus import CorpusDataset
+from vinvl.oscar.options import PretrainOptions
 from vinvl.tsv import TSVFile, TSVWriter, write_key_index
 
 
@@ -137,7 +138,7 @@ def test_build_writes_what_the_original_reads(tmp_path: Path) -> None:
     triples = original_reader(tmp_path / "out/mini.yaml", Path("/"))
     assert triples == [("coco_1", "A man with a dog.", "man dog"), ("coco_2", "What animal?", "cat"),
                        ("coco_1", "Is it a dog?", "yes"), ("coco_4", "Is it empty?", "yes")]
-    ds = CorpusDataset(tmp_path / "out/mini.yaml", Tok(), PretrainConfig(max_seq_length=16, max_img_seq_length=4))
+    ds = CorpusDataset(tmp_path / "out/mini.yaml", Tok(), PretrainOptions(max_seq_length=16, max_img_seq_length=4))
     assert [(r.image_id, r.text_a, r.text_b) for r in ds.rows] == triples and ds.qa_rows == [2, 3]
     assert ds.regions(0).shape == (2, 2054) and ds.regions(3).shape == (1, 2054)
 
@@ -228,15 +229,15 @@ def test_the_originals_layout_is_read(tmp_path: Path) -> None:
                 ("cc_1_b", "sunny sky", "sky sun"), ("gqa_g7", "what color is the bus?", "red"),
                 ("coco_12", "a dog", "puppy"), ("gqa_g7", "how many buses?", "two buses"), ("cc_1_c", "a car", "car")]
     assert original_reader(corpus, tmp_path / "data") == expected  # the test's reader agrees with the layout
-    ds = CorpusDataset(corpus, Tok(), PretrainConfig(), data_dir=tmp_path / "data")
+    ds = CorpusDataset(corpus, Tok(), PretrainOptions(), data_dir=tmp_path / "data")
     assert [(r.image_id, r.text_a, r.text_b) for r in ds.rows] == expected and ds.skipped == 1
     assert [tuple(ds.regions(i).shape) for i in range(len(ds))] == [(3, 2054), (2, 2054), (4, 2054), (5, 2054),
                                                                    (3, 2054), (5, 2054), (4, 2054)]
     assert float(ds.regions(1)[0, 0]) == 1.0 and float(ds.regions(2)[0, 0]) == 1.0 and ds.qa_rows == [3, 5]
-    no_gt = CorpusDataset(corpus, Tok(), PretrainConfig(use_gtlabels=False), data_dir=tmp_path / "data")
+    no_gt = CorpusDataset(corpus, Tok(), PretrainOptions(use_gtlabels=False), data_dir=tmp_path / "data")
     assert no_gt.rows[4].text_b == "dog"
     with pytest.raises(VinvlError, match="features.tsv: no such features file"):
-        CorpusDataset(corpus, Tok(), PretrainConfig())  # the features are not beside the yaml
+        CorpusDataset(corpus, Tok(), PretrainOptions())  # the features are not beside the yaml
 
 
 @pytest.mark.parametrize("row, why", [
@@ -257,7 +258,7 @@ def test_every_check_the_original_asserts_is_one_error(tmp_path: Path, row: list
         f.write("\t".join(row) + "\n")
     (corpus.parent / "corpus.lineidx").unlink()
     with pytest.raises(VinvlError, match=why.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as e:
-        CorpusDataset(corpus, Tok(), PretrainConfig(), data_dir=tmp_path / "data")
+        CorpusDataset(corpus, Tok(), PretrainOptions(), data_dir=tmp_path / "data")
     assert "corpus.tsv:9" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -265,18 +266,18 @@ def test_label_folders_and_yaml_keys(tmp_path: Path) -> None:
     corpus = hand_written(tmp_path)
     (corpus.parent / "labels/gqa/QA_fileB.tsv").unlink()
     with pytest.raises(VinvlError, match=r"corpus.tsv:5: .*QA_fileB.tsv: no such answer file"):
-        CorpusDataset(corpus, Tok(), PretrainConfig(), data_dir=tmp_path / "data")
+        CorpusDataset(corpus, Tok(), PretrainOptions(), data_dir=tmp_path / "data")
     (corpus.parent / "labels/coco/predictions_gt.tsv").unlink()
     with pytest.raises(VinvlError, match=r"labels/coco/predictions_gt.tsv: no such label file"):
-        CorpusDataset(corpus, Tok(), PretrainConfig(), data_dir=tmp_path / "data")
+        CorpusDataset(corpus, Tok(), PretrainOptions(), data_dir=tmp_path / "data")
     spec = yaml.safe_load(corpus.read_text())
     del spec["corpus"]
     corpus.write_text(yaml.safe_dump(spec))
     with pytest.raises(VinvlError, match="a corpus yaml needs 'corpus'"):
-        CorpusDataset(corpus, Tok(), PretrainConfig())
+        CorpusDataset(corpus, Tok(), PretrainOptions())
     corpus.write_text(yaml.safe_dump({**spec, "corpus": "coco_vg"}))
     with pytest.raises(VinvlError, match="dataset 'vg' of 'corpus' has no folder in 'image_label_path'"):
-        CorpusDataset(corpus, Tok(), PretrainConfig())
+        CorpusDataset(corpus, Tok(), PretrainOptions())
 
 
 def test_chunked_dataset_built_from_chunk_folders(tmp_path: Path) -> None:
@@ -291,7 +292,7 @@ def test_chunked_dataset_built_from_chunk_folders(tmp_path: Path) -> None:
     assert list(TSVFile(tmp_path / "out/corpus.tsv")) == [["sbu_1_x2", "sbu_1_x2", "a boat at sea"], ["sbu_0_x1", "sbu_0_x1", "a boat"]]
     assert original_reader(tmp_path / "out/corpus.yaml", Path("/")) == [("sbu_1_x2", "a boat at sea", "sea boat"),
                                                                         ("sbu_0_x1", "a boat", "boat")]
-    ds = CorpusDataset(tmp_path / "out/corpus.yaml", Tok(), PretrainConfig())
+    ds = CorpusDataset(tmp_path / "out/corpus.yaml", Tok(), PretrainOptions())
     assert [r.feature for r in ds.rows] == [("sbu", "1", "x2"), ("sbu", "0", "x1")]
     extracted(tmp_path, "sbu/2", {"x1": ["boat"]})
     with pytest.raises(VinvlError, match="image key 'x1' is in chunks 0 and 2"):

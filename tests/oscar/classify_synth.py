@@ -27,10 +27,11 @@ DIM = 48
 
 
 def tiny_config(dim: int = DIM) -> OscarConfig:
-    """A 2-layer, 32-wide Oscar (no dropout, so the tests learn fast)."""
+    """A 2-layer, 32-wide Oscar (no dropout and 10x BERT-base's initial weight spread, so it learns in a few
+    hundred steps from scratch)."""
     return OscarConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0, img_feature_dim=dim)
+                       attention_probs_dropout_prob=0.0, img_feature_dim=dim, initializer_range=0.2)
 
 
 def write_vocab(folder: Path) -> Path:
@@ -139,8 +140,8 @@ def config_file(folder: Path, dim: int = DIM) -> Path:
 
 def demo_checkpoint(folder: Path, cls: type, num_labels: int, answers: bool = True, **overrides: object) -> Path:
     """An untrained tiny model over the demo detector's 518-d regions, saved in the original layout."""
-    from vinvl.oscar.classify import AnswerVocab
-    from vinvl.oscar.inputs import load_tokenizer
+    from vinvl.oscar.data.qa import AnswerVocab
+    from vinvl.oscar.tensorize import load_tokenizer
 
     torch.manual_seed(0)
     cfg = tiny_config(518)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def original_split(folder: Path, rng: np.random.Generator, dim: int = 16) -> tup
 
 
 def test_the_original_split_is_read(tmp_path: Path, rng) -> None:
-    from vinvl.oscar.captioning import CaptionData
+    from vinvl.oscar.data.captions import CaptionData
 
     split, feats = original_split(tmp_path / "data", rng)
     d = CaptionData(split)
@@ -109,7 +110,7 @@ def test_split_written_from_extraction_outputs(tmp_path: Path, rng) -> None:
     from typer.testing import CliRunner
 
     from vinvl.cli import app
-    from vinvl.oscar.captioning import CaptionData
+    from vinvl.oscar.data.captions import CaptionData
 
     keys = ["img_b", "img_a", "img_c", "img_d"]
     feats = extraction_folder(tmp_path / "extract", rng, keys)
@@ -180,8 +181,9 @@ def test_an_image_without_tags_decodes_in_a_tagged_batch(tmp_path: Path, rng) ->
     """The original pads every decoding input to the full text length (PAD in the tag slots, masked out):
     a tagless image stacks with tagged ones and gets the caption it gets alone."""
     from vinvl.oscar import OscarConfig, OscarForCaptioning
-    from vinvl.oscar.captioning import DecodeConfig, caption_images
-    from vinvl.oscar.inputs import CaptionTensorizer, load_tokenizer
+    from vinvl.oscar.options import DecodeOptions
+    from vinvl.oscar.tasks.captioning import caption_images
+    from vinvl.oscar.tensorize import CaptionTensorizer, load_tokenizer
 
     (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     tok = load_tokenizer(tmp_path)
@@ -197,8 +199,9 @@ def test_an_image_without_tags_decodes_in_a_tagged_batch(tmp_path: Path, rng) ->
     feats = {k: rng.standard_normal((2 + i, 16)).astype(np.float32) for i, k in enumerate("abc")}
     tags = {"a": "dog grass", "b": "", "c": "man"}
     settings = {"max_seq_length": 14, "max_seq_a_length": 8, "max_img_seq_length": 5, "add_od_labels": True}
-    together = caption_images(model, tok, list("abc"), feats.get, tags.get, settings, DecodeConfig(num_beams=2, max_gen_length=8))
-    alone = [caption_images(model, tok, [k], feats.get, tags.get, settings, DecodeConfig(num_beams=2, max_gen_length=8))[0]
+    source = SimpleNamespace(regions=feats.get, tags=tags.get)  # a region source
+    together = caption_images(model, tok, list("abc"), source, settings, DecodeOptions(num_beams=2, max_gen_length=8))
+    alone = [caption_images(model, tok, [k], source, settings, DecodeOptions(num_beams=2, max_gen_length=8))[0]
              for k in "abc"]
     assert together == alone
 
@@ -208,9 +211,8 @@ def test_caption_layout_features_feed_every_reader(tmp_path: Path, rng) -> None:
     retrieval's ``--features`` file; an imageid2idx.json that does not fit its TSV is an error, not a wrong row."""
     import shutil
 
-    from vinvl.oscar.classify import open_regions
-    from vinvl.oscar.inputs import RegionStore
-    from vinvl.oscar.retrieval_data import open_images
+    from vinvl.oscar.data.regions import RegionStore, open_regions
+    from vinvl.oscar.data.retrieval import open_images
 
     keys = ["k0", "k1", "k2", "k3"]
     feats = extraction_folder(tmp_path / "x", rng, keys)
@@ -233,13 +235,16 @@ def test_a_vinvl_captioning_checkpoint_has_the_originals_training_args(tmp_path:
     import argparse
 
     from vinvl.oscar import OscarConfig
-    from vinvl.oscar.captioning import CaptionConfig, CaptionData, train
+    from vinvl.oscar.data.captions import CaptionData
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.captioning import train
     from vinvl.oscar.checkpoint import training_settings
 
     split, _ = original_split(tmp_path / "data", rng)
     (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    cfg = CaptionConfig(max_seq_length=20, max_seq_a_length=12, max_img_seq_length=5, batch_size=2, max_steps=2, log_steps=1)
-    ckpt = train(CaptionData(split), tmp_path / "run", cfg, vocab=tmp_path / "vocab.txt", log=lambda m: None, device="cpu",
+    cfg = CaptionOptions(max_seq_length=20, max_seq_a_length=12, max_img_seq_length=5, batch_size=2, max_steps=2, log_steps=1,
+                         device="cpu")
+    ckpt = train(CaptionData(split), tmp_path / "run", cfg, vocab=tmp_path / "vocab.txt", log=lambda m: None,
                  model_config=OscarConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                           max_position_embeddings=32, img_feature_dim=16))
     args = torch.load(ckpt / "training_args.bin", weights_only=False)  # as the original reads it (our own file)

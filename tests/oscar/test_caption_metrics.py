@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vinvl.oscar.caption_metrics import UNAVAILABLE, CiderD, coco_caption_metrics, spice_available, wrap_for_reward
+from vinvl.oscar.metrics.caption import UNAVAILABLE, CiderD, coco_caption_metrics, spice_available, wrap_for_reward
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenizer and METEOR need Java (no java on PATH)")
 

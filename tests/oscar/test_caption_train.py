@@ -58,7 +58,8 @@ def write_vocab(folder: Path) -> Path:
     return folder / "vocab.txt"
 
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=32)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=32,
+            initializer_range=0.1)  # 5x BERT-base's initial spread: a tiny model learns fast from scratch
 CFG = dict(max_seq_length=16, max_seq_a_length=12, max_img_seq_length=4, batch_size=16, learning_rate=1e-3, seed=1)
 
 
@@ -74,10 +75,12 @@ def xe_run(splits) -> Path:
     """400 XE steps (about 8 s) with label smoothing, and drop-worst for the last 100 (it drops the hardest
     tokens, the colours, so it slows learning here); checkpoints every 100 steps."""
     from vinvl.oscar import OscarConfig
-    from vinvl.oscar.captioning import CaptionConfig, CaptionData, train
+    from vinvl.oscar.data.captions import CaptionData
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.captioning import train
 
     torch.set_num_threads(1)
-    cfg = CaptionConfig(**CFG, warmup_steps=20, max_steps=400, log_steps=50, label_smoothing=0.1, drop_worst_ratio=0.2,
+    cfg = CaptionOptions(**CFG, warmup_steps=20, max_steps=400, log_steps=50, label_smoothing=0.1, drop_worst_ratio=0.2,
                         drop_worst_after=300, save_steps=100)
     return train(CaptionData(splits["train"]), splits["root"] / "xe", cfg, vocab=splits["vocab"],
                  model_config=OscarConfig(**TINY, img_feature_dim=64), log=lambda m: None)
@@ -89,11 +92,13 @@ def held_out_scores(model, tok, settings, split: Path) -> tuple[float, float, fl
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
-    from vinvl.oscar.captioning import CaptionData, DecodeConfig, caption_images
+    from vinvl.oscar.data.captions import CaptionData
+    from vinvl.oscar.options import DecodeOptions
+    from vinvl.oscar.tasks.captioning import caption_images
 
     d = CaptionData(split)
     keys = d.captioned_keys()
-    caps = caption_images(model, tok, keys, d.regions, d.tags, settings, DecodeConfig(num_beams=3, max_gen_length=12))
+    caps = caption_images(model, tok, keys, d, settings, DecodeOptions(num_beams=3, max_gen_length=12))
     gts, res = {k: d.refs[k] for k in keys}, {k: [c] for k, c in zip(keys, caps)}
     bleu4 = Bleu(4).compute_score(gts, res, verbose=0)[0][3]
     cider = Cider().compute_score(gts, res)[0]
@@ -104,9 +109,10 @@ def held_out_scores(model, tok, settings, split: Path) -> tuple[float, float, fl
 @pytest.mark.slow
 def test_xe_training_learns_to_caption(splits, xe_run: Path) -> None:
     from vinvl.oscar import OscarConfig, OscarForCaptioning
-    from vinvl.oscar.captioning import _load, trained_settings
+    from vinvl.oscar.checkpoint import training_settings as trained_settings
+    from vinvl.oscar.tasks.captioning import load_captioner
 
-    model, tok, settings, _ = _load(xe_run, "cpu")
+    model, tok, settings = load_captioner(xe_run, "cpu")
     assert settings["label_smoothing"] == 0.1 and settings["max_seq_a_length"] == 12 and settings["add_od_labels"]
     bleu4, cider, exact, caps = held_out_scores(model, tok, settings, splits["test"])
     torch.manual_seed(1)
@@ -123,30 +129,32 @@ def test_xe_training_learns_to_caption(splits, xe_run: Path) -> None:
 def test_scst_raises_the_reward(splits, xe_run: Path) -> None:
     """SCST from the half-trained XE model (step 100): 40 steps with the sample baseline raise held-out
     CIDEr clearly, 20 with the greedy baseline do not lower it; the runs record the SCST layout."""
-    from vinvl.oscar.captioning import CaptionConfig, CaptionData, _load, train
+    from vinvl.oscar.data.captions import CaptionData
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.captioning import load_captioner, train
 
     torch.set_num_threads(1)
     start = xe_run.parent / "checkpoint-100"
-    before = held_out_scores(*_load(start, "cpu")[:3], splits["test"])
+    before = held_out_scores(*load_captioner(start, "cpu"), splits["test"])
     base = dict(CFG, batch_size=8, learning_rate=1e-4, scheduler="constant", scst=True, max_gen_length=12, log_steps=10)
-    run = train(CaptionData(splits["train"]), splits["root"] / "scst", CaptionConfig(**base, max_steps=40, sc_baseline_type="sample"),
+    run = train(CaptionData(splits["train"]), splits["root"] / "scst", CaptionOptions(**base, max_steps=40, sc_baseline_type="sample"),
                 init=start, log=lambda m: None)
-    model, tok, settings, _ = _load(run, "cpu")
+    model, tok, settings = load_captioner(run, "cpu")
     assert settings["scst"] and settings["max_seq_length"] == 12 + 4 and settings["max_seq_a_length"] == 12
     after = held_out_scores(model, tok, settings, splits["test"])
     assert after[1] > 1.15 * before[1] and after[0] > before[0], (before[:3], after[:3])
     log = [json.loads(x) for x in (run.parent / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(r["reward"] > 0 for r in log)
-    greedy = train(CaptionData(splits["train"]), splits["root"] / "scst_greedy", CaptionConfig(**base, max_steps=20),
+    greedy = train(CaptionData(splits["train"]), splits["root"] / "scst_greedy", CaptionOptions(**base, max_steps=20),
                    init=start, log=lambda m: None)
-    after_g = held_out_scores(*_load(greedy, "cpu")[:3], splits["test"])
+    after_g = held_out_scores(*load_captioner(greedy, "cpu"), splits["test"])
     assert after_g[1] >= 0.97 * before[1], (before[:3], after_g[:3])
     log = [json.loads(x) for x in (greedy.parent / "log.jsonl").read_text().splitlines()]
     assert all(r["greedy_reward"] > 0 for r in log)
 
 
 def test_caption_loss_matches_the_original_definition() -> None:
-    from vinvl.oscar.captioning import caption_loss
+    from vinvl.oscar.tasks.captioning import caption_loss
 
     g = torch.Generator().manual_seed(0)
     logits, target = torch.randn(10, 7, generator=g), torch.randint(0, 7, (10,), generator=g)
@@ -162,26 +170,29 @@ def test_caption_loss_matches_the_original_definition() -> None:
 
 def test_sampling_is_greedy_when_cold_and_differentiable(splits) -> None:
     from vinvl.oscar import OscarConfig, OscarForCaptioning
-    from vinvl.oscar.captioning import CaptionConfig, CaptionData, _decode_kwargs, _decode_tensorizer, _layout, _special, _stack
+    from vinvl.oscar.data.captions import CaptionData
     from vinvl.oscar.generate import generate, sample
-    from vinvl.oscar.inputs import load_tokenizer
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.base import stack
+    from vinvl.oscar.tasks.captioning import decode_kwargs, decode_tensorizer, decoding_layout, special_ids
+    from vinvl.oscar.tensorize import load_tokenizer
 
     tok = load_tokenizer(splits["vocab"])
     torch.manual_seed(0)
     model = OscarForCaptioning(OscarConfig(**TINY, img_feature_dim=64, vocab_size=len(tok))).eval()
     model.config._attn_implementation = "sdpa"
     dev = torch.device("cpu")
-    lay = _layout({}, 12, CaptionConfig(**CFG))
+    lay = decoding_layout({}, 12, CaptionOptions(**CFG))
     d = CaptionData(splits["test"])
-    t = _decode_tensorizer(tok, lay)
-    batch = _stack([t.decode_inputs(d.tags(k), d.regions(k)) for k in d.keys[:4]])
-    kw = _decode_kwargs(batch, lay, dev)
-    greedy = generate(model, **kw, num_beams=1, **_special(tok))
-    cold = sample(model, **kw, num_samples=2, temperature=1e-4, **_special(tok))
+    t = decode_tensorizer(tok, lay)
+    batch = stack([t.decode_inputs(d.tags(k), d.regions(k)) for k in d.keys[:4]])
+    kw = decode_kwargs(batch, lay, dev)
+    greedy = generate(model, **kw, num_beams=1, **special_ids(tok))
+    cold = sample(model, **kw, num_samples=2, temperature=1e-4, **special_ids(tok))
     assert cold.token_ids.shape == (4, 2, 12)
     assert torch.equal(cold.token_ids[:, 0], greedy.token_ids[:, 0]) and torch.equal(cold.token_ids[:, 1], greedy.token_ids[:, 0])
     model.train()
-    warm = sample(model, **kw, num_samples=3, **_special(tok), generator=torch.Generator().manual_seed(0))
+    warm = sample(model, **kw, num_samples=3, **special_ids(tok), generator=torch.Generator().manual_seed(0))
     assert warm.logprobs.shape == (4, 3) and warm.logprobs.requires_grad and (warm.logprobs < 0).all()
     assert (warm.token_ids[..., 0] == tok.cls_token_id).all() and ((warm.token_ids == tok.sep_token_id).sum(-1) == 1).all()
     warm.logprobs.sum().backward()
@@ -213,7 +224,7 @@ def test_cli_eval(splits, xe_run: Path, tmp_path: Path) -> None:
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert set(m) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
     assert m["Bleu_4"] > 0.7 and m["CIDEr"] > 4.0 and 0 < m["METEOR"] <= 1 and 0 < m["ROUGE_L"] <= 1
-    from vinvl.oscar.caption_metrics import spice_available
+    from vinvl.oscar.metrics.caption import spice_available
 
     assert m["SPICE"] == "unavailable" or spice_available()
 
@@ -223,7 +234,7 @@ def test_cli_train_and_predict_on_detector_regions(tmp_path: Path) -> None:
     """Images -> demo-detector regions (518-d) + a caption json -> `caption train` (feature folder) ->
     `caption predict` on the images: a well-formed results.json, one caption per image."""
     from vinvl.datasets.shapes import generate_image
-    from vinvl.oscar.inputs import regions_for_images
+    from vinvl.regions import regions_for_images
 
     torch.set_num_threads(1)
     (tmp_path / "img").mkdir()
@@ -260,7 +271,9 @@ def test_decoding_layout_from_original_training_args(tmp_path: Path) -> None:
     import io
     import zipfile
 
-    from vinvl.oscar.captioning import CaptionConfig, _layout, trained_settings
+    from vinvl.oscar.checkpoint import training_settings as trained_settings
+    from vinvl.oscar.options import CaptionOptions
+    from vinvl.oscar.tasks.captioning import decoding_layout
 
     ns = argparse.Namespace(max_seq_length=50, max_seq_a_length=40, max_gen_length=20, scst=True, add_od_labels=True,
                             max_img_seq_length=50, do_lower_case=True, device=torch.device("cpu"))
@@ -270,7 +283,7 @@ def test_decoding_layout_from_original_training_args(tmp_path: Path) -> None:
         z.writestr("coco_captioning_base_scst/checkpoint-15-66405/training_args.bin", buf.getvalue())
     settings = trained_settings(tmp_path / "scst.zip")
     assert settings["scst"] and settings["device"] == "cpu"
-    lay = _layout(settings, 20, CaptionConfig())
+    lay = decoding_layout(settings, 20, CaptionOptions())
     assert (lay.od_len, lay.od_start, lay.max_img, lay.add_od_labels) == (30, 40, 50, True)
-    xe = _layout({"max_seq_length": 70, "max_seq_a_length": 40}, 20, CaptionConfig())
+    xe = decoding_layout({"max_seq_length": 70, "max_seq_a_length": 40}, 20, CaptionOptions())
     assert (xe.od_len, xe.od_start) == (30, 40)

@@ -12,9 +12,12 @@ import torch
 from classify_synth import COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir, qa_data, run_cli
 
 from vinvl.errors import VinvlError
-from vinvl.oscar import OscarForSequenceClassification, gqa
-from vinvl.oscar.classify import AnswerVocab, TensorDictRegions
-from vinvl.oscar.inputs import load_tokenizer
+from vinvl.oscar import OscarForSequenceClassification
+from vinvl.oscar.data.qa import AnswerVocab
+from vinvl.oscar.data.regions import FeatureDict
+from vinvl.oscar.options import GQAOptions
+from vinvl.oscar.tasks import gqa
+from vinvl.oscar.tensorize import load_tokenizer
 
 
 def test_gqa_split_names() -> None:
@@ -29,10 +32,10 @@ def test_gqa_split_names() -> None:
 def test_gqa_targets_are_the_first_answer(tmp_path: Path) -> None:
     p = qa_data(tmp_path, n_train=5, n_val=0, as_pt=True)
     ds = gqa.load_split(p["train"], p["features"], AnswerVocab.from_files(p["ans2label"]),
-                        load_tokenizer(p["vocab"]), gqa.default_config())
+                        load_tokenizer(p["vocab"]), GQAOptions())
     items = json.loads(p["train"].read_text())
     assert [int(ds.example(i)["labels"]) for i in range(5)] == [it["an"][0] for it in items]
-    assert isinstance(ds.regions, TensorDictRegions) and ds.regions.regions(str(items[0]["img_id"])).shape[1] == 48
+    assert isinstance(ds.regions, FeatureDict) and ds.regions.regions(str(items[0]["img_id"])).shape[1] == 48
     with pytest.raises(VinvlError, match="no features for image"):
         ds.regions.regions("nope")
 
@@ -55,7 +58,7 @@ def test_gqa_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
     logs = json.loads((run / "eval_logs.json").read_text())
     assert logs[-1]["step"] == 600 and logs[-1]["eval_score"] > 0.6, logs
     train_log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    assert train_log[0]["loss"] > 1.0 and train_log[-1]["loss"] < 0.6 * train_log[0]["loss"], train_log
+    assert train_log[-1]["loss"] < 0.6 * train_log[0]["loss"] and train_log[-1]["loss"] < 0.2, train_log  # chance: ln 6
 
     ev = tmp_path / "eval"
     assert run_cli("oscar", "gqa", "eval", run / "checkpoint-600", data, "--split", "val", "-o", ev) == 0

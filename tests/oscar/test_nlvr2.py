@@ -12,9 +12,12 @@ import pytest
 import torch
 from classify_synth import DEMO_IMAGES, config_file, demo_checkpoint, demo_regions_dir, nlvr2_data, run_cli
 
-from vinvl.oscar import OscarConfig, OscarForMultipleChoice, nlvr2
-from vinvl.oscar.classify import TaskConfig, open_regions
-from vinvl.oscar.inputs import load_tokenizer
+from vinvl.oscar import OscarConfig, OscarForMultipleChoice
+from vinvl.oscar.data.qa import PairDataset
+from vinvl.oscar.data.regions import open_regions
+from vinvl.oscar.options import NLVR2Options
+from vinvl.oscar.tasks import nlvr2
+from vinvl.oscar.tensorize import load_tokenizer
 
 
 def test_pair_inputs_and_sentence_truncation(tmp_path: Path) -> None:
@@ -24,8 +27,8 @@ def test_pair_inputs_and_sentence_truncation(tmp_path: Path) -> None:
     keys = list(json.loads(p["train"].read_text())[0]["img_id"].values())
     item = {"q": "there is a red thing ?", "label": 1, "img_id": {"left": keys[0], "right": keys[1]},
             "o": {"left": "ball", "right": ""}}
-    cfg = TaskConfig(max_seq_length=7, max_img_seq_length=3)
-    x = nlvr2.PairDataset([item], regions, tok, cfg, use_label_seq=True).example(0)
+    cfg = NLVR2Options(max_seq_length=7, max_img_seq_length=3)
+    x = PairDataset([item], regions, tok, cfg, use_label_seq=True).example(0)
     assert x["input_ids"].shape == (2, 7) and x["img_feats"].shape == (2, 3, 48) and x["attention_mask"].shape == (2, 10)
     assert int(x["labels"]) == 1
     words = [tok.convert_ids_to_tokens(ids.tolist()) for ids in x["input_ids"]]
@@ -33,7 +36,7 @@ def test_pair_inputs_and_sentence_truncation(tmp_path: Path) -> None:
     # (3 words) although 5 would fit on their own.
     assert words[0] == ["[CLS]", "there", "is", "a", "[SEP]", "ball", "[SEP]"]
     assert words[1][:5] == ["[CLS]", "there", "is", "a", "[SEP]"] and words[1][5:] == ["[PAD]", "[PAD]"]
-    no_tags = nlvr2.PairDataset([item], regions, tok, cfg).example(0)  # the model zoo: no --use_label_seq
+    no_tags = PairDataset([item], regions, tok, cfg).example(0)  # the model zoo: no --use_label_seq
     assert tok.convert_ids_to_tokens(no_tags["input_ids"][0].tolist()) == ["[CLS]", "there", "is", "a", "red", "thing", "[SEP]"]
     assert nlvr2.split_file("/d", "val", "bal").name == "nlvr2_balanced_dev.json"
     assert nlvr2.split_file("/d", "test1").name == "nlvr2_test1.json"

@@ -12,13 +12,17 @@ import torch
 from vinvl.corpus.build import synthetic_corpus
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarConfig, OscarForPretraining
-from vinvl.oscar.inputs import load_tokenizer
-from vinvl.oscar.pretrain import CorpusDataset, PretrainConfig, pretrain
+from vinvl.oscar.data.corpus import CorpusDataset
+from vinvl.oscar.options import PretrainOptions
+from vinvl.oscar.tasks.pretrain import pretrain
+from vinvl.oscar.tensorize import load_tokenizer
 
 
 def tiny() -> OscarConfig:
+    # 5x BERT-base's initial weight spread: the tiny model learns fast from scratch
     return OscarConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                       max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                       max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       initializer_range=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_examples(corpus: Path) -> None:
     tok = load_tokenizer(corpus.parent)
-    ds = CorpusDataset(corpus, tok, PretrainConfig(max_seq_length=24, max_img_seq_length=6))
+    ds = CorpusDataset(corpus, tok, PretrainOptions(max_seq_length=24, max_img_seq_length=6))
     labels = [int(ds.example(i, 0)["next_sentence_label"]) for i in range(len(ds))]
     assert 0.4 < labels.count(0) / len(labels) < 0.6 and labels.count(1) > 20 and labels.count(2) > 20
     e = ds.example(3, 0)
@@ -41,16 +45,16 @@ def test_examples(corpus: Path) -> None:
 
 @pytest.mark.slow
 def test_losses_go_down(corpus: Path, tmp_path: Path) -> None:
-    """1500 CPU steps (about 25 s): MLM falls several-fold; the 3-way contrastive loss falls well below
-    the 1.04 of always answering the class frequencies (it needs the regions to tell)."""
+    """1500 CPU steps (about 25 s): MLM falls to about a quarter of its first 100 steps' mean; the 3-way
+    contrastive loss falls well below the 1.04 of always answering the class frequencies (it needs the regions)."""
     torch.set_num_threads(2)
-    cfg = PretrainConfig(max_seq_length=24, max_img_seq_length=6, batch_size=16, learning_rate=1e-3, warmup_steps=50,
+    cfg = PretrainOptions(max_seq_length=24, max_img_seq_length=6, batch_size=16, learning_rate=1e-3, warmup_steps=50,
                          scheduler="constant", max_steps=1500, log_steps=100, save_steps=1500, seed=1)
     pretrain(corpus, corpus.parent, tmp_path / "run", tiny(), cfg, log=lambda m: None)
     log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert len(log) == 15
     first, last = log[0], log[-2:]
-    assert max(r["mlm"] for r in last) < 0.3 * first["mlm"], log
+    assert max(r["mlm"] for r in last) < 0.35 * first["mlm"], log
     assert max(r["contrastive"] for r in last) < min(0.95, first["contrastive"] - 0.08), log
     m = OscarForPretraining.from_original(tmp_path / "run")  # the newest checkpoint-N, original layout
     assert (tmp_path / "run/checkpoint-1500/vocab.txt").is_file() and m.config.num_contrast_classes == 3
@@ -58,7 +62,7 @@ def test_losses_go_down(corpus: Path, tmp_path: Path) -> None:
 
 def test_resume_continues_the_same_run(corpus: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    cfg = PretrainConfig(max_seq_length=24, max_img_seq_length=6, batch_size=8, learning_rate=1e-3, warmup_steps=5,
+    cfg = PretrainOptions(max_seq_length=24, max_img_seq_length=6, batch_size=8, learning_rate=1e-3, warmup_steps=5,
                          max_steps=40, log_steps=10, save_steps=20, seed=2, gradient_accumulation_steps=2)
     pretrain(corpus, corpus.parent, tmp_path / "a", tiny(), cfg, log=lambda m: None)
     (tmp_path / "b").mkdir()
@@ -90,7 +94,7 @@ def test_contrastive_labels_mean_what_the_originals_code_says(corpus: Path, mode
     of a row of another image, 1: another image's text_b, 2: a question's answer, for caption rows too); label
     num_contrast_classes - 1 text_a replaced by another image's. Drawn with fixed randomness over two epochs."""
     tok = load_tokenizer(corpus.parent)
-    cfg = PretrainConfig(max_seq_length=64, max_img_seq_length=4, num_contrast_classes=classes, texta_false_prob=texta_false,
+    cfg = PretrainOptions(max_seq_length=64, max_img_seq_length=4, num_contrast_classes=classes, texta_false_prob=texta_false,
                          textb_sample_mode=mode, seed=5)
     ds = CorpusDataset(corpus, tok, cfg)
     enc = lambda t: tok.convert_tokens_to_ids(tok.tokenize(t))  # noqa: E731
@@ -133,12 +137,12 @@ def test_sampling_options_as_the_original_allows(corpus: Path) -> None:
                      (dict(num_contrast_classes=3, texta_false_prob=0.0), "the original uses 3 classes"),
                      (dict(texta_false_prob=0.7), "must be in"), (dict(textb_sample_mode=3), "--textb-sample-mode 3")):
         with pytest.raises(VinvlError, match=why):
-            CorpusDataset(corpus, tok, PretrainConfig(**bad))
+            CorpusDataset(corpus, tok, PretrainOptions(**bad))
 
 
 def test_vanilla_oscar_two_way(corpus: Path) -> None:
     tok = load_tokenizer(corpus.parent)
-    ds = CorpusDataset(corpus, tok, PretrainConfig(num_contrast_classes=2, texta_false_prob=0.0, textb_sample_mode=0))
+    ds = CorpusDataset(corpus, tok, PretrainOptions(num_contrast_classes=2, texta_false_prob=0.0, textb_sample_mode=0))
     labels = {int(ds.example(i, 0)["next_sentence_label"]) for i in range(len(ds))}
     assert labels == {0, 1}
 

@@ -15,11 +15,11 @@ import torch
 from vinvl.errors import VinvlError
 from vinvl.features import Prediction, format_features_row, format_label_row
 from vinvl.oscar import OscarConfig, OscarForSequenceClassification
-from vinvl.oscar.inputs import load_tokenizer
-from vinvl.oscar.retrieval import (
-    FastScorer, PairBuilder, RetrievalConfig, fold_recall, naive_scores, recall_at_k, retrieval_ranks, train,
-)
-from vinvl.oscar.retrieval_data import load_captions, load_split
+from vinvl.oscar.data.retrieval import load_captions, load_split
+from vinvl.oscar.metrics.retrieval import fold_recall, recall_at_k, retrieval_ranks
+from vinvl.oscar.options import RetrievalOptions
+from vinvl.oscar.tasks.retrieval import FastScorer, naive_scores, train
+from vinvl.oscar.tensorize import RetrievalTensorizer, load_tokenizer
 from vinvl.tsv import TSVWriter, write_key_index
 
 THINGS = ["cat", "dog", "car", "tree", "boat", "bird", "cup", "lamp", "book", "ball", "chair", "horse"]
@@ -117,7 +117,7 @@ def tok(tmp_path_factory):
 
 def test_pair_inputs_follow_the_original(tok) -> None:
     """The caption is cut to max_seq_length - 2 first; the tags take what is left, then [SEP]."""
-    b = PairBuilder(tok, max_seq_length=10, max_img_seq_length=3)
+    b = RetrievalTensorizer(tok, max_seq_length=10, max_img_seq_length=3)
     cap, tags = b.ids("w1 w2 w3 w4"), b.ids("w10 w11 w12 w13 w14")
     x = b.pair(cap, tags, np.ones((5, DIM), np.float32))
     words = tok.convert_ids_to_tokens(x["input_ids"].tolist())
@@ -134,10 +134,10 @@ def test_pair_inputs_follow_the_original(tok) -> None:
 @pytest.mark.parametrize("num_labels,layernorm", [(2, 1), (1, 0)])
 def test_fast_scorer_equals_one_pair_at_a_time(tok, num_labels: int, layernorm: int) -> None:
     torch.manual_seed(0)
-    model = OscarForSequenceClassification(tiny(num_labels, use_img_layernorm=layernorm, vocab_size=65)).eval()
-    with torch.no_grad():  # larger scores than a fresh head gives, so the check means something
-        model.classifier.weight.mul_(30)
-    b = PairBuilder(tok, max_seq_length=20, max_img_seq_length=6)
+    # weights 10x BERT's initial spread: scores far apart, so the check means something
+    model = OscarForSequenceClassification(tiny(num_labels, use_img_layernorm=layernorm, vocab_size=65,
+                                                initializer_range=0.2)).eval()
+    b = RetrievalTensorizer(tok, max_seq_length=20, max_img_seq_length=6)
     rng = random.Random(0)
     words = lambda n: b.ids(" ".join(f"w{rng.randrange(60)}" for _ in range(n)))  # noqa: E731
     # captions of 1..25 tokens (some cut), images of 0..9 regions (some cut, one empty), tags of 0..8 tokens
@@ -174,7 +174,7 @@ def test_data_files(tmp_path: Path) -> None:
     (d / "bad.tsv").write_text("1004\n77\n")
     with pytest.raises(VinvlError, match="without captions.*77"):
         load_split(d, "test", keys_file="bad.tsv")
-    with pytest.raises(VinvlError, match="no image 1005"):
+    with pytest.raises(VinvlError, match="test_img_frcnn_feats.pt: no features for image 1005"):
         t.images.regions(1005)
     torch.save({1: "not json ["}, d / "x_captions.pt")
     with pytest.raises(VinvlError, match="x_captions.pt: image 1"):
@@ -204,11 +204,11 @@ def test_training_learns_and_the_cli_evaluates_and_ranks(tmp_path: Path, capsys)
     capsys.readouterr()
 
     # the training input settings come back from training_args.json (70/50 given here are overridden)
-    code = main(["oscar", "retrieval", "eval", str(tmp_path / "run"), "--data", str(d), "--keys", "test_img_keys.tsv",
-                 "--folds", "3", "--two-stage", "5", "--compare-full", "-o", str(tmp_path / "eval.json")])
+    code = main(["oscar", "retrieval", "eval", str(tmp_path / "run"), str(d), "--keys", "test_img_keys.tsv",
+                 "--folds", "3", "--two-stage", "5", "--compare-full", "-o", str(tmp_path / "eval")])
     out = capsys.readouterr()
     assert code == 0, out.err
-    r = json.loads((tmp_path / "eval.json").read_text())
+    r = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert "max_seq_length with the training value: 70 -> 20" in out.err
     assert r["images"] == 30 and r["captions"] == 150
     chance = 1 / 30
@@ -223,41 +223,48 @@ def test_training_learns_and_the_cli_evaluates_and_ranks(tmp_path: Path, capsys)
 
     caps = tmp_path / "caps.txt"
     caps.write_text("a cat and a dog\nthe boat next to the tree\n")
-    code = main(["oscar", "retrieval", "rank", str(ckpt), "--features", str(d), "--captions", str(caps),
+    code = main(["oscar", "retrieval", "rank", str(ckpt), str(d), str(caps), "-o", str(tmp_path / "rank"),
                  "--image", "1000", "--image", "1001", "--top", "2"])
     out = capsys.readouterr()
     assert code == 0, out.err
     ranked = json.loads(out.out)
+    assert json.loads((tmp_path / "rank/ranking.json").read_text()) == ranked
     assert set(ranked["images"]) == {"1000", "1001"} and len(ranked["images"]["1000"]) == 2
     assert set(ranked["captions"]) == {"a cat and a dog", "the boat next to the tree"}
     best = ranked["captions"]["a cat and a dog"]
     assert best[0]["score"] >= best[1]["score"]
 
-    assert main(["oscar", "retrieval", "eval", str(ckpt), "--data", str(d), "--keys", str(tmp_path / "nope.tsv")]) == 2
+    assert main(["oscar", "retrieval", "eval", str(ckpt), str(d), "--keys", str(tmp_path / "nope.tsv"), "-o",
+                 str(tmp_path / "e2")]) == 2
     assert "nope.tsv: no such key list" in capsys.readouterr().err
 
 
 def test_training_resumes_exactly(tmp_path: Path) -> None:
+    """Dropout on: the resumed run's weights equal the uninterrupted run's bit for bit (random states restored)."""
     import shutil
+
+    from vinvl.oscar.checkpoint import load_for_task
 
     torch.set_num_threads(1)
     d = synthetic_retrieval(tmp_path / "data", train_images=12, test_images=2)
-    cfg = RetrievalConfig(max_seq_length=20, max_img_seq_length=4, batch_size=4, learning_rate=1e-3, max_steps=12,
-                          save_steps=6, log_steps=3, seed=3, drop_out=0.0)  # no dropout: its RNG is not checkpointed
+    cfg = RetrievalOptions(max_seq_length=20, max_img_seq_length=4, batch_size=4, learning_rate=1e-3, max_steps=12,
+                           save_steps=6, log_steps=3, seed=3, drop_out=0.1)
     quiet = lambda m: None  # noqa: E731
-    nodrop = lambda: tiny(attention_probs_dropout_prob=0.0)  # noqa: E731
-    train(d, tmp_path / "a", cfg, vocab=d / "vocab.txt", model_config=nodrop(), log=quiet)
+    train(d, tmp_path / "a", cfg, vocab=d / "vocab.txt", model_config=tiny(), log=quiet)
     (tmp_path / "b").mkdir()
     shutil.copytree(tmp_path / "a/checkpoint-6", tmp_path / "b/checkpoint-6")
-    train(d, tmp_path / "b", cfg, vocab=d / "vocab.txt", model_config=nodrop(), resume=True, log=quiet)
+    shutil.copy(tmp_path / "a/log.jsonl", tmp_path / "b")  # lines past the checkpoint are dropped on resume
+    train(d, tmp_path / "b", cfg, vocab=d / "vocab.txt", model_config=tiny(), resume=True, log=quiet)
     a = [json.loads(x) for x in (tmp_path / "a/log.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in b] == [9, 12]
-    for ra, rb in zip(a[2:], b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5)
-    # a retrieval checkpoint as --init keeps its head; a pretraining-shaped one would get a new head
+    assert [r["step"] for r in b] == [3, 6, 9, 12] and a[:2] == b[:2]
+    for ra, rb in zip(a[2:], b[2:]):
+        assert ra["loss"] == rb["loss"] and ra["acc"] == rb["acc"]
+    wa = torch.load(tmp_path / "a/checkpoint-12/pytorch_model.bin", weights_only=True)
+    wb = torch.load(tmp_path / "b/checkpoint-12/pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a retrieval checkpoint as --init keeps its head
     m = OscarForSequenceClassification.from_original(tmp_path / "b/checkpoint-12")
-    from vinvl.oscar.retrieval import model_for_training
-
-    again = model_for_training(tmp_path / "b/checkpoint-12", cfg)
+    again = load_for_task(OscarForSequenceClassification, tmp_path / "b/checkpoint-12", overrides={"num_labels": 2},
+                          log=quiet)
     assert torch.equal(again.classifier.weight, m.classifier.weight)

@@ -20,8 +20,8 @@ from classify_synth import qa_data, run_cli, tiny_config, write_vocab
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarForSequenceClassification
 from vinvl.oscar.checkpoint import TrainingSettings, training_settings
-from vinvl.oscar.classify import AnswerVocab
-from vinvl.oscar.inputs import load_tokenizer
+from vinvl.oscar.data.qa import AnswerVocab
+from vinvl.oscar.tensorize import load_tokenizer
 
 
 def original_args(**over) -> argparse.Namespace:
@@ -170,7 +170,7 @@ def test_a_missing_checkpoint_is_named(vqa, tmp_path: Path, capsys, task: str) -
         "gqa": ["oscar", "gqa", "eval", gone, vqa["root"] / "data", "--split", vqa["val"], "-o", tmp_path / "o"],
         "nlvr2": ["oscar", "nlvr2", "eval", gone, vqa["root"] / "data", "--split", vqa["val"], "-o", tmp_path / "o"],
         "caption": ["oscar", "caption", "eval", gone, vqa["features"], "-o", tmp_path / "o"],
-        "retrieval": ["oscar", "retrieval", "eval", gone, "--data", vqa["root"]],
+        "retrieval": ["oscar", "retrieval", "eval", gone, vqa["root"], "-o", tmp_path / "o"],
     }[task]
     assert run_cli(*argv) == 2
     assert one_error_line(capsys) == f"error: {gone}: no such checkpoint"

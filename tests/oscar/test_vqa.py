@@ -15,9 +15,12 @@ from classify_synth import (COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, de
                             qa_data, run_cli)
 
 from vinvl.errors import VinvlError
-from vinvl.oscar import OscarConfig, OscarForSequenceClassification, vqa
-from vinvl.oscar.classify import AnswerVocab, QADataset, open_regions
-from vinvl.oscar.inputs import ClassificationTensorizer, load_tokenizer
+from vinvl.oscar import OscarConfig, OscarForSequenceClassification
+from vinvl.oscar.data.qa import AnswerVocab, QADataset
+from vinvl.oscar.data.regions import open_regions
+from vinvl.oscar.options import VQAOptions
+from vinvl.oscar.tasks import vqa
+from vinvl.oscar.tensorize import ClassificationTensorizer, load_tokenizer
 
 
 def test_vqa_score_gives_partial_credit() -> None:
@@ -66,7 +69,7 @@ def test_vqa_evaluate_scores_and_writes_server_results(tmp_path: Path) -> None:
     items[3].update(an=[], s=[])               # unanswered: left out of a scored split, as the original
     p["train"].write_text(json.dumps(items))
     tok = load_tokenizer(p["vocab"])
-    ds = vqa.load_split(p["train"], p["features"], vocab, tok, vqa.default_config(), test=False)
+    ds = vqa.load_split(p["train"], p["features"], vocab, tok, VQAOptions(), test=False)
     assert len(ds) == 3
     picks = [0, 2, 3]  # red (0.3), blue (0.6), yellow (0.9)
     logits = torch.nn.functional.one_hot(torch.tensor(picks), len(vocab)).float()
@@ -170,7 +173,7 @@ def test_vqa_predict_end_to_end(tmp_path: Path, tmp_path_factory) -> None:
     ck = demo_checkpoint(tmp_path / "ck", OscarForSequenceClassification, 6, loss_type="bce")
     out = tmp_path / "out"
     assert run_cli("oscar", "vqa", "predict", ck, *DEMO_IMAGES, "-q", "what colour is the thing?", "-q", "what is it?",
-                   "-o", out, "--regions-dir", demo_regions_dir(tmp_path_factory), "--top-k", 3,
+                   "-o", out, "--regions-dir", demo_regions_dir(tmp_path_factory), "--top", 3,
                    "--max-seq-length", 16, "--max-img-seq-length", 10) == 0
     rows = json.loads((out / "answers.json").read_text())
     assert [(r["image"], r["question"]) for r in rows] == [

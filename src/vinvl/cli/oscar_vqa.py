@@ -1,5 +1,5 @@
-"""``vinvl oscar vqa|gqa|nlvr2 train|eval|predict``: the classification fine-tunings (arguments only;
-the work is in :mod:`vinvl.oscar.vqa`, :mod:`vinvl.oscar.gqa`, :mod:`vinvl.oscar.nlvr2`)."""
+"""``vinvl oscar vqa|gqa|nlvr2 train|eval|predict``: the classification fine-tunings (arguments only; the work is
+in :mod:`vinvl.oscar.tasks.vqa`, :mod:`vinvl.oscar.tasks.gqa`, :mod:`vinvl.oscar.tasks.nlvr2`)."""
 
 from __future__ import annotations
 
@@ -9,88 +9,46 @@ from typing import Any, Optional
 
 import typer
 
+from ..oscar.options import GQAOptions, NLVR2Options, VQAOptions
+from .oscar_options import fields_of, options_of, takes
+
 vqa_app = typer.Typer(help="VQA 2.0 (run_vqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
 gqa_app = typer.Typer(help="GQA (run_gqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
 nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py --use_pair): train, evaluate, judge sentences about image pairs.",
                         no_args_is_help=True)
 
-# Options every task shares; None keeps the task's model-zoo default.
-OUT = typer.Option(..., "-o", "--out", help="Output folder.")
-INIT = typer.Option(None, "--init", help="Checkpoint to start from (folder, run folder or .zip; e.g. vqa_base_pretrained).")
-CONFIG = typer.Option(None, "--config", help="config.json of a fresh model (without --init).")
-VOCAB = typer.Option(None, "--vocab", help="vocab.txt (default: --init's).")
-FEATURES = typer.Option(None, "--features", help="Regions of every split: a features folder or a .pt feature dict "
-                        "(default: the split's *_img_frcnn_feats.pt in DATA_DIR).")
-MAX_SEQ = typer.Option(None, "--max-seq-length")
-MAX_IMG = typer.Option(None, "--max-img-seq-length")
-BATCH = typer.Option(None, "--batch-size", help="Training examples per step per process (--per_gpu_train_batch_size).")
-EVAL_BATCH = typer.Option(None, "--eval-batch-size")
-ACCUM = typer.Option(None, "--gradient-accumulation-steps")
-LR = typer.Option(None, "--learning-rate")
-WD = typer.Option(None, "--weight-decay")
-WARMUP = typer.Option(None, "--warmup-steps")
-SCHED = typer.Option(None, "--scheduler", help="linear or constant after warm-up.")
-EPOCHS = typer.Option(None, "--num-train-epochs")
-MAX_STEPS = typer.Option(None, "--max-steps", help="> 0 overrides --num-train-epochs.")
-DROP = typer.Option(None, "--drop-out")
-CLS = typer.Option(None, "--classifier", help="linear or mlp.")
-SCALE = typer.Option(None, "--cls-hidden-scale")
-LOSS = typer.Option(None, "--loss-type", help="bce (VQA), xe (GQA, NLVR2), kl.")
-SEED = typer.Option(None, "--seed")
-SAVE = typer.Option(None, "--save-steps", help="Default: once per epoch.")
-LOG = typer.Option(None, "--log-steps")
-RESUME = typer.Option(False, "--resume", help="Continue from OUT's newest checkpoint-N.")
-DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ...")
-DETECTOR = typer.Option(None, "--detector", help="Registry detector name (default: the released VG model if cached, "
-                        "else the shipped demo model).")
-DET_WEIGHTS = typer.Option(None, "--detector-weights", help="Detector weights file (X152-C4 preset).")
-LABELMAP = typer.Option(None, "--labelmap", help="The detector's label map.")
-REGIONS_DIR = typer.Option(None, "--regions-dir", help="Where the detector's outputs go (default OUT/regions; reused "
-                           "when complete).")
+TRAIN = ("out", "init", "config", "vocab", "features", "train_split", "eval_split", "resume")
+LENGTHS = ("max_seq_length", "max_img_seq_length")
+DETECTOR = ("detector", "detector_weights", "labelmap", "regions_dir")
+RUN = ("eval_batch_size", "device", "precision")
 
 
-def _config(defaults: Any, **given: Any) -> Any:
-    """The task defaults with every option the user gave."""
-    for k, v in given.items():
-        if v is not None:
-            setattr(defaults, k, v)
-    return defaults
+# -- shared steps -----------------------------------------------------------------------------------------
+def detect(images: list, given: dict, device: Any) -> tuple[list[str], Any]:
+    """Images -> the detector's regions and tags in OUT/regions (or --regions-dir): keys in input order, their store."""
+    from ..errors import VinvlError
+    from ..regions import regions_for_images
+
+    work = given.get("regions_dir") or Path(given["out"]) / "regions"
+    keys, store = regions_for_images(images, work, model=given.get("detector"), weights=given.get("detector_weights"),
+                                     labelmap=given.get("labelmap"), device=str(device))
+    if not keys:
+        raise VinvlError(f"no image could be read ({Path(work) / 'errors.tsv'} says why)")
+    return keys, store
 
 
-def _model_config(path: Optional[Path]) -> Any:
-    from ..oscar.checkpoint import config_file
-
-    return config_file(path)
+def _eval_split(value: Optional[str]) -> Optional[str]:
+    return value if value not in (None, "none") else None
 
 
-def _checkpoint(checkpoint: Path) -> Path:
-    """The fine-tuned checkpoint's folder (or zip), checked before anything else is read."""
-    from ..oscar.checkpoint import require_checkpoint
-
-    return require_checkpoint(checkpoint)
-
-
-def _lengths(checkpoint: Path, cfg: Any, max_seq: Optional[int], max_img: Optional[int]) -> Any:
-    """Sequence lengths: given, else those the checkpoint was trained with (vinvl's training_args.json or
-    the original's training_args.bin), else the task's."""
-    from ..oscar.checkpoint import training_settings
-
-    saved = training_settings(checkpoint)
-    trained = saved.typed("max_seq_length", cfg.max_seq_length), saved.typed("max_img_seq_length", cfg.max_img_seq_length)
-    cfg.max_seq_length, cfg.max_img_seq_length = max_seq or trained[0], max_img or trained[1]
-    return cfg
-
-
-def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Optional[Path],
-           label2ans: Optional[Path], default_label: str, default_l2a: str) -> Any:
+def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], given: dict, default_label: str, default_l2a: str) -> Any:
     """The answer vocabulary: the given pickles, else the checkpoint's answers.json, else DATA_DIR's pickles."""
     from ..errors import VinvlError
-    from ..oscar.classify import AnswerVocab
+    from ..oscar.data.qa import ANSWERS_FILE, AnswerVocab
 
-    if label_file is None and checkpoint is not None:
-        folder = _checkpoint(checkpoint)
-        if (folder / "answers.json").is_file():
-            return AnswerVocab.from_checkpoint(folder)
+    label_file, label2ans = given.get("label_file"), given.get("label2ans")
+    if label_file is None and checkpoint is not None and (checkpoint / ANSWERS_FILE).is_file():
+        return AnswerVocab.from_checkpoint(checkpoint)
     if label_file is None and data_dir is not None:
         for d in (data_dir, data_dir / "cache"):
             if (d / default_label).is_file():
@@ -104,32 +62,39 @@ def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], label_file: Opt
     return AnswerVocab.from_files(label_file, label2ans)
 
 
-def _prepare(task: Any, checkpoint: Path, max_seq: Optional[int], max_img: Optional[int]) -> tuple[Path, Any, Any]:
-    """(checkpoint folder, tokenizer, task config) of a fine-tuned checkpoint, the sequence lengths as
-    :func:`_lengths` picks them: everything but the weights, so the data can be checked before they load."""
-    from ..oscar.inputs import load_tokenizer
+def _prepare(options_cls: type, checkpoint: Path, given: dict) -> tuple[Path, Any, Any]:
+    """(checkpoint folder, tokenizer, options) of a fine-tuned checkpoint, each restored option given, else the
+    value the checkpoint was trained with (vinvl's training_args.json or the original's training_args.bin), else
+    the task's: everything but the weights, so the data can be checked before they load."""
+    from ..oscar.checkpoint import require_checkpoint, training_settings
+    from ..oscar.tensorize import load_tokenizer
 
-    folder = _checkpoint(checkpoint)
-    return folder, load_tokenizer(folder), _lengths(folder, task.default_config(), max_seq, max_img)
+    folder = require_checkpoint(checkpoint)
+    tok = load_tokenizer(folder)
+    saved = training_settings(folder)
+    opts = options_of(options_cls, given)
+    for name in ("max_seq_length", "max_img_seq_length", "use_label_seq"):
+        if hasattr(opts, name):
+            trained = saved.typed(name, getattr(opts, name))  # a malformed record is an error even when overridden
+            setattr(opts, name, trained if given.get(name) is None else given[name])
+    return folder, tok, opts
 
 
-def _model(cls: Any, folder: Path, cfg: Any, device: str) -> Any:
+def _model(cls: Any, folder: Path, opts: Any, device: Any) -> Any:
     """The fine-tuned model on ``device``; a clear error when the text is longer than its position table."""
-    from ..errors import VinvlError
+    from ..oscar.tasks.classification import check_lengths
 
     model = cls.from_original(folder).to(device)
-    if cfg.max_seq_length > model.config.max_position_embeddings:
-        raise VinvlError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's "
-                         f"{model.config.max_position_embeddings} positions")
+    check_lengths(model, opts.max_seq_length)
     return model
 
 
 def _write_eval(out: Path, name: str, metrics: dict, results: list, checkpoint: Path, data: Path) -> None:
-    from ..oscar.classify import write_json
+    from ..atomic import atomic_write_json
 
     metrics = {**metrics, "split": name, "checkpoint": str(checkpoint), "data": str(data)}
-    write_json(out / f"{name}_results.json", results)
-    write_json(out / "metrics.json", metrics, indent=1)
+    atomic_write_json(Path(out) / f"{name}_results.json", results)
+    atomic_write_json(Path(out) / "metrics.json", metrics, indent=1)
     typer.echo(json.dumps(metrics))
 
 
@@ -137,254 +102,217 @@ def _split_name(split: str) -> str:
     return Path(split).stem if split.endswith(".json") else split
 
 
-# -- VQA ------------------------------------------------------------------------------------------
-@vqa_app.command("train")
-def vqa_train(
-    data_dir: Path = typer.Argument(..., help="The VQA data folder (questions *_qla_mrcnn.json, features *.pt, answer pickles)."),
-    out: Path = OUT, init: Optional[Path] = INIT, config: Optional[Path] = CONFIG, vocab: Optional[Path] = VOCAB,
-    txt_data_dir: Optional[Path] = typer.Option(None, "--txt-data-dir", help="Where the train/val questions are (default DATA_DIR)."),
-    label_file: Optional[Path] = typer.Option(None, "--label-file", help="trainval_ans2label.pkl (default: DATA_DIR's or DATA_DIR/cache's)."),
-    label2ans: Optional[Path] = typer.Option(None, "--label2ans", help="trainval_label2ans.pkl."),
-    train_split: str = typer.Option("train", "--train-split", help="train, train+val or a .json file."),
-    eval_split: Optional[str] = typer.Option("val", "--eval-split", help="Scored at every save (val, a .json, or 'none')."),
-    data_label_type: str = typer.Option("mask", "--data-label-type", help="mask (*_qla_mrcnn.json) or faster (*_qla.json)."),
-    features: Optional[Path] = FEATURES,
-    max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG, batch_size: Optional[int] = BATCH,
-    eval_batch_size: Optional[int] = EVAL_BATCH, gradient_accumulation_steps: Optional[int] = ACCUM,
-    learning_rate: Optional[float] = LR, weight_decay: Optional[float] = WD, warmup_steps: Optional[int] = WARMUP,
-    scheduler: Optional[str] = SCHED, num_train_epochs: Optional[float] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
-    drop_out: Optional[float] = DROP, classifier: Optional[str] = CLS, cls_hidden_scale: Optional[int] = SCALE,
-    loss_type: Optional[str] = LOSS, seed: Optional[int] = SEED, save_steps: Optional[int] = SAVE,
-    log_steps: Optional[int] = LOG, resume: bool = RESUME, device: str = DEVICE,
-) -> None:
-    """Fine-tune Oscar+ for VQA (soft-score BCE); checkpoint-N/ in the original layout + answers.json."""
-    from ..oscar import vqa
-    from ..oscar.classify import task_tokenizer
+def _evaluate(task: Any, cls: Any, options_cls: type, checkpoint: Path, load: Any, given: dict) -> None:
+    """Load a split (``load(folder, tokenizer, options)`` -> (dataset, question file)), the model, score, write."""
+    from ..oscar.training import autocast, resolve_device
 
-    cfg = _config(vqa.default_config(), **{k: v for k, v in locals().items() if k in vqa.TaskConfig.__dataclass_fields__})
-    answers = _vocab(None, data_dir, label_file, label2ans, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
-    tq, tf = vqa.split_files(data_dir, train_split, data_label_type, txt_data_dir)
-    eq = ef = None
-    if eval_split and eval_split != "none":
-        eq, ef = vqa.split_files(data_dir, eval_split, data_label_type, txt_data_dir)
-    tok = task_tokenizer(vocab, init)
-    last = vqa.train(tq, features or tf, answers, out, cfg, tok, init=init, config=_model_config(config), eval_file=eq,
-                     eval_features=features or ef, resume=resume, device=device)
+    folder, tok, opts = _prepare(options_cls, checkpoint, given)
+    ds, path = load(folder, tok, opts)
+    dev = resolve_device(given["device"])
+    model = _model(cls, folder, opts, dev)
+    with autocast(dev, given["precision"]):
+        metrics, results = task.evaluate(model, ds, given["eval_batch_size"])
+    _write_eval(given["out"], _split_name(given["split"]), metrics, results, checkpoint, path)
+
+
+def _train(run: Any, options_cls: type, given: dict, **files: Any) -> None:
+    from ..oscar.checkpoint import config_file
+    from ..oscar.tasks.base import task_tokenizer
+
+    opts = options_of(options_cls, given).check()
+    last = run(**files, options=opts, tokenizer=task_tokenizer(given["vocab"], given["init"]), init=given["init"],
+               model_config=config_file(given["config"]), resume=given["resume"])
     typer.echo(str(last))
 
 
-@vqa_app.command("eval")
-def vqa_eval(
-    checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
-    data_dir: Path = typer.Argument(..., help="The VQA data folder."),
-    out: Path = OUT,
-    split: str = typer.Option("val", "--split", help="val, test-dev2015, test2015 or a .json file (test splits: "
-                              "results for the evaluation server, no score)."),
-    txt_data_dir: Optional[Path] = typer.Option(None, "--txt-data-dir"),
-    data_label_type: str = typer.Option("mask", "--data-label-type"),
-    label_file: Optional[Path] = typer.Option(None, "--label-file", help="Default: the checkpoint's answers.json, else DATA_DIR's pickles."),
-    label2ans: Optional[Path] = typer.Option(None, "--label2ans"),
-    features: Optional[Path] = FEATURES, max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG,
-    batch_size: int = typer.Option(256, "--batch-size"), device: str = DEVICE,
-) -> None:
-    """VQA score (soft score of the arg-max answer) + {split}_results.json [{question_id, answer}] + metrics.json."""
-    from ..oscar import OscarForSequenceClassification, vqa
+def _predict_qa(task: Any, options_cls: type, checkpoint: Path, images: list[Path], given: dict) -> None:
+    from ..atomic import atomic_write_json
+    from ..oscar import OscarForSequenceClassification
+    from ..oscar.tasks.classification import answer_questions
+    from ..oscar.training import autocast, resolve_device
 
-    folder, tok, cfg = _prepare(vqa, checkpoint, max_seq_length, max_img_seq_length)
-    answers = _vocab(folder, data_dir, label_file, label2ans, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
-    qfile, ffile = vqa.split_files(data_dir, split, data_label_type, txt_data_dir)
-    ds = vqa.load_split(qfile, features or ffile, answers, tok, cfg)
-    model = _model(OscarForSequenceClassification, folder, cfg, device)
-    metrics, results = vqa.evaluate(model, ds, batch_size)
-    _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
-
-
-@vqa_app.command("predict")
-def vqa_predict(
-    checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
-    images: list[Path] = typer.Argument(..., help="Images (files, folders, lists: as vinvl extract takes)."),
-    question: list[str] = typer.Option(..., "-q", "--question", help="A question (repeatable); each image gets each."),
-    out: Path = OUT,
-    label_file: Optional[Path] = typer.Option(None, "--label-file", help="Default: the checkpoint's answers.json."),
-    label2ans: Optional[Path] = typer.Option(None, "--label2ans"),
-    top_k: int = typer.Option(5, "--top-k"), max_seq_length: Optional[int] = MAX_SEQ,
-    max_img_seq_length: Optional[int] = MAX_IMG, detector: Optional[str] = DETECTOR,
-    detector_weights: Optional[Path] = DET_WEIGHTS, labelmap: Optional[Path] = LABELMAP,
-    regions_dir: Optional[Path] = REGIONS_DIR, device: str = DEVICE,
-) -> None:
-    """Answer questions about new images end to end (detector -> regions + tags -> answer): OUT/answers.json."""
-    from ..oscar import OscarForSequenceClassification, vqa
-
-    _predict_qa(OscarForSequenceClassification, vqa, checkpoint, images, question, out, label_file, label2ans, top_k,
-                max_seq_length, max_img_seq_length, detector, detector_weights, labelmap, regions_dir, device, softmax=False)
-
-
-def _predict_qa(cls: Any, task: Any, checkpoint: Path, images: list[Path], questions: list[str], out: Path,
-                label_file: Optional[Path], label2ans: Optional[Path], top_k: int, max_seq: Optional[int],
-                max_img: Optional[int], detector: Optional[str], weights: Optional[Path], labelmap: Optional[Path],
-                regions_dir: Optional[Path], device: str, softmax: bool) -> None:
-    from ..oscar.classify import answer_questions, write_json
-
-    folder, tok, cfg = _prepare(task, checkpoint, max_seq, max_img)
-    answers = _vocab(folder, None, label_file, label2ans, task.LABEL_FILE, task.LABEL2ANS_FILE)
-    model = _model(cls, folder, cfg, device)
-    rows = answer_questions(model, tok, answers, images, questions, regions_dir or out / "regions", cfg.max_seq_length,
-                            cfg.max_img_seq_length, top_k=top_k, softmax=softmax, detector=detector, weights=weights,
-                            labelmap=labelmap, device=device)
-    write_json(out / "answers.json", rows, indent=1)
+    folder, tok, opts = _prepare(options_cls, checkpoint, given)
+    answers = _vocab(folder, None, given, task.LABEL_FILE, task.LABEL2ANS_FILE)
+    dev = resolve_device(given["device"])
+    model = _model(OscarForSequenceClassification, folder, opts, dev)
+    keys, store = detect(images, given, dev)
+    with autocast(dev, given["precision"]):
+        rows = answer_questions(model, tok, answers, store, keys, given["question"], opts.max_seq_length,
+                                opts.max_img_seq_length, top_k=given["top"], softmax=task.SOFTMAX,
+                                batch_size=given["eval_batch_size"])
+    atomic_write_json(Path(given["out"]) / "answers.json", rows, indent=1)
     for r in rows:
         typer.echo(f"{r['image']}\t{r['question']}\t{r['answer']}\t{r['score']:.4f}")
 
 
+# -- VQA ------------------------------------------------------------------------------------------
+@vqa_app.command("train")
+@takes(*TRAIN, "txt_data_dir", "label_file", "label2ans", "data_label_type", *fields_of(VQAOptions),
+       defaults=VQAOptions, eval_split="val")
+def vqa_train(data_dir: Path = typer.Argument(..., help="The VQA data folder (questions *_qla_mrcnn.json, features "
+                                              "*.pt, answer pickles)."), given: Any = None) -> None:
+    """Fine-tune Oscar+ for VQA (soft-score BCE) into OUT/checkpoint-N (original layout + answers.json)."""
+    from ..oscar.tasks import vqa
+
+    answers = _vocab(None, data_dir, given, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
+    tq, tf = vqa.split_files(data_dir, given["train_split"], given["data_label_type"], given["txt_data_dir"])
+    eq = ef = None
+    if _eval_split(given["eval_split"]):
+        eq, ef = vqa.split_files(data_dir, given["eval_split"], given["data_label_type"], given["txt_data_dir"])
+    features = given["features"]
+    _train(vqa.train, VQAOptions, given, train_file=tq, train_features=features or tf, vocab=answers, out_dir=given["out"],
+           eval_file=eq, eval_features=features or ef)
+
+
+@vqa_app.command("eval")
+@takes("out", "split", "txt_data_dir", "data_label_type", "label_file", "label2ans", "features", *LENGTHS, *RUN,
+       defaults=VQAOptions, restored=LENGTHS, split="val")
+def vqa_eval(
+    checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
+    data_dir: Path = typer.Argument(..., help="The VQA data folder."),
+    given: Any = None,
+) -> None:
+    """VQA score (soft score of the arg-max answer; test splits: results only) into OUT/metrics.json and
+    OUT/{split}_results.json ([{question_id, answer}], the evaluation server's format)."""
+    from ..oscar import OscarForSequenceClassification
+    from ..oscar.tasks import vqa
+
+    def load(folder: Path, tok: Any, opts: Any) -> Any:
+        answers = _vocab(folder, data_dir, given, vqa.LABEL_FILE, vqa.LABEL2ANS_FILE)
+        qfile, ffile = vqa.split_files(data_dir, given["split"], given["data_label_type"], given["txt_data_dir"])
+        return vqa.load_split(qfile, given["features"] or ffile, answers, tok, opts), qfile
+
+    _evaluate(vqa, OscarForSequenceClassification, VQAOptions, checkpoint, load, given)
+
+
+@vqa_app.command("predict")
+@takes("question", "out", "label_file", "label2ans", "top", *LENGTHS, *DETECTOR, *RUN, defaults=VQAOptions,
+       restored=LENGTHS)
+def vqa_predict(
+    checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
+    images: list[Path] = typer.Argument(..., help="Images (files, folders, lists: as vinvl extract takes)."),
+    given: Any = None,
+) -> None:
+    """Answer questions about new images end to end (detector -> regions + tags -> answer): OUT/answers.json."""
+    from ..oscar.tasks import vqa
+
+    _predict_qa(vqa, VQAOptions, checkpoint, images, given)
+
+
 # -- GQA ------------------------------------------------------------------------------------------
 @gqa_app.command("train")
-def gqa_train(
-    data_dir: Path = typer.Argument(..., help="The GQA data folder (gqa_*_qla_*.json, gqa_img_frcnn_feats.pt, answer pickles)."),
-    out: Path = OUT, init: Optional[Path] = INIT, config: Optional[Path] = CONFIG, vocab: Optional[Path] = VOCAB,
-    label_file: Optional[Path] = typer.Option(None, "--label-file", help="trainval_testdev_all_ans2label.pkl (default: DATA_DIR's)."),
-    label2ans: Optional[Path] = typer.Option(None, "--label2ans"),
-    train_data_type: str = typer.Option("all", "--train-data-type", help="all or bal (the model zoo trains on all)."),
-    eval_data_type: str = typer.Option("bal", "--eval-data-type", help="all or bal (the model zoo evaluates on bal)."),
-    train_split: str = typer.Option("train", "--train-split", help="train or a .json file."),
-    eval_split: Optional[str] = typer.Option("val", "--eval-split", help="val, testdev, a .json, or 'none'."),
-    features: Optional[Path] = FEATURES,
-    max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG, batch_size: Optional[int] = BATCH,
-    eval_batch_size: Optional[int] = EVAL_BATCH, gradient_accumulation_steps: Optional[int] = ACCUM,
-    learning_rate: Optional[float] = LR, weight_decay: Optional[float] = WD, warmup_steps: Optional[int] = WARMUP,
-    scheduler: Optional[str] = SCHED, num_train_epochs: Optional[float] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
-    drop_out: Optional[float] = DROP, classifier: Optional[str] = CLS, cls_hidden_scale: Optional[int] = SCALE,
-    loss_type: Optional[str] = LOSS, seed: Optional[int] = SEED, save_steps: Optional[int] = SAVE,
-    log_steps: Optional[int] = LOG, resume: bool = RESUME, device: str = DEVICE,
-) -> None:
-    """Fine-tune Oscar+ for GQA (cross-entropy over the answers); checkpoint-N/ + answers.json."""
-    from ..oscar import gqa
-    from ..oscar.classify import task_tokenizer
+@takes(*TRAIN, "label_file", "label2ans", "train_data_type", "eval_data_type", *fields_of(GQAOptions),
+       defaults=GQAOptions, eval_split="val", eval_data_type="bal")
+def gqa_train(data_dir: Path = typer.Argument(..., help="The GQA data folder (gqa_*_qla_*.json, gqa_img_frcnn_feats.pt, "
+                                              "answer pickles)."), given: Any = None) -> None:
+    """Fine-tune Oscar+ for GQA (cross-entropy over the answers) into OUT/checkpoint-N (+ answers.json)."""
+    from ..oscar.tasks import gqa
 
-    cfg = _config(gqa.default_config(), **{k: v for k, v in locals().items() if k in gqa.TaskConfig.__dataclass_fields__})
-    answers = _vocab(None, data_dir, label_file, label2ans, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
-    feats = features or data_dir / gqa.FEATURES_FILE
-    eval_file = gqa.split_file(data_dir, eval_split, eval_data_type) if eval_split and eval_split != "none" else None
-    last = gqa.train(gqa.split_file(data_dir, train_split, train_data_type), feats, answers, out, cfg,
-                     task_tokenizer(vocab, init), init=init, config=_model_config(config), eval_file=eval_file,
-                     resume=resume, device=device)
-    typer.echo(str(last))
+    answers = _vocab(None, data_dir, given, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
+    features = given["features"] or data_dir / gqa.FEATURES_FILE
+    eval_split = _eval_split(given["eval_split"])
+    eval_file = gqa.split_file(data_dir, eval_split, given["eval_data_type"]) if eval_split else None
+    _train(gqa.train, GQAOptions, given, train_file=gqa.split_file(data_dir, given["train_split"], given["train_data_type"]),
+           train_features=features, vocab=answers, out_dir=given["out"], eval_file=eval_file)
 
 
 @gqa_app.command("eval")
+@takes("out", "split", "eval_data_type", "label_file", "label2ans", "features", *LENGTHS, *RUN, defaults=GQAOptions,
+       restored=LENGTHS, split="testdev", eval_data_type="bal")
 def gqa_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The GQA data folder."),
-    out: Path = OUT,
-    split: str = typer.Option("testdev", "--split", help="val, testdev, submission or a .json file (submission: "
-                              "results for the evaluation server, no score)."),
-    data_type: str = typer.Option("bal", "--data-type", help="all or bal (--eval_data_type)."),
-    label_file: Optional[Path] = typer.Option(None, "--label-file"), label2ans: Optional[Path] = typer.Option(None, "--label2ans"),
-    features: Optional[Path] = FEATURES, max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG,
-    batch_size: int = typer.Option(256, "--batch-size"), device: str = DEVICE,
+    given: Any = None,
 ) -> None:
-    """Accuracy + {split}_results.json [{questionId, prediction}] + metrics.json."""
-    from ..oscar import OscarForSequenceClassification, gqa
+    """Accuracy (submission: results only) into OUT/metrics.json and OUT/{split}_results.json
+    ([{questionId, prediction}])."""
+    from ..oscar import OscarForSequenceClassification
+    from ..oscar.tasks import gqa
 
-    folder, tok, cfg = _prepare(gqa, checkpoint, max_seq_length, max_img_seq_length)
-    answers = _vocab(folder, data_dir, label_file, label2ans, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
-    qfile = gqa.split_file(data_dir, split, data_type)
-    ds = gqa.load_split(qfile, features or data_dir / gqa.FEATURES_FILE, answers, tok, cfg)
-    model = _model(OscarForSequenceClassification, folder, cfg, device)
-    metrics, results = gqa.evaluate(model, ds, batch_size)
-    _write_eval(out, _split_name(split), metrics, results, checkpoint, qfile)
+    def load(folder: Path, tok: Any, opts: Any) -> Any:
+        answers = _vocab(folder, data_dir, given, gqa.LABEL_FILE, gqa.LABEL2ANS_FILE)
+        qfile = gqa.split_file(data_dir, given["split"], given["eval_data_type"])
+        return gqa.load_split(qfile, given["features"] or data_dir / gqa.FEATURES_FILE, answers, tok, opts), qfile
+
+    _evaluate(gqa, OscarForSequenceClassification, GQAOptions, checkpoint, load, given)
 
 
 @gqa_app.command("predict")
+@takes("question", "out", "label_file", "label2ans", "top", *LENGTHS, *DETECTOR, *RUN, defaults=GQAOptions,
+       restored=LENGTHS)
 def gqa_predict(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
     images: list[Path] = typer.Argument(..., help="Images (files, folders, lists)."),
-    question: list[str] = typer.Option(..., "-q", "--question", help="A question (repeatable)."),
-    out: Path = OUT,
-    label_file: Optional[Path] = typer.Option(None, "--label-file"), label2ans: Optional[Path] = typer.Option(None, "--label2ans"),
-    top_k: int = typer.Option(5, "--top-k"), max_seq_length: Optional[int] = MAX_SEQ,
-    max_img_seq_length: Optional[int] = MAX_IMG, detector: Optional[str] = DETECTOR,
-    detector_weights: Optional[Path] = DET_WEIGHTS, labelmap: Optional[Path] = LABELMAP,
-    regions_dir: Optional[Path] = REGIONS_DIR, device: str = DEVICE,
+    given: Any = None,
 ) -> None:
     """Answer questions about new images end to end: OUT/answers.json."""
-    from ..oscar import OscarForSequenceClassification, gqa
+    from ..oscar.tasks import gqa
 
-    _predict_qa(OscarForSequenceClassification, gqa, checkpoint, images, question, out, label_file, label2ans, top_k,
-                max_seq_length, max_img_seq_length, detector, detector_weights, labelmap, regions_dir, device, softmax=True)
+    _predict_qa(gqa, GQAOptions, checkpoint, images, given)
 
 
 # -- NLVR2 ----------------------------------------------------------------------------------------
 @nlvr2_app.command("train")
-def nlvr2_train(
-    data_dir: Path = typer.Argument(..., help="The NLVR2 data folder (nlvr2_*.json, nlvr2_img_frcnn_feats.pt)."),
-    out: Path = OUT, init: Optional[Path] = INIT, config: Optional[Path] = CONFIG, vocab: Optional[Path] = VOCAB,
-    train_split: str = typer.Option("train", "--train-split", help="train or a .json file."),
-    eval_split: Optional[str] = typer.Option("val", "--eval-split", help="val, test1, a .json, or 'none'."),
-    eval_data_type: str = typer.Option("all", "--eval-data-type", help="all, bal or unbal."),
-    use_label_seq: bool = typer.Option(False, "--use-label-seq", help="Add each image's tags (off in the model zoo)."),
-    features: Optional[Path] = FEATURES,
-    max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG, batch_size: Optional[int] = BATCH,
-    eval_batch_size: Optional[int] = EVAL_BATCH, gradient_accumulation_steps: Optional[int] = ACCUM,
-    learning_rate: Optional[float] = LR, weight_decay: Optional[float] = WD, warmup_steps: Optional[int] = WARMUP,
-    scheduler: Optional[str] = SCHED, num_train_epochs: Optional[float] = EPOCHS, max_steps: Optional[int] = MAX_STEPS,
-    drop_out: Optional[float] = DROP, classifier: Optional[str] = CLS, cls_hidden_scale: Optional[int] = SCALE,
-    loss_type: Optional[str] = LOSS, seed: Optional[int] = SEED, save_steps: Optional[int] = SAVE,
-    log_steps: Optional[int] = LOG, resume: bool = RESUME, device: str = DEVICE,
-) -> None:
-    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier) for NLVR2."""
-    from ..oscar import nlvr2
-    from ..oscar.classify import task_tokenizer
+@takes(*TRAIN, "eval_data_type", *fields_of(NLVR2Options), defaults=NLVR2Options, eval_split="val", eval_data_type="all")
+def nlvr2_train(data_dir: Path = typer.Argument(..., help="The NLVR2 data folder (nlvr2_*.json, "
+                                                "nlvr2_img_frcnn_feats.pt)."), given: Any = None) -> None:
+    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier) for NLVR2 into OUT/checkpoint-N."""
+    from ..oscar.tasks import nlvr2
 
-    cfg = _config(nlvr2.default_config(), **{k: v for k, v in locals().items() if k in nlvr2.TaskConfig.__dataclass_fields__})
-    feats = features or data_dir / nlvr2.FEATURES_FILE
-    eval_file = nlvr2.split_file(data_dir, eval_split, eval_data_type) if eval_split and eval_split != "none" else None
-    last = nlvr2.train(nlvr2.split_file(data_dir, train_split), feats, out, cfg, task_tokenizer(vocab, init), init=init,
-                       config=_model_config(config), eval_file=eval_file, use_label_seq=use_label_seq, resume=resume,
-                       device=device)
-    typer.echo(str(last))
+    features = given["features"] or data_dir / nlvr2.FEATURES_FILE
+    eval_split = _eval_split(given["eval_split"])
+    eval_file = nlvr2.split_file(data_dir, eval_split, given["eval_data_type"]) if eval_split else None
+    _train(nlvr2.train, NLVR2Options, given, train_file=nlvr2.split_file(data_dir, given["train_split"]),
+           train_features=features, out_dir=given["out"], eval_file=eval_file)
 
 
 @nlvr2_app.command("eval")
+@takes("out", "split", "eval_data_type", "use_label_seq", "features", *LENGTHS, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq"), split="test1", eval_data_type="all")
 def nlvr2_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The NLVR2 data folder."),
-    out: Path = OUT,
-    split: str = typer.Option("test1", "--split", help="val, test1 (test-P) or a .json file."),
-    data_type: str = typer.Option("all", "--data-type", help="all, bal or unbal."),
-    use_label_seq: bool = typer.Option(False, "--use-label-seq"),
-    features: Optional[Path] = FEATURES, max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG,
-    batch_size: int = typer.Option(64, "--batch-size"), device: str = DEVICE,
+    given: Any = None,
 ) -> None:
-    """Accuracy + {split}_results.json (each item's prediction) + metrics.json."""
-    from ..oscar import OscarForMultipleChoice, nlvr2
+    """Accuracy into OUT/metrics.json and each item's prediction into OUT/{split}_results.json."""
+    from ..oscar import OscarForMultipleChoice
+    from ..oscar.tasks import nlvr2
 
-    folder, tok, cfg = _prepare(nlvr2, checkpoint, max_seq_length, max_img_seq_length)
-    path = nlvr2.split_file(data_dir, split, data_type)
-    ds = nlvr2.load_split(path, features or data_dir / nlvr2.FEATURES_FILE, tok, cfg, use_label_seq)
-    model = _model(OscarForMultipleChoice, folder, cfg, device)
-    metrics, results = nlvr2.evaluate(model, ds, batch_size)
-    _write_eval(out, _split_name(split), metrics, results, checkpoint, path)
+    def load(folder: Path, tok: Any, opts: Any) -> Any:
+        path = nlvr2.split_file(data_dir, given["split"], given["eval_data_type"])
+        return nlvr2.load_split(path, given["features"] or data_dir / nlvr2.FEATURES_FILE, tok, opts), path
+
+    _evaluate(nlvr2, OscarForMultipleChoice, NLVR2Options, checkpoint, load, given)
 
 
 @nlvr2_app.command("predict")
+@takes("sentence", "out", "use_label_seq", *LENGTHS, *DETECTOR, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq"))
 def nlvr2_predict(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
     left: Path = typer.Argument(..., help="Left image."),
     right: Path = typer.Argument(..., help="Right image."),
-    sentence: list[str] = typer.Option(..., "-s", "--sentence", help="A statement about the pair (repeatable)."),
-    out: Path = OUT, use_label_seq: bool = typer.Option(False, "--use-label-seq"),
-    max_seq_length: Optional[int] = MAX_SEQ, max_img_seq_length: Optional[int] = MAX_IMG,
-    detector: Optional[str] = DETECTOR, detector_weights: Optional[Path] = DET_WEIGHTS, labelmap: Optional[Path] = LABELMAP,
-    regions_dir: Optional[Path] = REGIONS_DIR, device: str = DEVICE,
+    given: Any = None,
 ) -> None:
     """Is each sentence true of the image pair? End to end: OUT/predictions.json."""
-    from ..oscar import OscarForMultipleChoice, nlvr2
-    from ..oscar.classify import write_json
+    from ..atomic import atomic_write_json
+    from ..errors import VinvlError
+    from ..oscar import OscarForMultipleChoice
+    from ..oscar.tasks import nlvr2
+    from ..oscar.training import autocast, resolve_device
+    from ..regions import image_keys
 
-    folder, tok, cfg = _prepare(nlvr2, checkpoint, max_seq_length, max_img_seq_length)
-    model = _model(OscarForMultipleChoice, folder, cfg, device)
-    rows = nlvr2.predict(model, tok, [(left, right)], sentence, regions_dir or out / "regions", cfg, use_label_seq,
-                         detector=detector, weights=detector_weights, labelmap=labelmap, device=device)
-    write_json(out / "predictions.json", rows, indent=1)
+    folder, tok, opts = _prepare(NLVR2Options, checkpoint, given)
+    dev = resolve_device(given["device"])
+    model = _model(OscarForMultipleChoice, folder, opts, dev)
+    keys, store = detect([left, right], given, dev)
+    key_of = image_keys([left, right])
+    kl, kr = key_of[str(left)], key_of[str(right)]
+    for path, k in ((left, kl), (right, kr)):
+        if k not in keys:
+            raise VinvlError(f"{path}: the detector could not read this image")
+    with autocast(dev, given["precision"]):
+        rows = nlvr2.judge(model, tok, store, [(kl, kr)], given["sentence"], opts, batch_size=given["eval_batch_size"])
+    atomic_write_json(Path(given["out"]) / "predictions.json", rows, indent=1)
     for r in rows:
         typer.echo(f"{r['sentence']}\t{r['prediction']}\t{r['prob_true']:.4f}")

@@ -5,7 +5,7 @@ question files and feature/label folders.
 dataset (``predictions_gt.tsv`` with the tags and image sizes of the images used, ``QA_fileB.tsv`` with
 the answers of its questions, and their index jsons) and the yaml (``corpus``, ``corpus_file``,
 ``image_label_path``, ``image_feature_path``), which the original's ``OscarTSVDataset`` and
-:class:`vinvl.oscar.pretrain.CorpusDataset` both read. The tags and sizes come from each dataset's
+:class:`vinvl.oscar.data.corpus.CorpusDataset` both read. The tags and sizes come from each dataset's
 label folder: ``vinvl extract`` / ``vinvl features to-oscar`` output (``label.tsv`` + ``hw.tsv``), a
 ``predictions.tsv``, or a ``predictions_gt.tsv``. :func:`synthetic_corpus` makes a small corpus whose
 region features really relate to its texts and tags, for tests and demonstrations.

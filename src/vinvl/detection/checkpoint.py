@@ -10,7 +10,7 @@ from typing import Any, Mapping, Union
 import torch
 from torch import nn
 
-from ..errors import VinvlError, torch_load_problem
+from ..errors import VinvlError, key_list, torch_load_problem
 
 # The attribute head shares the box head's res5 extractor; checkpoints store a copy under this prefix.
 _SHARED_COPY = "attribute.feature_extractor."
@@ -61,11 +61,6 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torc
     if all(k.startswith("module.") for k in out):
         return {k[len("module.") :]: v for k, v in out.items()}
     return out
-
-
-def key_list(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "<checkpoint>") -> None:

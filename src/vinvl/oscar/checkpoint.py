@@ -1,4 +1,7 @@
-"""Original Oscar/Oscar+ checkpoints: ``pytorch_model.bin`` (pytorch-transformers 1.x names) + ``config.json``."""
+"""Original Oscar/Oscar+ checkpoints: ``pytorch_model.bin`` (pytorch-transformers 1.x names) + ``config.json``,
+their side files (``training_args``, ``training_state.pt``), and a task model built from any of them.
+
+Takes model classes as arguments and never imports :mod:`vinvl.oscar.modeling` (which imports this module)."""
 
 from __future__ import annotations
 
@@ -6,16 +9,17 @@ import io
 import json
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
-from ..detection.checkpoint import key_list
-from ..errors import VinvlError, torch_load_problem
+from ..atomic import atomic_write, atomic_write_text
+from ..errors import VinvlError, key_list, torch_load_problem
+from .configuration import OscarConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -130,8 +134,6 @@ def require_checkpoint(source: PathLike, what: str = "checkpoint") -> Path:
 
 def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict, Any]:
     """``(state dict, config)`` of an original checkpoint: ``pytorch_model.bin``, its folder, a run folder or a released zip."""
-    from .modeling import OscarConfig
-
     path = resolve_checkpoint(source)
     if path.suffix == ".zip" and path.is_file():
         return _from_zip(path, config, OscarConfig)
@@ -167,10 +169,7 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
     sd = rename_legacy(dict(sd))
     model = cls(config)
     expected = model.state_dict()
-    # transformers' MLM decoder has its own bias; the original keeps it only as cls.predictions.bias.
-    for prefix in ("cls.predictions.",):
-        if prefix + "decoder.bias" in expected and prefix + "decoder.bias" not in sd and prefix + "bias" in sd:
-            sd[prefix + "decoder.bias"] = sd[prefix + "bias"]
+    _alias_decoder_bias(sd, expected)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(expected[k].shape)})"
@@ -188,6 +187,63 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
     return model.eval()
 
 
+def _alias_decoder_bias(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """transformers' MLM decoder has its own bias name; the original keeps it only as ``cls.predictions.bias``."""
+    for prefix in ("cls.predictions.",):
+        if prefix + "decoder.bias" in expected and prefix + "decoder.bias" not in sd and prefix + "bias" in sd:
+            sd[prefix + "decoder.bias"] = sd[prefix + "bias"]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_for_task(cls: type, init: Optional[PathLike] = None, config: Optional[OscarConfig] = None,
+                  overrides: Optional[dict[str, Any]] = None, log: Callable[[str], None] = _log) -> nn.Module:
+    """A task model, as the original's ``from_pretrained``: from ``init`` (any Oscar checkpoint: folder, run folder
+    or zip) or fresh from ``config``; ``overrides`` (num_labels, dropout, classifier, ...) set config fields first.
+
+    From a checkpoint, every encoder (``bert.*``) weight must be there with its shape; a head weight is taken
+    when its name and shape fit, else it keeps the BERT initialisation every new model gets; the checkpoint's
+    other heads (pretraining's ``cls.seq_relationship``) are dropped. Tied weights take the word embeddings.
+    """
+    sd: dict[str, torch.Tensor] = {}
+    if init is not None:
+        sd, config = read_original(init)
+        sd = rename_legacy(dict(sd))
+    elif config is None:
+        raise VinvlError("give a checkpoint to start from (--init) or a model config (--config)")
+    config = OscarConfig(**config.to_dict())  # a copy: the caller's config is left as given
+    for k, v in (overrides or {}).items():
+        setattr(config, k, v)
+    model = cls(config)
+    if init is None:
+        return model
+    expected = model.state_dict()
+    _alias_decoder_bias(sd, expected)
+    missing = [k for k in expected if k.startswith("bert.") and k not in sd]
+    if missing:
+        raise VinvlError(f"{init}: not an Oscar checkpoint for {cls.__name__}; missing keys: {key_list(missing, 10)}")
+    misfit = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(v.shape)})" for k, v in expected.items()
+              if k.startswith("bert.") and sd[k].shape != v.shape]
+    if misfit:
+        raise VinvlError(f"{init} does not fit the model: shape mismatches: {key_list(misfit, 10)}")
+    seen: set[int] = set()
+    take, fresh = {}, []
+    for k, v in expected.items():  # a tied weight is loaded once, under its first (the embeddings') name
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        if k in sd and sd[k].shape == v.shape:
+            take[k] = sd[k]
+        else:
+            fresh.append(k)
+    model.load_state_dict(take, strict=False)
+    if fresh:
+        log(f"{init}: newly initialised: {key_list(fresh, 10)}")
+    return model
+
+
 def original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under the original's names (without transformers' decoder-bias alias)."""
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -202,10 +258,10 @@ def save_original(model: nn.Module, folder: PathLike, tokenizer: Any = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     sd = original_state_dict(model)
     atomic_write(out / "pytorch_model.bin", lambda tmp: torch.save(sd, tmp))
-    (out / "config.json").write_text(model.config.to_json_string())
+    atomic_write_text(out / "config.json", model.config.to_json_string())
     if tokenizer is not None:
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-        (out / "vocab.txt").write_text("".join(w + "\n" for w, _ in vocab), encoding="utf-8")
+        atomic_write_text(out / "vocab.txt", "".join(w + "\n" for w, _ in vocab))
     return out
 
 
@@ -215,16 +271,14 @@ def save_pretrained(model: nn.Module, folder: PathLike) -> Path:
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out / "model.safetensors"))
-    (out / "config.json").write_text(model.config.to_json_string())
+    atomic_write(out / "model.safetensors", lambda tmp: save_model(model, str(tmp)))
+    atomic_write_text(out / "config.json", model.config.to_json_string())
     return out
 
 
 def load_pretrained(cls: type, folder: PathLike) -> nn.Module:
     """Read back what :func:`save_pretrained` wrote."""
     from safetensors.torch import load_model
-
-    from .modeling import OscarConfig
 
     folder = Path(folder)
     model = cls(read_config(folder, OscarConfig))
@@ -302,8 +356,26 @@ def _namespace_dict(obj: Any, name: str) -> dict:
     raise VinvlError(f"{name}: expected a saved argparse.Namespace, found {type(obj).__name__}")
 
 
+def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
+    """The newest complete ``checkpoint-N/`` of a run folder (one with its ``training_state.pt``), or ``None``."""
+    done = sorted(Path(out_dir).glob("checkpoint-*/training_state.pt"), key=lambda p: _natural(p.parent.name))
+    return done[-1].parent if done else None
+
+
+def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
+    """``training_args.json`` (vinvl reads it first) and ``training_args.bin``, the pickled ``argparse.Namespace``
+    the original's scripts save and read back (its captioning evaluation needs it), of plain values only."""
+    import argparse
+
+    plain = json.loads(json.dumps(args, default=str))
+    folder = Path(folder)
+    atomic_write(folder / "training_args.bin", lambda tmp: torch.save(argparse.Namespace(**plain), tmp))
+    atomic_write_text(folder / "training_args.json", json.dumps(plain, indent=1))
+
+
 def load_training_state(folder: PathLike) -> dict:
-    """A checkpoint's ``training_state.pt`` (optimizer, scheduler, step), to resume; one error naming it if unreadable."""
+    """A checkpoint's ``training_state.pt`` (optimizer, scheduler, step, random states), to resume; one error
+    naming it if unreadable."""
     path = Path(folder) / "training_state.pt"
     state = load_tensors(path, str(path))
     if not isinstance(state, dict) or not {"optimizer", "scheduler", "step"} <= set(state):
@@ -315,6 +387,4 @@ def config_file(path: Optional[PathLike]) -> Any:
     """An :class:`OscarConfig` from a ``config.json`` (``None`` for ``None``); one clear error if unreadable."""
     if path is None:
         return None
-    from .modeling import OscarConfig
-
     return _config(str(path), read_json(path, dict), OscarConfig)

@@ -21,8 +21,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from transformers.models.bert.modeling_bert import ALL_ATTENTION_FUNCTIONS, eager_attention_forward
-
+from . import transformers_adapter as hf
 from .modeling import OscarForCaptioning, additive_mask
 
 
@@ -80,19 +79,11 @@ class _Cache:
 
     @staticmethod
     def _kv(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        att = layer.attention.self
-        shape = (*x.shape[:-1], -1, att.attention_head_size)
-        return att.key(x).view(shape).transpose(1, 2), att.value(x).view(shape).transpose(1, 2)
+        return hf.keys_values(layer, x)
 
     def _layer(self, layer, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        att = layer.attention.self
-        shape = (*x.shape[:-1], -1, att.attention_head_size)
-        q = att.query(x).view(shape).transpose(1, 2)
-        fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.model.config._attn_implementation, eager_attention_forward)
-        ctx, _ = fn(att, q, k, v, mask, dropout=0.0, scaling=att.scaling)
-        ctx = ctx.reshape(*x.shape[:-1], -1).contiguous()
-        h = layer.attention.output(ctx, x)
-        return layer.output(layer.intermediate(h), h)
+        ctx = hf.attend(layer, hf.query(layer, x), k, v, mask, self.model.config)
+        return hf.finish_layer(layer, ctx, x)
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask_rows: torch.Tensor) -> torch.Tensor:
         """Hidden states of ``tokens`` ``[N, 2]`` (last real token, MASK); keeps only the real token's K/V."""

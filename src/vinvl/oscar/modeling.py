@@ -12,60 +12,34 @@ when attention weights are asked for).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import (
-    BertEmbeddings,
-    BertEncoder,
-    BertLMPredictionHead,
-    BertOnlyMLMHead,
-    BertPooler,
-)
 
 from ..errors import VinvlError
+from . import checkpoint as _ckpt
+from . import transformers_adapter as hf
+from .configuration import OscarConfig
 
 PathLike = Union[str, os.PathLike]
 MASK_VALUE = -10000.0  # the original's additive mask value; finfo.min differs at fully masked rows
+_SKIP_INIT = [False]
 
 
-class OscarConfig(BertConfig):
-    """BERT's config plus the Oscar fields (region features, classifier and task settings)."""
-
-    model_type = "oscar"
-
-    def __init__(
-        self,
-        img_feature_dim: int = 2054,
-        img_feature_type: str = "faster_r-cnn",
-        use_img_layernorm: int = 1,
-        img_layer_norm_eps: float = 1e-12,
-        classifier: str = "linear",
-        cls_hidden_scale: int = 2,
-        loss_type: str = "sfmx",
-        num_contrast_classes: int = 3,
-        num_choice: int = 2,
-        tie_weights: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Oscar's fields with the original's defaults; everything else as ``BertConfig``."""
-        kwargs.setdefault("hidden_act", "gelu")  # the exact erf GELU, as the original
-        super().__init__(**kwargs)
-        self.img_feature_dim = img_feature_dim
-        self.img_feature_type = img_feature_type
-        self.use_img_layernorm = use_img_layernorm
-        self.img_layer_norm_eps = img_layer_norm_eps
-        self.classifier = classifier
-        self.cls_hidden_scale = cls_hidden_scale
-        self.loss_type = loss_type
-        self.num_contrast_classes = num_contrast_classes
-        self.num_choice = num_choice
-        self.tie_weights = tie_weights
+@contextlib.contextmanager
+def no_init() -> Iterator[None]:
+    """Build models without the BERT initialisation (their weights are about to be loaded)."""
+    before = _SKIP_INIT[0]
+    _SKIP_INIT[0] = True
+    try:
+        yield
+    finally:
+        _SKIP_INIT[0] = before
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -92,26 +66,33 @@ class OscarOutput:
 
 
 class _Saving:
-    """Writing the original and the HF layouts, and reading the latter back."""
+    """Writing the original and the HF layouts, reading them back, and the original's weight initialisation."""
+
+    def post_init(self) -> None:
+        """BERT's initialisation of every weight (the original's ``init_weights``), unless about to be loaded."""
+        if not _SKIP_INIT[0]:
+            self.apply(lambda m: hf.init_bert_weights(m, self.config.initializer_range))
 
     def save_original(self, folder: PathLike, tokenizer: Any = None):
         """``pytorch_model.bin`` + ``config.json`` (+ ``vocab.txt``), as the original writes them."""
-        from .checkpoint import save_original
-
-        return save_original(self, folder, tokenizer)
+        return _ckpt.save_original(self, folder, tokenizer)
 
     def save_pretrained(self, folder: PathLike):
         """``model.safetensors`` + ``config.json``."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, folder)
+        return _ckpt.save_pretrained(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder: PathLike):
         """Load what ``save_pretrained`` wrote."""
-        from .checkpoint import load_pretrained
+        with no_init():
+            return _ckpt.load_pretrained(cls, folder)
 
-        return load_pretrained(cls, folder)
+    @classmethod
+    def from_original(cls, source: Union[PathLike, dict], config: Optional[OscarConfig] = None):
+        """Load the original layout strictly: a folder (``pytorch_model.bin`` + ``config.json``), a run folder
+        (its newest ``checkpoint-N/``), a released zip or a state dict (with ``config``)."""
+        with no_init():
+            return _ckpt.load_original(cls, source, config)
 
 
 class OscarModel(_Saving, nn.Module):
@@ -120,20 +101,14 @@ class OscarModel(_Saving, nn.Module):
     def __init__(self, config: OscarConfig) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = BertEmbeddings(config)
+        self.embeddings = hf.BertEmbeddings(config)
         self.img_embedding = nn.Linear(config.img_feature_dim, config.hidden_size)
         if config.use_img_layernorm:
             self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.img_layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
-
-    @classmethod
-    def from_original(cls, source: Union[PathLike, dict], config: Optional[OscarConfig] = None) -> "OscarModel":
-        """Load a BertImgModel state dict (keys without the ``bert.`` prefix) or folder."""
-        from .checkpoint import load_original
-
-        return load_original(cls, source, config)
+        self.encoder = hf.BertEncoder(config)
+        self.pooler = hf.BertPooler(config)
+        self.post_init()
 
     def forward(
         self,
@@ -162,7 +137,7 @@ class OscarModel(_Saving, nn.Module):
             attention_mask = torch.ones(x.shape[:2], device=x.device)
         mask = additive_mask(attention_mask, x.dtype)
         # Attention weights exist only on the eager path; SDPA otherwise (same numbers to ~1e-7).
-        self.config._attn_implementation = "eager" if output_attentions else "sdpa"
+        hf.use_attention(self.config, "eager" if output_attentions else "sdpa")
         hidden, attentions = [x], []
         hooks = []
         if output_attentions:
@@ -170,8 +145,7 @@ class OscarModel(_Saving, nn.Module):
                 hooks.append(layer.attention.self.register_forward_hook(lambda m, i, o: attentions.append(o[1])))
         try:
             for layer in self.encoder.layer:
-                out = layer(x, attention_mask=mask)
-                x = out[0] if isinstance(out, tuple) else out
+                x = hf.run_layer(layer, x, mask)
                 hidden.append(x)
         finally:
             for h in hooks:
@@ -192,15 +166,9 @@ class _OscarHead(_Saving, nn.Module):
     def __init__(self, config: OscarConfig) -> None:
         super().__init__()
         self.config = config
-        self.bert = OscarModel(config)
+        with no_init():  # the head initialises every weight once, its own and the encoder's
+            self.bert = OscarModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    @classmethod
-    def from_original(cls, source: Union[PathLike, dict], config: Optional[OscarConfig] = None) -> "_OscarHead":
-        """Load the original layout: a folder (``pytorch_model.bin`` + ``config.json``) or a state dict."""
-        from .checkpoint import load_original
-
-        return load_original(cls, source, config)
 
 
 def _classifier(config: OscarConfig, in_dim: int, multiple_choice: bool = False) -> nn.Module:
@@ -233,6 +201,7 @@ class OscarForSequenceClassification(_OscarHead):
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
         self.classifier = _classifier(config, config.hidden_size)
+        self.post_init()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None, **kw) -> OscarOutput:
         out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, **kw)
@@ -248,6 +217,7 @@ class OscarForMultipleChoice(_OscarHead):
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
         self.classifier = _classifier(config, config.num_choice * config.hidden_size, multiple_choice=True)
+        self.post_init()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None, **kw) -> OscarOutput:
         b, c = input_ids.shape[:2]
@@ -265,19 +235,24 @@ class OscarForCaptioning(_OscarHead):
 
     def __init__(self, config: OscarConfig) -> None:
         super().__init__(config)
-        self.cls = BertOnlyMLMHead(config)
+        self.cls = hf.BertOnlyMLMHead(config)
         self.cls.predictions.decoder.bias = self.cls.predictions.bias  # one bias, as in the original
         if config.tie_weights:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.post_init()
 
     def forward(
         self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, masked_pos=None, masked_ids=None,
-        position_ids=None, **kw,
+        position_ids=None, masked_index=None, **kw,
     ) -> OscarOutput:
-        """Training (``masked_pos``/``masked_ids``): logits and loss at the masked text positions; else all text logits."""
+        """Training (``masked_pos``/``masked_ids``): logits and loss at the masked text positions; ``masked_index``
+        ``[B, M]`` (the masked positions, padded): logits ``[B, M, V]`` at those positions, a fixed shape (no host
+        synchronisation); else all text logits."""
         out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, position_ids=position_ids, **kw)
         text = out.sequence_output[:, : input_ids.shape[1]]
-        if masked_pos is not None:
+        if masked_index is not None:
+            out.logits = self.cls(text.gather(1, masked_index[..., None].expand(-1, -1, text.shape[-1])))
+        elif masked_pos is not None:
             picked = text[masked_pos == 1]
             out.logits = self.cls(picked)
             if masked_ids is not None:
@@ -293,7 +268,7 @@ class PretrainingHeads(nn.Module):
 
     def __init__(self, config: OscarConfig) -> None:
         super().__init__()
-        self.predictions = BertLMPredictionHead(config)
+        self.predictions = hf.BertLMPredictionHead(config)
         self.seq_relationship = nn.Linear(config.hidden_size, config.num_contrast_classes)
 
     def forward(self, sequence_output: torch.Tensor, pooled_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +284,7 @@ class OscarForPretraining(_OscarHead):
         self.cls = PretrainingHeads(config)
         self.cls.predictions.decoder.bias = self.cls.predictions.bias  # one bias, as in the original
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # always tied
+        self.post_init()
 
     def forward(
         self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, masked_lm_labels=None,
@@ -318,10 +294,10 @@ class OscarForPretraining(_OscarHead):
         out.prediction_scores, out.seq_relationship_scores = self.cls(out.sequence_output, out.pooled_output)
         if masked_lm_labels is not None and next_sentence_label is not None:
             v = self.config.vocab_size
-            if (masked_lm_labels != -1).any():
-                out.masked_lm_loss = F.cross_entropy(out.prediction_scores.view(-1, v), masked_lm_labels.view(-1), ignore_index=-1)
-            else:  # nothing masked in this batch: no MLM term (cross-entropy would be nan)
-                out.masked_lm_loss = out.prediction_scores.sum() * 0
+            labels = masked_lm_labels.view(-1)
+            # the mean over masked tokens, 0 when nothing is masked (cross-entropy's mean would be nan); no host sync
+            total = F.cross_entropy(out.prediction_scores.view(-1, v), labels, ignore_index=-1, reduction="sum")
+            out.masked_lm_loss = total / (labels != -1).sum().clamp(min=1)
             nsp = F.cross_entropy(out.seq_relationship_scores.view(-1, self.config.num_contrast_classes), next_sentence_label.view(-1))
             out.loss = out.masked_lm_loss + nsp
         return out

@@ -7,29 +7,33 @@ the values sometimes JSON strings) and the evaluation key lists ``test_img_keys_
 - a feature folder (VinVL's ``--img_feat_file``): ``features.tsv`` + ``imageid2idx.json``, tags
   in ``label.tsv`` or, as VinVL's script reads them, ``predictions.tsv`` beside the features;
 - or the first Oscar release's tensors: ``{split}_img_{type}_feats.pt`` (``{image id: [N, 2054]}``)
-  with tags in ``{split}_{od_label_type}_labels.pt`` (a string or a list of ``{"class": ...}``).
+  with tags in ``{split}_{od_label_type}_labels.pt`` (a string or a list of ``{"class": ...}``);
+
+both through :func:`vinvl.oscar.data.regions.open_regions`. :class:`RetrievalTrainSet` makes the original's
+training pairs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from ..errors import VinvlError
-from .inputs import RegionStore
+from ...errors import VinvlError
+from ..tensorize import RetrievalTensorizer
+from .regions import RegionSource, open_regions
 
 PathLike = Union[str, os.PathLike]
 Key = Union[int, str]
 
 
 def _load_pt(path: Path) -> Any:
-    from .checkpoint import load_tensors
+    from ..checkpoint import load_tensors
 
     if not path.is_file():
         raise VinvlError(f"{path}: no such file")
@@ -77,84 +81,25 @@ def read_image_keys(path: PathLike, like: Optional[Key] = None) -> list[Key]:
     return keys
 
 
-class TensorImages:
-    """Regions and tags of the first Oscar release's ``.pt`` files, by image id."""
-
-    def __init__(self, features: PathLike, labels: Optional[PathLike] = None) -> None:
-        """``features``: ``{image id: [N, dim] tensor}``; ``labels``: ``{image id: tags str | [{"class": ...}]}``."""
-        self.path = Path(features)
-        self.features = _load_pt(self.path)
-        if not isinstance(self.features, dict):
-            raise VinvlError(f"{self.path}: expected a dict image id -> region features")
-        self.labels_path = Path(labels) if labels else None
-        self.labels = _load_pt(self.labels_path) if self.labels_path else None
-
-    def _get(self, table: dict, key: Key, path: Path) -> Any:
-        for k in (key, str(key)) + ((int(key),) if str(key).isdigit() else ()):
-            if k in table:
-                return table[k]
-        raise VinvlError(f"{path}: no image {key!r}")
-
-    def regions(self, key: Key) -> np.ndarray:
-        """``[N, dim]`` float32 region features of image ``key``."""
-        x = self._get(self.features, key, self.path)
-        return np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-
-    def tags(self, key: Key) -> str:
-        """The image's tags text ('' without a label file)."""
-        if self.labels is None:
-            return ""
-        v = self._get(self.labels, key, self.labels_path)
-        return v if isinstance(v, str) else " ".join(str(o["class"]) for o in v)
-
-
-class FolderImages:
-    """A :class:`RegionStore` over a feature folder whose lookups name the folder and key on failure."""
-
-    def __init__(self, folder: PathLike, features: str = "features.tsv") -> None:
-        folder = Path(folder)
-        labels = "label.tsv" if (folder / "label.tsv").is_file() else "predictions.tsv"
-        self.store = RegionStore(folder, features=features, labels=labels)
-
-    def regions(self, key: Key) -> np.ndarray:
-        """``[N, dim]`` float32 region features of image ``key``."""
-        try:
-            return self.store.regions(str(key))
-        except KeyError:
-            raise VinvlError(f"{self.store.features.tsv.path}: no image {key!r}") from None
-
-    def tags(self, key: Key) -> str:
-        """The image's tags text ('' without label.tsv / predictions.tsv)."""
-        try:
-            return self.store.tags(str(key))
-        except KeyError:
-            raise VinvlError(f"{self.store.labels.path}: no image {key!r}") from None
-
-
 def open_images(
     features: Optional[PathLike], data_dir: Optional[PathLike] = None, split: str = "test",
     img_feature_type: str = "frcnn", od_label_type: str = "vg",
-) -> Union[FolderImages, TensorImages]:
-    """The image source: a feature folder or its ``features.tsv`` (``--img_feat_file``), a ``.pt`` file,
-    or by default ``data_dir``'s ``features.tsv`` or ``{split}_img_{type}_feats.pt``."""
+) -> RegionSource:
+    """The image source: a feature folder or its ``features.tsv`` (``--img_feat_file``), a ``.pt`` file (tags from
+    ``{split}_{od_label_type}_labels.pt`` beside it), or by default ``data_dir``'s ``features.tsv`` or
+    ``{split}_img_{type}_feats.pt``."""
     if features is None:
         if data_dir is None:
             raise VinvlError("give the region features (a feature folder, features.tsv or a .pt file)")
         d = Path(data_dir)
         if (d / "features.tsv").is_file():
-            return FolderImages(d)
+            return open_regions(d)
         features = d / f"{split}_img_{img_feature_type}_feats.pt"
         if not features.is_file():
             raise VinvlError(f"{d}: neither features.tsv nor {features.name}; give the features with --features")
     path = Path(features)
-    if path.is_dir():
-        return FolderImages(path)
-    if path.suffix == ".pt":
-        labels = path.parent / f"{split}_{od_label_type}_labels.pt"
-        return TensorImages(path, labels if labels.is_file() else None)
-    if path.is_file():
-        return FolderImages(path.parent, features=path.name)
-    raise VinvlError(f"{path}: no such feature folder or file")
+    labels = path.parent / f"{split}_{od_label_type}_labels.pt"
+    return open_regions(path, labels if path.suffix == ".pt" and labels.is_file() else None)
 
 
 @dataclass
@@ -163,7 +108,7 @@ class RetrievalSplit:
 
     keys: list[Key]
     captions: dict[Key, list[str]]
-    images: Union[FolderImages, TensorImages]
+    images: RegionSource
 
     def flat_captions(self) -> tuple[list[str], list[int]]:
         """Every caption in image order, and the index (into ``keys``) of the image each describes."""
@@ -193,3 +138,55 @@ def load_split(
     caps = {k: captions[k][:captions_per_image] for k in keys}
     images = open_images(features, d, split, img_feature_type, od_label_type)
     return RetrievalSplit(keys, caps, images)
+
+
+class RetrievalTrainSet:
+    """The original's ``RetrievalDataset`` for training: items are (image, caption) pairs, each
+    giving a matched and an unmatched example; random choices are seeded by (seed, epoch, item)."""
+
+    def __init__(self, split: RetrievalSplit, builder: RetrievalTensorizer, seed: int = 88) -> None:
+        if len(split.keys) < 2:
+            raise VinvlError("retrieval training needs at least 2 images (negatives come from other images)")
+        self.split, self.builder, self.seed = split, builder, seed
+        self.items = [(i, c) for i, k in enumerate(split.keys) for c in range(len(split.captions[k]))]
+        self._cap_ids: dict[tuple[int, int], list[int]] = {}
+        self._tag_ids: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _caption(self, i: int, c: int) -> list[int]:
+        if (i, c) not in self._cap_ids:
+            self._cap_ids[i, c] = self.builder.ids(self.split.captions[self.split.keys[i]][c])
+        return self._cap_ids[i, c]
+
+    def _image(self, i: int) -> tuple[Any, list[int]]:
+        key = self.split.keys[i]
+        if i not in self._tag_ids:
+            self._tag_ids[i] = self.builder.ids(self.split.images.tags(key)) if self.builder.add_od_labels else []
+        return self.split.images.regions(key), self._tag_ids[i]
+
+    def example(self, index: int, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Item ``index``'s matched and unmatched inputs."""
+        rng = random.Random(f"{self.seed}/{epoch}/{index}")
+        i, c = self.items[index]
+        regions, tags = self._image(i)
+        cap = self._caption(i, c)
+        pos = self.builder.pair(cap, tags, regions)
+        j = rng.randrange(len(self.split.keys) - 1)
+        j += j >= i  # another image, uniformly
+        if rng.random() <= 0.5:
+            neg = self.builder.pair(self._caption(j, rng.randrange(len(self.split.captions[self.split.keys[j]]))), tags, regions)
+        else:
+            r2, t2 = self._image(j)
+            neg = self.builder.pair(cap, t2, r2)
+        return pos, neg
+
+    def collate(self, pairs: Sequence[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+                num_labels: int = 2) -> dict[str, torch.Tensor]:
+        """A micro-batch as the original stacks it: the matched examples, then the unmatched, with labels 1 / 0."""
+        ex = [p for p, _ in pairs] + [n for _, n in pairs]
+        batch = {k: torch.stack([e[k] for e in ex]) for k in ex[0]}
+        labels = torch.tensor([1] * len(pairs) + [0] * len(pairs))
+        batch["labels"] = labels if num_labels == 2 else labels.float()
+        return batch

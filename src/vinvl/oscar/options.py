@@ -1,0 +1,218 @@
+"""Every Oscar+ task's options and their defaults, in one place (importable without torch: the CLI reads them).
+
+:class:`TrainingOptions` are the options of any training run (the :class:`~vinvl.oscar.training.Trainer`'s:
+batching, optimiser, schedule, step count, saving, logging, device, precision); each task's class adds its
+own fields and overrides only the defaults that differ, which are the original's model-zoo commands.
+The "not set" values are one rule everywhere: ``max_steps`` 0 lets ``num_train_epochs`` decide;
+``save_steps`` N > 0 saves every N steps, 0 at the end of every epoch, -1 only at the last step (the last
+step is always saved); ``log_steps`` 0 logs only the last step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+from ..errors import VinvlError
+
+SCHEDULERS = ("linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainingOptions:
+    """The options of any training run (the original ``run_*.py`` flags of the same names)."""
+
+    batch_size: int = 32  # examples per micro-batch per process (--per_gpu_train_batch_size)
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.05
+    adam_epsilon: float = 1e-8
+    warmup_steps: int = 0
+    scheduler: str = "linear"  # after warm-up: linear decay to 0 at the last step, or constant
+    num_train_epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides num_train_epochs
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+    seed: int = 88
+    save_steps: int = 0  # > 0 every N steps, 0 every epoch, -1 only the last step
+    log_steps: int = 20  # 0: only the last step
+    eval_batch_size: int = 64
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)
+
+    def check(self) -> "TrainingOptions":
+        """One error naming the option for a value no run can use (the CLI checks these ranges while parsing)."""
+        positive = ("batch_size", "gradient_accumulation_steps", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise VinvlError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        for name in ("learning_rate", "weight_decay", "adam_epsilon", "warmup_steps", "max_steps", "log_steps"):
+            if getattr(self, name) < 0:
+                raise VinvlError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if self.save_steps < -1:
+            raise VinvlError(f"--save-steps {self.save_steps}: N > 0 (every N steps), 0 (every epoch) or -1 (last only)")
+        if self.max_steps == 0 and not self.num_train_epochs > 0:
+            raise VinvlError(f"--num-train-epochs {self.num_train_epochs}: must be > 0 when --max-steps is 0")
+        if self.scheduler not in SCHEDULERS:
+            raise VinvlError(f"--scheduler {self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+        if self.precision not in PRECISIONS:
+            raise VinvlError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        check_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name (what a checkpoint's ``training_args`` records)."""
+        return asdict(self)
+
+
+def check_device(name: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; one error naming ``--device`` otherwise."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise VinvlError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def option_defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of an options class (what the CLI shows and starts from)."""
+    inst = cls()
+    return {f.name: getattr(inst, f.name) for f in fields(cls)}
+
+
+# -- pretraining -----------------------------------------------------------------------------------------
+@dataclass
+class PretrainOptions(TrainingOptions):
+    """Oscar+ pretraining (``run_oscarplus_pretrain.py``)."""
+
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    max_steps: int = 1000
+    max_grad_norm: float = 10.0
+    save_steps: int = 500
+    max_seq_length: int = 35
+    max_img_seq_length: int = 50
+    mask_prob: float = 0.15
+    texta_false_prob: float = 0.25
+    textb_sample_mode: int = 0
+    num_contrast_classes: int = 3
+    use_gtlabels: bool = True  # text_b from a label row's gt_objects when it has them (--use_gtlabels 1)
+
+
+# -- retrieval -------------------------------------------------------------------------------------------
+@dataclass
+class RetrievalOptions(TrainingOptions):
+    """Image-text retrieval (``run_retrieval.py``)."""
+
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 20.0
+    save_steps: int = 5000
+    max_seq_length: int = 70
+    max_img_seq_length: int = 50
+    add_od_labels: bool = True
+    captions_per_image: int = 5  # --num_captions_per_img_train / _val
+    num_labels: int = 2
+    loss_type: str = "sfmx"
+    drop_out: float = 0.1
+
+
+# -- captioning ------------------------------------------------------------------------------------------
+@dataclass
+class CaptionOptions(TrainingOptions):
+    """Image captioning, cross-entropy and SCST (``run_captioning.py``; same names and defaults unless noted)."""
+
+    batch_size: int = 64
+    learning_rate: float = 3e-5
+    num_train_epochs: float = 40.0
+    save_steps: int = -1
+    eval_batch_size: int = 16
+    max_seq_length: int = 70
+    max_seq_a_length: int = 40
+    max_img_seq_length: int = 50
+    mask_prob: float = 0.15
+    max_masked_tokens: int = 3
+    add_od_labels: bool = True  # the original's default is off; every released recipe turns it on
+    do_lower_case: bool = True
+    drop_out: float = 0.1
+    tie_weights: bool = False
+    freeze_embedding: bool = False
+    label_smoothing: float = 0.0
+    drop_worst_ratio: float = 0.0
+    drop_worst_after: int = 0
+    scst: bool = False
+    sc_train_sample_n: int = 5
+    sc_baseline_type: str = "greedy"
+    sc_beam_size: int = 1
+    cider_cached_tokens: Optional[str] = None  # None: document frequencies of each batch ("corpus")
+    max_gen_length: int = 20
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class DecodeOptions:
+    """Decoding of captioning evaluation and prediction (``--num_beams --max_gen_length ...``; the model zoo's)."""
+
+    num_beams: int = 5
+    max_gen_length: int = 20
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    eval_batch_size: int = 16
+    use_cache: bool = True
+
+
+# -- VQA, GQA, NLVR2 ------------------------------------------------------------------------------------
+@dataclass
+class ClassificationOptions(TrainingOptions):
+    """What the classification fine-tunings share (``run_vqa.py`` / ``run_gqa.py`` / ``run_nlvr.py``)."""
+
+    eval_batch_size: int = 256
+    num_train_epochs: float = 25.0
+    log_steps: int = 50
+    max_seq_length: int = 128
+    max_img_seq_length: int = 50
+    drop_out: float = 0.3
+    classifier: str = "linear"
+    cls_hidden_scale: int = 3
+    loss_type: str = "bce"
+
+
+@dataclass
+class VQAOptions(ClassificationOptions):
+    """VQA 2.0, the model zoo's base command: seq 128, 50 regions, batch 32, lr 5e-5, 25 epochs, dropout 0.3,
+    weight decay 0.05, BCE, linear classifier."""
+
+
+@dataclass
+class GQAOptions(ClassificationOptions):
+    """GQA, the model zoo's base command: seq 165, 45 regions, batch 48, lr 5e-5, 5 epochs, cross-entropy."""
+
+    batch_size: int = 48
+    num_train_epochs: float = 5.0
+    max_seq_length: int = 165
+    max_img_seq_length: int = 45
+    cls_hidden_scale: int = 2
+    loss_type: str = "xe"
+
+
+@dataclass
+class NLVR2Options(ClassificationOptions):
+    """NLVR2 (``--use_pair``), the model zoo's base command: seq 55, 40 regions per image, batch 72, lr 3e-5,
+    20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
+
+    batch_size: int = 72
+    learning_rate: float = 3e-5
+    warmup_steps: int = 10000
+    num_train_epochs: float = 20.0
+    eval_batch_size: int = 64
+    max_seq_length: int = 55
+    max_img_seq_length: int = 40
+    classifier: str = "mlp"
+    loss_type: str = "xe"
+    use_label_seq: bool = False  # each image's tags after the sentence (off in the model zoo)
+
+
+TASK_OPTIONS: dict[str, type] = {
+    "pretrain": PretrainOptions, "retrieval": RetrievalOptions, "caption": CaptionOptions, "vqa": VQAOptions,
+    "gqa": GQAOptions, "nlvr2": NLVR2Options,
+}

@@ -1,0 +1,137 @@
+"""What a task gives the :class:`~vinvl.oscar.training.Trainer`, and the pieces every task shares.
+
+A task is data + loss + metrics + predict: :meth:`Task.train_set` (``len`` and ``example(i, epoch)``,
+random choices seeded by the example's own ``(seed, epoch, i)``), :meth:`Task.collate`, :meth:`Task.loss`,
+:meth:`Task.evaluate` (run at each save; a dict with ``score``), :meth:`Task.save_files` (its files in each
+checkpoint) and :meth:`Task.settings` (what ``training_args`` records besides the options). The model is
+built once, the same way for every task (:func:`vinvl.oscar.checkpoint.load_for_task`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
+
+import torch
+from torch import nn
+
+from ...errors import VinvlError
+from ..metrics.qa import accuracy
+from ..options import TrainingOptions
+
+__all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
+
+PathLike = Union[str, os.PathLike]
+Batch = dict[str, torch.Tensor]
+
+
+class ExampleSet(Protocol):
+    """Training examples by index; ``example(i, epoch)`` draws its random choices from ``(seed, epoch, i)``."""
+
+    def __len__(self) -> int: ...
+
+    def example(self, i: int, epoch: int) -> Any: ...
+
+
+def stack(examples: Sequence[dict[str, torch.Tensor]]) -> Batch:
+    """Examples (dicts of tensors) stacked key by key."""
+    return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def stderr_log(message: str) -> None:
+    """The default progress log: one line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def task_tokenizer(vocab: Optional[PathLike], init: Optional[PathLike], do_lower_case: bool = True) -> Any:
+    """The tokenizer on ``vocab`` (a vocab.txt or folder), else on the starting checkpoint's vocab.txt; the
+    checkpoint is checked first (one error naming it)."""
+    from ..checkpoint import require_checkpoint
+    from ..tensorize import load_tokenizer
+
+    if vocab is None and init is None:
+        raise VinvlError("give a vocabulary (--vocab) or a checkpoint to start from (--init) holding one")
+    folder = require_checkpoint(init, "initial checkpoint (--init)") if init is not None else None
+    return load_tokenizer(vocab if vocab is not None else folder, do_lower_case=do_lower_case)  # type: ignore[arg-type]
+
+
+class Task:
+    """A training task; subclasses set ``model_class`` and implement :meth:`train_set` (and usually more)."""
+
+    model_class: type = nn.Module
+    ddp_forward: bool = True  # the loss runs the model through its forward (so DDP can average gradients)
+    unused_parameters: bool = False  # some weights get no gradient (DDP must look for them)
+
+    def __init__(self, options: TrainingOptions, tokenizer: Any, init: Optional[PathLike] = None,
+                 model_config: Any = None, log: Optional[Callable[[str], None]] = None) -> None:
+        """``init``: the checkpoint to start from; ``model_config``: an OscarConfig for a fresh model."""
+        self.options, self.tokenizer, self.init, self.model_config = options, tokenizer, init, model_config
+        self.log = log or stderr_log
+
+    def train_set(self) -> ExampleSet:
+        """The training examples."""
+        raise NotImplementedError
+
+    def collate(self, examples: Sequence[Any]) -> Batch:
+        """A micro-batch of examples."""
+        return stack(examples)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Config fields the task's options set on the model (num_labels, dropout, classifier, ...)."""
+        return {}
+
+    def build_model(self, resume_from: Optional[Path]) -> nn.Module:
+        """The model to train: the newest checkpoint's when resuming, else :func:`load_for_task`."""
+        from ..checkpoint import load_for_task
+
+        if resume_from is not None:
+            model = self.model_class.from_original(resume_from)
+        else:
+            overrides = self.model_overrides()
+            if self.init is None and self.tokenizer is not None:  # a fresh model: the vocabulary's size
+                overrides = {"vocab_size": len(self.tokenizer), **overrides}
+            model = load_for_task(self.model_class, self.init, self.model_config, overrides, self.log)
+        return self.prepare_model(model)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Checks and adjustments after the weights are in (a fresh model, a starting or a resumed checkpoint)."""
+        return model
+
+    def loss(self, module: nn.Module, batch: Batch, ctx: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, figures to log) of a micro-batch; ``module`` may be the data-parallel wrapper."""
+        out = module(**batch)
+        return out.loss, self.figures(out, batch)
+
+    def figures(self, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Figures logged beside the loss (tensors: read once per logging step)."""
+        return {}
+
+    def evaluate(self, model: nn.Module) -> Optional[dict[str, Any]]:
+        """Scores of the model at a save (a dict with ``score``), or None when the task has no evaluation set."""
+        return None
+
+    def save_files(self, folder: Path) -> None:
+        """The task's own files in a checkpoint folder (e.g. ``answers.json``)."""
+
+    def settings(self) -> dict[str, Any]:
+        """What ``training_args`` records besides the options."""
+        return {}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: Any, batch_size: int = 256, collate: Callable = stack) -> torch.Tensor:
+    """The model's logits over every example of ``dataset`` (``[len, ...]``, float32 on the CPU, in order)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    try:
+        for s in range(0, len(dataset), batch_size):
+            batch = collate([dataset.example(i, 0) for i in range(s, min(s + batch_size, len(dataset)))])
+            x = {k: v.to(dev) for k, v in batch.items() if k != "labels"}
+            out.append(model(**x).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

@@ -1,0 +1,87 @@
+"""GQA (the original's ``run_gqa.py``): split names, accuracy, evaluation and training.
+
+Data: ``gqa_{all|bal}_qla_{train|val|testdev|submission}.json`` items ``{q, o, an, img_id, q_id}``
+(the model zoo trains on ``all`` and evaluates on ``bal``), the answer vocabulary
+``trainval_testdev_all_ans2label.pkl`` (``..._label2ans.pkl`` names them), regions from
+``gqa_img_frcnn_feats.pt`` (one file for every split) or any region source. Model:
+:class:`OscarForSequenceClassification`, softmax cross-entropy (``--loss_type xe``) on the first
+answer; accuracy = arg-max equals it. Submission results: ``[{"questionId": str, "prediction": str}]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from ...errors import VinvlError
+from ..data.qa import AnswerVocab, QADataset, load_qa_split
+from ..options import GQAOptions
+from .base import predict_logits
+from .classification import ClassificationTask
+
+PathLike = Union[str, os.PathLike]
+
+SPLITS = ("train", "val", "testdev", "submission")
+DATA_TYPES = ("all", "bal")
+LABEL_FILE = "trainval_testdev_all_ans2label.pkl"
+LABEL2ANS_FILE = "trainval_testdev_all_label2ans.pkl"
+FEATURES_FILE = "gqa_img_frcnn_feats.pt"
+SOFTMAX = True  # answers' probabilities: softmax (cross-entropy)
+
+
+def split_file(data_dir: PathLike, split: str, data_type: str = "bal") -> Path:
+    """A split's question file as ``run_gqa.py`` names it (the submission set is always ``all``);
+    ``split`` may also be a .json path."""
+    if split.endswith(".json"):
+        return Path(split)
+    if split not in SPLITS:
+        raise VinvlError(f"GQA split {split!r}: expected one of {', '.join(SPLITS)} or a .json file")
+    if data_type not in DATA_TYPES:
+        raise VinvlError(f"GQA data type {data_type!r}: expected all or bal")
+    return Path(data_dir) / f"gqa_{'all' if split == 'submission' else data_type}_qla_{split}.json"
+
+
+def load_split(qa_file: PathLike, features: Any, vocab: AnswerVocab, tokenizer: Any, options: GQAOptions,
+               test: Optional[bool] = None) -> QADataset:
+    """A split's dataset with answer-index targets (see :func:`vinvl.oscar.data.qa.load_qa_split`)."""
+    return load_qa_split(qa_file, features, vocab, tokenizer, options, "index", test)
+
+
+def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tuple[dict[str, Any], list[dict]]:
+    """(metrics, results): accuracy (``score``) over the questions, and the submission list."""
+    logits = predict_logits(model, ds, batch_size)
+    pred = logits.argmax(1) if len(ds) else torch.zeros(0, dtype=torch.long)
+    results = [{"questionId": str(ds.question_id(i)), "prediction": ds.vocab.answers[j]} for i, j in enumerate(pred.tolist())]
+    metrics: dict[str, Any] = {"task": "gqa", "num_questions": len(ds)}
+    if not ds.test and len(ds):
+        gold = torch.stack([ds.targets(i) for i in range(len(ds))])
+        metrics["score"] = metrics["accuracy"] = float((pred == gold).float().mean())
+    return metrics, results
+
+
+def task(train_set: QADataset, vocab: AnswerVocab, options: GQAOptions, tokenizer: Any, init: Optional[PathLike] = None,
+         model_config: Any = None, eval_set: Optional[QADataset] = None,
+         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
+    """The GQA training task (cross-entropy over the answers)."""
+    return ClassificationTask(train_set, options, tokenizer, len(vocab), init=init, model_config=model_config,
+                              eval_set=eval_set, score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], vocab=vocab, log=log)
+
+
+def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir: PathLike, options: GQAOptions,
+          tokenizer: Any, init: Optional[PathLike] = None, model_config: Any = None, eval_file: Optional[PathLike] = None,
+          eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+          callbacks: tuple = ()) -> Path:
+    """Fine-tune for GQA; returns the last ``checkpoint-N``."""
+    from ..training import Trainer
+
+    options.check()
+    train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
+    eval_set = None
+    if eval_file is not None:
+        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, vocab,
+                              tokenizer, options, test=False)
+    t = task(train_set, vocab, options, tokenizer, init, model_config, eval_set, log)
+    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)

@@ -1,0 +1,112 @@
+"""NLVR2 (the original's ``run_nlvr.py --use_pair``): split names, accuracy, evaluation, training and judging
+sentences about image pairs.
+
+Data: ``nlvr2_{train,dev,test1}.json`` (``nlvr2_{balanced,unbalanced}_{dev,test1}.json`` for the
+``bal``/``unbal`` evaluation types) items ``{q, label, img_id: {left, right}, o: {left, right}}``,
+regions from ``nlvr2_img_frcnn_feats.pt`` or any region source. The pair model
+(:class:`OscarForMultipleChoice`, ``num_choice`` 2): each image makes one sequence
+``[CLS] sentence [SEP] (its tags [SEP] with --use_label_seq)`` + its regions; the two pooled outputs
+are concatenated into the classifier (the model zoo's ``mlp``, ``cls_hidden_scale`` 3 base / 2 large);
+softmax cross-entropy over {0: false, 1: true}; accuracy. As the original, the sentence's tokens are
+truncated in place, so the second image's sequence sees the sentence as the first one's truncation left it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from ...errors import VinvlError
+from ..data.qa import PairDataset, load_pair_split
+from ..modeling import OscarForMultipleChoice
+from ..options import NLVR2Options
+from .base import predict_logits
+from .classification import ClassificationTask, check_region_width
+
+PathLike = Union[str, os.PathLike]
+
+# split -> evaluation type -> file, as run_nlvr.py's _load_dataset names them
+SPLITS = {
+    "train": {"all": "nlvr2_train.json"},
+    "val": {"all": "nlvr2_dev.json", "bal": "nlvr2_balanced_dev.json", "unbal": "nlvr2_unbalanced_dev.json"},
+    "test1": {"all": "nlvr2_test1.json", "bal": "nlvr2_balanced_test1.json", "unbal": "nlvr2_unbalanced_test1.json"},
+}
+FEATURES_FILE = "nlvr2_img_frcnn_feats.pt"
+
+
+def split_file(data_dir: PathLike, split: str, data_type: str = "all") -> Path:
+    """A split's file as ``run_nlvr.py`` names it; ``split`` may also be a .json path."""
+    if split.endswith(".json"):
+        return Path(split)
+    if split not in SPLITS:
+        raise VinvlError(f"NLVR2 split {split!r}: expected one of {', '.join(SPLITS)} or a .json file")
+    names = SPLITS[split]
+    if data_type not in names:
+        data_type = "all" if split == "train" else data_type
+        if data_type not in names:
+            raise VinvlError(f"NLVR2 data type {data_type!r}: expected all, bal or unbal")
+    return Path(data_dir) / names[data_type]
+
+
+def load_split(path: PathLike, features: Any, tokenizer: Any, options: NLVR2Options) -> PairDataset:
+    """A split's pair dataset; ``features`` a path (folder, TSV or .pt) or an open region source."""
+    return load_pair_split(path, features, tokenizer, options, options.use_label_seq)
+
+
+def evaluate(model: torch.nn.Module, ds: PairDataset, batch_size: int = 64) -> tuple[dict[str, Any], list[dict]]:
+    """(metrics, predictions): accuracy (``score``) where items have labels, and each item's prediction."""
+    logits = predict_logits(model, ds, batch_size)
+    pred = logits.argmax(1).tolist() if len(ds) else []
+    prob = logits.softmax(1)[:, 1].tolist() if len(ds) else []
+    results = []
+    for i, (p, q) in enumerate(zip(pred, prob)):
+        it = ds.items[i]
+        results.append({"index": i, **({"identifier": it["identifier"]} if "identifier" in it else {}),
+                        "prediction": int(p), "prob_true": round(float(q), 6),
+                        **({"label": ds.label(i)} if it.get("label") is not None else {})})
+    metrics: dict[str, Any] = {"task": "nlvr2", "num_examples": len(ds)}
+    labelled = [r for r in results if "label" in r]
+    if labelled:
+        metrics["score"] = metrics["accuracy"] = sum(r["prediction"] == r["label"] for r in labelled) / len(labelled)
+    return metrics, results
+
+
+def task(train_set: PairDataset, options: NLVR2Options, tokenizer: Any, init: Optional[PathLike] = None,
+         model_config: Any = None, eval_set: Optional[PairDataset] = None,
+         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
+    """The NLVR2 training task: the pair model, 2 choices, cross-entropy over false/true."""
+    return ClassificationTask(train_set, options, tokenizer, 2, init=init, model_config=model_config, eval_set=eval_set,
+                              score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], model_class=OscarForMultipleChoice,
+                              overrides={"num_choice": 2}, log=log)
+
+
+def train(train_file: PathLike, train_features: Any, out_dir: PathLike, options: NLVR2Options, tokenizer: Any,
+          init: Optional[PathLike] = None, model_config: Any = None, eval_file: Optional[PathLike] = None,
+          eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+          callbacks: tuple = ()) -> Path:
+    """Fine-tune the pair model for NLVR2; returns the last ``checkpoint-N``."""
+    from ..training import Trainer
+
+    options.check()
+    train_set = load_split(train_file, train_features, tokenizer, options)
+    eval_set = None
+    if eval_file is not None:
+        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, tokenizer,
+                              options)
+    t = task(train_set, options, tokenizer, init, model_config, eval_set, log)
+    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
+
+
+def judge(model: torch.nn.Module, tokenizer: Any, regions: Any, pairs: Sequence[tuple[str, str]], sentences: Sequence[str],
+          options: NLVR2Options, batch_size: int = 64) -> list[dict]:
+    """Is each sentence true of each (left key, right key) image pair of a region source?"""
+    check_region_width(model, regions, "the regions")
+    items = [{"q": s, "img_id": {"left": kl, "right": kr}, "o": {"left": regions.tags(kl), "right": regions.tags(kr)}}
+             for kl, kr in pairs for s in sentences]
+    ds = PairDataset(items, regions, tokenizer, options, options.use_label_seq, source="the pairs")
+    _, results = evaluate(model, ds, batch_size)
+    return [{"left": it["img_id"]["left"], "right": it["img_id"]["right"], "sentence": it["q"],
+             "prediction": bool(r["prediction"]), "prob_true": r["prob_true"]} for it, r in zip(items, results)]

@@ -1,0 +1,108 @@
+"""VQA 2.0 (the original's ``run_vqa.py``): split names, the VQA score, evaluation and training.
+
+Data: ``{split}_qla_mrcnn.json`` (``--data_label_type mask``; ``{split}_qla.json`` otherwise) items
+``{q, o, an, s, img_id, q_id}``, the answer vocabulary ``trainval_ans2label.pkl`` (3129 answers;
+``trainval_label2ans.pkl`` names them), regions from ``{name}_img_frcnn_feats.pt`` or any region source.
+Model: :class:`OscarForSequenceClassification` over the pooled output, loss ``bce`` =
+``binary_cross_entropy_with_logits`` (mean) x the number of answers, against the soft scores. Score: the soft
+score of the arg-max answer (``compute_score_with_logits``), averaged over the questions. Results:
+``[{"question_id": int, "answer": str}]``, the evaluation server's format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from ...errors import VinvlError
+from ..data.qa import AnswerVocab, QADataset, load_qa_split
+from ..metrics.qa import vqa_score
+from ..options import VQAOptions
+from .base import predict_logits
+from .classification import ClassificationTask
+
+PathLike = Union[str, os.PathLike]
+
+# split -> (question file stem, feature file stem), as run_vqa.py's _load_dataset and VQADataset name them
+SPLITS = {
+    "train": ("train2014", "train"),
+    "val": ("val2014", "val"),
+    "train+val": ("train+val2014", "train+val"),
+    "test2015": ("test2015", "test2015"),
+    "test-dev2015": ("test-dev2015", "test-dev2015"),
+}
+LABEL_FILE = "trainval_ans2label.pkl"
+LABEL2ANS_FILE = "trainval_label2ans.pkl"
+SOFTMAX = False  # answers' probabilities: per-answer sigmoid (BCE)
+
+
+def split_files(data_dir: PathLike, split: str, label_type: str = "mask", txt_data_dir: Optional[PathLike] = None
+                ) -> tuple[Path, Path]:
+    """(question file, feature dict) of a split as the original names them; ``split`` may also be a .json path
+    (its features then default to ``{stem}_img_frcnn_feats.pt`` beside it)."""
+    if split.endswith(".json"):
+        p = Path(split)
+        return p, p.with_name(p.stem.split("_qla")[0] + "_img_frcnn_feats.pt")
+    if split not in SPLITS:
+        raise VinvlError(f"VQA split {split!r}: expected one of {', '.join(SPLITS)} or a .json file")
+    if label_type not in ("mask", "faster"):
+        raise VinvlError(f"data label type {label_type!r}: expected mask or faster")
+    qstem, fstem = SPLITS[split]
+    test = split.startswith("test")
+    # The original reads train/val questions from --txt_data_dir and test questions from --data_dir.
+    qdir = Path(data_dir) if (test or txt_data_dir is None) else Path(txt_data_dir)
+    if label_type == "mask":
+        qfile = qdir / f"{qstem}_qla_mrcnn.json"
+    else:
+        qfile = qdir / ("test2014_qla.json" if test else f"{qstem}_qla.json")
+    return qfile, Path(data_dir) / f"{fstem}_img_frcnn_feats.pt"
+
+
+def load_split(qa_file: PathLike, features: Any, vocab: AnswerVocab, tokenizer: Any, options: VQAOptions,
+               test: Optional[bool] = None) -> QADataset:
+    """A split's dataset with soft-score targets (see :func:`vinvl.oscar.data.qa.load_qa_split`)."""
+    return load_qa_split(qa_file, features, vocab, tokenizer, options, "soft", test)
+
+
+def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tuple[dict[str, Any], list[dict]]:
+    """(metrics, results): the mean VQA score and its upper bound (best soft score), and the server's results list."""
+    logits = predict_logits(model, ds, batch_size)
+    results = [{"question_id": int(ds.question_id(i)), "answer": ds.vocab.answers[j]}
+               for i, j in enumerate(logits.argmax(1).tolist())] if len(ds) else []
+    metrics: dict[str, Any] = {"task": "vqa", "num_questions": len(ds)}
+    if not ds.test and len(ds):
+        targets = torch.stack([ds.targets(i) for i in range(len(ds))])
+        metrics["score"] = float(vqa_score(logits, targets).sum()) / len(ds)
+        metrics["upper_bound"] = float(targets.max(1).values.sum()) / len(ds)
+    return metrics, results
+
+
+def task(train_set: QADataset, vocab: AnswerVocab, options: VQAOptions, tokenizer: Any, init: Optional[PathLike] = None,
+         model_config: Any = None, eval_set: Optional[QADataset] = None,
+         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
+    """The VQA training task (soft-score BCE; the training log's ``score`` is the batch's VQA score)."""
+    return ClassificationTask(
+        train_set, options, tokenizer, len(vocab), init=init, model_config=model_config, eval_set=eval_set,
+        score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], vocab=vocab,
+        figures_fn=lambda out, batch: {"score": vqa_score(out.logits.detach(), batch["labels"]).mean()}, log=log)
+
+
+def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir: PathLike, options: VQAOptions,
+          tokenizer: Any, init: Optional[PathLike] = None, model_config: Any = None, eval_file: Optional[PathLike] = None,
+          eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+          callbacks: tuple = ()) -> Path:
+    """Fine-tune for VQA; each checkpoint also holds ``answers.json`` and, with ``eval_file``, its VQA score.
+    Returns the last ``checkpoint-N``."""
+    from ..training import Trainer
+
+    options.check()
+    train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
+    eval_set = None
+    if eval_file is not None:
+        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, vocab,
+                              tokenizer, options, test=False)
+    t = task(train_set, vocab, options, tokenizer, init, model_config, eval_set, log)
+    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)

@@ -1,0 +1,541 @@
+"""The one training loop of every Oscar+ task: :class:`Trainer`.
+
+A task (:class:`vinvl.oscar.tasks.base.Task`) gives the data, the model, the loss, and optionally the
+evaluation run at each save and the files each checkpoint carries; the Trainer owns everything else:
+
+- **device**: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``; under ``torchrun`` each process
+  takes ``cuda:LOCAL_RANK`` (``torch.cuda.set_device``), nccl on GPUs and gloo on CPUs, DDP with
+  ``device_ids``;
+- **data order**: one deterministic order for any number of processes. An epoch's order is seeded by
+  ``(seed, epoch)``; optimizer step ``s`` takes the next ``batch_size x processes x accumulation`` examples,
+  micro-batch ``j`` of process ``r`` being the ``(j x processes + r)``-th ``batch_size`` of them, so
+  N processes with accumulation k see exactly the micro-batches of one process with accumulation N x k;
+  each example's random choices are seeded by ``(seed, epoch, index)`` (the tasks' ``example``);
+- **precision**: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 with a gradient scaler);
+- the optimiser (AdamW, no decay on biases and LayerNorm weights; fused on CUDA), warm-up + linear or
+  constant schedule, gradient accumulation and clipping, one step count (:func:`total_steps`);
+- **logging**: ``log.jsonl`` and a progress bar on rank 0; the figures a task reports stay on the device
+  and are read once per logging step (no host synchronisation per step);
+- **checkpoints** ``checkpoint-N/`` in the original layout + ``training_args`` + the task's files, evaluation
+  at each save (``eval_results.json``, ``eval_logs.json``), and ``training_state.pt`` last: optimizer,
+  schedule, scaler, step and every process's random states (CPU, CUDA, Python, numpy), so ``resume``
+  continues bit for bit as the uninterrupted run, dropout included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_write, atomic_write_json
+from ..errors import VinvlError
+from .options import TrainingOptions, check_device
+
+PathLike = Union[str, os.PathLike]
+Batch = dict[str, torch.Tensor]
+
+
+# -- device and processes ---------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device a command runs on: ``auto`` is CUDA when present, else the CPU; a CUDA device asked for on a
+    machine without one is one error naming ``--device``."""
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VinvlError(f"--device {name}: no CUDA device here (use --device auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VinvlError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+@dataclass
+class Runtime:
+    """This process's place in a run: rank, number of processes, its device, and the process group."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @classmethod
+    def start(cls, device: str = "auto") -> "Runtime":
+        """From torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``): one process per device, the
+        process group started (nccl on CUDA, gloo on CPU) unless the caller started it."""
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = resolve_device(device)
+        if world > 1 and dev.type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise VinvlError(f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            dev = torch.device("cuda", local)  # each process its own GPU, whatever index --device named
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        owns = False
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+                owns = True
+        return cls(rank, world, local, dev, owns)
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing with one)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (a collective: all processes call it)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def mean_(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` averaged over the processes, in place."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+            t /= self.world
+        return t
+
+    def close(self, wait: bool = True) -> None:
+        """End the process group if this runtime started it (``wait``: for every process first; not after an
+        error, which the other processes may never reach)."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> Any:
+    """Autocast to ``precision`` (fp32: nothing, bf16, fp16) on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# -- data order ---------------------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of an epoch (seeded by ``(seed, epoch)``, so a resumed run repeats it)."""
+    order = list(range(n))
+    random.Random(f"{seed}/order/{epoch}").shuffle(order)
+    return order
+
+
+def total_steps(n: int, opts: TrainingOptions, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch) for ``n`` examples: ``max_steps`` when > 0, else
+    ``num_train_epochs`` epochs of ``n // (batch_size x processes x accumulation)`` steps (the last partial
+    step of an epoch is dropped)."""
+    per_step = opts.batch_size * world * opts.gradient_accumulation_steps
+    per_epoch = n // per_step
+    if per_epoch < 1:
+        raise VinvlError(f"{n} training examples, fewer than one optimizer step takes (batch size {opts.batch_size} x "
+                         f"{world} process(es) x {opts.gradient_accumulation_steps} accumulation step(s))")
+    if opts.max_steps > 0:
+        return opts.max_steps, per_epoch
+    return max(int(math.ceil(per_epoch * opts.num_train_epochs)), 1), per_epoch
+
+
+def step_examples(n: int, per_step: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """``(epoch, example indices)`` of optimizer step ``step`` (0-based) when each step takes ``per_step``."""
+    epoch, within = divmod(step, n // per_step)
+    return epoch, epoch_order(n, seed, epoch)[within * per_step : (within + 1) * per_step]
+
+
+def micro_batch(indices: Sequence[int], batch_size: int, world: int, rank: int, j: int) -> list[int]:
+    """Micro-batch ``j`` of process ``rank`` within a step's examples."""
+    start = (j * world + rank) * batch_size
+    return list(indices[start : start + batch_size])
+
+
+# -- random states ------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's (every device's) generators from ``seed``, as the original's ``set_seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's random states (CPU, the device's CUDA, Python, numpy) as tensors and plain values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(), "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Set this process's random states to what :func:`capture_rng` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Whatever runs inside (an evaluation) leaves every random state as it found it."""
+    saved = capture_rng(device)
+    try:
+        yield
+    finally:
+        restore_rng(saved, device)
+
+
+# -- optimiser ----------------------------------------------------------------------------------------------
+def make_optimizer(model: nn.Module, opts: TrainingOptions, total: int,
+                   fused: bool = False) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW without decay on biases and LayerNorm weights, and the warm-up + linear/constant schedule to ``total``."""
+    no_decay = ("bias", "LayerNorm.weight")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if not any(x in n for x in no_decay)], "weight_decay": opts.weight_decay},
+        {"params": [p for n, p in params if any(x in n for x in no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=opts.learning_rate, eps=opts.adam_epsilon, **({"fused": True} if fused else {}))
+
+    def lr_at(s: int) -> float:
+        if s < opts.warmup_steps:
+            return s / max(1, opts.warmup_steps)
+        if opts.scheduler == "constant":
+            return 1.0
+        return max(0.0, (total - s) / max(1, total - opts.warmup_steps))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+# -- the trainer ----------------------------------------------------------------------------------------------
+@dataclass
+class StepContext:
+    """What a task's loss may need about the micro-batch being computed."""
+
+    step: int  # optimizer steps done before this one
+    micro: int  # this process's micro-batch within the step (0 .. accumulation - 1)
+    micro_index: int  # the run's global micro-batch number: the same for any split over processes
+    epoch: int
+    model: nn.Module  # the model itself (not the data-parallel wrapper)
+    device: torch.device
+    runtime: Runtime
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Prefetch:
+    """Builds a step's micro-batches in a thread while the device computes the previous step; the examples'
+    randomness is their own (seeded by seed, epoch and index), so the thread changes nothing in the numbers."""
+
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int, lock: threading.Lock, depth: int = 2) -> None:
+        """``lock`` is held while a step is made (the training thread holds it to read data itself)."""
+        self.queue: "Queue[Any]" = Queue(maxsize=depth)
+        self.stopped = threading.Event()
+
+        def work() -> None:
+            for s in range(start, stop):
+                if self.stopped.is_set():
+                    return
+                try:
+                    with lock:
+                        item: Any = ("ok", make(s))
+                except BaseException as e:  # noqa: BLE001 - handed to the training thread, raised there
+                    item = ("error", e)
+                while not self.stopped.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except Exception:  # queue full: look at `stopped` again
+                        continue
+                if item[0] == "error":
+                    return
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def next(self) -> Any:
+        kind, value = self.queue.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory().to(device, non_blocking=True) if pin else v.to(device)) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+class Trainer:
+    """Trains a task's model (see the module's description); :meth:`train` returns the last checkpoint folder."""
+
+    def __init__(self, task: Any, options: TrainingOptions, out_dir: PathLike,
+                 log: Optional[Callable[[str], None]] = None,
+                 callbacks: Sequence[Callable[[int], None]] = ()) -> None:
+        """``task``: a :class:`~vinvl.oscar.tasks.base.Task`; ``callbacks``: called with the number of steps done
+        after each optimizer step (its checkpoint, if any, written)."""
+        self.task, self.opts, self.out = task, options.check(), Path(out_dir)
+        self.log = log or _stderr
+        self.callbacks = list(callbacks)
+
+    def autocast(self, device: torch.device) -> Any:
+        """Autocast to the run's precision on ``device`` (nothing for fp32)."""
+        return autocast(device, self.opts.precision)
+
+    def train(self, resume: bool = False) -> Path:
+        """Train to the last step (from ``out_dir``'s newest complete checkpoint with ``resume``)."""
+        rt = Runtime.start(self.opts.device)
+        try:
+            folder = self._train(rt, resume)
+        except BaseException:
+            rt.close(wait=False)
+            raise
+        rt.close()
+        return folder
+
+    def _train(self, rt: Runtime, resume: bool) -> Path:
+        from .checkpoint import latest_checkpoint, load_training_state
+
+        opts, task, out = self.opts, self.task, self.out
+        say = self.log if rt.rank == 0 else (lambda m: None)
+        data = task.train_set()
+        n, k, bs = len(data), opts.gradient_accumulation_steps, opts.batch_size
+        per_step = bs * rt.world * k
+        total, per_epoch = total_steps(n, opts, rt.world)
+        last = latest_checkpoint(out) if resume else None
+        seed_everything(opts.seed)  # fresh heads, dropout and sampling start from the seed, as the original's set_seed
+        model = task.build_model(last).to(rt.device)
+        self.model, self.runtime = model, rt  # what callbacks may look at
+        fused = rt.device.type == "cuda"
+        optimizer, schedule = make_optimizer(model, opts, total, fused=fused)
+        scaler = torch.amp.GradScaler(rt.device.type) if opts.precision == "fp16" else None
+        step, state = 0, None
+        if last is not None:
+            state = load_training_state(last)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            step = int(state["step"])
+        out.mkdir(parents=True, exist_ok=True)
+        self._trim_logs(step, last is not None)
+        if state is not None:
+            if state.get("examples_per_step", per_step) != per_step:
+                say(f"{last}: saved with {state['examples_per_step']} examples per step, resumed with {per_step}: "
+                    "the data order from here differs from the uninterrupted run's")
+            say(f"resumed from {last} (step {step})")
+        module: nn.Module = model
+        manual_sync = rt.world > 1 and not task.ddp_forward
+        if rt.world > 1:
+            if task.ddp_forward:
+                module = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                    find_unused_parameters=task.unused_parameters)
+            else:  # the task runs the model outside forward (SCST sampling): gradients averaged by hand
+                import torch.distributed as dist
+
+                for p in model.state_dict().values():
+                    dist.broadcast(p, 0)
+        if state is not None:
+            rngs = state.get("rng") or []
+            if len(rngs) == rt.world:
+                restore_rng(rngs[rt.rank], rt.device)
+            elif rngs:
+                say(f"{last}: random states of {len(rngs)} process(es), resumed with {rt.world}: "
+                    "dropout and sampling differ from the uninterrupted run's")
+                restore_rng(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
+        args = {**opts.to_dict(), **task.settings(), "max_steps": total, "steps_per_epoch": per_epoch,
+                "world_size": rt.world}
+        model.train()
+        say(f"training {type(task).__name__}: {n} examples, {total} steps of {per_step} "
+            f"({bs} x {rt.world} process(es) x {k}), {per_epoch} steps per epoch, on {rt.device} in {opts.precision}")
+
+        def make(s: int) -> tuple[int, list[Batch]]:
+            epoch, idx = step_examples(n, per_step, opts.seed, s)
+            return epoch, [task.collate([data.example(i, epoch) for i in micro_batch(idx, bs, rt.world, rt.rank, j)])
+                           for j in range(k)]
+
+        self._data_lock = threading.Lock()  # tokenizers and files are not shared by two threads at once
+        prefetch = _Prefetch(make, step, total, self._data_lock)
+        bar = self._bar(total, step, rt.rank)
+        folder = out / f"checkpoint-{step}"
+        window: dict[str, torch.Tensor] = {}
+        window_steps, t0, seen = 0, time.perf_counter(), 0
+        if state is not None and len(state.get("log_windows") or []) == rt.world:  # the log window the run was in
+            sums, window_steps = state["log_windows"][rt.rank]
+            window = {n: torch.tensor(v, device=rt.device) for n, v in sums.items()}
+        try:
+            while step < total:
+                epoch, micro = prefetch.next()
+                optimizer.zero_grad(set_to_none=True)
+                figures: dict[str, torch.Tensor] = {}
+                for j, batch in enumerate(micro):
+                    batch = _to_device(batch, rt.device)
+                    ctx = StepContext(step, j, (step * k + j) * rt.world + rt.rank, epoch, model, rt.device, rt)
+                    quiet = module.no_sync() if (module is not model and j < k - 1) else contextlib.nullcontext()
+                    with quiet:
+                        with self.autocast(rt.device):
+                            loss, more = task.loss(module, batch, ctx)
+                        scaled = loss.float() / k
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    for name, v in {"loss": loss, **more}.items():
+                        v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                        figures[name] = figures.get(name, 0) + v.to(rt.device) / k
+                if manual_sync:
+                    import torch.distributed as dist
+
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            dist.all_reduce(p.grad)
+                            p.grad /= rt.world
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if opts.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], opts.max_grad_norm)
+                lr = schedule.get_last_lr()[0]  # the rate of this step (logged)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                schedule.step()
+                step += 1
+                seen += per_step
+                window = {name: window.get(name, 0) + v for name, v in figures.items()}
+                window_steps += 1
+                if bar is not None:
+                    bar.update(1)
+                if (opts.log_steps > 0 and step % opts.log_steps == 0) or step == total:
+                    self._log_window(rt, window, window_steps, step, total, lr, t0, seen, bar)
+                    window, window_steps = {}, 0
+                if self._saves_at(step, total, per_epoch):
+                    pending = ({n: float(v) for n, v in window.items()}, window_steps)  # the log window so far
+                    folder = self._save(rt, model, optimizer, schedule, scaler, step, per_epoch, per_step, args, pending)
+                for cb in self.callbacks:
+                    cb(step)
+        finally:
+            prefetch.close()
+            if bar is not None:
+                bar.close()
+        return folder
+
+    # -- pieces of a run ---------------------------------------------------------------------------------
+    def _saves_at(self, step: int, total: int, per_epoch: int) -> bool:
+        s = self.opts.save_steps
+        return step == total or (s > 0 and step % s == 0) or (s == 0 and step % per_epoch == 0)
+
+    def _bar(self, total: int, start: int, rank: int) -> Any:
+        if rank != 0 or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
+
+    def _log_window(self, rt: Runtime, window: dict[str, torch.Tensor], steps: int, step: int, total: int,
+                    lr: float, t0: float, seen: int, bar: Any) -> None:
+        names = sorted(window, key=lambda x: (x != "loss", x))
+        values = torch.stack([window[n] / steps for n in names]) if names else torch.zeros(0)
+        rt.mean_(values)  # one collective and one host read per logging step
+        if rt.rank != 0:
+            return
+        mean = dict(zip(names, values.tolist()))
+        seconds = time.perf_counter() - t0
+        shown = "  ".join(f"{n} {v:.4f}" for n, v in mean.items())
+        line = f"step {step}/{total}  {shown}  lr {lr:.2e}"
+        (bar.write if bar is not None else self.log)(line)
+        entry = {"step": step, **{n: round(v, 6) for n, v in mean.items()}, "lr": lr, "seconds": round(seconds, 1),
+                 "samples_per_second": round(seen / max(seconds, 1e-9), 2)}
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _trim_logs(self, step: int, resumed: bool) -> None:
+        """A resumed run's logs keep what the uninterrupted run had logged up to its checkpoint."""
+        from .checkpoint import read_json
+
+        log = self.out / "log.jsonl"
+        if log.is_file():
+            kept = []
+            for line in log.read_text().splitlines() if resumed else []:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut by a kill
+            atomic_write(log, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+        path = self.out / "eval_logs.json"
+        if path.is_file():
+            entries = read_json(path, list) if resumed else []
+            if not all(isinstance(e, dict) and isinstance(e.get("eval_score"), (int, float)) for e in entries):
+                raise VinvlError(f"{path}: expected a list of {{step, eval_score, ...}} entries")
+            atomic_write_json(path, [e for e in entries if e.get("step", 0) <= step], indent=1)
+
+    def _save(self, rt: Runtime, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int,
+              per_epoch: int, per_step: int, args: dict[str, Any], window: tuple[dict[str, float], int]) -> Path:
+        from .checkpoint import read_json, write_training_args
+
+        folder = self.out / f"checkpoint-{step}"
+        mine = rt.gather((capture_rng(rt.device), [window[0], window[1]]))
+        rngs, windows = [m[0] for m in mine], [m[1] for m in mine]
+        if rt.rank == 0:
+            model.save_original(folder, tokenizer=self.task.tokenizer)
+            write_training_args(folder, args)
+            self.task.save_files(folder)
+            was_training = model.training
+            model.eval()
+            with self._data_lock, rng_untouched(rt.device), torch.no_grad(), self.autocast(rt.device):
+                result = self.task.evaluate(model)
+            model.train(was_training)
+            if result is not None:
+                atomic_write_json(folder / "eval_results.json", result, indent=1)
+                path = self.out / "eval_logs.json"
+                logs = read_json(path, list) if path.is_file() else []
+                best = max([e["eval_score"] for e in logs] + [result["score"]])
+                logs.append({"step": step, "epoch": step / per_epoch, "eval_score": result["score"], "best_score": best})
+                atomic_write_json(path, logs, indent=1)
+                self.log(f"step {step}: evaluation score {result['score']:.4f} (best {best:.4f})")
+            state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step,
+                     "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "log_windows": windows,
+                     "examples_per_step": per_step, "world_size": rt.world}
+            # last: its presence marks a complete checkpoint
+            atomic_write(folder / "training_state.pt", lambda tmp: torch.save(state, tmp))
+        rt.barrier()
+        return folder
