@@ -114,7 +114,7 @@ def test_caption_one_command_from_the_hub(hub: HubServer, tmp_path: Path, capsys
     assert len(hub.log) == seen
     # The Oscar+ command takes the same name for its checkpoint.
     assert main(["oscar", "caption", "predict", "vinvl-base-image-captioning", str(IMAGES), "-o", str(tmp_path / "p"),
-                 "--model", "shapes_demo", "--device", "cpu"]) == 0
+                 "--detector", "shapes_demo", "--device", "cpu"]) == 0
     capsys.readouterr()
     pred = json.loads((tmp_path / "p" / "results.json").read_text())
     assert {r["image_id"]: r["caption"] for r in pred} == dict(line.split("\t") for line in lines)
