@@ -77,3 +77,21 @@ def test_extract_records_its_numerics(ex, tmp_path: Path, capsys, monkeypatch) -
     assert m["dtype"] == "fp32" and m["numerics"] == "auto on test: forced"
     assert m["settings"]["numerics"]["channels_last"] is False
     assert json.loads((tmp_path / "home" / "numerics.json").read_text())  # cached for the next run
+
+
+def test_rewrapping_a_model_in_the_other_layout_equals_a_fresh_set_up() -> None:
+    """`vinvl extract` loads the weights once, then sets the model up in the numerics it chose."""
+    import numpy as np
+    from PIL import Image
+
+    from vinvl.detection import Detector
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    for first, then in ((True, False), (False, True)):
+        fresh = Detector.from_config("tiny", seed=0, channels_last=then, fold_bn=True)
+        loaded = Detector.from_config("tiny", seed=0, channels_last=first, fold_bn=True)
+        again = Detector(loaded.model, None, "cpu", channels_last=then, fold_bn=True)
+        assert all(p.is_contiguous(memory_format=torch.channels_last if then else torch.contiguous_format)
+                   for p in again.model.parameters() if p.dim() == 4)
+        a, b = fresh(img), again(img)
+        assert np.array_equal(a.features, b.features) and np.array_equal(a.boxes, b.boxes)

@@ -164,15 +164,21 @@ def extract(
         raise VinvlError(f"{labelmap_path}: no such label map file")
     rule = make_key_rule(key_from, key_regex, key_map)
     items = collect_inputs(inputs, rule, data_dir)
-    if config_file is not None:  # the original form reproduces the original's files: its fp32 NCHW arithmetic
-        numerics = Numerics("fp32" if dtype == "auto" else dtype, False, "the original form's arithmetic")
-    else:
+    # The weights load first (a file of the wrong model stops before anything is measured), in the original's
+    # arithmetic for the original form; the native form then takes the numerics --dtype chooses and folds res5's
+    # frozen BNs in either layout (the set-up --dtype auto measured).
+    native = config_file is None
+    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype="fp32",
+                                   channels_last=native, fold_bn=native)
+    if native:
         numerics = choose_numerics(torch.device(dev), dtype, backbone=cfg.backbone)
+    else:
+        numerics = Numerics("fp32" if dtype == "auto" else dtype, False, "the original form's arithmetic")
     if world > 1:
         numerics = _agree_across_ranks(items, rank, world, numerics)
-    # The native form folds res5's frozen BNs in either layout (what --dtype auto measured); the original form never.
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype=numerics.dtype,
-                                   channels_last=numerics.channels_last, fold_bn=config_file is None)
+    if (numerics.dtype, numerics.channels_last) != (det.dtype, det.channels_last):
+        det = Detector(det.model, det.labelmap, dev, dtype=numerics.dtype, channels_last=numerics.channels_last,
+                       fold_bn=native)
     if rank == 0 and not quiet:
         typer.echo(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})", err=True)
     if labelmap_path is None and rank == 0:

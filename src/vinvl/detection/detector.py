@@ -106,8 +106,8 @@ class Detector:
         self.dtype = dtype
         self.channels_last = channels_last
         self.fold_bn = fold_bn
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        # Both ways: a model set up earlier in the other layout (a Detector re-wrapping it) is converted back.
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         unfold_frozen_bn(self.model)
         if dtype != "fp32" and fold_bn is not False:
             # 16-bit modes: every BN folded and the folded weights stored in 16 bits, so activations stay
