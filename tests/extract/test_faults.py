@@ -442,3 +442,13 @@ def test_stale_shard_index_is_refused_by_merge_and_named_by_readers(tmp_path: Pa
     for argv in (["tsv", "show", str(b)], ["tsv", "show", str(b), "--key", "b4" if how != "cut" else "b1"]):
         code = main(argv)
         _one_line_error(code, capsys.readouterr().err, "stale index")
+
+
+def test_an_error_is_the_only_line_also_with_the_default_model(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The default model's notes (demo model, numerics) come only once the inputs and weights are known good."""
+    monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
+    d = tmp_path / "imgs"
+    _image(d / "fine.jpg")
+    _image(d / "bad\tname.jpg", seed=1)
+    code = main(["extract", str(d), "-o", str(tmp_path / "o")])
+    _one_line_error(code, capsys.readouterr().err, "its key")

@@ -98,6 +98,7 @@ def extract(
     from ..registry import default_detector, file_sha256, resolve_detector
 
     args = args or []
+    notes: list[str] = []  # said once the inputs and the weights are known good (an error is the only line)
     overrides: dict = {}
     if min_size is not None:
         overrides["min_size"] = min_size
@@ -143,7 +144,7 @@ def extract(
         else:
             if model is None:
                 model_name, why = default_detector()
-                typer.echo(f"using {why}", err=True)
+                notes.append(f"using {why}")
             else:
                 model_name = model
             # A name given explicitly is fetched when missing; the implicit default never downloads.
@@ -179,8 +180,11 @@ def extract(
     if (numerics.dtype, numerics.channels_last) != (det.dtype, det.channels_last):
         det = Detector(det.model, det.labelmap, dev, dtype=numerics.dtype, channels_last=numerics.channels_last,
                        fold_bn=native)
-    if rank == 0 and not quiet:
-        typer.echo(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})", err=True)
+    if not quiet:  # the demo-model warning is said even with --quiet: its rows are not real-world objects
+        notes.append(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})")
+    if rank == 0:
+        for note in notes:
+            typer.echo(note, err=True)
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
