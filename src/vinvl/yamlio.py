@@ -1,10 +1,13 @@
-"""Reading yaml files with errors a user can act on: one line naming the file, line and column."""
+"""Reading yaml files with errors a user can act on (one line naming the file, line and column), and writing
+them atomically."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Union
 
+from .atomic import atomic_write_text
 from .errors import FormatError, one_line
 from .textio import read_text
 
@@ -26,3 +29,10 @@ def read_yaml(path: Union[str, os.PathLike], what: str = "yaml file") -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise FormatError(f"not valid yaml: {yaml_problem(e)}", path) from None
+
+
+def write_yaml(path: Union[str, os.PathLike], obj: Any) -> Path:
+    """``obj`` as block yaml (keys in their order), atomically; returns ``path``."""
+    import yaml
+
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

@@ -26,7 +26,6 @@ from typing import Any, Union
 
 import numpy as np
 import pybase64
-import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import atomic_write, atomic_write_bytes
@@ -34,6 +33,7 @@ from ..errors import VinvlError
 from ..features import format_hw_row
 from ..labelmap import BACKGROUND, NO_ATTRIBUTE, LabelMap
 from ..tsv import TSVWriter
+from ..yamlio import write_yaml
 
 PathLike = Union[str, os.PathLike]
 
@@ -291,7 +291,7 @@ def generate_shapes(
 
     atomic_write(out / "labelmap.json", shapes_labelmap().save_vg_json)
     spec = {"img": "img.tsv", "hw": "hw.tsv", "label": "label.tsv", "labelmap": "labelmap.json"}
-    atomic_write_bytes(out / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False).encode("utf-8"))
+    write_yaml(out / "dataset.yaml", spec)
 
     summary = {
         "images": num,

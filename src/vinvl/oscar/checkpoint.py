@@ -19,6 +19,7 @@ from torch import nn
 
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import VinvlError, key_list, torch_load_problem
+from ..textio import read_json
 from .configuration import OscarConfig
 
 PathLike = Union[str, os.PathLike]
@@ -34,21 +35,6 @@ def rename_legacy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             k = k[: -len("beta")] + "bias"
         out[k] = v
     return out
-
-
-def read_json(path: PathLike, expect: Optional[type] = None, data: Optional[bytes] = None) -> Any:
-    """A JSON side file (``data``: its bytes, e.g. from a zip); ``expect`` (dict or list) is the top-level type
-    it must have. A missing, unreadable or malformed file is one error naming it."""
-    try:
-        obj = json.loads(data if data is not None else Path(path).read_bytes())
-    except FileNotFoundError:
-        raise VinvlError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VinvlError(f"{path}: not valid JSON ({e})") from None
-    if expect is not None and not isinstance(obj, expect):
-        raise VinvlError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
-                         f"found {type(obj).__name__}")
-    return obj
 
 
 def _config(path: str, data: dict, config_cls: Any) -> Any:

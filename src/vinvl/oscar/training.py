@@ -43,6 +43,7 @@ from torch import nn
 
 from ..atomic import atomic_write, atomic_write_json
 from ..errors import VinvlError
+from ..textio import read_json
 from .options import TrainingOptions, check_device
 
 PathLike = Union[str, os.PathLike]
@@ -489,7 +490,6 @@ class Trainer:
 
     def _trim_logs(self, step: int, resumed: bool) -> None:
         """A resumed run's logs keep what the uninterrupted run had logged up to its checkpoint."""
-        from .checkpoint import read_json
 
         log = self.out / "log.jsonl"
         if log.is_file():
@@ -510,7 +510,7 @@ class Trainer:
 
     def _save(self, rt: Runtime, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int,
               per_epoch: int, per_step: int, args: dict[str, Any], window: tuple[dict[str, float], int]) -> Path:
-        from .checkpoint import read_json, write_training_args
+        from .checkpoint import write_training_args
 
         folder = self.out / f"checkpoint-{step}"
         mine = rt.gather((capture_rng(rt.device), [window[0], window[1]]))
