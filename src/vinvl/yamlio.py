@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
+import yaml
+
 from .atomic import atomic_write_text
 from .errors import FormatError, one_line
 from .textio import read_text
@@ -22,8 +24,6 @@ def yaml_problem(error: BaseException) -> str:
 
 def read_yaml(path: Union[str, os.PathLike], what: str = "yaml file") -> Any:
     """``yaml.safe_load`` of a UTF-8 file; a missing, unreadable or malformed file is one :class:`FormatError`."""
-    import yaml
-
     text = read_text(path, what)
     try:
         return yaml.safe_load(text)
@@ -33,6 +33,4 @@ def read_yaml(path: Union[str, os.PathLike], what: str = "yaml file") -> Any:
 
 def write_yaml(path: Union[str, os.PathLike], obj: Any) -> Path:
     """``obj`` as block yaml (keys in their order), atomically; returns ``path``."""
-    import yaml
-
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ..errors import VinvlError
+from ..labelmap import LabelMap
 from .options import device_name, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
@@ -66,8 +69,6 @@ def evaluate(
 ) -> None:
     """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
     if (weights is None) == (predictions is None):
-        from ..errors import VinvlError
-
         raise VinvlError("give --weights (run the detector, low threshold) or --predictions (score a predictions.tsv)")
     if predictions is not None:
         from ..detection.evaluate import evaluate_predictions
@@ -80,15 +81,11 @@ def evaluate(
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
     from ..detection.dataset import DetectionDataset
-    from ..errors import VinvlError
-
     lm_path = labelmap
     if lm_path is None:
         ds = DetectionDataset(dataset)
         lm = ds.labelmap
     else:
-        from ..labelmap import LabelMap
-
         lm = LabelMap.load(lm_path)
     attr_groups = {}
     for g in groups or []:

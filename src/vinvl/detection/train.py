@@ -27,8 +27,9 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write
 from ..config import DetectorConfig
-from ..errors import VinvlError, torch_load_problem
-from .checkpoint import CheckpointError, load_into, read_checkpoint
+from ..errors import VinvlError
+from ..state_dict import read_torch
+from .checkpoint import load_into, read_checkpoint
 from .dataset import DetectionDataset, collate
 from .losses import BoxLossConfig, LossConfig, RPNLossConfig
 from .model import AttrRCNN
@@ -169,10 +170,7 @@ def train(
     start = 0
     state_path = out / "last_checkpoint.pth"
     if resume and state_path.exists():
-        try:
-            st = torch.load(state_path, map_location=device, weights_only=True)
-        except Exception as e:  # torch.load raises many types on a torn or foreign file
-            raise CheckpointError(f"{state_path}: {torch_load_problem(e)}") from None
+        st = read_torch(state_path, str(state_path), map_location=device)
         model.load_state_dict(st["training_model"])
         opt.load_state_dict(st["optimizer"])
         start = int(st["iteration"])

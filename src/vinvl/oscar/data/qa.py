@@ -16,6 +16,7 @@ import torch
 
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
+from ...safe_pickle import safe_load
 from ...textio import read_json
 from ..options import ClassificationOptions
 from ..tensorize import ClassificationTensorizer, truncate_pair
@@ -59,8 +60,6 @@ class AnswerVocab:
     @classmethod
     def from_files(cls, label_file: PathLike, label2ans_file: Optional[PathLike] = None) -> "AnswerVocab":
         """``ans2label`` pickle (+ optional ``label2ans`` pickle: a list, or a dict label -> answer)."""
-        from ...safe_pickle import safe_load
-
         ans2label = safe_load(label_file)
         if not isinstance(ans2label, dict) or not ans2label:
             raise VinvlError(f"{label_file}: expected a non-empty dict answer -> label")
