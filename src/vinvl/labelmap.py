@@ -17,11 +17,11 @@ could check (spec/detector.md), hence this rule, applied to every format alike.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from .atomic import atomic_write_json
 from .errors import FormatError
 from .textio import read_json
 from .tsv import PathLike
@@ -130,10 +130,8 @@ class LabelMap:
         return out
 
     def save_vg_json(self, path: PathLike) -> Path:
-        """Write the VG json layout."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_vg_dict()), encoding="utf-8")
-        return path
+        """Write the VG json layout, atomically."""
+        return atomic_write_json(path, self.to_vg_dict())
 
     @classmethod
     def load(cls, path: PathLike) -> "LabelMap":

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import atomic_write_text
 from ..errors import VinvlError
 from ..labelmap import LabelMap
 from .options import device_name, output_file, output_folder
@@ -76,7 +77,7 @@ def evaluate(
         m = evaluate_predictions(predictions, dataset)
         typer.echo(json.dumps(m, indent=1))
         if json_out:
-            json_out.write_text(json.dumps(m, indent=1) + "\n")
+            atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")
         return
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
@@ -105,4 +106,4 @@ def evaluate(
     m = run_eval(det, dataset, attr_groups, limit=limit)
     typer.echo(json.dumps(m, indent=1))
     if json_out:
-        json_out.write_text(json.dumps(m, indent=1) + "\n")
+        atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")

@@ -28,7 +28,7 @@ import numpy as np
 import pybase64
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import atomic_write, atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..errors import VinvlError
 from ..features import format_hw_row
 from ..labelmap import BACKGROUND, NO_ATTRIBUTE, LabelMap
@@ -289,7 +289,7 @@ def generate_shapes(
                 for name in a["attributes"]:
                     attr_counts[name] += 1
 
-    atomic_write(out / "labelmap.json", shapes_labelmap().save_vg_json)
+    shapes_labelmap().save_vg_json(out / "labelmap.json")
     spec = {"img": "img.tsv", "hw": "hw.tsv", "label": "label.tsv", "labelmap": "labelmap.json"}
     write_yaml(out / "dataset.yaml", spec)
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_json
 from ..config import DetectorConfig
 from ..errors import VinvlError
 from ..state_dict import read_torch
@@ -176,7 +176,7 @@ def train(
         start = int(st["iteration"])
         log(f"resumed at iteration {start}")
     ds.labelmap.save_vg_json(out / "labelmap.json")
-    (out / "config.json").write_text(json.dumps({"detector": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}, indent=1))
+    atomic_write_json(out / "config.json", {"detector": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}, indent=1)
     gen = torch.Generator().manual_seed(tc.seed + start)
     rng = random.Random(tc.seed + start)
     batches = _batches(len(ds), min(tc.images_per_batch, len(ds)), tc.seed, start_epoch=start * tc.images_per_batch // max(len(ds), 1))

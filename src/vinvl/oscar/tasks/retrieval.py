@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ...atomic import atomic_write
 from ...errors import VinvlError
 from .. import transformers_adapter as hf
 from ..checkpoint import require_checkpoint, training_settings
@@ -368,8 +369,8 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
             entry[f"{folds}_fold"] = fold_recall(two, owner, folds)
         result["two_stage"] = entry
     if scores_out is not None:
-        torch.save({"scores": full if full is not None else two, "image_keys": list(data.keys),
-                    "caption_to_image": owner}, scores_out)
+        scores = {"scores": full if full is not None else two, "image_keys": list(data.keys), "caption_to_image": owner}
+        atomic_write(scores_out, lambda tmp: torch.save(scores, tmp))
     return result
 
 
