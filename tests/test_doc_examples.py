@@ -37,11 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import pytest
 import torch
 import typer.main
-from PIL import Image
 
 from vinvl.cli import app, main
 from vinvl.config.original import load_original, original_defaults
