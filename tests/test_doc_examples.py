@@ -41,13 +41,13 @@ import pytest
 import torch
 import typer.main
 
+from tests.oscar.model_tester import tiny_config
 from vinvl.cli import app, main
 from vinvl.config.original import load_original, original_defaults
 from vinvl.corpus.build import synthetic_corpus
 from vinvl.datasets.shapes import generate_shapes
 from vinvl.detection import AttrRCNN
 from vinvl.labelmap import LabelMap
-from vinvl.oscar import OscarConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "docs" / "cli.md"]
@@ -160,8 +160,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     generate_shapes(root / "shapes", num=3, seed=0, min_size=96, max_size=128)
     synthetic_corpus(root / "corpus", num_images=12, seed=0, dim=16)
     vocab = (root / "corpus" / "vocab.txt").read_text().splitlines()
-    config = OscarConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64, img_feature_dim=16)
+    config = tiny_config(vocab_size=len(vocab), max_position_embeddings=64, img_feature_dim=16)
     (root / "tiny_config.json").write_text(config.to_json_string())
     return Fixtures(REPO / "examples" / "images", root / "extracted", data / "small.yaml", data / "small.pth", data,
                     root / "shapes", root / "corpus", root / "tiny_config.json")
