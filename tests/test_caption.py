@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 import torch
-from hub_server import HubServer, Repo
 
+from tests.hub_server import HubServer, Repo
 from vinvl import registry
 from vinvl.cli import main
 

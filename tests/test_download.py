@@ -12,17 +12,14 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -31,6 +28,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
+from tests.azurite import ACCOUNT, RANGE, Azurite, azurite, container_sas, downloader, free_port  # noqa: F401 (the fixture)
 from vinvl import registry
 from vinvl.cli import main
 from vinvl.download import (
@@ -44,107 +42,6 @@ from vinvl.download import (
     unpack_zip,
 )
 from vinvl.errors import VinvlError
-
-AZURITE_DIR = Path.home() / ".cache" / "vinvl-tests" / "azurite"
-ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development key (also passed to it through AZURITE_ACCOUNTS, so the pair always matches).
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-RANGE = 64 * 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Azurite
-
-
-def _azurite_binary() -> str:
-    env = os.environ.get("VINVL_AZURITE")
-    if env and Path(env).is_file():
-        return env
-    binary = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.is_file():
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            pytest.skip("Azurite is not installed and npm/node are missing (set VINVL_AZURITE or install node)")
-        AZURITE_DIR.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run([npm, "install", "--prefix", str(AZURITE_DIR), "--no-audit", "--no-fund", "azurite"],
-                           check=True, capture_output=True, timeout=600)
-        except (subprocess.SubprocessError, OSError) as e:
-            pytest.skip(f"could not install Azurite with npm into {AZURITE_DIR}: {e}")
-    if not binary.is_file():
-        pytest.skip(f"npm install did not produce {binary}")
-    return str(binary)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Azurite:
-    port: int
-    service: object  # azure.storage.blob.BlobServiceClient
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
-
-    def put(self, container: str, name: str, data: bytes, md5: Optional[bytes] = None) -> None:
-        from azure.storage.blob import ContentSettings
-
-        blob = self.service.get_container_client(container).upload_blob(name, data, overwrite=True)
-        if md5 is not None:
-            # Azurite checks an MD5 given at upload; Set Blob Properties stores any value unchecked.
-            blob.set_http_headers(ContentSettings(content_md5=bytearray(md5)))
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    """A fresh Azurite blob service on a free port, with containers ``pub`` (public) and ``priv`` (SAS)."""
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is in the test extra")
-    from azure.storage.blob import BlobServiceClient
-
-    binary = _azurite_binary()
-    # An HTTP(S)_PROXY from the environment must not capture the requests to the local emulator.
-    mp = pytest.MonkeyPatch()
-    for var in ("no_proxy", "NO_PROXY"):
-        mp.setenv(var, ",".join(x for x in (os.environ.get(var), "127.0.0.1", "localhost") if x))
-    port = _free_port()
-    loc = tmp_path_factory.mktemp("azurite")
-    env = {**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"}
-    proc = subprocess.Popen(
-        [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc), "--silent",
-         "--loose", "--skipApiVersionCheck", "--disableTelemetry"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                    pytest.skip(f"Azurite did not start: {err[-500:]}")
-                time.sleep(0.1)
-        conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-        service = BlobServiceClient.from_connection_string(conn)
-        service.create_container("pub", public_access="container")
-        service.create_container("priv")
-        yield Azurite(port, service)
-    finally:
-        mp.undo()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 def _data(n: int, seed: int) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"x" * (n % 32)
@@ -168,22 +65,8 @@ def folder(azurite: Azurite) -> dict[str, bytes]:
     return FOLDER
 
 
-def _dl(**kw) -> Downloader:
-    opts = dict(range_size=RANGE, page_size=2, quiet=True, backoff=0.01, workers=3)
-    opts.update(kw)
-    return Downloader(**opts)
-
-
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _sas(azurite: Azurite, container: str) -> str:
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    return generate_container_sas(ACCOUNT, container, account_key=KEY,
-                                  permission=ContainerSasPermissions(read=True, list=True),
-                                  expiry=datetime.now(timezone.utc) + timedelta(hours=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,13 +74,13 @@ def _sas(azurite: Azurite, container: str) -> str:
 
 
 def test_public_folder_paged_ranged_and_excluded(azurite: Azurite, folder: dict, tmp_path: Path) -> None:
-    dl = _dl()
+    dl = downloader()
     res = dl.download(f"{azurite.base}/pub/feat/", tmp_path, exclude=["skipme/"])
     want = {k: v for k, v in folder.items() if not k.startswith("skipme/")}
     assert _tree(tmp_path) == want  # byte-equal, nothing from featx/, no .part or sidecar left
     assert dl.stats["list_calls"] > 1  # page size 2: paged through NextMarker
     assert res.fetched_bytes == sum(len(v) for v in want.values())
-    again = _dl().download(f"{azurite.base}/pub/feat/", tmp_path, exclude=["skipme/"])
+    again = downloader().download(f"{azurite.base}/pub/feat/", tmp_path, exclude=["skipme/"])
     assert again.present == len(want) and again.fetched_bytes == 0
 
 
@@ -211,13 +94,13 @@ def test_cli_dry_run_lists_without_fetching(azurite: Azurite, folder: dict, tmp_
 
 def test_sas_query_kept_on_every_request(azurite: Azurite, folder: dict, tmp_path: Path) -> None:
     with pytest.raises(RemoteError, match="HTTP 40"):
-        _dl().download(f"{azurite.base}/priv/feat/", tmp_path / "anon")
-    dl = _dl()
-    dl.download(f"{azurite.base}/priv/feat/?{_sas(azurite, 'priv')}", tmp_path / "sas")
+        downloader().download(f"{azurite.base}/priv/feat/", tmp_path / "anon")
+    dl = downloader()
+    dl.download(f"{azurite.base}/priv/feat/?{container_sas(azurite, 'priv')}", tmp_path / "sas")
     assert _tree(tmp_path / "sas") == folder
     assert dl.stats["list_calls"] > 1
     # A single file through the CLI, with a SAS and -o.
-    sas_url = f"{azurite.base}/priv/feat/big.bin?{_sas(azurite, 'priv')}"
+    sas_url = f"{azurite.base}/priv/feat/big.bin?{container_sas(azurite, 'priv')}"
     assert main(["download", sas_url, "-o", str(tmp_path / "one"), "--quiet"]) == 0
     assert (tmp_path / "one" / "big.bin").read_bytes() == folder["big.bin"]
 
@@ -226,7 +109,7 @@ def test_sas_query_kept_on_every_request(azurite: Azurite, folder: dict, tmp_pat
 def test_md5_mismatch_not_kept(azurite: Azurite, tmp_path: Path, size: int) -> None:
     azurite.put("pub", f"bad/file{size}.bin", _data(size, 9), md5=hashlib.md5(b"something else").digest())
     with pytest.raises(VerificationError, match=rf"file{size}\.bin: MD5 mismatch"):
-        _dl().download(f"{azurite.base}/pub/bad/file{size}.bin", tmp_path)
+        downloader().download(f"{azurite.base}/pub/bad/file{size}.bin", tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its .part / sidecar
 
 
@@ -246,13 +129,13 @@ def test_interrupted_transfer_resumes(azurite: Azurite, tmp_path: Path) -> None:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        _dl(workers=2, on_bytes=stop_half_way).download(url, tmp_path)
+        downloader(workers=2, on_bytes=stop_half_way).download(url, tmp_path)
     assert not (tmp_path / "big.bin").exists()  # never looks complete
     sidecar = json.loads((tmp_path / "big.bin.part.json").read_text())
     assert sidecar["done"], "some ranges were recorded"
 
     again = [0]
-    dl = _dl(workers=2, on_bytes=lambda n: again.__setitem__(0, again[0] + n))
+    dl = downloader(workers=2, on_bytes=lambda n: again.__setitem__(0, again[0] + n))
     dl.download(url, tmp_path)
     assert (tmp_path / "big.bin").read_bytes() == data
     assert again[0] < len(data) * 3 // 4  # only the missing ranges came again
@@ -529,7 +412,7 @@ def front(azurite: Azurite, serve):
 
 def test_503_retried(azurite: Azurite, folder: dict, front, tmp_path: Path) -> None:
     srv = front({0, 1, 3, 6, 7})  # two listing calls, then range and file requests
-    dl = _dl()
+    dl = downloader()
     dl.download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/", tmp_path)
     assert _tree(tmp_path) == folder
     assert dl.stats["retries"] >= 5
@@ -539,7 +422,7 @@ def test_retries_are_bounded(azurite: Azurite, folder: dict, front, tmp_path: Pa
     srv = front(set(range(100)))
     t = time.monotonic()
     with pytest.raises(VinvlError, match="failed after 3 attempts: HTTP 503"):
-        _dl(attempts=3).download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/a.txt", tmp_path)
+        downloader(attempts=3).download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/a.txt", tmp_path)
     assert time.monotonic() - t < 5
 
 
@@ -777,7 +660,7 @@ def test_malicious_blob_name_refused(azurite: Azurite, front, tmp_path: Path, ev
     srv = front(set(), listing=_listing("feat/ok.txt", evil))
     out = tmp_path / "out"
     with pytest.raises(VinvlError, match="refusing blob"):
-        _dl().download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/", out)
+        downloader().download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/", out)
     assert not out.exists() and not (tmp_path / "evil.txt").exists()
 
 
@@ -816,7 +699,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def test_zip_unpacked(azurite: Azurite, tmp_path: Path) -> None:
     members = {"best/pytorch_model.bin": _data(3000, 1), "best/config.json": b"{}"}
     azurite.put("pub", "ckpt/best.zip", _zip(members))
-    res = _dl().download(f"{azurite.base}/pub/ckpt/best.zip", tmp_path, kind="zip")
+    res = downloader().download(f"{azurite.base}/pub/ckpt/best.zip", tmp_path, kind="zip")
     assert res.unpacked == tmp_path / "best"
     assert _tree(tmp_path / "best") == members
     assert not list(tmp_path.glob(".*unzip-tmp"))
@@ -832,10 +715,10 @@ def test_zip_member_escaping_refused(tmp_path: Path) -> None:
 
 
 def test_offline_fails_fast_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/{ACCOUNT}/pub/feat/"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/{ACCOUNT}/pub/feat/"  # nothing listens there
     t = time.monotonic()
     with pytest.raises(RemoteError, match=r"cannot reach 127\.0\.0\.1:\d+: connection refused \(offline\?\)"):
-        _dl(backoff=0.5).download(url, tmp_path)
+        downloader(backoff=0.5).download(url, tmp_path)
     assert main(["download", url, "-o", str(tmp_path), "--quiet"]) == 2
     assert time.monotonic() - t < 5
     err = capsys.readouterr().err.strip().splitlines()
@@ -856,7 +739,7 @@ def test_model_name_into_vinvl_home_with_mirror(azurite: Azurite, tmp_path: Path
     ), preset=e.preset, weights=e.weights, labelmap=e.labelmap)
     monkeypatch.setitem(registry.REGISTRY, e.name, fake)
     monkeypatch.setenv("VINVL_HOME", str(tmp_path))
-    results = download(e.name, downloader=_dl())
+    results = download(e.name, downloader=downloader())
     assert [u.split("/pub/")[1] for u, _ in results] == ["zoo/vinvl_vg_x152c4.pth", "zoo/VG-SGG-dicts-vgoi6-clipped.json"]
     found = registry.resolve_detector(e.name, download=False)
     assert found.weights.read_bytes() == b"weights" and found.labelmap == tmp_path / "models" / e.name / e.labelmap

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hub_server import HubServer, Repo
-from test_download import Azurite, _dl, _sas, azurite  # noqa: F401  (the Azurite fixture)
 
+from tests.hub_server import HubServer, Repo
+from tests.azurite import Azurite, azurite, container_sas, downloader  # noqa: F401  (the Azurite fixture)
 from vinvl import registry
 from vinvl.cli import main
 from vinvl.download import RemoteError
@@ -206,7 +206,7 @@ def test_hub_first_then_azure_fallback(hub: HubServer, azurite: Azurite, monkeyp
     missing_on_hub = registry.hf(VG_REPO, VG_REV, "not-there.pth")
     e = _entry("hub_then_azure", missing_on_hub, registry.azure(f"{azurite.base}/pub/fallback/weights.pth"))
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
-    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    done = registry.fetch(e.name, quiet=True, downloader=downloader())
     assert done[0].source.kind == "azure" and done[0].result.files[0].read_bytes() == b"from azure"
     assert any(p.endswith("/not-there.pth") for _, _, p, _, _ in hub.log)  # the hub was asked first
 
@@ -216,13 +216,13 @@ def test_azure_first_then_hub_fallback(hub: HubServer, azurite: Azurite, monkeyp
     e = _entry("azure_then_hub", registry.azure(f"{azurite.base}/priv/reverse/vinvl_vg_x152c4.pth"),
                registry.hf(VG_REPO, VG_REV, "vinvl_vg_x152c4.pth"), filename="vinvl_vg_x152c4.pth")
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
-    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    done = registry.fetch(e.name, quiet=True, downloader=downloader())
     assert done[0].source.kind == "hf" and done[0].result.files[0].read_bytes() == VG_WEIGHTS
     # With a SAS (--sas or VINVL_AZURE_SAS) the first source works and the hub is not asked.
     (done[0].result.files[0]).unlink()
     seen = len(hub.log)
-    monkeypatch.setenv("VINVL_AZURE_SAS", "?" + _sas(azurite, "priv"))
-    done = registry.fetch(e.name, quiet=True, downloader=_dl())
+    monkeypatch.setenv("VINVL_AZURE_SAS", "?" + container_sas(azurite, "priv"))
+    done = registry.fetch(e.name, quiet=True, downloader=downloader())
     assert done[0].source.kind == "azure" and done[0].result.files[0].read_bytes() == b"private"
     assert len(hub.log) == seen
 
@@ -234,7 +234,7 @@ def test_sas_option_of_the_cli(azurite: Azurite, hub: HubServer, monkeypatch: py
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
     assert main(["download", e.name, "--quiet"]) == 2
     capsys.readouterr()
-    assert main(["download", e.name, "--quiet", "--sas", _sas(azurite, "priv")]) == 0
+    assert main(["download", e.name, "--quiet", "--sas", container_sas(azurite, "priv")]) == 0
     assert (e.folder() / "weights.pth").read_bytes() == b"needs a sas"
 
 
@@ -262,7 +262,7 @@ def test_https_source(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"{hub.cdn}/lfs/{VG_REPO}/{sha}/vinvl_vg_x152c4.pth"
     e = _entry("plain_https", registry.Source("https", url=url, size=len(VG_WEIGHTS), sha256=sha))
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
-    done = registry.fetch(e.name, quiet=True, downloader=_dl(range_size=CHUNK))
+    done = registry.fetch(e.name, quiet=True, downloader=downloader(range_size=CHUNK))
     assert done[0].result.files[0].read_bytes() == VG_WEIGHTS
 
 

@@ -13,21 +13,24 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .config import detector_preset
 from .errors import VinvlError
-from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR
+from .oscar.checkpoint import read_config
+from .oscar.configuration import OscarConfig
+from .oscar.options import DecodeOptions
+from .oscar.tasks.captioning import predict
+from .oscar.training import resolve_device
+from .regions import regions_for_images
+from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR, checkpoint_path, is_checkpoint_name, names, resolve_detector
 
 PathLike = Union[str, os.PathLike]
 
 
 def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False) -> Path:
     """A captioner folder: ``model`` as a path when it exists, else a registry name fetched when missing."""
-    from .registry import checkpoint_path, is_checkpoint_name
-
     if Path(model).exists():
         return Path(model)
     if not is_checkpoint_name(model):
-        from .registry import names
-
         raise VinvlError(f"--model {model!r}: no such checkpoint folder or registry name; captioners: "
                          f"{', '.join(names('captioner'))}")
     return checkpoint_path(model, sas=sas, quiet=quiet)
@@ -35,8 +38,6 @@ def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False
 
 def region_dim(preset: str) -> int:
     """The width of the Oscar+ region rows a detector preset gives: its res5 channels + 6 box geometry values."""
-    from .config import detector_preset
-
     return detector_preset(preset).backbone.stage_channels(4)[1] + 6
 
 
@@ -57,14 +58,6 @@ def caption(
 
     The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder.
     """
-    from .oscar.checkpoint import read_config
-    from .oscar.modeling import OscarConfig
-    from .oscar.options import DecodeOptions
-    from .oscar.tasks.captioning import predict
-    from .oscar.training import resolve_device
-    from .regions import regions_for_images
-    from .registry import resolve_detector
-
     if not images:
         raise VinvlError("no images given")
     missing = [str(p) for p in images if not Path(p).exists()]

@@ -846,7 +846,7 @@ def download(
 ) -> list[tuple[str, Result]]:
     """Fetch a registry name (every asset it groups, each from its first working source) or a URL;
     returns ``(source, result)`` per asset."""
-    from . import registry
+    from . import registry  # registry imports this module (its transport): the one link back, resolved late
 
     dl = downloader or Downloader(workers=workers, quiet=quiet)
     exclude = tuple(exclude)

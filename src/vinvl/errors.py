@@ -41,12 +41,6 @@ def one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).split())
 
 
-def key_list(keys: list[str], limit: int = 12) -> str:
-    """The first ``limit`` of ``keys`` for an error message, with how many there are in all when cut."""
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def torch_load_problem(error: BaseException, what: str = "PyTorch checkpoint") -> str:
     """Why ``torch.load(weights_only=True)`` failed, in one line (torch's own message is a paragraph)."""
     text = one_line(str(error))

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import pybase64
 
+from .atomic import atomic_write_text
 from .errors import FormatError
 from .tsv import PathLike, TSVFile, TSVWriter, iter_tsv, read_key_index, write_key_index
 
@@ -682,8 +683,6 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
 
 def _record_feature_dim(manifest: Path, dim: int, source: PathLike) -> None:
     """Set ``feature_dim`` in ``manifest`` (an existing one, e.g. vinvl extract's, keeps its other keys)."""
-    from .atomic import atomic_write_text
-
     data: dict[str, Any] = {}
     if manifest.is_file():
         try:

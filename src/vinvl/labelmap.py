@@ -17,12 +17,13 @@ could check (spec/detector.md), hence this rule, applied to every format alike.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from .atomic import atomic_write_json
 from .errors import FormatError
+from .textio import read_json
 from .tsv import PathLike
 
 BACKGROUND = "__background__"
@@ -129,10 +130,8 @@ class LabelMap:
         return out
 
     def save_vg_json(self, path: PathLike) -> Path:
-        """Write the VG json layout."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_vg_dict()), encoding="utf-8")
-        return path
+        """Write the VG json layout, atomically."""
+        return atomic_write_json(path, self.to_vg_dict())
 
     @classmethod
     def load(cls, path: PathLike) -> "LabelMap":
@@ -141,18 +140,11 @@ class LabelMap:
         if not path.is_file():
             raise FormatError("no such file", path)
         if path.suffix.lower() == ".json":
-            data = _read_json(path)
+            data = read_json(path)
             if isinstance(data, dict) and ("label_to_idx" in data or "attribute_to_idx" in data or "idx_to_label" in data):
                 return load_vg_labelmap(path, data)
             return load_class2ind(path, data)
         return load_labelmap_tsv(path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"not valid JSON ({e})", path) from None
 
 
 def _check_inverse(data: dict, forward: tuple[str, ...], key: str, path: Path) -> None:
@@ -173,7 +165,7 @@ def _check_inverse(data: dict, forward: tuple[str, ...], key: str, path: Path) -
 def load_vg_labelmap(path: PathLike, data: Optional[dict] = None) -> LabelMap:
     """Load a VG json label map (``label_to_idx`` required; ``attribute_to_idx`` optional)."""
     path = Path(path)
-    data = _read_json(path) if data is None else data
+    data = read_json(path) if data is None else data
     if not isinstance(data, dict) or "label_to_idx" not in data:
         raise FormatError("missing required key 'label_to_idx'", path)
     if not isinstance(data["label_to_idx"], dict):
@@ -192,7 +184,7 @@ def load_vg_labelmap(path: PathLike, data: Optional[dict] = None) -> LabelMap:
 def load_class2ind(path: PathLike, data: Optional[Any] = None) -> LabelMap:
     """Load a flat ``name -> index`` json (e.g. the merged 1848-class map)."""
     path = Path(path)
-    data = _read_json(path) if data is None else data
+    data = read_json(path) if data is None else data
     if not isinstance(data, dict):
         raise FormatError("expected a JSON object mapping class name -> index", path)
     return LabelMap(_names_from_index(data, BACKGROUND, path, "class map"), None, source=str(path))
@@ -261,7 +253,7 @@ class VocabularyMap:
         path = Path(path)
         if not path.is_file():
             raise FormatError("no such file", path)
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise FormatError("expected a JSON object mapping source class -> target index", path)
         return cls(data, target, source=str(path))

@@ -12,6 +12,12 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .config import detector_preset
+from .detection import Detector
+from .extract import collect_inputs, extract
+from .oscar.data.regions import RegionStore
+from .registry import default_detector, resolve_detector
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -33,12 +39,6 @@ def regions_for_images(
     released VG detector when cached, else the shipped demo detector. Images that fail to decode are left out of the keys (``out_dir/errors.tsv`` says why).
     An ``out_dir`` already complete for the same inputs is reused.
     """
-    from .config import detector_preset
-    from .detection import Detector
-    from .extract import collect_inputs, extract
-    from .oscar.data.regions import RegionStore
-    from .registry import default_detector, resolve_detector
-
     if weights is not None:
         cfg, weights_path, labelmap_path = detector_preset("vinvl_vg_x152c4"), Path(weights), labelmap
     else:
@@ -57,6 +57,4 @@ def regions_for_images(
 
 def image_keys(images: Sequence[PathLike]) -> dict[str, str]:
     """The key ``vinvl extract`` gives each image path (as :func:`regions_for_images` names them)."""
-    from .extract import collect_inputs
-
     return {str(p): collect_inputs([p])[0].key for p in images}

@@ -26,12 +26,15 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import quote, urlsplit
 
+from .download import ACCESS_DENIED, Downloader, RemoteError, Result, VerificationError, unpack_zip
 from .errors import VinvlError
 
 SOURCE_KINDS = ("hf", "azure", "https")
@@ -328,8 +331,6 @@ def vinvl_home() -> Path:
 
 def shipped_model_dir() -> Path:
     """The package folder holding the shipped demo model."""
-    from importlib import resources
-
     return Path(str(resources.files("vinvl").joinpath("models")))
 
 
@@ -454,8 +455,6 @@ def file_sha256(path: "os.PathLike | str", chunk: int = 1 << 24) -> str:
 def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int], what: str,
             drop: Sequence[Path] = ()) -> None:
     """Check a fetched file against what its source states; a mismatch deletes it (and ``drop``)."""
-    from .download import VerificationError
-
     bad = None
     got_size = path.stat().st_size
     if size is not None and got_size != size:
@@ -486,8 +485,6 @@ def _hub_head(url: str, timeout: float, endpoint: str) -> Any:
     import httpx2
     from huggingface_hub import get_hf_file_metadata
 
-    from .download import RemoteError
-
     try:
         return get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
     except (httpx2.ConnectError, httpx2.TimeoutException) as e:
@@ -496,8 +493,6 @@ def _hub_head(url: str, timeout: float, endpoint: str) -> Any:
 
 def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bool) -> Any:
     """One hub file into ``dest/filename`` through huggingface_hub (its cache first, then the endpoint)."""
-    from .download import RemoteError, Result
-
     final = dest / asset.filename
     cache_dir = _hf_cache_dir()
     from huggingface_hub import try_to_load_from_cache
@@ -539,8 +534,6 @@ def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bo
 def _fetch_url(src: Source, asset: Asset, dest: Path, dl: Any, *, sas: Optional[str], dry_run: bool,
                exclude: Sequence[str]) -> Any:
     """An ``azure`` or ``https`` source through the engine (files, folders, zips)."""
-    from .download import Result, unpack_zip
-
     url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
     if src.kind == "azure":
         res = dl.download(url, dest, kind=asset.kind, filename=asset.filename or None,
@@ -559,8 +552,6 @@ def _fetch_url(src: Source, asset: Asset, dest: Path, dl: Any, *, sas: Optional[
 
 
 def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) -> str:
-    from .download import ACCESS_DENIED, RemoteError
-
     denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
     hub = [s for s in asset.sources if s.kind == "hf"]
     where = asset.destination()
@@ -575,8 +566,6 @@ def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) 
 
 def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[str], quiet: bool, dry_run: bool,
                  exclude: Sequence[str]) -> Fetched:
-    from .download import RemoteError, Result, VerificationError
-
     dest = asset.destination(out)
     if asset.present(out):
         path = asset.local_path(out)
@@ -616,8 +605,6 @@ def fetch(
     downloader: Any = None,
 ) -> list[Fetched]:
     """Every asset of ``name`` into its place (or ``out``), each from the first source that works."""
-    from .download import Downloader
-
     e = entry(name)
     dl = downloader or Downloader(workers=workers, quiet=quiet)
     return [_fetch_asset(a, out, dl, sas=azure_sas(sas), quiet=quiet, dry_run=dry_run, exclude=tuple(exclude))
@@ -638,8 +625,6 @@ def ensure(name: str, *, download: bool = True, sas: Optional[str] = None, quiet
                           for a in missing)
         raise VinvlError(f"{name} is not in the cache: missing {where}. Run `vinvl download {name}` or put the files there")
     if not quiet:
-        import sys
-
         print(f"fetching {name} into {e.folder()} ...", file=sys.stderr)
     fetch(name, sas=sas, quiet=quiet)
     return e
@@ -718,8 +703,6 @@ class CheckRow:
 
 
 def _check_one(asset: Asset, src: Source, *, sas: Optional[str], timeout: float) -> CheckRow:
-    from .download import ACCESS_DENIED, Downloader, RemoteError
-
     row = CheckRow(asset.name, asset.filename or "(folder)", src, "error")
     if src.kind == "hf":
         if hf_offline():

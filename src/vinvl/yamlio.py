@@ -1,10 +1,15 @@
-"""Reading yaml files with errors a user can act on: one line naming the file, line and column."""
+"""Reading yaml files with errors a user can act on (one line naming the file, line and column), and writing
+them atomically."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Union
 
+import yaml
+
+from .atomic import atomic_write_text
 from .errors import FormatError, one_line
 from .textio import read_text
 
@@ -19,10 +24,13 @@ def yaml_problem(error: BaseException) -> str:
 
 def read_yaml(path: Union[str, os.PathLike], what: str = "yaml file") -> Any:
     """``yaml.safe_load`` of a UTF-8 file; a missing, unreadable or malformed file is one :class:`FormatError`."""
-    import yaml
-
     text = read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise FormatError(f"not valid yaml: {yaml_problem(e)}", path) from None
+
+
+def write_yaml(path: Union[str, os.PathLike], obj: Any) -> Path:
+    """``obj`` as block yaml (keys in their order), atomically; returns ``path``."""
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_prediction
 
+from tests.rows import make_prediction
 from vinvl import features as F
 from vinvl import tsv as T
 from vinvl.cli import main

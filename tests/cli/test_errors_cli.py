@@ -258,7 +258,7 @@ def test_show_row_out_of_range_and_empty(tmp_path: Path, capsys: pytest.CaptureF
 
 # -- CR line endings at the command line -------------------------------------------------------
 def test_crlf_files_at_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from conftest import make_prediction
+    from tests.rows import make_prediction
 
     rng = np.random.default_rng(5)
     preds = [make_prediction(rng, f"k{i}", int(n)) for i, n in enumerate(rng.integers(1, 4, 3))]
@@ -407,7 +407,7 @@ def test_usage_errors_exit_2_on_one_line(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_json_manifest_of_to_oscar_names_width(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from conftest import make_prediction
+    from tests.rows import make_prediction
 
     rng = np.random.default_rng(9)
     preds = [make_prediction(rng, f"k{i}", 2) for i in range(2)]

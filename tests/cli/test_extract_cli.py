@@ -192,7 +192,7 @@ def _seed_command(ref: Path, weights: Path, out: Path, *extra: str) -> list[str]
 
 @pytest.mark.slow
 def test_seed_command_line_reproduces_the_reference_row(shared_dir: Path, tmp_path: Path, capsys) -> None:
-    from reference import reference_checkpoint
+    from tests.detection.reference import reference_checkpoint
 
     ref = shared_dir / "reference/detector"
     code, _, err = run(capsys, *_seed_command(ref, reference_checkpoint(ref, 1), tmp_path / "o",
@@ -216,7 +216,7 @@ def test_seed_command_line_reproduces_the_reference_row(shared_dir: Path, tmp_pa
 
 @pytest.mark.slow
 def test_native_form_matches_reference(shared_dir: Path, tmp_path: Path, capsys) -> None:
-    from reference import reference_checkpoint
+    from tests.detection.reference import reference_checkpoint
 
     ref = shared_dir / "reference/detector"
     code, _, err = run(capsys, "extract", ref / "images/img0.jpg", "-o", tmp_path / "o", "--weights",
@@ -248,7 +248,7 @@ def test_native_form_matches_reference(shared_dir: Path, tmp_path: Path, capsys)
     ("G", ["MODEL.ROI_HEADS.NMS_FILTER", "2"]),
 ])
 def test_v2_variants_through_key_value_options(shared_dir: Path, tmp_path: Path, capsys, case: str, opts: list[str]) -> None:
-    from reference import reference_checkpoint
+    from tests.detection.reference import reference_checkpoint
 
     ref = shared_dir / "reference/detector"
     cmd = _seed_command(ref, reference_checkpoint(ref, 2), tmp_path / "o", *opts)
@@ -268,7 +268,7 @@ def test_seed_command_line_over_a_data_dir_dataset(shared_dir: Path, tmp_path: P
     """DATASETS.TEST names a dataset yaml under DATA_DIR (an image TSV + linelist), as the seed's runs do."""
     import pybase64
 
-    from reference import reference_checkpoint
+    from tests.detection.reference import reference_checkpoint
 
     ref = shared_dir / "reference/detector"
     data = tmp_path / "datasets1"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from reference import reference_checkpoint
+from tests.detection.reference import reference_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -62,7 +62,7 @@ def test_target_size_examples() -> None:
 
 
 def test_cell_anchors_match_the_checkpoint_layout(shared_dir: Path) -> None:
-    from reference import read_checksums, tensor_sha256
+    from tests.detection.reference import read_checksums, tensor_sha256
 
     sums = read_checksums(shared_dir / "reference/detector/state_dict_checksums.tsv")
     a = generate_cell_anchors(16, (32, 64, 128, 256, 512), (0.5, 1.0, 2.0))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import approx_keys, build_state_dict, checksum_file, reference_checkpoint, verify
+from tests.detection.reference import approx_keys, build_state_dict, checksum_file, reference_checkpoint, verify
 from vinvl.detection import Detector
 
 pytestmark = pytest.mark.slow

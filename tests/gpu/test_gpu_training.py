@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oscar"))
+from tests.oscar.trainer_runs import TASKS, make_data, run
 
-from trainer_runs import TASKS, make_data, run  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 STEPS = 40

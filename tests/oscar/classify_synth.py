@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.oscar.model_tester import tiny_config
 from vinvl.features import Prediction, format_features_row, format_label_row
 from vinvl.oscar import OscarConfig
 from vinvl.tsv import TSVWriter, write_key_index
@@ -26,10 +27,10 @@ WORDS = ["what", "colour", "is", "the", "there", "a", "thing", "?"] + COLOURS + 
 DIM = 48
 
 
-def tiny_config(dim: int = DIM) -> OscarConfig:
+def learner_config(dim: int = DIM) -> OscarConfig:
     """A 2-layer, 32-wide Oscar (no dropout and 10x BERT-base's initial weight spread, so it learns in a few
     hundred steps from scratch)."""
-    return OscarConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    return tiny_config(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
                        attention_probs_dropout_prob=0.0, img_feature_dim=dim, initializer_range=0.2)
 
@@ -134,7 +135,7 @@ def config_file(folder: Path, dim: int = DIM) -> Path:
     """The tiny model's config.json for ``--config``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny_config.json"
-    path.write_text(tiny_config(dim).to_json_string())
+    path.write_text(learner_config(dim).to_json_string())
     return path
 
 
@@ -144,7 +145,7 @@ def demo_checkpoint(folder: Path, cls: type, num_labels: int, answers: bool = Tr
     from vinvl.oscar.tensorize import load_tokenizer
 
     torch.manual_seed(0)
-    cfg = tiny_config(518)
+    cfg = learner_config(518)
     cfg.num_labels = num_labels
     for k, v in overrides.items():
         setattr(cfg, k, v)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from tests.oscar.model_tester import tiny_config
 from vinvl.errors import FormatError
 from vinvl.features import FeatureTSV, Prediction, convert_features, format_features_row, format_label_row
 from vinvl.tsv import TSVWriter, write_key_index
@@ -180,7 +181,7 @@ def test_bad_feature_rows_are_one_clear_error(tmp_path: Path, row: str, why: str
 def test_an_image_without_tags_decodes_in_a_tagged_batch(tmp_path: Path, rng) -> None:
     """The original pads every decoding input to the full text length (PAD in the tag slots, masked out):
     a tagless image stacks with tagged ones and gets the caption it gets alone."""
-    from vinvl.oscar import OscarConfig, OscarForCaptioning
+    from vinvl.oscar import OscarForCaptioning
     from vinvl.oscar.options import DecodeOptions
     from vinvl.oscar.tasks.captioning import caption_images
     from vinvl.oscar.tensorize import CaptionTensorizer, load_tokenizer
@@ -194,7 +195,7 @@ def test_an_image_without_tags_decodes_in_a_tagged_batch(tmp_path: Path, rng) ->
         assert tagged[name].shape == bare[name].shape, name
     assert (bare["input_ids"][8:] == tok.pad_token_id).all() and (bare["attention_mask"][:, 8:14] == 0).all()
     torch.manual_seed(0)
-    model = OscarForCaptioning(OscarConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    model = OscarForCaptioning(tiny_config(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                            intermediate_size=64, max_position_embeddings=32, img_feature_dim=16)).eval()
     feats = {k: rng.standard_normal((2 + i, 16)).astype(np.float32) for i, k in enumerate("abc")}
     tags = {"a": "dog grass", "b": "", "c": "man"}
@@ -234,7 +235,6 @@ def test_a_vinvl_captioning_checkpoint_has_the_originals_training_args(tmp_path:
     training_args.bin and reads its lengths and switches by attribute: vinvl writes it beside its json."""
     import argparse
 
-    from vinvl.oscar import OscarConfig
     from vinvl.oscar.data.captions import CaptionData
     from vinvl.oscar.options import CaptionOptions
     from vinvl.oscar.tasks.captioning import train
@@ -245,7 +245,7 @@ def test_a_vinvl_captioning_checkpoint_has_the_originals_training_args(tmp_path:
     cfg = CaptionOptions(max_seq_length=20, max_seq_a_length=12, max_img_seq_length=5, batch_size=2, max_steps=2, log_steps=1,
                          device="cpu")
     ckpt = train(CaptionData(split), tmp_path / "run", cfg, vocab=tmp_path / "vocab.txt", log=lambda m: None,
-                 model_config=OscarConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                 model_config=tiny_config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                           max_position_embeddings=32, img_feature_dim=16))
     args = torch.load(ckpt / "training_args.bin", weights_only=False)  # as the original reads it (our own file)
     assert isinstance(args, argparse.Namespace)

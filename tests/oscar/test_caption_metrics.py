@@ -1,5 +1,6 @@
 """Caption metrics: BLEU checked against a hand computation, the identical/disjoint extremes of every
-metric, SPICE reported unavailable rather than faked, and CIDEr-D (the SCST reward) by hand."""
+metric, SPICE reported unavailable rather than faked (and scored where its models are present), and
+CIDEr-D (the SCST reward) by hand."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from vinvl.errors import VinvlError
+from vinvl.oscar.metrics import caption as C
 from vinvl.oscar.metrics.caption import UNAVAILABLE, CiderD, coco_caption_metrics, spice_available, wrap_for_reward
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenizer and METEOR need Java (no java on PATH)")
@@ -30,14 +33,35 @@ def test_bleu_by_hand() -> None:
 @needs_java
 def test_identical_and_disjoint() -> None:
     refs = {"7": ["A red circle and a blue square.", "a red circle next to a blue square"], "8": ["two green triangles"]}
-    same = coco_caption_metrics(refs, {"7": "a red circle and a blue square", "8": "two green triangles"})
+    same = coco_caption_metrics(refs, {"7": "a red circle and a blue square", "8": "two green triangles"}, spice=False)
     for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "METEOR"):
         assert same[k] == pytest.approx(1.0, abs=1e-6), k  # case and the final '.' go in PTB tokenisation
     assert same["CIDEr"] > 1.0
-    assert same["SPICE"] == UNAVAILABLE or (not isinstance(same["SPICE"], str) and spice_available())
-    other = coco_caption_metrics(refs, {"7": "zebras grazing", "8": "yellow hat on chairs"})
+    other = coco_caption_metrics(refs, {"7": "zebras grazing", "8": "yellow hat on chairs"}, spice=False)
     for k in ("Bleu_1", "Bleu_4", "ROUGE_L", "METEOR", "CIDEr"):
         assert other[k] == pytest.approx(0.0, abs=1e-6), k
+
+
+@needs_java
+def test_spice_without_its_models_is_reported_not_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the CoreNLP jars SPICE is the string "unavailable" (never a number), and asking for it is an
+    error naming what is missing; every other metric is still computed."""
+    monkeypatch.setattr(C, "spice_available", lambda: False)
+    refs, preds = {"1": ["a red circle and a blue square"]}, {"1": "a red circle and a blue square"}
+    m = coco_caption_metrics(refs, preds)
+    assert m["SPICE"] == UNAVAILABLE and m["Bleu_1"] == pytest.approx(1.0)
+    with pytest.raises(VinvlError, match="SPICE needs stanford-corenlp-3.6.0.jar"):
+        coco_caption_metrics(refs, preds, spice=True)
+    assert "SPICE" not in coco_caption_metrics(refs, preds, spice=False)
+
+
+@pytest.mark.skipif(not (shutil.which("java") and spice_available()),
+                    reason="SPICE's Stanford CoreNLP 3.6.0 jars are not in pycocoevalcap/spice/lib (a download)")
+def test_spice_scores_when_its_models_are_present() -> None:
+    refs = {"7": ["a red circle and a blue square"], "8": ["two green triangles"]}
+    same = coco_caption_metrics(refs, {"7": "a red circle and a blue square", "8": "two green triangles"})
+    other = coco_caption_metrics(refs, {"7": "zebras grazing", "8": "yellow hat on chairs"})
+    assert same["SPICE"] == pytest.approx(1.0, abs=1e-6) and other["SPICE"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_cider_d_by_hand(tmp_path: Path) -> None:

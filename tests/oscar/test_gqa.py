@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from classify_synth import COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir, qa_data, run_cli
 
+from tests.oscar.classify_synth import COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir, qa_data, run_cli
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarForSequenceClassification
 from vinvl.oscar.data.qa import AnswerVocab
-from vinvl.oscar.data.regions import FeatureDict
+from vinvl.oscar.data.regions import FeatureDict, RegionStore
 from vinvl.oscar.options import GQAOptions
 from vinvl.oscar.tasks import gqa
-from vinvl.oscar.tensorize import load_tokenizer
+from vinvl.oscar.tensorize import ClassificationTensorizer, load_tokenizer
 
 
 def test_gqa_split_names() -> None:
@@ -40,9 +40,9 @@ def test_gqa_targets_are_the_first_answer(tmp_path: Path) -> None:
         ds.regions.regions("nope")
 
 
-def test_gqa_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
+def test_gqa_train_eval(tmp_path: Path, tmp_path_factory) -> None:
     """600 CPU steps (about 6 s) from the data folder with the original's names and defaults
-    (train all, evaluate bal): accuracy from chance (0.25) to > 0.6; eval and predict through the CLI."""
+    (train all, evaluate bal): accuracy from chance (0.25) to > 0.6; eval through the CLI."""
     torch.set_num_threads(1)
     src = qa_data(tmp_path / "src", n_train=400, n_val=100, as_pt=True, partial=False)
     data = tmp_path / "gqa"
@@ -66,13 +66,33 @@ def test_gqa_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
     assert metrics["accuracy"] == pytest.approx(logs[-1]["eval_score"]) and metrics["num_questions"] == 100
     results = json.loads((ev / "val_results.json").read_text())
     assert all(set(r) == {"questionId", "prediction"} and isinstance(r["questionId"], str) for r in results)
-    assert {r["prediction"] for r in results} <= set(COLOURS + EXTRA_ANSWERS)
+    truth = {str(it["q_id"]): (COLOURS + EXTRA_ANSWERS)[it["an"][0]] for it in json.loads(src["val"].read_text())}
+    assert sorted(r["questionId"] for r in results) == sorted(truth)  # every question, answered by its id
+    right = sum(r["prediction"] == truth[r["questionId"]] for r in results) / len(results)
+    assert right == pytest.approx(metrics["accuracy"])
 
+
+def test_gqa_predict_answers_are_the_models(tmp_path: Path, tmp_path_factory) -> None:
+    """`vinvl oscar gqa predict` on two photos: one row per image and question, in order; each row's top answers
+    and probabilities are the checkpoint's softmax for that image's regions and tags and that question
+    (computed here from the model itself), so they differ between rows."""
     ck = demo_checkpoint(tmp_path / "ck", OscarForSequenceClassification, 6, loss_type="xe")
-    out = tmp_path / "out"
-    assert run_cli("oscar", "gqa", "predict", ck, *DEMO_IMAGES, "-q", "what colour is the star?", "-o", out,
-                   "--regions-dir", demo_regions_dir(tmp_path_factory), "--max-seq-length", 16) == 0
+    regions, out = demo_regions_dir(tmp_path_factory), tmp_path / "out"
+    questions = ["what colour is the star?", "is there a ring?"]
+    assert run_cli("oscar", "gqa", "predict", ck, *DEMO_IMAGES, "-q", questions[0], "-q", questions[1], "-o", out,
+                   "--regions-dir", regions, "--max-seq-length", 16) == 0
     rows = json.loads((out / "answers.json").read_text())
-    assert [r["image"] for r in rows] == ["shapes_a", "shapes_b"]
-    for r in rows:  # softmax probabilities over the answers
-        assert r["answer"] in COLOURS + EXTRA_ANSWERS and sum(s for _, s in r["top"]) <= 1 + 1e-6
+    assert [(r["image"], r["question"]) for r in rows] == [(k, q) for k in ("shapes_a", "shapes_b") for q in questions]
+    model, store = OscarForSequenceClassification.from_original(ck).eval(), RegionStore(regions)
+    tz = ClassificationTensorizer(load_tokenizer(ck), 16, GQAOptions().max_img_seq_length)
+    answers = COLOURS + EXTRA_ANSWERS
+    for r in rows:
+        x = tz(r["question"], store.tags(r["image"]), store.regions(r["image"]))
+        with torch.no_grad():
+            probs = dict(zip(answers, model(**{k: v[None] for k, v in x.items()}).logits[0].softmax(-1).tolist()))
+        best = sorted(probs, key=probs.get, reverse=True)
+        assert r["tags"] == store.tags(r["image"]) and len(r["top"]) == 5
+        assert [s for _, s in r["top"]] == pytest.approx(sorted(probs.values(), reverse=True)[:5], abs=1e-5)
+        assert all(s == pytest.approx(probs[a], abs=1e-5) for a, s in r["top"])
+        assert r["answer"] == r["top"][0][0] and probs[r["answer"]] == pytest.approx(probs[best[0]], abs=1e-5)
+    assert len({tuple(s for _, s in r["top"]) for r in rows}) == len(rows)

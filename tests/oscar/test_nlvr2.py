@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from classify_synth import DEMO_IMAGES, config_file, demo_checkpoint, demo_regions_dir, nlvr2_data, run_cli
 
+from tests.oscar.classify_synth import DEMO_IMAGES, config_file, demo_checkpoint, demo_regions_dir, nlvr2_data, run_cli
+from tests.oscar.model_tester import tiny_config
 from vinvl.oscar import OscarConfig, OscarForMultipleChoice
 from vinvl.oscar.data.qa import PairDataset
-from vinvl.oscar.data.regions import open_regions
+from vinvl.oscar.data.regions import RegionStore, open_regions
 from vinvl.oscar.options import NLVR2Options
 from vinvl.oscar.tasks import nlvr2
-from vinvl.oscar.tensorize import load_tokenizer
+from vinvl.oscar.tensorize import ClassificationTensorizer, load_tokenizer
 
 
 def test_pair_inputs_and_sentence_truncation(tmp_path: Path) -> None:
@@ -45,8 +46,7 @@ def test_pair_inputs_and_sentence_truncation(tmp_path: Path) -> None:
 def test_pair_model_is_the_original_mlp_over_both_pooled_outputs() -> None:
     """ImageBertForMultipleChoice with classifier mlp: Linear(2H -> H*scale), ReLU, LayerNorm (with the image
     LayerNorm on), Linear(-> 2), over the two choices' pooled outputs concatenated."""
-    cfg = OscarConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                      img_feature_dim=8, num_labels=2, num_choice=2, classifier="mlp", cls_hidden_scale=3, loss_type="xe")
+    cfg = tiny_config(vocab_size=30, img_feature_dim=8, num_labels=2, num_choice=2, classifier="mlp", cls_hidden_scale=3, loss_type="xe")
     m = OscarForMultipleChoice(cfg).eval()
     shapes = [tuple(v.shape) for v in m.classifier.state_dict().values()]
     assert shapes == [(48, 32), (48,), (48,), (48,), (2, 48), (2,)]
@@ -58,9 +58,9 @@ def test_pair_model_is_the_original_mlp_over_both_pooled_outputs() -> None:
 
 
 @pytest.mark.slow
-def test_nlvr2_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
+def test_nlvr2_train_eval(tmp_path: Path, tmp_path_factory) -> None:
     """1000 CPU steps (about 22 s; the OR over two images is learnt late): dev accuracy from chance (0.5)
-    to > 0.75 (0.85 at the default seed 88); eval and predict through the CLI."""
+    to > 0.75 (0.85 at the default seed 88); eval through the CLI."""
     torch.set_num_threads(1)
     src = nlvr2_data(tmp_path / "src", n_train=400, n_val=100)
     data = tmp_path / "nlvr2"
@@ -83,13 +83,37 @@ def test_nlvr2_train_eval_predict(tmp_path: Path, tmp_path_factory) -> None:
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(logs[-1]["eval_score"]) and metrics["num_examples"] == 100
     results = json.loads((ev / "val_results.json").read_text())
-    assert results[0]["identifier"] == "pair-400" and {r["prediction"] for r in results} <= {0, 1}
+    labels = {it["identifier"]: it["label"] for it in json.loads(src["val"].read_text())}
+    assert [r["identifier"] for r in results] == list(labels)  # every pair, in the file's order
+    right = sum(r["prediction"] == labels[r["identifier"]] for r in results) / len(results)
+    assert right == pytest.approx(metrics["accuracy"])
 
+
+def _judge(ck: Path, left: Path, right: Path, sentences: list[str], out: Path, regions: Path) -> list[dict]:
+    args = [a for s in sentences for a in ("-s", s)]
+    assert run_cli("oscar", "nlvr2", "predict", ck, left, right, *args, "-o", out, "--regions-dir", regions,
+                   "--max-img-seq-length", 10, "--max-seq-length", 16) == 0
+    return json.loads((out / "predictions.json").read_text())
+
+
+def test_nlvr2_predict_judgements_are_the_models(tmp_path: Path, tmp_path_factory) -> None:
+    """`vinvl oscar nlvr2 predict` on a photo pair: one row per sentence, in order; each prob_true is the
+    checkpoint's softmax over (left, right) regions with that sentence (computed here from the model itself) and
+    the prediction its arg-max; the pair swapped gives other numbers (the sides reach the model in order)."""
     ck = demo_checkpoint(tmp_path / "ck", OscarForMultipleChoice, 2, answers=False, num_choice=2, classifier="mlp")
-    out = tmp_path / "out"
-    assert run_cli("oscar", "nlvr2", "predict", ck, *DEMO_IMAGES, "-s", "there is a red thing", "-s", "there are two stars",
-                   "-o", out, "--regions-dir", demo_regions_dir(tmp_path_factory), "--max-img-seq-length", 10, "--max-seq-length", 16) == 0
-    rows = json.loads((out / "predictions.json").read_text())
-    assert [(r["left"], r["right"], r["sentence"]) for r in rows] == [
-        ("shapes_a", "shapes_b", "there is a red thing"), ("shapes_a", "shapes_b", "there are two stars")]
-    assert all(isinstance(r["prediction"], bool) and 0 <= r["prob_true"] <= 1 for r in rows)
+    regions = demo_regions_dir(tmp_path_factory)
+    sentences = ["there is a red thing", "there are two stars"]
+    rows = _judge(ck, *DEMO_IMAGES, sentences, tmp_path / "out", regions)
+    assert [(r["left"], r["right"], r["sentence"]) for r in rows] == [("shapes_a", "shapes_b", s) for s in sentences]
+    model, store = OscarForMultipleChoice.from_original(ck).eval(), RegionStore(regions)
+    tz = ClassificationTensorizer(load_tokenizer(ck), 16, 10)
+    for r in rows:  # no tags: use_label_seq is off, as in the model zoo
+        sides = [tz(r["sentence"], None, store.regions(k)) for k in (r["left"], r["right"])]
+        with torch.no_grad():
+            p = model(**{k: torch.stack([c[k] for c in sides])[None] for k in sides[0]}).logits[0].softmax(-1)
+        assert r["prob_true"] == pytest.approx(p[1].item(), abs=1e-5) and r["prediction"] == bool(p[1] > p[0])
+    assert rows[0]["prob_true"] != pytest.approx(rows[1]["prob_true"], abs=1e-6)
+    # (a regions folder is reused only for the same inputs in the same order)
+    swapped = _judge(ck, DEMO_IMAGES[1], DEMO_IMAGES[0], sentences, tmp_path / "swapped", tmp_path / "regions_ba")
+    assert [(r["left"], r["right"]) for r in swapped] == [("shapes_b", "shapes_a")] * 2
+    assert all(a["prob_true"] != pytest.approx(b["prob_true"], abs=1e-6) for a, b in zip(rows, swapped))

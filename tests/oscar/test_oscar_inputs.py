@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vinvl.errors import VinvlError
-from vinvl.oscar.inputs import CaptionTensorizer, ClassificationTensorizer, load_tokenizer
+from vinvl.oscar.tensorize import CaptionTensorizer, ClassificationTensorizer, load_tokenizer
 
 # The reference's ids as words of a generated vocabulary: id k is the word "w<k>".
 TEXT = ["w17 w25 w33 w41 w49 w57 w65 w73", "w12 w24 w36 w48 w60 w72 w84 w96"]
@@ -84,7 +84,7 @@ def test_vocab_sources(tok, tmp_path: Path) -> None:
 def test_region_store_reads_extraction_outputs(tok, tmp_path: Path) -> None:
     """Features and tags of `vinvl features to-oscar` output feed the tensorizer."""
     from vinvl.features import to_oscar
-    from vinvl.oscar.inputs import RegionStore
+    from vinvl.oscar.data.regions import RegionStore
 
     repo = Path(__file__).resolve().parents[2]
     to_oscar(repo / "examples" / "predictions.tsv", tmp_path / "o", hw=repo / "examples" / "hw.tsv")
@@ -95,20 +95,3 @@ def test_region_store_reads_extraction_outputs(tok, tmp_path: Path) -> None:
     assert x["attention_mask"].sum() == 7 + 3  # [CLS] w17 [SEP] + 3 tags ([UNK] in this vocab) [SEP] + 3 regions
     with pytest.raises(VinvlError, match="no such features file"):
         RegionStore(tmp_path)
-
-
-def test_regions_for_images_runs_the_demo_detector(tmp_path) -> None:
-    """Images in, Oscar regions + tags out (the shipped demo detector's 512-d features + 6 geometry)."""
-    from pathlib import Path
-
-    from vinvl.oscar.inputs import RegionStore, regions_for_images
-
-    images = Path(__file__).resolve().parents[2] / "examples" / "images"
-    keys, store = regions_for_images([images], tmp_path / "f")
-    assert keys == sorted(p.stem for p in images.iterdir())
-    assert store.dim == 518 and RegionStore(tmp_path / "f").dim == 518
-    r = store.regions(keys[0])
-    assert r.shape[1] == 518 and r.shape[0] == len(store.tags(keys[0]).split())
-    assert (r[:, 512:516] >= 0).all() and (r[:, 512:516] <= 1).all()  # normalised box corners
-    again, _ = regions_for_images([images], tmp_path / "f")  # complete: reused, not redone
-    assert again == keys

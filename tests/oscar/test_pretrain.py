@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.oscar.model_tester import tiny_config
 from vinvl.corpus.build import synthetic_corpus
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarConfig, OscarForPretraining
@@ -20,7 +21,7 @@ from vinvl.oscar.tensorize import load_tokenizer
 
 def tiny() -> OscarConfig:
     # 5x BERT-base's initial weight spread: the tiny model learns fast from scratch
-    return OscarConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    return tiny_config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        initializer_range=0.1)
 

@@ -12,59 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.oscar.retrieval_synth import DIM, THINGS, synthetic_retrieval
+from tests.oscar.model_tester import tiny_config
 from vinvl.errors import VinvlError
-from vinvl.features import Prediction, format_features_row, format_label_row
 from vinvl.oscar import OscarConfig, OscarForSequenceClassification
 from vinvl.oscar.data.retrieval import load_captions, load_split
 from vinvl.oscar.metrics.retrieval import fold_recall, recall_at_k, retrieval_ranks
 from vinvl.oscar.options import RetrievalOptions
 from vinvl.oscar.tasks.retrieval import FastScorer, naive_scores, train
 from vinvl.oscar.tensorize import RetrievalTensorizer, load_tokenizer
-from vinvl.tsv import TSVWriter, write_key_index
-
-THINGS = ["cat", "dog", "car", "tree", "boat", "bird", "cup", "lamp", "book", "ball", "chair", "horse"]
-TEMPLATES = ["a {0} and a {1}", "the {1} next to the {0}", "{0} with {1}", "a photo of a {0} and a {1}",
-             "there is a {1} near a {0}"]
-DIM = 32
-
-
-def synthetic_retrieval(folder: Path, seed: int = 0, train_images: int = 60, test_images: int = 30) -> Path:
-    """Images of two or three distinct things (each region: the thing's fixed random vector + noise,
-    tags: the things), five captions naming two of them; train and test images share no thing set."""
-    rng = np.random.default_rng(seed)
-    basis = {t: rng.standard_normal(DIM).astype(np.float32) for t in THINGS}
-    sets: list[tuple[str, ...]] = []
-    while len(sets) < train_images + test_images:
-        s = tuple(sorted(rng.choice(THINGS, int(rng.integers(2, 4)), replace=False)))
-        if s not in sets:
-            sets.append(s)
-    folder.mkdir(parents=True, exist_ok=True)
-    captions: dict[str, dict[int, list[str]]] = {"train": {}, "test": {}}
-    with TSVWriter(folder / "features.tsv") as fw, TSVWriter(folder / "label.tsv") as lw:
-        for i, things in enumerate(sets):
-            key = 1000 + i
-            feats = np.stack([basis[t] + 0.3 * rng.standard_normal(DIM).astype(np.float32) for t in things])
-            fw.write(format_features_row(str(key), feats, dim=DIM))
-            lw.write(format_label_row(Prediction(str(key), np.zeros((len(things), 4), np.float32), list(things),
-                                                 np.ones(len(things), np.float32))))
-            caps = []
-            for tmpl in TEMPLATES:
-                a, b = rng.choice(len(things), 2, replace=False)
-                caps.append(tmpl.format(things[a], things[b]))
-            captions["train" if i < train_images else "test"][key] = caps
-    write_key_index(folder / "imageid2idx.json", ((str(1000 + i), i) for i in range(len(sets))))
-    torch.save(captions["train"], folder / "train_captions.pt")
-    # the original's files sometimes hold JSON strings: one split keeps that form
-    torch.save({k: json.dumps(v) for k, v in captions["test"].items()}, folder / "test_captions.pt")
-    (folder / "test_img_keys.tsv").write_text("".join(f"{k}\n" for k in captions["test"]))
-    words = sorted({w for caps in captions["train"].values() for c in caps for w in c.split()} | set(THINGS)
-                   | {w for t in TEMPLATES for w in t.split() if "{" not in w})
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    return folder
-
 
 def tiny(num_labels: int = 2, **kw) -> OscarConfig:
-    return OscarConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    return tiny_config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                        max_position_embeddings=64, img_feature_dim=DIM, num_labels=num_labels, **kw)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from classify_synth import qa_data, run_cli, tiny_config, write_vocab
 
+from tests.oscar.classify_synth import learner_config, qa_data, run_cli, write_vocab
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarForSequenceClassification
 from vinvl.oscar.checkpoint import TrainingSettings, training_settings
@@ -101,7 +101,7 @@ def vqa(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vqa")
     p = qa_data(root / "data", n_train=6, n_val=4)
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = learner_config()
     cfg.num_labels = 6
     ckpt = root / "ckpt"
     OscarForSequenceClassification(cfg).save_original(ckpt, tokenizer=load_tokenizer(p["vocab"]))
@@ -201,7 +201,7 @@ def qa_train(p: dict, out: Path, train: Path, task: str = "vqa", *more: object) 
 
 @pytest.mark.parametrize("task", ["vqa", "gqa", "nlvr2"])
 def test_empty_or_missing_training_splits(vqa, tmp_path: Path, capsys, task: str) -> None:
-    (vqa["root"] / "tiny.json").write_text(tiny_config().to_json_string())
+    (vqa["root"] / "tiny.json").write_text(learner_config().to_json_string())
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     assert qa_train(vqa, tmp_path / "run", empty, task) == 2
@@ -226,7 +226,7 @@ def test_an_empty_eval_split(vqa, tmp_path: Path, capsys) -> None:
 
 
 def test_resume_with_a_broken_training_state_or_eval_log(vqa, tmp_path: Path, capsys) -> None:
-    (vqa["root"] / "tiny.json").write_text(tiny_config().to_json_string())
+    (vqa["root"] / "tiny.json").write_text(learner_config().to_json_string())
     run = tmp_path / "run"
     assert qa_train(vqa, run, vqa["train"], "vqa", "--save-steps", 1) == 0, capsys.readouterr().err
     capsys.readouterr()
@@ -255,7 +255,7 @@ def test_captioning_splits_and_settings(vqa, tmp_path: Path, capsys) -> None:
                    "--vocab", vqa["vocab"]) == 2
     assert one_error_line(capsys) == f"error: {vqa['features']}: no captions to train on"
     ckpt = tmp_path / "cap"
-    OscarForCaptioning(tiny_config()).save_original(ckpt, tokenizer=load_tokenizer(vqa["vocab"]))
+    OscarForCaptioning(learner_config()).save_original(ckpt, tokenizer=load_tokenizer(vqa["vocab"]))
     (ckpt / "training_args.json").write_text('{"max_seq_length": 10, "max_seq_a_length": 20}')
     (tmp_path / "one.json").write_text(json.dumps([{"image_id": "00000", "caption": "a red ball"}]))
     assert run_cli("oscar", "caption", "eval", ckpt, vqa["features"], "--captions", tmp_path / "one.json", "-o",

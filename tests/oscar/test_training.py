@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_runs import MAX_STEPS, MEAN_OVER_EXAMPLES, SAVE_STEPS, TASKS, make_data, weights
 
+from tests.oscar.trainer_runs import MAX_STEPS, MEAN_OVER_EXAMPLES, SAVE_STEPS, TASKS, make_data, weights
+from tests.oscar.model_tester import tiny_config
 from vinvl.errors import VinvlError
-from vinvl.oscar import OscarConfig, OscarForSequenceClassification
+from vinvl.oscar import OscarForSequenceClassification
 from vinvl.oscar.options import TrainingOptions
 from vinvl.oscar.tasks.base import Task
 from vinvl.oscar.training import Trainer, micro_batch, step_examples, total_steps
 
-HERE = Path(__file__).resolve().parent
-SRC = str(HERE.parents[1] / "src")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,10 @@ def data(tmp_path_factory) -> Path:
 
 
 def script(data: Path, out: Path, mode: str, tasks: str, *more: str, world: int = 1) -> subprocess.CompletedProcess:
-    """trainer_runs.py in a fresh interpreter (one thread, like every run compared), or under torchrun."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, str(HERE / "trainer_runs.py"), str(data), str(out), mode, tasks, *more]
+    """tests.oscar.trainer_runs in a fresh interpreter (one thread, like every run compared), or under torchrun."""
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "tests.oscar.trainer_runs", str(data), str(out), mode, tasks, *more]
     if world > 1:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -91,8 +92,7 @@ class _Tiny(Task):
     model_class = OscarForSequenceClassification
 
     def __init__(self, options: TrainingOptions, n: int = 20) -> None:
-        config = OscarConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                             max_position_embeddings=16, img_feature_dim=6, num_labels=2)
+        config = tiny_config(vocab_size=30, max_position_embeddings=16, img_feature_dim=6, num_labels=2)
         super().__init__(options, None, model_config=config, log=lambda m: None)
         self.examples = _Examples(n)
         self.evaluated: list[int] = []

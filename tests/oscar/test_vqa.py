@@ -11,9 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from classify_synth import (COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir,
-                            qa_data, run_cli)
 
+from tests.oscar.classify_synth import (COLOURS, DEMO_IMAGES, EXTRA_ANSWERS, config_file, demo_checkpoint, demo_regions_dir,
+                                        qa_data, run_cli)
+from tests.oscar.model_tester import tiny_config
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarConfig, OscarForSequenceClassification
 from vinvl.oscar.data.qa import AnswerVocab, QADataset
@@ -82,8 +83,7 @@ def test_vqa_evaluate_scores_and_writes_server_results(tmp_path: Path) -> None:
 def test_bce_loss_is_scaled_by_the_number_of_answers() -> None:
     """loss_type bce: binary_cross_entropy_with_logits (mean over every entry) x num answers; at zero
     logits every entry costs log 2 whatever its target, so the loss is num_answers * log 2."""
-    cfg = OscarConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                      img_feature_dim=8, num_labels=6, loss_type="bce")
+    cfg = tiny_config(vocab_size=30, img_feature_dim=8, num_labels=6, loss_type="bce")
     model = OscarForSequenceClassification(cfg)
     torch.nn.init.zeros_(model.classifier.weight)
     torch.nn.init.zeros_(model.classifier.bias)

@@ -1,8 +1,9 @@
 """Tiny runs of every Oscar+ task through the Trainer, for the exact-resume and multi-process tests.
 
-A module (``make_data``, ``run``) and a script, so runs can be killed or started under torchrun::
+A module (``make_data``, ``run``) and a script, so runs can be killed or started under torchrun (from the
+repository root, or with it on PYTHONPATH)::
 
-    python trainer_runs.py DATA OUT full|kill|resume TASK[,TASK...] [--batch-size B] [--accumulation K]
+    python -m tests.oscar.trainer_runs DATA OUT full|kill|resume TASK[,TASK...] [--batch-size B] [--accumulation K]
                            [--dropout P] [--kill-at N]
 
 ``full`` trains each task to the last step into OUT/TASK, ``kill`` SIGKILLs the process right after step N
@@ -15,13 +16,15 @@ import argparse
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from tests.oscar.caption_synth import build_split, write_vocab
+from tests.oscar.classify_synth import nlvr2_data, qa_data
+from tests.oscar.model_tester import tiny_config
+from tests.oscar.retrieval_synth import synthetic_retrieval
+
 
 TASKS = ("pretrain", "vqa", "gqa", "nlvr2", "retrieval", "caption", "scst")
 MEAN_OVER_EXAMPLES = ("vqa", "gqa", "nlvr2", "retrieval")  # losses that are means over a batch's examples
@@ -30,10 +33,6 @@ MAX_STEPS, SAVE_STEPS = 8, 3
 
 def make_data(root: Path) -> Path:
     """Every task's tiny data under ``root`` (and SCST's starting checkpoint); returns ``root``."""
-    from classify_synth import nlvr2_data, qa_data
-    from test_caption_train import build_split, write_vocab
-    from test_retrieval import synthetic_retrieval
-
     from vinvl.corpus.build import synthetic_corpus
     from vinvl.oscar import OscarForCaptioning
     from vinvl.oscar.tensorize import load_tokenizer
@@ -55,9 +54,7 @@ def make_data(root: Path) -> Path:
 
 
 def _config(dim: int, dropout: float):  # type: ignore[no-untyped-def]
-    from vinvl.oscar import OscarConfig
-
-    return OscarConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    return tiny_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                        max_position_embeddings=64, img_feature_dim=dim, hidden_dropout_prob=dropout,
                        attention_probs_dropout_prob=dropout, vocab_size=40, initializer_range=0.1)
 

@@ -1,7 +1,6 @@
 """The ``vinvl`` command tree; each group is a small module that parses arguments and calls the library.
 
-The full tree (later work fills it in; ``vinvl --help`` lists what exists today):
-``extract``, ``caption``, ``draw``, ``tsv``, ``features``, ``labelmap``, ``download``,
+The tree (docs/cli.md): ``extract``, ``caption``, ``draw``, ``tsv``, ``features``, ``labelmap``, ``download``,
 ``detector train|eval``, ``datasets``, ``oscar <task>``, ``corpus``.
 """
 

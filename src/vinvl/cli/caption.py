@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import atomic_write_json
 from .options import device_name, output_file, output_folder
 
 HELP = """Caption photos: detect regions and tags, then decode a caption for each.
@@ -45,8 +46,6 @@ def caption(
     rows = run(images, model=model, detector=detector, num_beams=num_beams, max_gen_length=max_gen_length,
                batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet)
     if out is not None:
-        from ..atomic import atomic_write_json
-
         atomic_write_json(out, [{"image_id": k, "caption": c} for k, c in rows], indent=1)
         typer.echo(f"{out}: {len(rows)} captions", err=True)
         return

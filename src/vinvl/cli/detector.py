@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ..atomic import atomic_write_text
+from ..errors import VinvlError
+from ..labelmap import LabelMap
 from .options import device_name, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
@@ -66,8 +70,6 @@ def evaluate(
 ) -> None:
     """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
     if (weights is None) == (predictions is None):
-        from ..errors import VinvlError
-
         raise VinvlError("give --weights (run the detector, low threshold) or --predictions (score a predictions.tsv)")
     if predictions is not None:
         from ..detection.evaluate import evaluate_predictions
@@ -75,20 +77,16 @@ def evaluate(
         m = evaluate_predictions(predictions, dataset)
         typer.echo(json.dumps(m, indent=1))
         if json_out:
-            json_out.write_text(json.dumps(m, indent=1) + "\n")
+            atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")
         return
     from ..detection import Detector
     from ..detection.evaluate import evaluate as run_eval
     from ..detection.dataset import DetectionDataset
-    from ..errors import VinvlError
-
     lm_path = labelmap
     if lm_path is None:
         ds = DetectionDataset(dataset)
         lm = ds.labelmap
     else:
-        from ..labelmap import LabelMap
-
         lm = LabelMap.load(lm_path)
     attr_groups = {}
     for g in groups or []:
@@ -108,4 +106,4 @@ def evaluate(
     m = run_eval(det, dataset, attr_groups, limit=limit)
     typer.echo(json.dumps(m, indent=1))
     if json_out:
-        json_out.write_text(json.dumps(m, indent=1) + "\n")
+        atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import VinvlError
 from .options import one_of, output_folder
 
 HELP = """Download released VinVL assets: models, label maps, features, corpora, checkpoints.
@@ -45,8 +46,6 @@ def download(
     timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds each --check request may take."),
 ) -> None:
     """Download released VinVL assets by name or URL."""
-    from ..errors import VinvlError
-
     if list_:
         _print_list(format)
         return

@@ -10,6 +10,7 @@ import typer
 
 from .. import features as F
 from ..errors import VinvlError
+from ..tsv import TSVFile
 from .options import one_of, output_file, output_folder
 
 app = typer.Typer(help="Region features: convert to Oscar's layout, inspect.", no_args_is_help=True)
@@ -51,8 +52,6 @@ def show(
 ) -> None:
     """Print a row's shape and summary statistics as JSON."""
     import numpy as np
-
-    from ..tsv import TSVFile
 
     if (key is None) == (row is None):
         raise VinvlError("give exactly one of --key or --row")

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
+from ..errors import VinvlError
 from ..oscar import options as O
 from .options import one_of, output_folder
 
@@ -27,8 +28,6 @@ RESTORED = object()  # default: the value the checkpoint was trained with, else 
 
 
 def _device(value: Optional[str]) -> Optional[str]:
-    from ..errors import VinvlError
-
     if value is None:
         return value
     try:

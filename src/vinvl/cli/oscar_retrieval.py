@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from ..atomic import atomic_write_json
+from ..errors import VinvlError
 from ..oscar.options import RetrievalOptions
 from .oscar_options import fields_of, options_of, takes
 
@@ -17,8 +19,6 @@ retrieval_app = typer.Typer(help="Image-text retrieval (run_retrieval.py): train
 
 
 def _write(result: dict, out: Path, name: str) -> None:
-    from ..atomic import atomic_write_json
-
     text = json.dumps(result, indent=1)
     atomic_write_json(Path(out) / name, result, indent=1)
     typer.echo(text)
@@ -80,7 +80,6 @@ def rank(
 ) -> None:
     """The best captions for each image and the best images for each caption (scores: the matched logit):
     OUT/ranking.json."""
-    from ..errors import VinvlError
     from ..oscar.tasks.retrieval import rank as run
     from ..oscar.training import resolve_device
 

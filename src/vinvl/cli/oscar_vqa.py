@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from ..atomic import atomic_write_json
+from ..errors import VinvlError
 from ..oscar.options import GQAOptions, NLVR2Options, VQAOptions
 from .oscar_options import fields_of, options_of, takes
 
@@ -26,7 +28,6 @@ RUN = ("eval_batch_size", "device", "precision")
 # -- shared steps -----------------------------------------------------------------------------------------
 def detect(images: list, given: dict, device: Any) -> tuple[list[str], Any]:
     """Images -> the detector's regions and tags in OUT/regions (or --regions-dir): keys in input order, their store."""
-    from ..errors import VinvlError
     from ..regions import regions_for_images
 
     work = given.get("regions_dir") or Path(given["out"]) / "regions"
@@ -43,7 +44,6 @@ def _eval_split(value: Optional[str]) -> Optional[str]:
 
 def _vocab(checkpoint: Optional[Path], data_dir: Optional[Path], given: dict, default_label: str, default_l2a: str) -> Any:
     """The answer vocabulary: the given pickles, else the checkpoint's answers.json, else DATA_DIR's pickles."""
-    from ..errors import VinvlError
     from ..oscar.data.qa import ANSWERS_FILE, AnswerVocab
 
     label_file, label2ans = given.get("label_file"), given.get("label2ans")
@@ -90,8 +90,6 @@ def _model(cls: Any, folder: Path, opts: Any, device: Any) -> Any:
 
 
 def _write_eval(out: Path, name: str, metrics: dict, results: list, checkpoint: Path, data: Path) -> None:
-    from ..atomic import atomic_write_json
-
     metrics = {**metrics, "split": name, "checkpoint": str(checkpoint), "data": str(data)}
     atomic_write_json(Path(out) / f"{name}_results.json", results)
     atomic_write_json(Path(out) / "metrics.json", metrics, indent=1)
@@ -126,7 +124,6 @@ def _train(run: Any, options_cls: type, given: dict, **files: Any) -> None:
 
 
 def _predict_qa(task: Any, options_cls: type, checkpoint: Path, images: list[Path], given: dict) -> None:
-    from ..atomic import atomic_write_json
     from ..oscar import OscarForSequenceClassification
     from ..oscar.tasks.classification import answer_questions
     from ..oscar.training import autocast, resolve_device
@@ -295,8 +292,6 @@ def nlvr2_predict(
     given: Any = None,
 ) -> None:
     """Is each sentence true of the image pair? End to end: OUT/predictions.json."""
-    from ..atomic import atomic_write_json
-    from ..errors import VinvlError
     from ..oscar import OscarForMultipleChoice
     from ..oscar.tasks import nlvr2
     from ..oscar.training import autocast, resolve_device

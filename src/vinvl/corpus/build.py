@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-import yaml
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import VinvlError
 from ..features import Prediction, format_features_row, format_hw_row, format_label_row, parse_hw_row
+from ..textio import read_json
 from ..tsv import TSVFile, TSVWriter, read_key_index, write_key_index
+from ..yamlio import write_yaml
 from . import layout as L
 
 PathLike = Union[str, os.PathLike]
@@ -50,17 +51,10 @@ class Text(NamedTuple):
     answer: Optional[str] = None
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VinvlError(f"{path}: cannot read JSON ({e})") from None
-
-
 def read_texts(src: TextSource) -> Iterable[Text]:
     """The texts of a COCO caption json, a VQA question json (no answers), a GQA question dict (with
     answers) or an Oscar ``*_qla*.json`` list (``q``, ``img_id``, ``q_id``; no answer words)."""
-    data = _load_json(src.path)
+    data = read_json(src.path)
     try:
         if src.kind == "caption":
             anns = data.get("annotations") if isinstance(data, dict) else None
@@ -244,8 +238,8 @@ def build_corpus(
     report = {"rows": dict(counts), "skipped": dict(skipped), "total": sum(counts.values()),
               "warnings": [f"the original reads only the datasets {', '.join(L.ONE_SPLIT + L.CHUNKED)}; "
                            f"{', '.join(unknown)} is read by vinvl only"] if unknown else []}
-    (out / f"{name}_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False))
+    atomic_write_text(out / f"{name}_report.json", json.dumps(report, indent=1) + "\n")
+    write_yaml(out / f"{name}.yaml", spec)
     return report
 
 
@@ -296,12 +290,13 @@ def synthetic_corpus(out_dir: PathLike, num_images: int = 200, seed: int = 0, di
                 texts.append(text)
             texts.append(" ".join(t for _, t in objs))
     write_key_index(feat_dir / "imageid2idx.json", ((f"{i:06d}", i) for i in range(num_images)))
-    (out / "captions.json").write_text(json.dumps({"annotations": captions}))
-    (out / "questions.json").write_text(json.dumps(questions))
+    atomic_write_json(out / "captions.json", {"annotations": captions})
+    atomic_write_json(out / "questions.json", questions)
     sources = [TextSource("coco", out / "captions.json", "caption"), TextSource("coco", out / "questions.json", "qa")]
     build_corpus(sources, {"coco": feat_dir}, {"coco": feat_dir}, out, name="corpus")
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=200, min_frequency=1,
                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.save_model(str(out))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])  # what tok.save_model writes, atomically
+    atomic_write_text(out / "vocab.txt", "".join(w + "\n" for w, _ in vocab))
     return out / "corpus.yaml"

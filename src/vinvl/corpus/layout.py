@@ -1,10 +1,10 @@
 """The original's pretraining corpus layout (microsoft/Oscar ``oscar/datasets/oscar_tsv.py``,
 ``OscarTSVDataset``), read and written here only.
 
-- The yaml: ``corpus`` (the datasets used, joined by ``_``), ``corpus_file`` (relative to the yaml),
-  ``image_label_path`` (dataset -> label folder, relative to the yaml) and ``image_feature_path``
-  (dataset -> feature folder, relative to ``--data_dir``; vinvl: to the yaml's folder when no data dir
-  is given).
+- The yaml (read by :mod:`vinvl.dataset_spec`): ``corpus`` (the datasets used, joined by ``_``),
+  ``corpus_file`` (relative to the yaml), ``image_label_path`` (dataset -> label folder, relative to the
+  yaml) and ``image_feature_path`` (dataset -> feature folder, relative to ``--data_dir``; vinvl: to the
+  yaml's folder when no data dir is given, where the original takes the working directory).
 - Corpus rows: ``image id \\t label id \\t text_a``. Ids split on ``_``: the first field is the
   dataset (``cc`` reads as ``googlecc``), the last of the image id is the image key, the one before it
   the chunk of a chunked dataset (googlecc, sbu, oi, objects365, tagoi). A label id containing a ``qa``
@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-
+from ..dataset_spec import DatasetSpec
 from ..errors import VinvlError
 from ..tsv import TSVFile, read_key_index
-from ..yamlio import read_yaml
 
 PathLike = Union[str, os.PathLike]
 
@@ -104,32 +103,16 @@ class CorpusSpec:
 
 
 def read_spec(path: PathLike, data_dir: Optional[PathLike] = None) -> CorpusSpec:
-    """Read a corpus yaml; relative label paths against its folder, feature paths against ``data_dir`` (the
-    original's ``--data_dir``; default: the yaml's folder)."""
+    """Read a corpus yaml (:class:`vinvl.dataset_spec.DatasetSpec`): ``corpus_file`` and label folders relative
+    to its folder, feature folders to ``data_dir`` (the original's ``--data_dir``; default: the yaml's folder)."""
     path = Path(path)
-    spec = read_yaml(path, "corpus yaml")
-    if not isinstance(spec, dict):
-        raise VinvlError(f"{path}: a corpus yaml is a mapping (corpus, corpus_file, image_label_path, image_feature_path)")
-    for k in ("corpus", "corpus_file", "image_label_path", "image_feature_path"):
-        if k not in spec:
-            extra = " (the datasets used, joined by '_'; `vinvl corpus build` writes it)" if k == "corpus" else ""
-            raise VinvlError(f"{path}: a corpus yaml needs '{k}'{extra}")
-    for k in ("image_label_path", "image_feature_path"):
-        if not isinstance(spec[k], dict):
-            raise VinvlError(f"{path}: '{k}' must map each dataset to a folder")
-    datasets = [ALIASES.get(d, d) for d in str(spec["corpus"]).split("_") if d]
-    root, feat_root = path.parent, Path(data_dir) if data_dir is not None else path.parent
-    for d in datasets:
-        for k in ("image_label_path", "image_feature_path"):
-            if d not in spec[k]:
-                raise VinvlError(f"{path}: dataset {d!r} of 'corpus' has no folder in '{k}'")
-    return CorpusSpec(
-        path=path,
-        datasets=datasets,
-        corpus_file=root / str(spec["corpus_file"]),
-        label_dirs={d: root / str(spec["image_label_path"][d]) for d in datasets},
-        feature_dirs={d: feat_root / str(spec["image_feature_path"][d]) for d in datasets},
-    )
+    spec = DatasetSpec(path, "corpus yaml", needs=("corpus", "corpus_file", "image_label_path", "image_feature_path"),
+                       hint=" (corpus: the datasets used, joined by '_'; `vinvl corpus build` writes it)")
+    datasets = [ALIASES.get(d, d) for d in str(spec.get("corpus")).split("_") if d]
+    labels = spec.folders("image_label_path", datasets)
+    features = spec.folders("image_feature_path", datasets, root=data_dir if data_dir is not None else path.parent)
+    return CorpusSpec(path=path, datasets=datasets, corpus_file=spec.resolve(str(spec.get("corpus_file"))),
+                      label_dirs=labels, feature_dirs=features)
 
 
 def _indexed(folder: Path, name: str, index: str) -> Optional[TSVFile]:

@@ -26,14 +26,14 @@ from typing import Any, Union
 
 import numpy as np
 import pybase64
-import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import atomic_write, atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..errors import VinvlError
 from ..features import format_hw_row
 from ..labelmap import BACKGROUND, NO_ATTRIBUTE, LabelMap
 from ..tsv import TSVWriter
+from ..yamlio import write_yaml
 
 PathLike = Union[str, os.PathLike]
 
@@ -289,9 +289,9 @@ def generate_shapes(
                 for name in a["attributes"]:
                     attr_counts[name] += 1
 
-    atomic_write(out / "labelmap.json", shapes_labelmap().save_vg_json)
+    shapes_labelmap().save_vg_json(out / "labelmap.json")
     spec = {"img": "img.tsv", "hw": "hw.tsv", "label": "label.tsv", "labelmap": "labelmap.json"}
-    atomic_write_bytes(out / "dataset.yaml", yaml.safe_dump(spec, sort_keys=False).encode("utf-8"))
+    write_yaml(out / "dataset.yaml", spec)
 
     summary = {
         "images": num,

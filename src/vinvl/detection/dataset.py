@@ -1,5 +1,6 @@
 """The detector's training and evaluation data: a dataset yaml naming an image TSV (``key \\t base64``), a
-label TSV (``key \\t [{"rect", "class", "attributes"}]``) and a label map, as the original lays it out.
+label TSV (``key \\t [{"rect", "class", "attributes"}]``) and a label map, as the original lays it out (paths
+by :mod:`vinvl.dataset_spec`'s rule).
 
 :meth:`DetectionDataset.sample` gives an image as the model trains on it (resized as at test time,
 optionally flipped, its boxes in resized pixels); :func:`collate` batches samples for
@@ -17,11 +18,11 @@ import torch
 from PIL import Image
 
 from ..config import InputConfig
+from ..dataset_spec import DatasetSpec
 from ..errors import VinvlError
 from ..images import ImageLoadError, decode_image, tsv_image_bytes
 from ..labelmap import LabelMap
 from ..tsv import TSVFile
-from ..yamlio import read_yaml
 from .model import Target
 from .preprocess import pad_batch, to_input_tensor
 
@@ -41,17 +42,13 @@ class DetectionDataset:
 
     def __init__(self, yaml_path: PathLike, labelmap: Optional[LabelMap] = None) -> None:
         self.path = Path(yaml_path)
-        spec = read_yaml(self.path, "dataset yaml")
-        for k in ("img", "label"):
-            if not isinstance(spec, dict) or k not in spec:
-                raise VinvlError(f"{self.path}: a training dataset yaml needs '{k}'")
-        base = self.path.parent
-        self.img = TSVFile(base / spec["img"], build_index=True)
-        label = TSVFile(base / spec["label"], build_index=True)
+        spec = DatasetSpec(self.path, "detection dataset yaml", needs=("img", "label"))
+        self.img = TSVFile(spec.file("img"), build_index=True)
+        label = TSVFile(spec.file("label"), build_index=True)
         if labelmap is None:
             if "labelmap" not in spec:
                 raise VinvlError(f"{self.path}: no 'labelmap' entry; pass a label map")
-            labelmap = LabelMap.load(base / spec["labelmap"])
+            labelmap = LabelMap.load(spec.file("labelmap"))
         self.labelmap = labelmap
         self.class_index = {n: i for i, n in enumerate(labelmap.classes)}
         self.attribute_index = {n: i for i, n in enumerate(labelmap.attributes or ())}

@@ -17,9 +17,10 @@ from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
 from ..images import ImageInput, load_image
 from ..labelmap import LabelMap
+from ..state_dict import CheckpointError, unwrap
 from .backbone import fold_frozen_bn, unfold_frozen_bn
 from .box_coder import scale_boxes
-from .checkpoint import CheckpointError, extract_state_dict, load_into, read_checkpoint
+from .checkpoint import load_into, read_checkpoint
 from .model import AttrRCNN, RawDetections
 from .preprocess import pad_batch, to_input_tensor
 
@@ -180,7 +181,7 @@ class Detector:
         cfg = detector_preset(preset) if isinstance(preset, str) else preset
         cfg = cfg.replace(**overrides) if overrides else cfg
         if isinstance(path, dict):
-            sd, source = extract_state_dict(path), "<state dict>"
+            sd, source = unwrap(path), "<state dict>"
         else:
             sd, source = read_checkpoint(path), os.fspath(path)
         with torch.device("meta"):

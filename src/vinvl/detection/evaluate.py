@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from typing import Any, Optional, Sequence, Union
 
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import VinvlError
+from ..tsv import TSVFile
+from .dataset import DetectionDataset
 from .detector import Detector
 from .losses import box_iou
-from .dataset import DetectionDataset
 
 PathLike = Union[str, os.PathLike]
 
@@ -114,10 +116,6 @@ def evaluate(
 def evaluate_predictions(predictions: PathLike, dataset: PathLike) -> dict[str, Any]:
     """COCO-style box AP / AP50 / AP75 of a ``predictions.tsv`` (``vinvl extract`` rows, as written, with the
     score threshold they were extracted with) against a labelled dataset yaml; every dataset image must have a row."""
-    import json
-
-    from ..tsv import TSVFile
-
     ds = DetectionDataset(dataset)
     lm = ds.labelmap
     rows = TSVFile(predictions, build_index=True)

@@ -25,6 +25,8 @@ import torch
 from ..atomic import atomic_write_json
 from ..config import BackboneConfig
 from ..errors import VinvlError
+from ..registry import vinvl_home
+from .backbone import Res5Head, fold_frozen_bn
 
 DTYPES = ("fp32", "bf16", "fp16")
 CHOICES = ("auto", *DTYPES)
@@ -115,8 +117,6 @@ def choose(device: torch.device, dtype: str = "auto", cache: Optional[Path] = No
 
 def cache_file() -> Path:
     """Where ``--dtype auto`` keeps its measured choices (``VINVL_HOME/numerics.json``)."""
-    from ..registry import vinvl_home
-
     return vinvl_home() / "numerics.json"
 
 
@@ -130,8 +130,6 @@ def _read_cache(path: Path) -> dict:
 
 def _measure(device: torch.device, backbone: BackboneConfig, regions: int = 8, reps: int = 3) -> Numerics:
     """Time res5 over ``regions`` pooled regions in each candidate set-up (best of ``reps``, interleaved)."""
-    from .backbone import Res5Head, fold_frozen_bn
-
     native = bf16_native(device)
     candidates = [("fp32", True), ("fp32", False)] + ([("bf16", True), ("bf16", False)] if native else [])
     gen = torch.Generator().manual_seed(0)

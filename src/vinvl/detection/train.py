@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_json
 from ..config import DetectorConfig
-from ..errors import VinvlError, torch_load_problem
-from .checkpoint import CheckpointError, load_into, read_checkpoint
+from ..errors import VinvlError
+from ..state_dict import read_torch
+from .checkpoint import load_into, read_checkpoint
 from .dataset import DetectionDataset, collate
 from .losses import BoxLossConfig, LossConfig, RPNLossConfig
 from .model import AttrRCNN
@@ -169,16 +170,13 @@ def train(
     start = 0
     state_path = out / "last_checkpoint.pth"
     if resume and state_path.exists():
-        try:
-            st = torch.load(state_path, map_location=device, weights_only=True)
-        except Exception as e:  # torch.load raises many types on a torn or foreign file
-            raise CheckpointError(f"{state_path}: {torch_load_problem(e)}") from None
+        st = read_torch(state_path, str(state_path), map_location=device)
         model.load_state_dict(st["training_model"])
         opt.load_state_dict(st["optimizer"])
         start = int(st["iteration"])
         log(f"resumed at iteration {start}")
     ds.labelmap.save_vg_json(out / "labelmap.json")
-    (out / "config.json").write_text(json.dumps({"detector": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}, indent=1))
+    atomic_write_json(out / "config.json", {"detector": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}, indent=1)
     gen = torch.Generator().manual_seed(tc.seed + start)
     rng = random.Random(tc.seed + start)
     batches = _batches(len(ds), min(tc.images_per_batch, len(ds)), tc.seed, start_epoch=start * tc.images_per_batch // max(len(ds), 1))

@@ -18,12 +18,12 @@ from typing import Optional, Sequence, Union
 
 from PIL import Image
 
+from ..dataset_spec import DatasetSpec
 from ..errors import VinvlError
 from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file, tsv_image_bytes
 from ..images import ImageLoadError  # noqa: F401 -- load_image_item's error, importable beside it
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
-from ..yamlio import read_yaml
 
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 YAML_EXTENSIONS = frozenset({".yaml", ".yml"})
@@ -209,30 +209,14 @@ def read_linelist(path: Path) -> list[int]:
 
 
 def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[ImageItem]:
-    """Images of a dataset yaml (``img``: an image TSV; ``linelist``: the rows to take), paths relative to it."""
-    spec = read_yaml(path, "dataset yaml")
-    if not isinstance(spec, dict) or "img" not in spec:
+    """Images of a dataset yaml (``img``: an image TSV; ``linelist``: the rows to take), its paths by
+    :mod:`vinvl.dataset_spec`'s rule (beside the yaml, then under ``data_dir``)."""
+    spec = DatasetSpec(path, data_dir=data_dir)
+    if "img" not in spec:
         raise VinvlError(f"{path}: a dataset yaml needs an 'img' entry (the image TSV)")
-
-    def resolve(name: str) -> Path:
-        p = Path(name)
-        if p.is_absolute():
-            return p
-        for base in (path.parent, data_dir):
-            if base is not None and (base / p).exists():
-                return base / p
-        return path.parent / p
-
-    img = resolve(str(spec["img"]))
-    if not img.is_file():
-        raise VinvlError(f"{path}: img {spec['img']!r}: no such file ({img})")
-    rows = None
-    if spec.get("linelist"):
-        ll = resolve(str(spec["linelist"]))
-        if not ll.is_file():
-            raise VinvlError(f"{path}: linelist {spec['linelist']!r}: no such file ({ll})")
-        rows = read_linelist(ll)
-    return _tsv_items(img, rows)
+    img = spec.file("img")
+    ll = spec.file("linelist")
+    return _tsv_items(img, read_linelist(ll) if ll is not None else None)
 
 
 def collect_inputs(

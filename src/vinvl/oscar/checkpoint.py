@@ -5,6 +5,7 @@ Takes model classes as arguments and never imports :mod:`vinvl.oscar.modeling` (
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -18,7 +19,11 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write, atomic_write_text
-from ..errors import VinvlError, key_list, torch_load_problem
+from ..errors import VinvlError
+from ..registry import checkpoint_path, is_checkpoint_name
+from ..safe_pickle import load_training_args, safe_loads
+from ..state_dict import key_list, load_strict, read_torch, read_weights
+from ..textio import read_json
 from .configuration import OscarConfig
 
 PathLike = Union[str, os.PathLike]
@@ -36,21 +41,6 @@ def rename_legacy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_json(path: PathLike, expect: Optional[type] = None, data: Optional[bytes] = None) -> Any:
-    """A JSON side file (``data``: its bytes, e.g. from a zip); ``expect`` (dict or list) is the top-level type
-    it must have. A missing, unreadable or malformed file is one error naming it."""
-    try:
-        obj = json.loads(data if data is not None else Path(path).read_bytes())
-    except FileNotFoundError:
-        raise VinvlError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VinvlError(f"{path}: not valid JSON ({e})") from None
-    if expect is not None and not isinstance(obj, expect):
-        raise VinvlError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
-                         f"found {type(obj).__name__}")
-    return obj
-
-
 def _config(path: str, data: dict, config_cls: Any) -> Any:
     try:
         return config_cls(**data)
@@ -64,17 +54,6 @@ def read_config(folder: Path, config_cls: Any) -> Any:
     if not path.is_file():
         raise VinvlError(f"{folder}: no config.json; pass config=")
     return _config(str(path), read_json(path, dict), config_cls)
-
-
-def load_tensors(data: Union[PathLike, io.BytesIO], name: str, what: str = "PyTorch checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only (no code runs);
-    a missing, damaged or refused file is one error line naming it."""
-    try:
-        return torch.load(data, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise VinvlError(f"{name}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-        raise VinvlError(f"{name}: {torch_load_problem(e, what)}") from None
 
 
 def _natural(name: str) -> list:
@@ -96,7 +75,7 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
                 raise VinvlError(f"{path}: no config.json beside {member}")
             name = f"{path}:{folder}config.json"
             config = _config(name, read_json(name, dict, z.read(folder + "config.json")), config_cls)
-        return load_tensors(io.BytesIO(z.read(member)), f"{path}:{member}"), config
+        return read_torch(io.BytesIO(z.read(member)), f"{path}:{member}"), config
 
 
 def resolve_checkpoint(source: PathLike) -> Path:
@@ -105,8 +84,6 @@ def resolve_checkpoint(source: PathLike) -> Path:
     exists: its folder in ``VINVL_HOME``, fetched when missing (:func:`vinvl.registry.checkpoint_path`)."""
     path = Path(source)
     if not path.exists():
-        from ..registry import checkpoint_path, is_checkpoint_name
-
         if is_checkpoint_name(str(source)):
             path = checkpoint_path(str(source))
     if path.is_dir() and not (path / "pytorch_model.bin").exists():
@@ -144,11 +121,7 @@ def read_original(source: PathLike, config: Optional[Any] = None) -> tuple[dict,
         path = st if st.is_file() and not bin_.is_file() else bin_
     if not path.is_file():
         raise VinvlError(f"{path}: no such checkpoint (a pytorch_model.bin, its folder, a run folder or a .zip)")
-    if path.suffix == ".safetensors":
-        from ..detection.checkpoint import read_safetensors
-
-        return read_safetensors(path), config
-    return load_tensors(path, str(path)), config
+    return read_weights(path), config
 
 
 def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any] = None) -> nn.Module:
@@ -168,22 +141,8 @@ def load_original(cls: type, source: Union[PathLike, dict], config: Optional[Any
         raise VinvlError(f"{name}: a state dict needs config=OscarConfig(...)")
     sd = rename_legacy(dict(sd))
     model = cls(config)
-    expected = model.state_dict()
-    _alias_decoder_bias(sd, expected)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} (file {tuple(sd[k].shape)}, model {tuple(expected[k].shape)})"
-              for k in expected if k in sd and sd[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {key_list(missing, 10)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {key_list(unexpected, 10)}")
-    if shapes:
-        problems.append(f"shape mismatches: {key_list(shapes, 10)}")
-    if problems:
-        raise VinvlError(f"{name} does not fit {cls.__name__}: " + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
+    _alias_decoder_bias(sd, model.state_dict())
+    load_strict(model, sd, name, target=cls.__name__, side="file", limit=10)
     return model.eval()
 
 
@@ -288,8 +247,6 @@ def load_pretrained(cls: type, folder: PathLike) -> nn.Module:
 
 def read_training_args(folder: PathLike) -> Any:
     """A run folder's ``training_args.bin`` through the safe unpickler (no arbitrary code)."""
-    from ..safe_pickle import load_training_args
-
     path = Path(folder)
     return load_training_args(path / "training_args.bin" if path.is_dir() else path)
 
@@ -323,8 +280,6 @@ def training_settings(checkpoint: PathLike) -> TrainingSettings:
     ``training_args.json``, else the original's ``training_args.bin`` (a pickled argparse Namespace, read
     through the safe unpickler; a zip's newest one); empty when it records none. A malformed file is one
     error naming it."""
-    from ..safe_pickle import load_training_args, safe_loads
-
     path = resolve_checkpoint(checkpoint)
     if path.suffix == ".zip" and path.is_file():
         with zipfile.ZipFile(path) as z:
@@ -347,8 +302,6 @@ def training_settings(checkpoint: PathLike) -> TrainingSettings:
 
 
 def _namespace_dict(obj: Any, name: str) -> dict:
-    import argparse
-
     if isinstance(obj, argparse.Namespace):
         return dict(vars(obj))
     if isinstance(obj, dict):
@@ -365,8 +318,6 @@ def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
 def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
     """``training_args.json`` (vinvl reads it first) and ``training_args.bin``, the pickled ``argparse.Namespace``
     the original's scripts save and read back (its captioning evaluation needs it), of plain values only."""
-    import argparse
-
     plain = json.loads(json.dumps(args, default=str))
     folder = Path(folder)
     atomic_write(folder / "training_args.bin", lambda tmp: torch.save(argparse.Namespace(**plain), tmp))
@@ -377,7 +328,7 @@ def load_training_state(folder: PathLike) -> dict:
     """A checkpoint's ``training_state.pt`` (optimizer, scheduler, step, random states), to resume; one error
     naming it if unreadable."""
     path = Path(folder) / "training_state.pt"
-    state = load_tensors(path, str(path))
+    state = read_torch(path, str(path))
     if not isinstance(state, dict) or not {"optimizer", "scheduler", "step"} <= set(state):
         raise VinvlError(f"{path}: not a training state (optimizer, scheduler, step)")
     return state

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -39,8 +40,6 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
     path = Path(vocab)
     try:
         if path.suffix == ".zip" and path.is_file():
-            import zipfile
-
             with zipfile.ZipFile(path) as z:
                 members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
                 if not members:

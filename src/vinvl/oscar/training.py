@@ -39,10 +39,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from ..atomic import atomic_write, atomic_write_json
 from ..errors import VinvlError
+from ..textio import read_json
+from .checkpoint import latest_checkpoint, load_training_state, write_training_args
 from .options import TrainingOptions, check_device
 
 PathLike = Union[str, os.PathLike]
@@ -90,8 +94,6 @@ class Runtime:
             torch.cuda.set_device(dev)
         owns = False
         if world > 1:
-            import torch.distributed as dist
-
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
                 owns = True
@@ -100,16 +102,12 @@ class Runtime:
     def barrier(self) -> None:
         """Wait for every process (nothing with one)."""
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def gather(self, obj: Any) -> list[Any]:
         """Every process's ``obj``, in rank order (a collective: all processes call it)."""
         if self.world == 1:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
@@ -117,8 +115,6 @@ class Runtime:
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` averaged over the processes, in place."""
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(t)
             t /= self.world
         return t
@@ -127,8 +123,6 @@ class Runtime:
         """End the process group if this runtime started it (``wait``: for every process first; not after an
         error, which the other processes may never reach)."""
         if self.owns_group:
-            import torch.distributed as dist
-
             if wait:
                 dist.barrier()
             dist.destroy_process_group()
@@ -333,8 +327,6 @@ class Trainer:
         return folder
 
     def _train(self, rt: Runtime, resume: bool) -> Path:
-        from .checkpoint import latest_checkpoint, load_training_state
-
         opts, task, out = self.opts, self.task, self.out
         say = self.log if rt.rank == 0 else (lambda m: None)
         data = task.train_set()
@@ -371,8 +363,6 @@ class Trainer:
                     model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                     find_unused_parameters=task.unused_parameters)
             else:  # the task runs the model outside forward (SCST sampling): gradients averaged by hand
-                import torch.distributed as dist
-
                 for p in model.state_dict().values():
                     dist.broadcast(p, 0)
         if state is not None:
@@ -421,8 +411,6 @@ class Trainer:
                         v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                         figures[name] = figures.get(name, 0) + v.to(rt.device) / k
                 if manual_sync:
-                    import torch.distributed as dist
-
                     for p in model.parameters():
                         if p.grad is not None:
                             dist.all_reduce(p.grad)
@@ -466,8 +454,6 @@ class Trainer:
     def _bar(self, total: int, start: int, rank: int) -> Any:
         if rank != 0 or not sys.stderr.isatty():
             return None
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
 
     def _log_window(self, rt: Runtime, window: dict[str, torch.Tensor], steps: int, step: int, total: int,
@@ -489,7 +475,6 @@ class Trainer:
 
     def _trim_logs(self, step: int, resumed: bool) -> None:
         """A resumed run's logs keep what the uninterrupted run had logged up to its checkpoint."""
-        from .checkpoint import read_json
 
         log = self.out / "log.jsonl"
         if log.is_file():
@@ -510,8 +495,6 @@ class Trainer:
 
     def _save(self, rt: Runtime, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int,
               per_epoch: int, per_step: int, args: dict[str, Any], window: tuple[dict[str, float], int]) -> Path:
-        from .checkpoint import read_json, write_training_args
-
         folder = self.out / f"checkpoint-{step}"
         mine = rt.gather((capture_rng(rt.device), [window[0], window[1]]))
         rngs, windows = [m[0] for m in mine], [m[1] for m in mine]

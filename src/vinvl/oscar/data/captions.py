@@ -4,7 +4,8 @@ back in the original's layout.
 
 A split yaml names ``feature`` (the feature TSV: captioning's ``key \\t {"num_boxes", "features"}`` rows or the
 standard three columns), ``label`` (the label TSV whose classes are the tags) and ``caption`` (a json list of
-``{image_id, caption, id}``); a feature folder is ``features.tsv`` + ``label.tsv`` (e.g. ``vinvl extract`` output).
+``{image_id, caption, id}``), paths by :mod:`vinvl.dataset_spec`'s rule; a feature folder is ``features.tsv`` +
+``label.tsv`` (e.g. ``vinvl extract`` output).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from ...atomic import atomic_write_json
+from ...dataset_spec import DatasetSpec
 from ...errors import VinvlError
-from ...yamlio import read_yaml
+from ...features import format_caption_features_row
+from ...textio import read_json
+from ...tsv import TSVWriter
+from ...yamlio import write_yaml
 from .regions import RegionStore
 
 PathLike = Union[str, os.PathLike]
@@ -26,8 +29,6 @@ PathLike = Union[str, os.PathLike]
 
 def read_captions(path: PathLike) -> list[dict[str, Any]]:
     """A caption json: a list of ``{image_id, caption}`` or COCO's ``{"annotations": [...]}``."""
-    from ..checkpoint import read_json
-
     path = Path(path)
     data = read_json(path)
     if isinstance(data, dict):
@@ -53,21 +54,11 @@ class CaptionData:
             self.store = RegionStore(src)
             self.keys = self.store.keys()
         elif src.is_file():
-            spec = read_yaml(src, "captioning yaml")
-            if not isinstance(spec, dict) or "feature" not in spec:
-                raise VinvlError(f"{src}: a captioning yaml needs 'feature' (and 'label', 'caption')")
-            res = lambda p: Path(p) if Path(p).is_absolute() else src.parent / p  # noqa: E731
-            feat = res(spec["feature"])
-            if not feat.is_file():
-                raise VinvlError(f"{src}: feature file {feat} does not exist")
-            label = None
-            if spec.get("label"):
-                label = res(spec["label"])
-                if not label.is_file():
-                    raise VinvlError(f"{src}: label file {label} does not exist")
+            spec = DatasetSpec(src, "captioning yaml", needs=("feature",), hint=" (and 'label', 'caption')")
+            feat, label = spec.file("feature"), spec.file("label")
             self.store = RegionStore(feat.parent, features=feat.name, labels=str(label) if label else None)
-            if caption_file is None and spec.get("caption"):
-                caption_file = res(spec["caption"])
+            if caption_file is None and "caption" in spec:
+                caption_file = spec.resolve(spec.get("caption"))
                 if not caption_file.is_file():  # the eval references may only exist in COCO format
                     coco = caption_file.with_name(caption_file.stem + "_coco_format.json")
                     caption_file = coco if coco.is_file() else None
@@ -114,10 +105,6 @@ def write_caption_split(data: CaptionData, out_dir: PathLike, name: str) -> Path
     (``key \\t [{"class", ...}]``, rows aligned with the features: the original pairs them by row), and, with
     captions, ``{name}_caption.json`` (``[{image_id: key, caption, id}]``) + ``{name}_caption_coco_format.json``
     (its evaluation references); only captioned images when there are captions. Returns the yaml."""
-    from ...atomic import atomic_write_text
-    from ...features import format_caption_features_row
-    from ...tsv import TSVWriter
-
     if not name or any(c in name for c in "/\\\t\n"):
         raise VinvlError(f"split name {name!r}: give a plain file name stem")
     out = Path(out_dir)
@@ -142,4 +129,4 @@ def write_caption_split(data: CaptionData, out_dir: PathLike, name: str) -> Path
                 "annotations": caps}
         atomic_write_json(out / f"{name}_caption_coco_format.json", coco)
         spec["caption"] = f"{name}_caption.json"
-    return atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False))
+    return write_yaml(out / f"{name}.yaml", spec)

@@ -16,6 +16,8 @@ import torch
 
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
+from ...safe_pickle import safe_load
+from ...textio import read_json
 from ..options import ClassificationOptions
 from ..tensorize import ClassificationTensorizer, truncate_pair
 from .regions import open_regions
@@ -26,8 +28,6 @@ ANSWERS_FILE = "answers.json"  # the answer of each logit, written into every ch
 
 def read_json_list(path: PathLike, required: Sequence[str]) -> list[dict]:
     """A task file: a JSON list of objects, each with the ``required`` keys."""
-    from ..checkpoint import read_json
-
     path = Path(path)
     if not path.is_file():
         raise VinvlError(f"{path}: no such data file")
@@ -60,8 +60,6 @@ class AnswerVocab:
     @classmethod
     def from_files(cls, label_file: PathLike, label2ans_file: Optional[PathLike] = None) -> "AnswerVocab":
         """``ans2label`` pickle (+ optional ``label2ans`` pickle: a list, or a dict label -> answer)."""
-        from ...safe_pickle import safe_load
-
         ans2label = safe_load(label_file)
         if not isinstance(ans2label, dict) or not ans2label:
             raise VinvlError(f"{label_file}: expected a non-empty dict answer -> label")
@@ -80,8 +78,6 @@ class AnswerVocab:
     @classmethod
     def from_checkpoint(cls, folder: PathLike) -> "AnswerVocab":
         """The ``answers.json`` a training run writes into its checkpoints."""
-        from ..checkpoint import read_json
-
         path = Path(folder) / ANSWERS_FILE
         if not path.is_file():
             raise VinvlError(f"{path}: no answer list; give the answer vocabulary (--label-file, --label2ans)")

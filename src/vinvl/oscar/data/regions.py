@@ -17,6 +17,9 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import numpy as np
 
 from ...errors import FormatError, VinvlError
+from ...features import FeatureTSV, parse_label_row, tags_text
+from ...state_dict import read_torch
+from ...tsv import TSVFile
 
 PathLike = Union[str, os.PathLike]
 Key = Union[int, str]
@@ -75,9 +78,6 @@ class RegionStore:
         """Open ``folder``'s feature and label TSVs (names, or paths; ``imageid2idx.json`` used when present);
         ``dim`` (2054 for the released detectors, 518 for the demo one) is read off the first row when not given;
         ``labels=None``: no tags. ``label_folder``: the tags live in another folder, which must hold them."""
-        from ...features import FeatureTSV
-        from ...tsv import TSVFile
-
         self.folder = Path(folder)
         fpath = self.folder / features
         if not fpath.is_file():
@@ -115,8 +115,6 @@ class RegionStore:
 
     def objects(self, key: Key) -> list[dict[str, Any]]:
         """The image's label objects (``{"class", "conf", "rect", ...}``); [] without a label file."""
-        from ...features import parse_label_row
-
         if self.labels is None:
             return []
         try:
@@ -127,8 +125,6 @@ class RegionStore:
 
     def tags(self, key: Key) -> str:
         """The image's tags (class names joined by spaces), or '' without a label file."""
-        from ...features import tags_text
-
         return tags_text(self.objects(key))
 
 
@@ -138,12 +134,10 @@ class FeatureDict:
     ``{"class": ...}`` per image) when given."""
 
     def __init__(self, path: PathLike, labels: Optional[PathLike] = None) -> None:
-        from ..checkpoint import load_tensors
-
         self.path = Path(path)
         if not self.path.is_file():
             raise VinvlError(f"{self.path}: no such file")
-        self.data = load_tensors(self.path, str(self.path), "feature dict")
+        self.data = read_torch(self.path, str(self.path), "feature dict")
         if not isinstance(self.data, dict):
             raise VinvlError(f"{self.path}: expected a dict image id -> region features")
         first = next(iter(self.data.values()), None)
@@ -151,7 +145,7 @@ class FeatureDict:
         self.labels_path = Path(labels) if labels else None
         self.labels: Optional[dict] = None
         if self.labels_path is not None:
-            found = load_tensors(self.labels_path, str(self.labels_path), "label dict")
+            found = read_torch(self.labels_path, str(self.labels_path), "label dict")
             if not isinstance(found, dict):
                 raise VinvlError(f"{self.labels_path}: expected a dict image id -> tags")
             self.labels = found

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ...errors import VinvlError
+from ...state_dict import read_torch
 from ..tensorize import RetrievalTensorizer
 from .regions import RegionSource, open_regions
 
@@ -33,11 +34,9 @@ Key = Union[int, str]
 
 
 def _load_pt(path: Path) -> Any:
-    from ..checkpoint import load_tensors
-
     if not path.is_file():
         raise VinvlError(f"{path}: no such file")
-    return load_tensors(path, str(path), "tensor/dict file")
+    return read_torch(path, str(path), "tensor/dict file")
 
 
 def load_captions(path: PathLike) -> dict[Key, list[str]]:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import VinvlError
+from ...safe_pickle import safe_load
 
 PathLike = Union[str, os.PathLike]
 UNAVAILABLE = "unavailable"
@@ -131,8 +132,6 @@ class CiderD:
         if isinstance(df, str) and df == "corpus":
             return
         if not isinstance(df, Mapping):
-            from ...safe_pickle import safe_load
-
             df = safe_load(df)
             if not isinstance(df, Mapping) or "document_frequency" not in df or "ref_len" not in df:
                 raise VinvlError(f"{df if not isinstance(df, Mapping) else 'cached tokens'}: expected a dict with "

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from ...errors import VinvlError
+from ..checkpoint import load_for_task, require_checkpoint
 from ..metrics.qa import accuracy
 from ..options import TrainingOptions
+from ..tensorize import load_tokenizer
 
 __all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
 
@@ -48,9 +50,6 @@ def stderr_log(message: str) -> None:
 def task_tokenizer(vocab: Optional[PathLike], init: Optional[PathLike], do_lower_case: bool = True) -> Any:
     """The tokenizer on ``vocab`` (a vocab.txt or folder), else on the starting checkpoint's vocab.txt; the
     checkpoint is checked first (one error naming it)."""
-    from ..checkpoint import require_checkpoint
-    from ..tensorize import load_tokenizer
-
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (--vocab) or a checkpoint to start from (--init) holding one")
     folder = require_checkpoint(init, "initial checkpoint (--init)") if init is not None else None
@@ -84,8 +83,6 @@ class Task:
 
     def build_model(self, resume_from: Optional[Path]) -> nn.Module:
         """The model to train: the newest checkpoint's when resuming, else :func:`load_for_task`."""
-        from ..checkpoint import load_for_task
-
         if resume_from is not None:
             model = self.model_class.from_original(resume_from)
         else:

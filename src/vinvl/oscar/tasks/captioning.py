@@ -27,12 +27,15 @@ import torch.nn.functional as F
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
 from .. import transformers_adapter as hf
-from ..checkpoint import TrainingSettings
+from ..checkpoint import TrainingSettings, latest_checkpoint, require_checkpoint, resolve_checkpoint, training_settings
 from ..data.captions import CaptionData
+from ..generate import generate, sample
+from ..metrics.caption import CiderD, coco_caption_metrics, wrap_for_reward
 from ..modeling import OscarForCaptioning
 from ..options import CaptionOptions, DecodeOptions
 from ..tensorize import CaptionTensorizer, load_tokenizer
-from .base import Task, stack
+from ..training import Trainer
+from .base import Task, stack, task_tokenizer
 
 PathLike = Union[str, os.PathLike]
 
@@ -167,8 +170,6 @@ class CaptionTask(Task):
         self.ddp_forward = not options.scst  # SCST decodes outside forward: gradients are averaged by hand
         self._settings: dict[str, Any] = {"img_feature_dim": data.dim}
         if options.scst:
-            from ..metrics.caption import CiderD
-
             # decoding inputs keep the tag room the initial model was trained with (restore_training_settings)
             before = start_settings or {}
             self.layout = decoding_layout(before, options.max_gen_length, options)
@@ -237,9 +238,6 @@ class CaptionTask(Task):
         return (per_token * real).sum() / count, {"acc": acc}
 
     def _scst(self, batch: dict[str, torch.Tensor], ctx: Any) -> tuple[torch.Tensor, dict]:
-        from ..generate import generate, sample
-        from ..metrics.caption import wrap_for_reward
-
         o, model, tok, dev, lay = self.options, ctx.model, self.tokenizer, ctx.device, self.layout
         keys = [self.examples.keys[i] for i in batch["index"].tolist()]
         refs = [[wrap_for_reward(c) for c in self.data.refs[k]] for k in keys]
@@ -268,8 +266,6 @@ class CaptionTask(Task):
     def evaluate(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
         if self.eval_data is None:
             return None
-        from ..metrics.caption import CiderD, wrap_for_reward
-
         keys = self.eval_data.captioned_keys()
         dcfg = DecodeOptions(num_beams=1, max_gen_length=self.options.max_gen_length,
                              eval_batch_size=self.options.eval_batch_size)
@@ -287,10 +283,6 @@ def train(data: CaptionData, out_dir: PathLike, options: Optional[CaptionOptions
     The model starts from ``init`` (a captioning or pretraining checkpoint) or fresh from ``model_config`` with
     ``vocab``'s tokenizer; ``resume`` continues ``out_dir``'s newest checkpoint.
     """
-    from ..checkpoint import latest_checkpoint, resolve_checkpoint, training_settings
-    from ..training import Trainer
-    from .base import task_tokenizer
-
     options = (options or CaptionOptions()).check()
     if not data.captions:
         raise VinvlError(f"{data.name}: no captions to train on")
@@ -317,16 +309,12 @@ VINVL_CAPTION_RECIPE: dict[str, Any] = {
 
 def decoding_settings(checkpoint: PathLike) -> dict[str, Any]:
     """The training options decoding follows: those ``checkpoint`` records, else :data:`VINVL_CAPTION_RECIPE`."""
-    from ..checkpoint import training_settings
-
     return training_settings(checkpoint) or TrainingSettings(VINVL_CAPTION_RECIPE, "the VinVL captioning recipe")
 
 
 def load_captioner(checkpoint: PathLike, device: Any = "cpu") -> tuple[OscarForCaptioning, Any, dict[str, Any]]:
     """(model on ``device`` in eval mode, tokenizer, training settings) of a captioning checkpoint (folder, run
     folder or released zip); a malformed settings record stops before the weights load."""
-    from ..checkpoint import require_checkpoint
-
     checkpoint = require_checkpoint(checkpoint)
     settings = decoding_settings(checkpoint)
     decoding_layout(settings, DecodeOptions.max_gen_length)
@@ -339,8 +327,6 @@ def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], reg
                    dcfg: DecodeOptions = DecodeOptions()) -> list[str]:
     """Beam-search captions of images ``keys`` of a region source, decoded in the layout the model was trained
     with (``settings``: its training settings)."""
-    from ..generate import generate
-
     lay = decoding_layout(settings, dcfg.max_gen_length)
     t = decode_tensorizer(tok, lay)
     hf.use_attention(model.config, "sdpa")  # the decoding cache asks before any forward has chosen it
@@ -360,8 +346,6 @@ def evaluate(checkpoint: PathLike, data: CaptionData, out_dir: PathLike, dcfg: D
              device: Any = "cpu", spice: Optional[bool] = None, metrics: bool = True) -> dict[str, Any]:
     """Caption the split's images (those with captions, else all) and score them: writes
     ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``."""
-    from ..metrics.caption import coco_caption_metrics
-
     keys = data.captioned_keys() or list(data.keys)
     if not keys:
         raise VinvlError(f"{data.name}: no images to caption")

@@ -19,6 +19,7 @@ import torch
 from ...errors import VinvlError
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..options import GQAOptions
+from ..training import Trainer
 from .base import predict_logits
 from .classification import ClassificationTask
 
@@ -75,8 +76,6 @@ def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir
           eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           callbacks: tuple = ()) -> Path:
     """Fine-tune for GQA; returns the last ``checkpoint-N``."""
-    from ..training import Trainer
-
     options.check()
     train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
     eval_set = None

@@ -23,6 +23,7 @@ from ...errors import VinvlError
 from ..data.qa import PairDataset, load_pair_split
 from ..modeling import OscarForMultipleChoice
 from ..options import NLVR2Options
+from ..training import Trainer
 from .base import predict_logits
 from .classification import ClassificationTask, check_region_width
 
@@ -88,8 +89,6 @@ def train(train_file: PathLike, train_features: Any, out_dir: PathLike, options:
           eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           callbacks: tuple = ()) -> Path:
     """Fine-tune the pair model for NLVR2; returns the last ``checkpoint-N``."""
-    from ..training import Trainer
-
     options.check()
     train_set = load_split(train_file, train_features, tokenizer, options)
     eval_set = None

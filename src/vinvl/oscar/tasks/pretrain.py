@@ -13,6 +13,7 @@ from ...errors import VinvlError
 from ..data.corpus import CorpusDataset
 from ..modeling import OscarForPretraining
 from ..options import PretrainOptions
+from ..training import Trainer
 from .base import Task, accuracy, task_tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -57,8 +58,6 @@ def pretrain(corpus_yaml: PathLike, vocab: Optional[PathLike], out_dir: PathLike
              callbacks: tuple = ()) -> Path:
     """Pretrain (or continue) an :class:`OscarForPretraining`; checkpoints ``out_dir/checkpoint-N/`` in the original
     layout. ``vocab``: a vocab.txt (default: ``init``'s); returns the last checkpoint folder."""
-    from ..training import Trainer
-
     options = (options or PretrainOptions()).check()
     tok = task_tokenizer(vocab, init)
     task = PretrainTask(corpus_yaml, options, tok, init=init, model_config=model_config, data_dir=data_dir, log=log)

@@ -27,14 +27,17 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ...atomic import atomic_write
 from ...errors import VinvlError
 from .. import transformers_adapter as hf
+from ..checkpoint import require_checkpoint, training_settings
 from ..data.retrieval import Key, RetrievalSplit, RetrievalTrainSet, load_split, open_images
 from ..metrics.retrieval import fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
 from ..tensorize import RetrievalTensorizer, load_tokenizer, pad_regions
-from .base import Task
+from ..training import Trainer, autocast
+from .base import Task, task_tokenizer
 
 PathLike = Union[str, os.PathLike]
 Image = tuple[Any, list[int]]  # (region features [N, dim], tag token ids)
@@ -143,8 +146,6 @@ class FastScorer:
             keep[subset.to(self.device)] = True
             order = order[keep[order]]
         out = torch.full((len(self._lens),), float("nan"), device=self.device)
-        from ..training import autocast
-
         low = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with autocast(self.device, self.precision):
             if n_img:
@@ -245,8 +246,6 @@ def two_stage_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequ
 def restore_settings(checkpoint: PathLike, cfg: RetrievalOptions, log: Callable[[str], None]) -> RetrievalOptions:
     """The input settings a checkpoint was trained with (``training_args.json`` of vinvl, or the
     original's ``training_args.bin``) override ``cfg``'s, as the original's ``restore_training_settings``."""
-    from ..checkpoint import training_settings
-
     args = training_settings(checkpoint)
     for name in ("max_seq_length", "max_img_seq_length", "add_od_labels"):
         value = args.typed(name, getattr(cfg, name))
@@ -303,9 +302,6 @@ def train(data_dir: PathLike, out_dir: PathLike, options: Optional[RetrievalOpti
           callbacks: tuple = ()) -> Path:
     """Fine-tune a retrieval classifier on ``data_dir``'s ``{split}_captions.pt`` + features (``eval_split``:
     R@1 of that split, ``eval_keys`` its images, at each save); checkpoints ``out_dir/checkpoint-N/``; returns the last."""
-    from ..training import Trainer
-    from .base import task_tokenizer
-
     options = (options or RetrievalOptions()).check()
     tok = task_tokenizer(vocab, init)
     data = load_split(data_dir, split, features, captions_per_image=options.captions_per_image)
@@ -318,8 +314,6 @@ def train(data_dir: PathLike, out_dir: PathLike, options: Optional[RetrievalOpti
 
 def load_checkpoint(checkpoint: PathLike, device: Any = "cpu") -> tuple[OscarForSequenceClassification, Any, Path]:
     """A retrieval checkpoint (folder or run folder: its newest ``checkpoint-N/``), its tokenizer, its folder."""
-    from ..checkpoint import require_checkpoint
-
     folder = require_checkpoint(checkpoint)
     model = OscarForSequenceClassification.from_original(folder).to(device).eval()
     return model, load_tokenizer(folder), folder
@@ -375,8 +369,8 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
             entry[f"{folds}_fold"] = fold_recall(two, owner, folds)
         result["two_stage"] = entry
     if scores_out is not None:
-        torch.save({"scores": full if full is not None else two, "image_keys": list(data.keys),
-                    "caption_to_image": owner}, scores_out)
+        scores = {"scores": full if full is not None else two, "image_keys": list(data.keys), "caption_to_image": owner}
+        atomic_write(scores_out, lambda tmp: torch.save(scores, tmp))
     return result
 
 

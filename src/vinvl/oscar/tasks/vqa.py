@@ -21,6 +21,7 @@ from ...errors import VinvlError
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..metrics.qa import vqa_score
 from ..options import VQAOptions
+from ..training import Trainer
 from .base import predict_logits
 from .classification import ClassificationTask
 
@@ -96,8 +97,6 @@ def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir
           callbacks: tuple = ()) -> Path:
     """Fine-tune for VQA; each checkpoint also holds ``answers.json`` and, with ``eval_file``, its VQA score.
     Returns the last ``checkpoint-N``."""
-    from ..training import Trainer
-
     options.check()
     train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
     eval_set = None
