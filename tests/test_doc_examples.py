@@ -25,6 +25,7 @@ How an example becomes a command line, mechanically:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -243,6 +244,23 @@ def is_benchmark(tokens: list[str]) -> bool:
     return tokens[0] == "python" and tokens[1].startswith("benchmarks/")
 
 
+@functools.lru_cache(maxsize=None)
+def _tracked() -> Optional[frozenset[str]]:
+    """The files git tracks in this checkout and their folders (None outside a git checkout)."""
+    res = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    if res.returncode != 0:
+        return None
+    files = [Path(p) for p in res.stdout.decode().split("\0") if p]
+    return frozenset(str(q) for p in files for q in (p, *p.parents) if str(q) != ".")
+
+
+def _repository_path(token: str) -> bool:
+    """An input the repository ships (examples/images), not an output an earlier run left in the checkout (out/)."""
+    tracked = _tracked()
+    path = token.rstrip("/")
+    return path in tracked if tracked is not None else (REPO / path).exists()
+
+
 def stand_ins(tokens: list[str], f: Fixtures) -> list[str]:
     """Rule 4 on one command line (a benchmark keeps its own: only its --help runs); a placeholder without a
     stand-in is an error."""
@@ -256,7 +274,7 @@ def stand_ins(tokens: list[str], f: Fixtures) -> list[str]:
             out += rule(f)
         elif t.startswith(".venv/bin/"):
             out.append(t[len(".venv/bin/"):])
-        elif (REPO / t).exists() and not t.startswith("-") and "/" in t:
+        elif not t.startswith("-") and "/" in t and _repository_path(t):
             out.append(str(REPO / t))
         elif PLACEHOLDER.match(t) and t not in OUTPUT_NAMES and t not in ORIGINAL_KEYS and not (prev in ORIGINAL_KEYS or "." in prev and prev.isupper()):
             raise AssertionError(f"no stand-in for {t!r} in {' '.join(tokens)} (add one to STAND_INS)")

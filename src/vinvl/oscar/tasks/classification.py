@@ -16,6 +16,7 @@ from ..data.qa import AnswerVocab, QADataset
 from ..modeling import OscarForSequenceClassification
 from ..options import ClassificationOptions
 from ..tensorize import ClassificationTensorizer
+from ..training import Trainer
 from .base import Task, accuracy, predict_logits
 
 PathLike = Union[str, os.PathLike]
@@ -100,3 +101,19 @@ def answer_questions(model: nn.Module, tokenizer: Any, vocab: AnswerVocab, regio
     tops = top_answers(predict_logits(model, ds, batch_size), vocab, top_k, softmax)
     return [{"image": it["img_id"], "question": it["q"], "tags": it["o"], "answer": t[0][0], "score": t[0][1],
              "top": [list(a) for a in t]} for it, t in zip(items, tops)]
+
+
+def train_qa(load_split: Callable[..., QADataset], make_task: Callable[..., ClassificationTask], train_file: PathLike,
+             train_features: Any, vocab: AnswerVocab, out_dir: PathLike, options: ClassificationOptions, tokenizer: Any,
+             init: Optional[PathLike] = None, model_config: Any = None, eval_file: Optional[PathLike] = None,
+             eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+             callbacks: tuple = ()) -> Path:
+    """A question-answering fine-tuning (VQA, GQA) from its split reader and task builder; returns the last ``checkpoint-N``."""
+    options.check()
+    train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
+    eval_set = None
+    if eval_file is not None:
+        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, vocab,
+                              tokenizer, options, test=False)
+    t = make_task(train_set, vocab, options, tokenizer, init, model_config, eval_set, log)
+    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)

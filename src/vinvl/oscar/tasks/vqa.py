@@ -21,9 +21,8 @@ from ...errors import VinvlError
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..metrics.qa import vqa_score
 from ..options import VQAOptions
-from ..training import Trainer
 from .base import predict_logits
-from .classification import ClassificationTask
+from .classification import ClassificationTask, train_qa
 
 PathLike = Union[str, os.PathLike]
 
@@ -97,11 +96,5 @@ def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir
           callbacks: tuple = ()) -> Path:
     """Fine-tune for VQA; each checkpoint also holds ``answers.json`` and, with ``eval_file``, its VQA score.
     Returns the last ``checkpoint-N``."""
-    options.check()
-    train_set = load_split(train_file, train_features, vocab, tokenizer, options, test=False)
-    eval_set = None
-    if eval_file is not None:
-        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, vocab,
-                              tokenizer, options, test=False)
-    t = task(train_set, vocab, options, tokenizer, init, model_config, eval_set, log)
-    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
+    return train_qa(load_split, task, train_file, train_features, vocab, out_dir, options, tokenizer, init, model_config,
+                    eval_file, eval_features, resume, log, callbacks)
