@@ -115,11 +115,14 @@ def test_new_models_get_berts_initialisation(case: ModelCase) -> None:
         assert _tied(m)
 
 
-def test_heads_on_a_loaded_encoder(case: ModelCase, tmp_path: Path) -> None:
+TASK_CASES = [c for c in CASES if c.cls is not OscarModel]  # load_for_task builds task models (an encoder under bert.*)
+
+
+@pytest.mark.parametrize("task_case", TASK_CASES, ids=[c.name for c in TASK_CASES])
+def test_heads_on_a_loaded_encoder(task_case: ModelCase, tmp_path: Path) -> None:
     """load_for_task from a pretraining checkpoint: the encoder as saved, head weights of the same name and shape
     taken, every other head weight BERT-initialised and named in the log."""
-    if case.cls is OscarModel:
-        pytest.skip("load_for_task builds task models (an encoder under bert.*)")
+    case = task_case
     src = _model(ModelCase(OscarForPretraining), seed=1, initializer_range=0.5)
     src.save_original(tmp_path / "pre")
     logs: list[str] = []
