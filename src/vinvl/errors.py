@@ -36,9 +36,14 @@ class FormatError(VinvlError, ValueError):
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def single_spaced(text: str) -> str:
+    """``text`` with every run of whitespace (newlines and TABs too) one space, and none at either end."""
+    return " ".join(text.split())
+
+
 def one_line(text: str) -> str:
     """``text`` on one line: terminal colour codes dropped, every run of whitespace (newlines too) one space."""
-    return " ".join(_ANSI.sub("", text).split())
+    return single_spaced(_ANSI.sub("", text))
 
 
 def torch_load_problem(error: BaseException, what: str = "PyTorch checkpoint") -> str:

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import quote, urlsplit
 
 from .download import ACCESS_DENIED, Downloader, RemoteError, Result, VerificationError, unpack_zip
-from .errors import VinvlError
+from .errors import VinvlError, single_spaced
 
 SOURCE_KINDS = ("hf", "azure", "https")
 ASSET_KINDS = ("file", "folder", "zip")
@@ -431,7 +431,7 @@ class _SilentTqdm:
 
 def _one_line(e: BaseException) -> str:
     # Hub errors carry several lines (status, URL, request id): keep the message on one line.
-    text = " ".join(str(e).split())
+    text = single_spaced(str(e))
     return text or type(e).__name__
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..errors import VinvlError
+from ..errors import VinvlError, single_spaced
 from ..features import Prediction, format_features_row, format_hw_row, format_label_row, parse_hw_row
 from ..textio import read_json
 from ..tsv import TSVFile, TSVWriter, read_key_index, write_key_index
@@ -149,10 +149,6 @@ class _Images:
         return objects, int(h), int(w)
 
 
-def _clean(text: Optional[str]) -> str:
-    return " ".join(str(text or "").split())
-
-
 def build_corpus(
     sources: Sequence[TextSource],
     feature_folders: dict[str, PathLike],
@@ -185,7 +181,7 @@ def build_corpus(
                 raise VinvlError(f"{src.path}: dataset {src.dataset!r} has no feature folder")
             imgs, kind = images[src.dataset], f"{src.dataset}/{src.kind}"
             for t in read_texts(src):
-                text, key = _clean(t.text), t.key
+                text, key = single_spaced(t.text), t.key
                 if key not in imgs.chunk_of:
                     skipped[f"{kind}/no_features"] += 1
                     continue
@@ -200,7 +196,7 @@ def build_corpus(
                     skipped[f"{kind}/no_tags"] += 1
                     continue
                 img_id = L.image_id(src.dataset, key, imgs.chunk_of[key])
-                answer = _clean(t.answer)
+                answer = single_spaced(str(t.answer or ""))
                 if t.qa_id is not None and answer:
                     qa_id = L.check_id_part(t.qa_id, f"{src.path}: question id")
                     if qa_id in answers[src.dataset]:

@@ -12,6 +12,7 @@ always choose alike (a resumed extraction needs the same numerics).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import platform
@@ -24,7 +25,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..config import BackboneConfig
-from ..errors import VinvlError
+from ..errors import VinvlError, single_spaced
 from ..registry import vinvl_home
 from .backbone import Res5Head, fold_frozen_bn
 
@@ -35,29 +36,31 @@ _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 _BF16_MARGIN = 1.2
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``: x86 ``flags``, Arm ``Features``); empty where unknown."""
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of ``/proc/cpuinfo`` (read once: every core repeats them); empty where unknown."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    entries: dict[str, str] = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        entries.setdefault(name.strip(), value)
+    return entries
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``: x86 ``flags``, Arm ``Features``); empty where unknown."""
+    info = _cpuinfo()
+    return frozenset(next((info[k] for k in ("flags", "Features") if k in info), "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name, as ``/proc/cpuinfo`` or the platform gives it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() in ("model name", "Model", "cpu model"):
-                return " ".join(value.split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = _cpuinfo()
+    name = next((info[k] for k in ("model name", "Model", "cpu model") if k in info), "")
+    return single_spaced(name) or platform.processor() or platform.machine()
 
 
 def bf16_native(device: torch.device) -> bool:

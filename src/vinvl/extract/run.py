@@ -33,7 +33,7 @@ from .. import __version__
 from ..atomic import atomic_write_text
 from ..detection import Detector
 from ..detection.preprocess import to_input_tensor
-from ..errors import VinvlError
+from ..errors import VinvlError, single_spaced
 from ..features import format_features_row, format_hw_row, format_label_row
 from ..images import ImageLoadError
 from ..textio import display_path
@@ -120,10 +120,6 @@ def _line(fields: Sequence[str]) -> bytes:
     if line.count("\t") != len(fields) - 1 or line.find("\n") != len(line) - 1 or "\r" in line:
         raise ValueError(f"a row of {fields[0]!r} would contain a TAB, CR or newline inside a field")
     return line.encode("utf-8")
-
-
-def _clean(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 class _Shard:
@@ -521,7 +517,7 @@ def _write_window(
     for i, _, hw, err in pending:
         item = items[i]
         if err is not None:
-            lines["errors"].append(_line([item.key, _clean(item.where), _clean(err)]))
+            lines["errors"].append(_line([item.key, single_spaced(str(item.where)), single_spaced(str(err))]))
             continue
         det = detector.finish(*raws[i])
         boxes += len(det)
@@ -593,4 +589,4 @@ def mark_failed(out: Union[str, os.PathLike], rank: int, world_size: int, reason
     """Tell rank 0 that this rank stopped with an error, so it does not wait for it forever."""
     folder = Path(out) / WORK_DIR / f"shard-{rank:05d}-of-{world_size:05d}"
     if folder.exists():
-        atomic_write_text(folder / "FAILED", _clean(reason) + "\n")
+        atomic_write_text(folder / "FAILED", single_spaced(str(reason)) + "\n")
