@@ -9,7 +9,6 @@ here: images become regions in :mod:`vinvl.regions`, which writes the files thes
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union, runtime_checkable
@@ -44,28 +43,6 @@ class RegionSource(Protocol):
         ...
 
 
-def row_dim(path: PathLike) -> int:
-    """The region width of a feature TSV, from its first row with boxes (``key, n, base64`` or the caption variant)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
-            fields = raw.rstrip(b"\r\n").split(b"\t")
-            try:
-                if len(fields) == 2:
-                    info = json.loads(fields[1])
-                    n, blob = int(info["num_boxes"]), info["features"].encode()
-                else:
-                    n, blob = int(fields[1]), fields[2]
-                floats = (len(blob.rstrip(b"=")) * 3 // 4) // 4
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise VinvlError(f"{path}:{line}: not a feature row (key, num_boxes, base64 floats)") from None
-            if n > 0:  # rows of images without boxes say nothing of the width
-                if floats % n:
-                    raise VinvlError(f"{path}:{line}: {floats} floats do not split into {n} boxes")
-                return floats // n
-    return 2054  # no boxes anywhere: the released width
-
-
 class RegionStore:
     """Region features and tags of a feature folder (``vinvl extract`` output or a released folder):
     ``features.tsv`` (``key, num_boxes, base64`` or captioning's ``key, {"num_boxes", "features"}``) and
@@ -82,9 +59,9 @@ class RegionStore:
         fpath = self.folder / features
         if not fpath.is_file():
             raise VinvlError(f"{fpath}: no such features file")
-        self.dim = dim if dim is not None else row_dim(fpath)
-        index = fpath.parent / "imageid2idx.json"
-        self.features = FeatureTSV(fpath, dim=self.dim, key_index=index if index.is_file() else None)
+        # FeatureTSV's own width rule (manifest, else the first row with boxes) and its imageid2idx.json beside
+        self.features = FeatureTSV(fpath, dim=dim)
+        self.dim = self.features.dim  # now, so that a file of unreadable rows fails here
         self.labels = None
         if labels is not None:
             lpath = (Path(label_folder) if label_folder is not None else self.folder) / labels
