@@ -13,7 +13,8 @@ from PIL import Image
 
 from vinvl.errors import VinvlError
 from vinvl.extract import collect_images, collect_inputs, image_key, make_key_rule
-from vinvl.extract.sources import ImageLoadError, decode_image, load_image_item
+from vinvl.extract.sources import load_image_item
+from vinvl.images import ImageLoadError, decode_image
 from vinvl.tsv import write_tsv
 
 

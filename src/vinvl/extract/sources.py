@@ -4,7 +4,7 @@ Every input becomes an :class:`ImageItem` (its key and where its bytes are) befo
 starts, in a deterministic order, so a run is a function of its inputs and a duplicate or
 unmappable key is an error up front. Decoding happens later, in :func:`load_image_item`, with
 :mod:`vinvl.images`'s decoder, which turns every way an image can be broken into an
-:class:`ImageLoadError` with a reason (both names are also importable from here).
+:class:`~vinvl.images.ImageLoadError` with a reason.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from PIL import Image
 from ..dataset_spec import DatasetSpec
 from ..errors import VinvlError
 from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file, tsv_image_bytes
-from ..images import ImageLoadError  # noqa: F401 -- load_image_item's error, importable beside it
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 
