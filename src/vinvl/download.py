@@ -46,7 +46,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 from urllib.parse import quote, unquote, urlsplit
 
 from .atomic import atomic_write_json
@@ -381,6 +381,12 @@ class _Span:
             os.fsync(f.fileno())
 
 
+def file_digest(path: Union[str, os.PathLike], hasher: Any) -> Any:
+    """``hasher`` (a hashlib object, possibly already fed a prefix) updated with the bytes of ``path``."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hasher)
+
+
 def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional[str],
                       drop: Sequence[Path] = ()) -> None:
     """Check ``part`` (size, MD5, each when known) and rename it to ``path``; a mismatch deletes it and ``drop``."""
@@ -389,11 +395,7 @@ def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional
     if size is not None and got != size:
         bad = f"got {got} bytes, expected {size}"
     elif md5:
-        h = hashlib.md5()
-        with open(part, "rb") as f:
-            for chunk in iter(lambda: f.read(4 * MiB), b""):
-                h.update(chunk)
-        digest = base64.b64encode(h.digest()).decode()
+        digest = base64.b64encode(file_digest(part, hashlib.md5()).digest()).decode()
         if digest != md5:
             bad = f"MD5 mismatch (server says {md5}, got {digest})"
     if bad:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import quote, urlsplit
 
-from .download import ACCESS_DENIED, Downloader, RemoteError, Result, VerificationError, unpack_zip
+from .download import ACCESS_DENIED, Downloader, RemoteError, Result, VerificationError, file_digest, unpack_zip
 from .errors import VinvlError, single_spaced
 
 SOURCE_KINDS = ("hf", "azure", "https")
@@ -436,20 +436,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def _git_blob_sha1(path: Path) -> str:
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode())).hexdigest()
 
 
-def file_sha256(path: "os.PathLike | str", chunk: int = 1 << 24) -> str:
+def file_sha256(path: "os.PathLike | str") -> str:
     """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, hashlib.sha256()).hexdigest()
 
 
 def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int], what: str,
