@@ -7,7 +7,6 @@ stores, never the detector.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -17,6 +16,7 @@ from .detection import Detector
 from .extract import collect_inputs, extract
 from .oscar.data.regions import RegionStore
 from .registry import default_detector, resolve_detector
+from .tsv import read_key_index
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,7 +51,7 @@ def regions_for_images(
     complete = (out / "manifest.json").is_file() and (out / "features.tsv").is_file()
     extract(items, det, out, quiet=quiet, resume=complete, overwrite=not complete)
     store = RegionStore(out)
-    done = set(json.loads((out / "imageid2idx.json").read_text()))
+    done = set(read_key_index(out / "imageid2idx.json"))
     return [it.key for it in items if it.key in done], store
 
 
