@@ -248,7 +248,8 @@ class StepContext:
     runtime: Runtime
 
 
-def _stderr(message: str) -> None:
+def stderr_log(message: str) -> None:
+    """The default progress log of training and of the tasks: one line on stderr."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -308,7 +309,7 @@ class Trainer:
         """``task``: a :class:`~vinvl.oscar.tasks.base.Task`; ``callbacks``: called with the number of steps done
         after each optimizer step (its checkpoint, if any, written)."""
         self.task, self.opts, self.out = task, options.check(), Path(out_dir)
-        self.log = log or _stderr
+        self.log = log or stderr_log
         self.callbacks = list(callbacks)
 
     def autocast(self, device: torch.device) -> Any:

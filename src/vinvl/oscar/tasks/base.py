@@ -10,7 +10,6 @@ built once, the same way for every task (:func:`vinvl.oscar.checkpoint.load_for_
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
@@ -22,6 +21,7 @@ from ..checkpoint import load_for_task, require_checkpoint
 from ..metrics.qa import accuracy
 from ..options import TrainingOptions
 from ..tensorize import load_tokenizer
+from ..training import stderr_log
 
 __all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
 
@@ -40,11 +40,6 @@ class ExampleSet(Protocol):
 def stack(examples: Sequence[dict[str, torch.Tensor]]) -> Batch:
     """Examples (dicts of tensors) stacked key by key."""
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
-
-
-def stderr_log(message: str) -> None:
-    """The default progress log: one line on stderr."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def task_tokenizer(vocab: Optional[PathLike], init: Optional[PathLike], do_lower_case: bool = True) -> Any:

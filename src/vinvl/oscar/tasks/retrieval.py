@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -36,7 +35,7 @@ from ..metrics.retrieval import fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
 from ..tensorize import RetrievalTensorizer, load_tokenizer, pad_regions
-from ..training import Trainer, autocast
+from ..training import Trainer, autocast, stderr_log
 from .base import Task, task_tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -336,7 +335,7 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
     the full score matrix; ``folds``: also the mean over that many image folds (5: COCO 1K);
     ``two_stage`` k > 0: the full model only on each side's top-k ``first_stage`` candidates
     (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost)."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or stderr_log
     model, tok, folder = load_checkpoint(checkpoint, device)
     cfg = restore_settings(folder, cfg or RetrievalOptions(), log)
     data = load_split(data_dir, split, features, keys_file, cfg.captions_per_image)
@@ -380,7 +379,7 @@ def rank(checkpoint: PathLike, features: PathLike, captions: Sequence[str], imag
          log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """For each image of a feature folder (or ``image_keys`` of it), its ``top`` captions; for each
     caption, its ``top`` images; every entry ``{"caption"|"image": ..., "score": ...}``."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or stderr_log
     model, tok, folder = load_checkpoint(checkpoint, device)
     cfg = restore_settings(folder, RetrievalOptions(), log)
     builder = RetrievalTensorizer(tok, cfg.max_seq_length, cfg.max_img_seq_length, cfg.add_od_labels)
