@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import typer
 
 from ..errors import VinvlError
+from ..oscar.options import check_device
 
 
 def output_folder_problem(path: Path) -> Optional[str]:
@@ -70,8 +71,21 @@ def one_of(*choices: str) -> Callable[[Optional[str]], Optional[str]]:
 
 def device_name(value: Optional[str]) -> Optional[str]:
     """Typer callback of ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is there is checked later)."""
-    if value is None or value == "cpu" or value == "cuda":
-        return value
-    if value.startswith("cuda:") and value[5:].isdigit():
+    if value is None or (value != "auto" and _device_grammar(value)):
         return value
     raise typer.BadParameter(f"{value!r} is not cpu, cuda or cuda:N")
+
+
+def device_or_auto(value: Optional[str]) -> Optional[str]:
+    """Typer callback of a ``--device`` that also takes ``auto`` (CUDA when present)."""
+    if value is None or _device_grammar(value):
+        return value
+    raise typer.BadParameter(f"{value!r} is not auto, cpu, cuda or cuda:N")
+
+
+def _device_grammar(value: str) -> bool:
+    try:
+        check_device(value)  # the one grammar of device names (the Oscar+ Trainer's too)
+    except VinvlError:
+        return False
+    return True

@@ -19,21 +19,11 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
-from ..errors import VinvlError
 from ..oscar import options as O
-from .options import one_of, output_folder
+from .options import device_or_auto, one_of, output_folder
 
 REQUIRED = object()  # no default: the option must be given
 RESTORED = object()  # default: the value the checkpoint was trained with, else the task's
-
-
-def _device(value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return value
-    try:
-        return O.check_device(value)
-    except VinvlError:
-        raise typer.BadParameter(f"{value!r} is not auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass(frozen=True)
@@ -112,7 +102,7 @@ OPTIONS: dict[str, Opt] = {
     "name": _o("--name", type=str, default=REQUIRED, help="Split name: NAME.yaml, NAME.feature.tsv, NAME.label.tsv, "
                "NAME_caption.json."),
     # -- the run -----------------------------------------------------------------------------------------
-    "device": _o("--device", type=str, default="auto", callback=_device, help="auto (CUDA when present), cpu, cuda or cuda:N; under "
+    "device": _o("--device", type=str, default="auto", callback=device_or_auto, help="auto (CUDA when present), cpu, cuda or cuda:N; under "
                  "torchrun each process takes cuda:LOCAL_RANK."),
     "precision": _o("--precision", type=str, default="fp32", choices=O.PRECISIONS, help="fp32, bf16 or fp16 autocast (fp16 training "
                     "with a gradient scaler)."),
