@@ -4,19 +4,22 @@ Values are decoded and type-checked as yacs (the original's config library) does
 through ``ast.literal_eval`` when they parse (``True``, ``0.2``, ``(1, 2)``, ``"['rect']"``),
 a replacement must have its default's type, lists and tuples convert into each other (and,
 leniently, an int is accepted where a float is expected). Every key must exist in the
-original's schema (``data/original_defaults.yaml``); settings vinvl cannot honour (FPN bodies,
-masks, test-time augmentation, ...) are refused with the key and the reason.
+original's schema (``data/original_defaults.yaml``) and is in exactly one class: ``MAPPED``
+(read into the typed config), ``NO_EFFECT`` / ``NO_EFFECT_SECTIONS`` (the original's test-time
+outputs do not depend on it) or ``REFUSED`` (values vinvl cannot honour are an error naming the
+key); ``key_table`` renders them for docs/original-config.md.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import yaml
 
@@ -34,8 +37,6 @@ from .detector import (
 
 # ResNet C4 bodies: blocks of layer1-3 and of the res5 head.
 _BODIES = {"R-50-C4": (3, 4, 6, 3), "R-101-C4": (3, 4, 23, 3), "R-152-C4": (3, 8, 36, 3)}
-# TSV_SAVE_SUBSET names the writers know.
-SAVE_SUBSET_NAMES = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
 
 
 class ConfigError(VinvlError):
@@ -132,29 +133,275 @@ def get(cfg: dict[str, Any], key: str) -> Any:
     return node
 
 
-# Settings whose other values vinvl cannot honour: key -> (allowed values, reason).
-_MUST = {
-    "MODEL.RPN_ONLY": ((False,), "RPN-only models"),
-    "MODEL.MASK_ON": ((False,), "mask heads"),
-    "MODEL.KEYPOINT_ON": ((False,), "keypoint heads"),
-    "MODEL.RETINANET_ON": ((False,), "RetinaNet"),
-    "MODEL.RELATION_ON": ((False,), "relation heads"),
-    "MODEL.META_ARCHITECTURE": (("AttrRCNN", "GeneralizedRCNN"), "other meta-architectures"),
-    "MODEL.RPN.USE_FPN": ((False,), "FPN"),
-    "MODEL.ROI_HEADS.USE_FPN": ((False,), "FPN"),
-    "MODEL.RPN.RPN_HEAD": (("SingleConvRPNHead",), "other RPN heads"),
-    "MODEL.RESNETS.RES5_DILATION": ((1,), "dilated res5"),
-    "MODEL.RESNETS.WITH_MODULATED_DCN": ((False,), "deformable convolutions"),
-    "MODEL.RESNETS.TRANS_FUNC": (("BottleneckWithFixedBatchNorm",), "other residual blocks"),
-    "MODEL.RESNETS.STEM_FUNC": (("StemWithFixedBatchNorm",), "other stems"),
-    "MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR": (("ResNet50Conv5ROIFeatureExtractor",), "other box heads"),
-    "MODEL.ROI_BOX_HEAD.PREDICTOR": (("FastRCNNPredictor",), "other box predictors"),
-    "MODEL.ROI_BOX_HEAD.DILATION": ((1,), "dilated box heads"),
-    "MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": ((True,), "a separate attribute extractor"),
-    "MODEL.ROI_ATTRIBUTE_HEAD.PREDICTOR": (("AttributeRCNNPredictor",), "other attribute predictors"),
-    "TEST.BBOX_AUG.ENABLED": ((False,), "test-time augmentation"),
-    "DTYPE": (("float32",), "other precisions"),
+# -- Every key of the original's schema is in exactly one class (the table: docs/original-config.md) -------------
+# MAPPED: to_run reads it into DetectorConfig / OriginalRun. NO_EFFECT: what tools/test_sg_net.py writes with an
+# AttrRCNN does not depend on it. REFUSED: vinvl cannot honour it, so only the values its rule accepts pass.
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A key vinvl cannot honour: a value ``accepts`` rejects (without one: any but the default) is an error."""
+
+    why: str
+    accepted: str = "the default"
+    accepts: Optional[Callable[[Any, dict[str, Any]], bool]] = None
+
+
+# key -> the field it sets.
+MAPPED: dict[str, str] = {
+    "DATA_DIR": "`OriginalRun.data_dir`: where the DATASETS.TEST yamls (and a relative label map) are",
+    "DATASETS.TEST": "`OriginalRun.datasets_test`: the dataset yamls extracted when no --images are given",
+    "DATASETS.LABELMAP_FILE": "`OriginalRun.labelmap`: the path as given when that file exists, else under DATA_DIR",
+    "DATALOADER.ASPECT_RATIO_GROUPING": "`OriginalRun.aspect_ratio_grouping` (`ExtractOptions.aspect_ratio_grouping`): "
+    "with TEST.IMS_PER_BATCH > 1, images with h >= w are batched apart from the others, as the original does",
+    "MODEL.DEVICE": "`OriginalRun.device`",
+    "MODEL.WEIGHT": "`OriginalRun.weights`",
+    "OUTPUT_DIR": "`OriginalRun.output_dir`: vinvl writes into it (the original into OUTPUT_DIR/inference/<weights>/)",
+    "MODEL.RPN.FORCE_BOXES": "`OriginalRun.boxes_given`: the dataset yaml's `label` boxes are the proposals (no RPN)",
+    "TEST.SKIP_PERFORMANCE_EVAL": "`OriginalRun.evaluate` (its negation); the predictions do not change",
+    "TEST.TSV_SAVE_SUBSET": "`OriginalRun.save_subset` (in its order); `scores_all` sets "
+    "`postprocess.output_scores_all`, `boxes_all` `postprocess.output_boxes_all`",
+    "TEST.IMS_PER_BATCH": "`batch_size`, with `batching` 'padded' (images zero-padded together, in the batches of "
+                          "DATALOADER.ASPECT_RATIO_GROUPING)",
+    "MODEL.BACKBONE.CONV_BODY": "`backbone.blocks`: R-50-C4, R-101-C4 or R-152-C4",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": "`backbone.stem_out_channels`",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": "`backbone.res2_out_channels`",
+    "MODEL.RESNETS.NUM_GROUPS": "`backbone.num_groups`",
+    "MODEL.RESNETS.WIDTH_PER_GROUP": "`backbone.width_per_group`",
+    "MODEL.RESNETS.STRIDE_IN_1X1": "`backbone.stride_in_1x1`",
+    "MODEL.RPN.ANCHOR_SIZES": "`rpn.anchor_sizes`",
+    "MODEL.RPN.ASPECT_RATIOS": "`rpn.aspect_ratios`",
+    "MODEL.RPN.ANCHOR_STRIDE": "`rpn.anchor_stride` (one level: no FPN)",
+    "MODEL.RPN.PRE_NMS_TOP_N_TEST": "`rpn.pre_nms_top_n`",
+    "MODEL.RPN.POST_NMS_TOP_N_TEST": "`rpn.post_nms_top_n`",
+    "MODEL.RPN.NMS_THRESH": "`rpn.nms_thresh`",
+    "MODEL.RPN.MIN_SIZE": "`rpn.min_box_size`",
+    "MODEL.ROI_BOX_HEAD.NUM_CLASSES": "`box_head.num_classes`",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": "`box_head.pooler_resolution`",
+    "MODEL.ROI_BOX_HEAD.POOLER_SCALES": "`box_head.pooler_scale` (one level: no FPN)",
+    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": "`box_head.sampling_ratio`",
+    "MODEL.ROI_HEADS.BBOX_REG_WEIGHTS": "`box_head.bbox_reg_weights`",
+    "MODEL.CLS_AGNOSTIC_BBOX_REG": "`box_head.cls_agnostic_bbox_reg`",
+    "MODEL.ATTRIBUTE_ON": "`attributes.enabled`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES": "`attributes.num_attributes`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.CLS_EMD_DIM": "`attributes.cls_embed_dim`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.ATTR_EMD_DIM": "`attributes.hidden_dim`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD": "`attributes.threshold`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_OBJ": "`attributes.max_per_box`",
+    "MODEL.ROI_HEADS.NMS_FILTER": "`postprocess.nms_filter` (0, 1 or 2)",
+    "MODEL.ROI_HEADS.SCORE_THRESH": "`postprocess.score_thresh`",
+    "MODEL.ROI_HEADS.NMS": "`postprocess.nms_thresh`",
+    "MODEL.ROI_HEADS.DETECTIONS_PER_IMG": "`postprocess.detections_per_img`",
+    "MODEL.ROI_HEADS.MIN_DETECTIONS_PER_IMG": "`postprocess.min_detections_per_img`",
+    "MODEL.ROI_BOX_HEAD.FORCE_BOXES": "`postprocess.force_boxes`: 'on' if True else 'off' (every box kept, best class)",
+    "TEST.IGNORE_BOX_REGRESSION": "`postprocess.ignore_box_regression`",
+    "INPUT.MIN_SIZE_TEST": "`input.min_size`",
+    "INPUT.MAX_SIZE_TEST": "`input.max_size`",
+    "INPUT.PIXEL_MEAN": "`input.pixel_mean`",
+    "INPUT.PIXEL_STD": "`input.pixel_std`",
+    "INPUT.TO_BGR255": "`input.to_bgr255`",
 }
+
+# Whole sections without effect: key prefix -> why.
+NO_EFFECT_SECTIONS: dict[str, str] = {
+    "SOLVER.": "training only (optimizer, schedule, checkpoints)",
+    "MODEL.FPN.": "FPN only (MODEL.RPN.USE_FPN must be False)",
+    "MODEL.GROUP_NORM.": "GroupNorm layers: FPN and GN heads or GN ResNet blocks only, none of which a C4 model with "
+    "the required FixedBatchNorm blocks has",
+    "MODEL.FBNET.": "the FBNet backbone only (MODEL.BACKBONE.CONV_BODY must be a ResNet C4 body)",
+    "MODEL.TRANSFORMER.": "the ViL/ViT backbones and ViT box head only (a ResNet C4 body and the res5 box head are "
+    "required)",
+    "MODEL.RETINANET.": "RetinaNet only (MODEL.RETINANET_ON must be False)",
+    "MODEL.ROI_MASK_HEAD.": "the mask head only (MODEL.MASK_ON must be False)",
+    "MODEL.ROI_KEYPOINT_HEAD.": "the keypoint head only (MODEL.KEYPOINT_ON must be False)",
+    "MODEL.ROI_RELATION_HEAD.": "the relation head and relation datasets only (MODEL.RELATION_ON must be False)",
+    "TEST.BBOX_AUG.": "test-time augmentation only (TEST.BBOX_AUG.ENABLED must be False)",
+}
+
+_TRAIN = "training only"
+# Single keys without effect: key -> why.
+NO_EFFECT: dict[str, str] = {
+    "DATALOADER.NUM_WORKERS": "data loader processes: the same images in the same batches",
+    "DATASETS.FACTORY_TEST": "the dataset class reading each DATASETS.TEST yaml: every TSV dataset takes the images, "
+    "keys and order from the yaml's img/hw/linelist files, which vinvl reads itself",
+    "DATASETS.FACTORY_TRAIN": _TRAIN + " (training datasets)",
+    "DATASETS.TRAIN": _TRAIN + " (training datasets)",
+    "DISTRIBUTED_BACKEND": "multi-GPU communication only",
+    "LOG_LOSS_PERIOD": _TRAIN + " (loss logging)",
+    "PATHS_CATALOG": "resolves catalog dataset names and catalog:// weights; vinvl takes DATASETS.TEST and "
+    "MODEL.WEIGHT as files (a name that is no file is an error)",
+    "INPUT.MIN_SIZE_TRAIN": _TRAIN + " (test: INPUT.MIN_SIZE_TEST)",
+    "INPUT.MAX_SIZE_TRAIN": _TRAIN + " (test: INPUT.MAX_SIZE_TEST)",
+    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN": _TRAIN + " (random flips)",
+    "INPUT.VERTICAL_FLIP_PROB_TRAIN": _TRAIN + " (random flips)",
+    "INPUT.BRIGHTNESS": _TRAIN + " (colour jitter; 0 at test time)",
+    "INPUT.CONTRAST": _TRAIN + " (colour jitter; 0 at test time)",
+    "INPUT.SATURATION": _TRAIN + " (colour jitter; 0 at test time)",
+    "INPUT.HUE": _TRAIN + " (colour jitter; 0 at test time)",
+    "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": _TRAIN + " (which stages get gradients)",
+    "MODEL.RESNETS.DEFORMABLE_GROUPS": "deformable convolutions only (MODEL.RESNETS.STAGE_WITH_DCN must be all False)",
+    "MODEL.FREQ_PRIOR": "the relation head only (MODEL.RELATION_ON must be False)",
+    "MODEL.USE_FREQ_PRIOR": "the relation head only (MODEL.RELATION_ON must be False)",
+    "MODEL.RPN.PRE_NMS_TOP_N_TRAIN": _TRAIN,
+    "MODEL.RPN.POST_NMS_TOP_N_TRAIN": _TRAIN,
+    "MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN": _TRAIN,
+    "MODEL.RPN.FPN_POST_NMS_TOP_N_TEST": "applied only across several feature levels (FPN); the C4 RPN has one level, "
+    "capped by MODEL.RPN.POST_NMS_TOP_N_TEST",
+    "MODEL.RPN.FPN_POST_NMS_PER_BATCH": "read only when training with several feature levels (FPN)",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": _TRAIN + " (RPN loss sampling)",
+    "MODEL.RPN.POSITIVE_FRACTION": _TRAIN + " (RPN loss sampling)",
+    "MODEL.RPN.FG_IOU_THRESHOLD": _TRAIN + " (RPN loss matching)",
+    "MODEL.RPN.BG_IOU_THRESHOLD": _TRAIN + " (RPN loss matching)",
+    "MODEL.RPN.STRADDLE_THRESH": _TRAIN + " (anchor visibility, read by the RPN loss only)",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": _TRAIN + " (proposal sampling for the box loss)",
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": _TRAIN + " (proposal sampling for the box loss)",
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD": _TRAIN + " (proposal matching)",
+    "MODEL.ROI_HEADS.BG_IOU_THRESHOLD": _TRAIN + " (proposal matching)",
+    "MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM": "the FPN box heads only (the res5 head is required)",
+    "MODEL.ROI_BOX_HEAD.CONV_HEAD_DIM": "the FPN box heads only (the res5 head is required)",
+    "MODEL.ROI_BOX_HEAD.NUM_STACKED_CONVS": "the FPN box heads only (the res5 head is required)",
+    "MODEL.ROI_BOX_HEAD.USE_GN": "the FPN box heads only (the res5 head is required)",
+    "MODEL.ROI_ATTRIBUTE_HEAD.FEATURE_EXTRACTOR": "the attribute head's own extractor, replaced by the box head's "
+    "(SHARE_BOX_FEATURE_EXTRACTOR must be True with attributes on)",
+    "MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT": _TRAIN + " (attribute loss)",
+    "MODEL.ROI_ATTRIBUTE_HEAD.MLP_HEAD_DIM": "never read by the original",
+    "MODEL.ROI_ATTRIBUTE_HEAD.POOLER_RESOLUTION": "never read by the original (attributes pool with the box head)",
+    "MODEL.ROI_ATTRIBUTE_HEAD.POOLER_SAMPLING_RATIO": "never read by the original (attributes pool with the box head)",
+    "MODEL.ROI_ATTRIBUTE_HEAD.POOLER_SCALES": "never read by the original (attributes pool with the box head)",
+    "TEST.DETECTIONS_PER_IMG": "read by RetinaNet and relation datasets only; the box head's cap is "
+    "MODEL.ROI_HEADS.DETECTIONS_PER_IMG",
+    "TEST.EXPECTED_RESULTS": "compared with the evaluation's metrics only",
+    "TEST.EXPECTED_RESULTS_SIGMA_TOL": "compared with the evaluation's metrics only",
+    "TEST.GATHER_ON_CPU": "how multi-GPU predictions are gathered",
+    "TEST.OUTPUT_ATTRIBUTE_FEATURE": "adds an attr_feature field that the TSV writer never writes",
+    "TEST.OUTPUT_FEATURE": "keeps pooled box features (and scores_all, boxes_all) for the TSV writer; a "
+    "TEST.TSV_SAVE_SUBSET naming feature, scores_all or boxes_all needs it True (refused otherwise)",
+    "TEST.OUTPUT_RELATION_FEATURE": "the relation head only (MODEL.RELATION_ON must be False)",
+    "TEST.SAVE_PREDICTIONS": "also writes predictions.pth (the same predictions, pickled)",
+    "TEST.SAVE_RESULTS_TO_TSV": "whether the original writes predictions.tsv at all: vinvl extract always writes it",
+}
+
+_DCN = "vinvl does not implement deformable convolutions"
+_FPN = "vinvl does not implement FPN"
+
+
+def _attributes_off(cfg: dict[str, Any]) -> bool:
+    return not get(cfg, "MODEL.ATTRIBUTE_ON")
+
+
+def _c4_channels(value: Any, cfg: dict[str, Any]) -> bool:
+    # The C4 body's output (layer3) has 4 x RES2_OUT_CHANNELS channels; the RPN and box head are built for this many.
+    return value == 4 * get(cfg, "MODEL.RESNETS.RES2_OUT_CHANNELS")
+
+
+def _attr_cap_accepted(value: Any, cfg: dict[str, Any]) -> bool:
+    # The original's cap zeroes the scores below the k-th smallest of the image's N x A attribute scores, zeros
+    # included, k = n - cap + 1 for the n scores above the threshold: that is 0 (nothing removed) unless n > (N A +
+    # cap - 1) / 2, impossible when threshold >= 2 / A (a box has fewer than 1 / threshold above it). vinvl applies
+    # no cap; its default is accepted as a documented difference (docs/original-config.md).
+    threshold = get(cfg, "MODEL.ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD")
+    num = get(cfg, "MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES")
+    return (value == _default("MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_IMG") or value <= 0
+            or _attributes_off(cfg) or threshold * num >= 2)
+
+
+REFUSED: dict[str, Refused] = {
+    "MODEL.RPN_ONLY": Refused("vinvl does not implement RPN-only models"),
+    "MODEL.MASK_ON": Refused("vinvl does not implement mask heads"),
+    "MODEL.KEYPOINT_ON": Refused("vinvl does not implement keypoint heads"),
+    "MODEL.RETINANET_ON": Refused("vinvl does not implement RetinaNet"),
+    "MODEL.RELATION_ON": Refused("vinvl does not implement relation heads"),
+    "MODEL.META_ARCHITECTURE": Refused(
+        "vinvl does not implement other meta-architectures", "AttrRCNN, GeneralizedRCNN (the same without attributes)",
+        lambda v, cfg: v in ("AttrRCNN", "GeneralizedRCNN")),
+    "MODEL.RPN.USE_FPN": Refused(_FPN),
+    "MODEL.ROI_HEADS.USE_FPN": Refused(_FPN),  # never read by the original, but it asks for FPN
+    "MODEL.RPN.RPN_HEAD": Refused("vinvl does not implement other RPN heads"),
+    "MODEL.RESNETS.RES5_DILATION": Refused("vinvl does not implement dilated res5"),
+    "MODEL.RESNETS.WITH_MODULATED_DCN": Refused(_DCN),
+    "MODEL.RESNETS.STAGE_WITH_DCN": Refused(_DCN, "no stage with True", lambda v, cfg: not any(v)),
+    "MODEL.RESNETS.TRANS_FUNC": Refused("vinvl does not implement other residual blocks"),
+    "MODEL.RESNETS.STEM_FUNC": Refused("vinvl does not implement other stems"),
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS": Refused(
+        "the C4 body has 4 x MODEL.RESNETS.RES2_OUT_CHANNELS channels, which the RPN and box head are built for",
+        "4 x RES2_OUT_CHANNELS", _c4_channels),
+    "MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR": Refused("vinvl does not implement other box heads"),
+    "MODEL.ROI_BOX_HEAD.PREDICTOR": Refused("vinvl does not implement other box predictors"),
+    "MODEL.ROI_BOX_HEAD.DILATION": Refused("vinvl does not implement dilated box heads"),
+    "MODEL.ROI_ATTRIBUTE_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": Refused(
+        "vinvl does not implement a separate attribute extractor", "the default, or anything with attributes off",
+        lambda v, cfg: v is True or _attributes_off(cfg)),
+    "MODEL.ROI_ATTRIBUTE_HEAD.PREDICTOR": Refused(
+        "vinvl does not implement other attribute predictors", "the default, or anything with attributes off",
+        lambda v, cfg: v == "AttributeRCNNPredictor" or _attributes_off(cfg)),
+    "MODEL.ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_IMG": Refused(
+        "vinvl does not implement the per-image attribute cap",
+        "the default, <= 0 (no cap), or where the cap cannot act: attributes off or "
+        "POSTPROCESS_ATTRIBUTES_THRESHOLD >= 2 / NUM_ATTRIBUTES", _attr_cap_accepted),
+    "MODEL.ROI_RELATION_HEAD.DETECTOR_PRE_CALCULATED": Refused(
+        "vinvl does not implement pre-computed detections (relation datasets pass them as targets)"),
+    "DATALOADER.SIZE_DIVISIBILITY": Refused(
+        "vinvl does not pad batches to a multiple of it (padding changes the feature maps and anchors)",
+        "<= 0 (no padding to a multiple)", lambda v, cfg: v <= 0),
+    "TEST.BBOX_AUG.ENABLED": Refused("vinvl does not implement test-time augmentation"),
+    # The original reads DTYPE only when training (mixed precision): refused rather than ignored, so that a
+    # float16 config is not taken for a float16 extraction.
+    "DTYPE": Refused("the original form extracts in float32; use vinvl extract --dtype for other precisions"),
+}
+
+# TEST.TSV_SAVE_SUBSET: the object fields the original's writer knows, and its relation fields.
+SAVE_SUBSET_NAMES = ("rect", "class", "conf", "feature", "scores_all", "boxes_all",
+                     "attr_labels", "attr_scores", "attr_scores_all")
+RELATION_SUBSET_NAMES = ("relations", "relation_scores", "relation_scores_all", "relation_feature")
+
+
+def flat_items(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of a nested config, in its order."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults_flat() -> dict[str, Any]:
+    return flat_items(original_defaults())
+
+
+def _default(key: str) -> Any:
+    return _defaults_flat()[key]
+
+
+def key_class(key: str) -> tuple[str, str]:
+    """``("mapped" | "no effect" | "refused", where it goes or why)`` of an original key; KeyError if in no class."""
+    if key in MAPPED:
+        return "mapped", MAPPED[key]
+    if key in REFUSED:
+        rule = REFUSED[key]
+        return "refused", f"{rule.why}; accepted: {rule.accepted}"
+    if key in NO_EFFECT:
+        return "no effect", NO_EFFECT[key]
+    for prefix, why in NO_EFFECT_SECTIONS.items():
+        if key.startswith(prefix):
+            return "no effect", why
+    raise KeyError(f"{key} is in no class of vinvl.config.original")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return (text if len(text) <= 40 else text[:37] + "...").replace("|", "\\|")
+
+
+def key_table() -> str:
+    """The markdown table of every key of the original's defaults: default, class, and where it goes or why."""
+    rows = ["| Key | Default | Class | Where it goes / why |", "|---|---|---|---|"]
+    for key, value in _defaults_flat().items():
+        kind, why = key_class(key)
+        rows.append(f"| `{key}` | `{_show(value)}` | {kind} | {why.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
 
 
 @dataclass(frozen=True)
@@ -169,54 +416,72 @@ class OriginalRun:
     save_subset: tuple[str, ...]
     data_dir: str
     datasets_test: tuple[str, ...]
+    # MODEL.RPN.FORCE_BOXES: the dataset yamls' `label` boxes are the proposals (the RPN is skipped).
+    boxes_given: bool = False
+    # not TEST.SKIP_PERFORMANCE_EVAL: the original also evaluates against the labels (vinvl: `vinvl detector eval`).
+    evaluate: bool = False
+    # DATALOADER.ASPECT_RATIO_GROUPING: with batch_size > 1 the original batches images with h >= w apart.
+    aspect_ratio_grouping: bool = True
 
 
 def _check_supported(cfg: dict[str, Any], source: str) -> None:
-    for key, (allowed, what) in _MUST.items():
+    for key, rule in REFUSED.items():
         value = get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} {value!r} is not supported (vinvl does not implement {what})")
+        if not (rule.accepts(value, cfg) if rule.accepts else value == _default(key)):
+            raise ConfigError(f"{source}: {key} {value!r} is not supported ({rule.why})")
     body = get(cfg, "MODEL.BACKBONE.CONV_BODY")
     if body not in _BODIES:
         raise ConfigError(
             f"{source}: MODEL.BACKBONE.CONV_BODY {body!r} is not supported (C4 bodies only: {', '.join(_BODIES)})"
         )
-    if any(get(cfg, "MODEL.RESNETS.STAGE_WITH_DCN")):
-        raise ConfigError(f"{source}: MODEL.RESNETS.STAGE_WITH_DCN is not supported (deformable convolutions)")
     for key in ("MODEL.RPN.ANCHOR_STRIDE", "MODEL.ROI_BOX_HEAD.POOLER_SCALES"):
         if len(get(cfg, key)) != 1:
             raise ConfigError(f"{source}: {key} must have one level (no FPN), got {get(cfg, key)!r}")
-    subset = get(cfg, "TEST.TSV_SAVE_SUBSET")
-    unknown = [s for s in subset if s not in SAVE_SUBSET_NAMES]
-    if unknown:
-        raise ConfigError(
-            f"{source}: TEST.TSV_SAVE_SUBSET names {unknown}; vinvl writes {', '.join(SAVE_SUBSET_NAMES)}"
-        )
     if get(cfg, "MODEL.ROI_HEADS.NMS_FILTER") not in (0, 1, 2):
         raise ConfigError(f"{source}: MODEL.ROI_HEADS.NMS_FILTER must be 0, 1 or 2")
+    _check_subset(cfg, source)
+
+
+def _check_subset(cfg: dict[str, Any], source: str) -> None:
+    subset = list(get(cfg, "TEST.TSV_SAVE_SUBSET"))
+    key = "TEST.TSV_SAVE_SUBSET"
+    relations = [s for s in subset if s in RELATION_SUBSET_NAMES]
+    if relations:
+        raise ConfigError(f"{source}: {key} names {relations}, which is not supported (vinvl does not implement "
+                          "relation heads)")
+    unknown = [s for s in subset if s not in SAVE_SUBSET_NAMES]
+    if unknown:
+        raise ConfigError(f"{source}: {key} names {unknown}; vinvl writes {', '.join(SAVE_SUBSET_NAMES)}")
+    # Each refusal below is a subset the original's TSV writer fails on (KeyError on a field its boxes lack).
+    attrs = [s for s in subset if s.startswith("attr_")]
+    if attrs and not get(cfg, "MODEL.ATTRIBUTE_ON"):
+        raise ConfigError(f"{source}: {key} names {attrs} but MODEL.ATTRIBUTE_ON is False (no attribute head)")
+    pooled = [s for s in subset if s in ("feature", "scores_all", "boxes_all")]
+    if pooled and not get(cfg, "TEST.OUTPUT_FEATURE"):
+        raise ConfigError(f"{source}: {key} names {pooled} but TEST.OUTPUT_FEATURE is False (the original keeps no "
+                          "pooled features, scores_all or boxes_all then; set TEST.OUTPUT_FEATURE True)")
+    alls = [s for s in subset if s in ("scores_all", "boxes_all")]
+    if alls and get(cfg, "MODEL.ROI_HEADS.NMS_FILTER") == 2 and not get(cfg, "MODEL.ROI_BOX_HEAD.FORCE_BOXES"):
+        raise ConfigError(f"{source}: {key} names {alls} but MODEL.ROI_HEADS.NMS_FILTER 2 keeps no scores_all or "
+                          "boxes_all (the original's filter_results_fast does not)")
 
 
 def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
     """Map a merged original config onto vinvl's typed detector config and run settings."""
     _check_supported(cfg, source)
     g = lambda key: get(cfg, key)  # noqa: E731
-    res2 = g("MODEL.RESNETS.RES2_OUT_CHANNELS")
     backbone = BackboneConfig(
         stem_out_channels=g("MODEL.RESNETS.STEM_OUT_CHANNELS"),
-        res2_out_channels=res2,
+        res2_out_channels=g("MODEL.RESNETS.RES2_OUT_CHANNELS"),
         num_groups=g("MODEL.RESNETS.NUM_GROUPS"),
         width_per_group=g("MODEL.RESNETS.WIDTH_PER_GROUP"),
         blocks=_BODIES[g("MODEL.BACKBONE.CONV_BODY")],
         stride_in_1x1=g("MODEL.RESNETS.STRIDE_IN_1X1"),
     )
-    if g("MODEL.RESNETS.BACKBONE_OUT_CHANNELS") != backbone.stage_channels(3)[1]:
-        raise ConfigError(
-            f"{source}: MODEL.RESNETS.BACKBONE_OUT_CHANNELS {g('MODEL.RESNETS.BACKBONE_OUT_CHANNELS')} "
-            f"disagrees with the C4 body's {backbone.stage_channels(3)[1]} channels"
-        )
     attributes_on = bool(g("MODEL.ATTRIBUTE_ON"))
     if g("MODEL.META_ARCHITECTURE") == "GeneralizedRCNN" and attributes_on:
         raise ConfigError(f"{source}: MODEL.ATTRIBUTE_ON needs MODEL.META_ARCHITECTURE AttrRCNN")
+    subset = tuple(g("TEST.TSV_SAVE_SUBSET"))
     detector = DetectorConfig(
         name="from-original-config",
         backbone=backbone,
@@ -252,6 +517,10 @@ def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
             detections_per_img=g("MODEL.ROI_HEADS.DETECTIONS_PER_IMG"),
             min_detections_per_img=g("MODEL.ROI_HEADS.MIN_DETECTIONS_PER_IMG"),
             ignore_box_regression=g("TEST.IGNORE_BOX_REGRESSION"),
+            # Explicit in the original form: the original keeps every box exactly when this key says so.
+            force_boxes="on" if g("MODEL.ROI_BOX_HEAD.FORCE_BOXES") else "off",
+            output_scores_all="scores_all" in subset,
+            output_boxes_all="boxes_all" in subset,
         ),
         input=InputConfig(
             min_size=g("INPUT.MIN_SIZE_TEST"),
@@ -260,7 +529,7 @@ def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
             pixel_std=tuple(g("INPUT.PIXEL_STD")),
             to_bgr255=g("INPUT.TO_BGR255"),
         ),
-        # TEST.IMS_PER_BATCH keeps the original's meaning: consecutive images, zero-padded together.
+        # TEST.IMS_PER_BATCH keeps the original's meaning: images zero-padded together (which ones: the grouping).
         batching="padded",
         batch_size=g("TEST.IMS_PER_BATCH"),
     )
@@ -270,7 +539,8 @@ def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
         raise ConfigError(f"{source}: {e}") from None
     data_dir = g("DATA_DIR")
     labelmap = g("DATASETS.LABELMAP_FILE") or None
-    if labelmap and not os.path.isabs(labelmap):
+    # The original's order (config_dataset_file): the path as given if it is a file, else under DATA_DIR.
+    if labelmap and not os.path.isfile(labelmap):
         labelmap = os.path.join(data_dir, labelmap)
     return OriginalRun(
         detector=detector,
@@ -278,9 +548,12 @@ def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
         labelmap=labelmap,
         device=g("MODEL.DEVICE"),
         output_dir=g("OUTPUT_DIR"),
-        save_subset=tuple(g("TEST.TSV_SAVE_SUBSET")),
+        save_subset=subset,
         data_dir=data_dir,
         datasets_test=tuple(g("DATASETS.TEST")),
+        boxes_given=bool(g("MODEL.RPN.FORCE_BOXES")),
+        evaluate=not g("TEST.SKIP_PERFORMANCE_EVAL"),
+        aspect_ratio_grouping=bool(g("DATALOADER.ASPECT_RATIO_GROUPING")),
     )
 
 
@@ -326,10 +599,20 @@ def detector_fields() -> list[str]:
 
 __all__ = [
     "ConfigError",
+    "MAPPED",
+    "NO_EFFECT",
+    "NO_EFFECT_SECTIONS",
+    "REFUSED",
+    "RELATION_SUBSET_NAMES",
+    "Refused",
+    "SAVE_SUBSET_NAMES",
     "apply_set_options",
     "OriginalRun",
     "decode_value",
     "detector_fields",
+    "flat_items",
+    "key_class",
+    "key_table",
     "load_original",
     "merge_opts",
     "merge_yaml",
