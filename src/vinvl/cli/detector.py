@@ -1,4 +1,4 @@
-"""``vinvl detector train|eval``: train AttrRCNN on a TSV dataset; COCO-style AP and attribute accuracy."""
+"""``vinvl detector train|eval``: train AttrRCNN on a TSV dataset; COCO-style AP, attribute accuracy, the original's VG mAP."""
 
 from __future__ import annotations
 
@@ -65,10 +65,12 @@ def evaluate(
     groups: Optional[List[str]] = typer.Option(None, "--attribute-group", help="NAME=a,b,c: also report accuracy within a group."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE, as for training."),
+    vg_eval: bool = typer.Option(True, "--vg-eval/--no-vg-eval", help="Also the original's VG evaluation (original_vg_eval: obj_map at the configured settings, attr_map on the ground-truth boxes); up to two more passes."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda.", callback=device_name),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here.", callback=output_file),
 ) -> None:
-    """COCO-style box AP (AP, AP50, AP75) and attribute top-1 accuracy on correctly detected objects."""
+    """COCO-style box AP (AP, AP50, AP75), attribute top-1 accuracy on correctly detected objects and the
+    original's VG evaluation (VOC-style obj mAP and, with attributes, attr mAP on the ground-truth boxes)."""
     if (weights is None) == (predictions is None):
         raise VinvlError("give --weights (run the detector, low threshold) or --predictions (score a predictions.tsv)")
     if predictions is not None:
@@ -103,7 +105,7 @@ def evaluate(
     if cfg.attributes.enabled and lm.attributes is not None:
         cfg = cfg.replace(num_attributes=lm.num_attributes)
     det = Detector.from_checkpoint(weights, preset=cfg, labelmap=lm, device=device)
-    m = run_eval(det, dataset, attr_groups, limit=limit)
+    m = run_eval(det, dataset, attr_groups, limit=limit, original=vg_eval)
     typer.echo(json.dumps(m, indent=1))
     if json_out:
         atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")
