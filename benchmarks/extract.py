@@ -11,12 +11,25 @@ A folder of JPEGs of COCO-like sizes (640x480, 480x640, 640x427, ...) is made fr
   write, and the rest (loader, journal, merge),
 - GPU busy share of the wall time (from the timeline) and MFU: the MACs of the images' own sizes (counted by
   hooks) against this device's matmul peak in the run's dtype, measured in the same run,
-- the drift of the mode under test against fp32 on the same images (boxes matched at IoU 0.9, class
-  agreement, feature cosine), and the capability of the device (ISA, native bf16) with every figure.
+- `--vs MODE`: other modes timed in the same run, interleaved pass by pass, and their same-run ratios
+  (`--vs original` is an EMULATION of the original's arithmetic: fp32, NCHW, BNs unfolded, batch 1; it
+  understates the real original's time, which also re-pools and re-runs res5 over the final boxes for the
+  attribute head, a pass vinvl skips where the final boxes are the pooled ones),
+- the drift of every fast mode in the run (the mode under test and each 16-bit `--vs` mode) against fp32 on
+  the first `--drift-images` images, as a user meets it: how many of fp32's boxes it keeps (one-to-one
+  matches at IoU 0.9), and over those the class agreement, the top-attribute agreement, identical attribute
+  sets and the feature cosine; fp32 stands for the original here (its outputs equal the original's reference
+  outputs to ~1e-5, tests/detection/test_reference.py),
+- the capability of the device (ISA, native bf16) with every figure.
 
-    python benchmarks/extract.py [--device cpu|cuda] [--images N] [--dtype auto|fp32|bf16|fp16]
-                                 [--batch-size N] [--bucket-batches N] [--workers N] [--drift-images K]
-                                 [--preset vinvl_vg_x152c4|tiny] [--weights W] [--threads N] [--json FILE]
+Drift needs trained-like weights to mean anything: random weights give a handful of boxes; the synthetic
+reference weights (`--weights ~/.cache/vinvl-tests/vinvl_reference_v1.pth`) give 70-100 per photo.
+
+    python benchmarks/extract.py [--device cpu|cuda] [--images N] [--dtype fp32|auto|bf16|fp16]
+                                 [--vs fp32|bf16|fp16|original]... [--passes N] [--batch-size N]
+                                 [--bucket-batches N] [--workers N] [--drift-images K]
+                                 [--preset vinvl_vg_x152c4|tiny] [--weights W] [--labelmap L] [--threads N]
+                                 [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector import MacCounter, StageTimer, compare, matmul_gflops, photo_like, stages_of, sync  # noqa: E402
+from detector import MacCounter, StageTimer, compare, describe, matmul_gflops, photo_like, pool, stages_of, sync  # noqa: E402
 
 from vinvl.detection import Detector  # noqa: E402
 from vinvl.detection import numerics as N  # noqa: E402
@@ -70,7 +83,7 @@ def make_images(folder: Path, n: int, seed: int = 0) -> str:
 def build(args, device: torch.device, dtype: str, channels_last: bool, fold_bn: bool = True) -> Detector:
     """The detector under test, set up as `vinvl extract`'s native form does (res5's BNs folded in either layout)."""
     opts = dict(device=device, min_size=args.min_size, max_size=args.max_size, channels_last=channels_last, dtype=dtype,
-                batch_size=args.batch_size, fold_bn=fold_bn)
+                batch_size=args.batch_size, fold_bn=fold_bn, labelmap=args.labelmap)
     if args.weights:
         return Detector.from_checkpoint(args.weights, preset=args.preset, **opts)
     return Detector.from_config(args.preset, seed=0, **opts)
@@ -160,38 +173,37 @@ def count_macs(det: Detector, images: list[Path]) -> float:
     return float(np.mean([per_size[s] for s in sizes]))
 
 
-def drift(fast: Detector, ref: Detector, images: list[Path]) -> dict:
-    """The fast mode against fp32 on the same images: matched boxes, class agreement, feature cosine."""
-    rows = [compare(ref(p), fast(p)) for p in images]
-    matched = sum(r["matched"] for r in rows)
-    cos = [r["cosine_min"] for r in rows if r["matched"]]
-    return {
-        "images": len(rows),
-        "boxes_fp32": sum(r["boxes_fp32"] for r in rows), "boxes_fast": sum(r["boxes_fast"] for r in rows),
-        "matched": matched,
-        "class_agreement": sum(r["class_agreement"] * r["matched"] for r in rows) / max(matched, 1),
-        "cosine_mean": sum(r["cosine_mean"] * r["matched"] for r in rows) / max(matched, 1),
-        "cosine_min": min(cos) if cos else None,
-    }
+def drift(fast: Detector, ref_detections: list, images: list[Path]) -> dict:
+    """The fast mode against fp32's detections of the same images (see :func:`detector.compare`), pooled over the
+    images, with each image's own figures under ``per_image``."""
+    rows = [compare(r, fast(p)) for r, p in zip(ref_detections, images)]
+    return {**pool(rows), "per_image": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--images", type=int, default=None, help="JPEGs to extract (default: 256 on CUDA, 8 on CPU)")
-    ap.add_argument("--dtype", default="auto", choices=N.CHOICES, help="as `vinvl extract --dtype` (default auto)")
+    ap.add_argument("--dtype", default="fp32", choices=N.CHOICES,
+                    help="as `vinvl extract --dtype` (default fp32, as there; auto: bf16 where native)")
     ap.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     ap.add_argument("--bucket-batches", type=int, default=8, help="batches per bucketing window (default 8)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader decode/resize workers (default 0)")
-    ap.add_argument("--drift-images", type=int, default=4, help="images compared with fp32 when the mode is not fp32")
+    ap.add_argument("--drift-images", type=int, default=4,
+                    help="images on which every fast mode in the run is compared with fp32 (default 4; 0: none)")
     ap.add_argument("--preset", default="vinvl_vg_x152c4", help="architecture (random weights unless --weights)")
     ap.add_argument("--weights", type=Path, default=None, help="a checkpoint instead of random weights")
+    ap.add_argument("--labelmap", type=Path, default=None,
+                    help="label map, so the rows written carry names as a user's do (drift compares indices either way)")
     ap.add_argument("--min-size", type=int, default=600)
     ap.add_argument("--max-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--vs", action="append", default=[], choices=["fp32", "bf16", "original"],
+    ap.add_argument("--vs", action="append", default=[], choices=["fp32", "bf16", "fp16", "original"],
                     help="also time this mode, interleaved pass by pass with the mode under test, and print the same-run "
-                         "ratio (original: fp32, NCHW, BN unfolded, batch 1: the original's arithmetic); repeatable")
+                         "ratio; repeatable. original is an EMULATION of the original's arithmetic (fp32, NCHW, BNs "
+                         "unfolded, batch 1) that understates the real original's time: the real one also re-pools and "
+                         "re-runs res5 over the final boxes for the attribute head, which vinvl skips when the boxes "
+                         "are the pooled ones")
     ap.add_argument("--passes", type=int, default=1, help="timed passes over the folder per mode (default 1)")
     ap.add_argument("--no-timeline", action="store_true", help="skip the synchronised per-step pass")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
@@ -203,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     n = args.images or (256 if device.type == "cuda" else 8)
-    from vinvl.config import detector_preset
-
-    numerics = N.choose(device, args.dtype, backbone=detector_preset(args.preset).backbone)
+    numerics = N.choose(device, args.dtype)
     cap = N.capability(device)
     with tempfile.TemporaryDirectory(prefix="vinvl-bench-") as tmp:
         tmp = Path(tmp)
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[numerics.dtype]
         peak_before = matmul_gflops(device, n=8192 if device.type == "cuda" else 2048, dtype=peak_dtype)
         others = {}
-        for mode in args.vs:  # the same weights (same seed or file) in the other mode
+        for mode in dict.fromkeys(m for m in args.vs if m != numerics.dtype):  # the same weights (seed or file), once each
             if mode == "original":
                 one = argparse.Namespace(**{**vars(args), "batch_size": 1})
                 others[mode] = (build(one, device, "fp32", False, fold_bn=False), one)
@@ -250,10 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         if timeline and device.type == "cuda":
             gpu = [k for k in timeline["seconds_per_image"] if k.startswith("model") or k.startswith("nms")]
             gpu_busy = sum(timeline["seconds_per_image"][k] for k in gpu) * n / timeline["wall_seconds"]
-        dr = None
-        if numerics.dtype != "fp32" and args.drift_images:
-            ref = build(args, device, "fp32", numerics.channels_last)
-            dr = drift(det, ref, paths[: args.drift_images])
+        # Drift of every fast mode in the run against fp32 on the same images, fp32's detections computed once
+        # (fp32 being the mode under test, a --vs mode, or built here for this).
+        fast = {numerics.dtype: det} if numerics.dtype != "fp32" else {}
+        fast.update({m: d for m, (d, _) in others.items() if m in ("bf16", "fp16")})
+        drifts: dict[str, dict] = {}
+        if fast and args.drift_images:
+            ref = det if numerics.dtype == "fp32" else others["fp32"][0] if "fp32" in others else \
+                build(args, device, "fp32", numerics.channels_last)
+            shown = paths[: args.drift_images]
+            with torch.no_grad():
+                ref_dets = [ref(p) for p in shown]
+                drifts = {m: drift(d, ref_dets, shown) for m, d in fast.items()}
     result = {
         "capability": cap, "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "preset": args.preset, "images": n, "image_source": source, "min_max": [args.min_size, args.max_size],
@@ -261,9 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "bucket_batches": args.bucket_batches, "workers": args.workers,
         "wall_seconds": wall, "images_per_second": n / wall, "boxes": boxes,
         "gmac_per_image": macs / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak, "mfu": achieved / peak,
-        "gpu_busy": gpu_busy, "timeline": timeline, "drift_vs_fp32": dr,
+        "gpu_busy": gpu_busy, "timeline": timeline,
         "same_run": {m: {"images_per_second": n / min(w), "speedup": min(w) / wall} for m, w in other_walls.items()},
+        "drift_vs_fp32": drifts.get(numerics.dtype),  # the mode under test's, as before
+        "drift_by_mode": drifts,
     }
+    # Each mode timed in this run: its speed and, next to it, the ratio to fp32 (when fp32 ran) and its drift.
+    speeds = {numerics.dtype: n / wall, **{m: r["images_per_second"] for m, r in result["same_run"].items()}}
+    result["modes"] = {m: {"images_per_second": v, "seconds_per_image": 1 / v,
+                           "vs_fp32": v / speeds["fp32"] if "fp32" in speeds else None,
+                           "drift_vs_fp32": drifts.get(m)} for m, v in speeds.items()}
     print(f"vinvl extract end to end on {cap}, torch {torch.__version__}, {result['threads']} threads")
     print(f"  {n} JPEGs ({source}, COCO-like sizes) at {args.min_size}/{args.max_size}, {args.preset}; {numerics.dtype} "
           f"{'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason}); batch {args.batch_size}, "
@@ -272,11 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {macs / 1e9:.1f} GMAC/image -> {achieved:.1f} GFLOP/s; {numerics.dtype} matmul peak here {peak:.1f} GFLOP/s "
           f"-> MFU {100 * achieved / peak:.1f}%" + (f"; GPU busy {100 * gpu_busy:.0f}% of the wall time" if gpu_busy else ""))
     for m, r in result["same_run"].items():
-        print(f"  {m} in the same run: {r['images_per_second']:.3f} images/s -> this mode is {r['speedup']:.2f}x {m}")
-    if dr:
-        print(f"  drift vs fp32 on {dr['images']} images: boxes {dr['boxes_fast']} vs {dr['boxes_fp32']}, matched {dr['matched']} "
-              f"(IoU 0.9), class agreement {dr['class_agreement']:.3f}, feature cosine mean {dr['cosine_mean']:.6f} "
-              f"min {dr['cosine_min'] if dr['cosine_min'] is None else round(dr['cosine_min'], 6)}")
+        what = (" (an EMULATION of the original's arithmetic: fp32, NCHW, BNs unfolded, batch 1; it understates the "
+                "real original, which also re-runs res5 over the final boxes for the attribute head)") if m == "original" else ""
+        print(f"  {m} in the same run{what}: {r['images_per_second']:.3f} images/s -> this mode is {r['speedup']:.2f}x {m}")
+    for m, r in result["modes"].items():
+        if r["drift_vs_fp32"] or (m != "fp32" and r["vs_fp32"]):
+            ratio = f"{r['vs_fp32']:.2f}x fp32's speed in this run" if r["vs_fp32"] else "fp32 not timed in this run"
+            d = r["drift_vs_fp32"]
+            print(f"  {m}: {r['seconds_per_image']:.3f} s/image, {ratio}" +
+                  (f"; drift vs fp32 on {d['images']} images: {describe(d)}; kept per image "
+                   f"{', '.join(d['kept_per_image'])}" if d else ""))
     if timeline:
         per = timeline["seconds_per_image"]
         total = sum(per.values())
