@@ -78,7 +78,6 @@ def tiny(tmp_path_factory) -> Path:
 def _args(tiny: Path, out: Path, *extra: str, images: Path | None = None) -> list[str]:
     return ["extract", str(images or tiny / "imgs"), "-o", str(out), "--weights", str(tiny / "tiny.pth"),
             "--preset", "tiny", "--labelmap", str(tiny / "labelmap.json"), "--batch-size", "3", "--quiet",
-            *([] if "--dtype" in extra else ["--dtype", "fp32"]),  # the same numerics on every machine
             *([] if "--bucket-batches" in extra else ["--bucket-batches", "1"]), *extra]
 
 

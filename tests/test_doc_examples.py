@@ -89,6 +89,7 @@ class Fixtures:
     shapes: Path
     corpus: Path
     oscar_config: Path
+    boxes: Path
 
 
 # (option or previous token, token) or token -> replacement tokens
@@ -115,6 +116,7 @@ STAND_INS: dict[object, Callable[[Fixtures], list[str]]] = {
     "DATA.yaml": lambda f: [str(f.shapes / "dataset.yaml")],
     "CORPUS.yaml": lambda f: [str(f.corpus / "corpus.yaml")],
     "CMD": lambda f: ["extract"],
+    ("--boxes", "BOXES.json"): lambda f: [str(f.boxes)],
     ("--num", "N"): lambda f: ["3"],
     ("--seed", "S"): lambda f: ["0"],
     ("--row", "N"): lambda f: ["1"],
@@ -124,7 +126,7 @@ STAND_INS: dict[object, Callable[[Fixtures], list[str]]] = {
     ("--batch-size", "N"): lambda f: ["2"],
     ("--nproc_per_node", "N"): lambda f: ["1"],
 }
-OUTPUT_NAMES = {"OUT", "RUN", "OUT.tsv", "DIR"}  # written into the example's working directory as named
+OUTPUT_NAMES = {"OUT", "RUN", "OUT.tsv", "DIR", "GIVEN"}  # written into the example's working directory as named
 ORIGINAL_KEYS = set(original_defaults())  # the original form's top-level KEY VALUE names (DATA_DIR, OUTPUT_DIR, ...)
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(\.[a-z]+)?(\.\.\.)?$")  # FILE, OUT.tsv, SHARD..., not TEST.IMS_PER_BATCH
 
@@ -142,7 +144,7 @@ MODEL:
   DEVICE: cpu
 INPUT: {MIN_SIZE_TEST: 96, MAX_SIZE_TEST: 160}
 DATASETS: {LABELMAP_FILE: "labelmap.json"}
-TEST: {TSV_SAVE_SUBSET: ['rect', 'class', 'conf', 'feature']}
+TEST: {OUTPUT_FEATURE: True, TSV_SAVE_SUBSET: ['rect', 'class', 'conf', 'feature']}
 """  # the seed config's MODEL/TEST settings on a small R-50-C4 with the demo's classes
 
 
@@ -150,7 +152,7 @@ TEST: {TSV_SAVE_SUBSET: ['rect', 'class', 'conf', 'feature']}
 def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     root = tmp_path_factory.mktemp("doc_examples")
     assert main(["extract", str(REPO / "examples" / "images"), "-o", str(root / "extracted"), "--model", "shapes_demo",
-                 "--quiet", "--dtype", "fp32"]) == 0
+                 "--quiet"]) == 0
     data = root / "original"
     data.mkdir()
     (data / "small.yaml").write_text(SMALL_ORIGINAL)
@@ -163,8 +165,10 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     vocab = (root / "corpus" / "vocab.txt").read_text().splitlines()
     config = tiny_config(vocab_size=len(vocab), max_position_embeddings=64, img_feature_dim=16)
     (root / "tiny_config.json").write_text(config.to_json_string())
+    boxes = {"shapes_a": [[10, 20, 200, 180], [0, 0, 311, 259]], "shapes_b": [[30, 40, 120, 90]], "shapes_c": []}
+    (root / "boxes.json").write_text(json.dumps(boxes))
     return Fixtures(REPO / "examples" / "images", root / "extracted", data / "small.yaml", data / "small.pth", data,
-                    root / "shapes", root / "corpus", root / "tiny_config.json")
+                    root / "shapes", root / "corpus", root / "tiny_config.json", root / "boxes.json")
 
 
 # -- collecting the examples -----------------------------------------------------------------------------------
@@ -395,6 +399,9 @@ def test_every_example_runs(fx: Fixtures, home: Path, capsys: pytest.CaptureFixt
     (original,) = [d for k, d in cwd_of.items() if k.startswith("docs/cli.md:")]  # the one bash block there
     row = (original / "OUT" / "predictions.tsv").read_text().splitlines()[0].split("\t")[1]
     assert list(json.loads(row)["objects"][0]) == ["rect", "bbox_id", "class", "conf", "feature"]
+    given = {k: json.loads(t)["objects"] for k, t in (ln.split("\t") for ln in
+                                                      (original / "GIVEN" / "predictions.tsv").read_text().splitlines())}
+    assert {k: len(v) for k, v in given.items()} == {"shapes_a": 2, "shapes_b": 1, "shapes_c": 0}
     assert [d for d in cwd_of.values() if (d / "RUN" / "model_final.pth").is_file()]
 
 

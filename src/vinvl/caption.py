@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 from .config import detector_preset
 from .errors import VinvlError
+from .given_boxes import read_given_boxes
 from .oscar.checkpoint import read_config
 from .oscar.configuration import OscarConfig
 from .oscar.options import DecodeOptions
@@ -53,16 +54,21 @@ def caption(
     work_dir: Optional[PathLike] = None,
     sas: Optional[str] = None,
     quiet: bool = False,
+    boxes: Optional[PathLike] = None,
+    dtype: str = "fp32",
 ) -> list[tuple[str, str]]:
     """``(image key, caption)`` for every readable image of ``images`` (files, folders, lists), in input order.
 
-    The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder.
+    The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder, in ``dtype``
+    (fp32: the original's numbers); ``boxes`` (a boxes file) gives the regions instead of the detector's.
     """
     if not images:
         raise VinvlError("no images given")
     missing = [str(p) for p in images if not Path(p).exists()]
     if missing:
         raise VinvlError(f"{missing[0]}: no such image file or folder")
+    if boxes is not None:
+        read_given_boxes(boxes)  # a bad boxes file stops before any model is fetched
     # Both models are fetched (and their fit checked) before any image is processed.
     ckpt = captioner_path(model, sas=sas, quiet=quiet)
     found = resolve_detector(detector, sas=sas, quiet=quiet)
@@ -75,7 +81,8 @@ def caption(
     dev = resolve_device(device or "auto")
     with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
         out = Path(work_dir) if work_dir is not None else Path(tmp)
-        keys, store = regions_for_images(list(images), out / "regions", model=detector, device=str(dev), quiet=quiet)
+        keys, store = regions_for_images(list(images), out / "regions", model=detector, device=str(dev), quiet=quiet,
+                                         boxes=boxes, dtype=dtype)
         path = predict(ckpt, store, keys, out, dcfg, device=dev)
         rows = json.loads(path.read_text(encoding="utf-8"))
     return [(str(r["image_id"]), str(r["caption"])) for r in rows]

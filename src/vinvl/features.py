@@ -113,6 +113,9 @@ class Prediction:
     image_w: Optional[int] = None
     object_extra: Optional[list[dict[str, Any]]] = None
     top_extra: dict[str, Any] = field(default_factory=lambda: {"relations": None})
+    scores_all: Optional[np.ndarray] = None  # [N, C] class softmax of each box (TSV_SAVE_SUBSET scores_all)
+    boxes_all: Optional[np.ndarray] = None  # [N, C, 4] or [N, 1, 4], resized-image pixels (boxes_all)
+    attr_scores_all: Optional[np.ndarray] = None  # [N, A] attribute softmax (attr_scores_all)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -127,7 +130,7 @@ class Prediction:
             if len(f) != n:
                 raise ValueError(f"{self.key}: {len(f)} feature rows for {n} boxes")
             self.features = f
-        for name in ("attributes", "attr_scores", "object_extra"):
+        for name in ("attributes", "attr_scores", "object_extra", "scores_all", "boxes_all", "attr_scores_all"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise ValueError(f"{self.key}: {len(v)} {name} entries for {n} boxes")
@@ -152,25 +155,30 @@ class Prediction:
     def to_json(self, subset: Sequence[str] = DEFAULT_SAVE_SUBSET) -> str:
         """The row's JSON exactly as the original writes it (key order, bbox_id, json.dumps separators).
 
-        ``subset`` uses the original's TSV_SAVE_SUBSET names: rect, class, conf, feature,
-        attr_labels (writes ``attributes``) and attr_scores; image size keys follow when known.
+        ``subset`` uses the original's TSV_SAVE_SUBSET names, in its order (the original writes an object's
+        keys in subset order): rect (with ``bbox_id``), class, conf, feature, attr_labels (writes
+        ``attributes``), attr_scores, and the base64 float32 blobs scores_all, boxes_all, attr_scores_all;
+        image size keys follow when known.
         """
         objects = []
         for i in range(len(self)):
             obj: dict[str, Any] = {}
-            if "rect" in subset:
-                obj["rect"] = [float(v) for v in self.boxes[i]]
-            obj["bbox_id"] = i
-            if "class" in subset:
-                obj["class"] = self.classes[i]
-            if "conf" in subset:
-                obj["conf"] = float(self.scores[i])
-            if "feature" in subset and self.features is not None:
-                obj["feature"] = encode_floats(self.features[i])
-            if "attr_labels" in subset and self.attributes is not None:
-                obj["attributes"] = list(self.attributes[i])
-            if "attr_scores" in subset and self.attr_scores is not None:
-                obj["attr_scores"] = [float(np.float32(s)) for s in self.attr_scores[i]]
+            for name in subset:
+                if name == "rect":
+                    obj["rect"] = [float(v) for v in self.boxes[i]]
+                    obj["bbox_id"] = i
+                elif name == "class":
+                    obj["class"] = self.classes[i]
+                elif name == "conf":
+                    obj["conf"] = float(self.scores[i])
+                elif name == "feature" and self.features is not None:
+                    obj["feature"] = encode_floats(self.features[i])
+                elif name == "attr_labels" and self.attributes is not None:
+                    obj["attributes"] = list(self.attributes[i])
+                elif name == "attr_scores" and self.attr_scores is not None:
+                    obj["attr_scores"] = [float(np.float32(s)) for s in self.attr_scores[i]]
+                elif name in ("scores_all", "boxes_all", "attr_scores_all") and getattr(self, name) is not None:
+                    obj[name] = encode_floats(getattr(self, name)[i])
             if self.object_extra is not None:
                 for k, v in self.object_extra[i].items():
                     obj.setdefault(k, v)

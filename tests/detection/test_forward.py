@@ -225,7 +225,7 @@ def test_detections_equal_the_old_forward(shapes: Path, overrides: dict, numeric
     model = det.model
     try:
         # The same Detector batching and numerics around the old forward.
-        model.forward = lambda images, sizes, trace=False: (old_forward(model, images, sizes, trace), {})
+        model.forward = lambda images, sizes, boxes=None, trace=False: (old_forward(model, images, sizes, trace), {})
         old = det.detect_raw(images, batch_size=2, trace=True)
     finally:
         del model.forward

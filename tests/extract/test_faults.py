@@ -173,7 +173,7 @@ def test_degenerate_images_are_processed_and_the_run_goes_on(ex, tmp_path: Path,
 
 # --- 3. resume with changed settings ------------------------------------------------------------------------
 
-def _interrupted(ex, out: Path, capsys, monkeypatch, *extra: str) -> None:
+def interrupted(ex, out: Path, capsys, monkeypatch, *extra: str) -> None:
     """A run stopped by a full disk after its first batch."""
     real = R._Shard.write_batch
     calls = {"n": 0}
@@ -194,7 +194,7 @@ def test_resume_refuses_every_setting_that_changes_bytes(ex, tiny: Path, tmp_pat
     out = tmp_path / "o"
     lm = tmp_path / "labelmap.json"
     shutil.copy(tiny / "labelmap.json", lm)
-    _interrupted(ex, out, capsys, monkeypatch, "--labelmap", str(lm))
+    interrupted(ex, out, capsys, monkeypatch, "--labelmap", str(lm))
     # The same label map file name with other class names: the mix of two maps in one label.tsv.
     other = LabelMap(("__background__",) + tuple(f"z{i}" for i in range(1, 11)),
                      ("__no_attribute__",) + tuple(f"a{i}" for i in range(1, 7)))

@@ -184,3 +184,21 @@ def test_vqa_predict_end_to_end(tmp_path: Path, tmp_path_factory) -> None:
     wrong = demo_checkpoint(tmp_path / "ck2048", OscarForSequenceClassification, 6, img_feature_dim=2054)
     assert run_cli("oscar", "vqa", "predict", wrong, *DEMO_IMAGES, "-q", "what?", "-o", tmp_path / "o2",
                    "--regions-dir", demo_regions_dir(tmp_path_factory)) == 2  # 518-d regions, 2054-d model: a clear error
+
+
+def test_vqa_predict_on_given_boxes(tmp_path: Path) -> None:
+    """--boxes: the answers are about the given regions (their classes are the tags: one per box)."""
+    torch.set_num_threads(1)
+    ck = demo_checkpoint(tmp_path / "ck", OscarForSequenceClassification, 6, loss_type="bce")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"shapes_a": [[10, 20, 200, 180], [0, 0, 50, 50], [60, 60, 90, 90]],
+                                 "shapes_b": [[30, 40, 120, 90]]}))
+    out = tmp_path / "out"
+    assert run_cli("oscar", "vqa", "predict", ck, *DEMO_IMAGES, "-q", "what is it?", "-o", out, "--boxes", boxes,
+                   "--max-seq-length", 16, "--max-img-seq-length", 10) == 0
+    rows = {r["image"]: r for r in json.loads((out / "answers.json").read_text())}
+    assert len(rows["shapes_a"]["tags"].split()) == 3 and len(rows["shapes_b"]["tags"].split()) == 1
+    manifest = json.loads((out / "regions" / "manifest.json").read_text())
+    assert manifest["counts"]["boxes"] == 4 and manifest["settings"]["boxes"]
+    assert run_cli("oscar", "vqa", "predict", ck, *DEMO_IMAGES, "-q", "what?", "-o", tmp_path / "o2", "--boxes",
+                   tmp_path / "none.json") == 2  # a missing boxes file: one line, before any model runs

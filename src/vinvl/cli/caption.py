@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..atomic import atomic_write_json
-from .options import device_name, output_file, output_folder
+from .options import device_name, one_of, output_file, output_folder
 
 HELP = """Caption photos: detect regions and tags, then decode a caption for each.
 
@@ -37,6 +37,10 @@ def caption(
                                          callback=device_name),
     regions: Optional[Path] = typer.Option(None, "--regions", help="Keep the detector output in this folder (reused when "
                                            "complete).", callback=output_folder),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Given boxes per image (as `vinvl extract --boxes`): "
+                                         "caption these regions instead of detected ones."),
+    dtype: str = typer.Option("fp32", "--dtype", help="The detector's numerics, as `vinvl extract --dtype` (fp32: the "
+                              "original's numbers).", callback=one_of("auto", "fp32", "bf16", "fp16")),
     sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS for Azure sources (default: $VINVL_AZURE_SAS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -44,7 +48,7 @@ def caption(
     from ..caption import caption as run
 
     rows = run(images, model=model, detector=detector, num_beams=num_beams, max_gen_length=max_gen_length,
-               batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet)
+               batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet, boxes=boxes, dtype=dtype)
     if out is not None:
         atomic_write_json(out, [{"image_id": k, "caption": c} for k, c in rows], indent=1)
         typer.echo(f"{out}: {len(rows)} captions", err=True)

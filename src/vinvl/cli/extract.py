@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -18,18 +18,26 @@ HELP = """Detect objects and attributes and write the VinVL/Oscar files.
 Native form (positional arguments are image files or folders):
   vinvl extract PATH... -o OUT [--model NAME | --weights W]
       [--labelmap L] [--min-size N] [--max-size N] [--device cpu|cuda]
-      [--batch-size N] [--set KEY=VALUE ...]
+      [--batch-size N] [--set KEY=VALUE ...] [--dtype fp32|auto|bf16|fp16]
+      [--boxes FILE [--boxes-missing empty] [--boxes-unused ignore]]
 \b
 Original form (positional arguments are the original's KEY VALUE pairs):
   vinvl extract --config-file F.yaml [KEY VALUE ...] --images PATH [-o OUT]
 \b
   MODEL.WEIGHT names the weights, DATASETS.LABELMAP_FILE (under DATA_DIR)
   the label map, OUTPUT_DIR the default output folder. TEST.IMS_PER_BATCH
-  batches consecutive images zero-padded together, as the original does.
+  zero-pads images together as the original batches them (grouped by
+  orientation under DATALOADER.ASPECT_RATIO_GROUPING, its default).
   Rows follow TEST.TSV_SAVE_SUBSET. The seed's sgg_configs/vgattr/
   vinvl_x152c4.yaml is shipped: that path works even without the file.
 \b
   Without --images, the dataset yamls of DATASETS.TEST under DATA_DIR.
+  MODEL.RPN.FORCE_BOXES True MODEL.ROI_BOX_HEAD.FORCE_BOXES True: the
+  boxes of the dataset yamls' label files (or --boxes FILE) are described.
+\b
+Given boxes (--boxes): each image's boxes (x1 y1 x2 y2, original pixels)
+replace the detector's: every box is kept, in order, with its best class,
+score, feature and attributes (no threshold, NMS or regression).
 \b
 Inputs: image files, folders (recursive), .txt lists of paths, image
 TSVs (key<TAB>base64) and dataset yamls (img, linelist), in the order
@@ -48,7 +56,7 @@ Outputs in OUT, each .tsv with its .lineidx, rows in input order:
   manifest.json    model, weights sha256, settings, versions, counts
 --skip predictions|features|labels|hw leaves an output out.
 \b
-Batches are consecutive inputs written whole: --resume continues an
+Batches are written whole, rows in input order: --resume continues an
 interrupted run and gives the same bytes as a clean run. Exit code 0:
 all images done; 3: some inputs failed (see errors.tsv); 2: bad usage.
 torchrun --nproc_per_node N -m vinvl extract ... splits the batches
@@ -83,17 +91,24 @@ def extract(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
     exif_transpose: bool = typer.Option(False, "--exif-transpose", help="Apply EXIF orientation (the original does not)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (native form: bf16 where this CPU/GPU has native bf16 and it "
-                              "is measured faster, else fp32; original form: fp32), fp32 (faithful), or bf16/fp16 autocast "
-                              "(faster, small drift).", callback=one_of("auto", "fp32", "bf16", "fp16")),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Given boxes per image key (label TSV, JSON {key: [[x1, y1, "
+                                         "x2, y2], ...]} or COCO instances json; original pixels): every box described "
+                                         "in order instead of detected ones (the original's FORCE_BOXES)."),
+    boxes_missing: str = typer.Option("error", "--boxes-missing", help="An image without boxes in --boxes: error, or "
+                                      "empty (a zero-box row).", callback=one_of("error", "empty")),
+    boxes_unused: str = typer.Option("error", "--boxes-unused", help="Entries of --boxes that match no image: error, or "
+                                     "ignore.", callback=one_of("error", "ignore")),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (default: the original's numbers), auto (bf16 where this "
+                              "CPU/GPU has native bf16, else fp32: by capability, never by a timing), or bf16/fp16 autocast "
+                              "(faster, with drift: docs/performance.md).", callback=one_of("auto", "fp32", "bf16", "fp16")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     import torch
 
     from ..config.original import ConfigError, apply_set_options, load_original
     from ..detection import Detector
-    from ..detection.numerics import Numerics, choose as choose_numerics
-    from ..extract import collect_inputs, make_key_rule
+    from ..detection.numerics import Numerics, choose as choose_numerics, faster_mode_hint
+    from ..extract import collect_inputs, dataset_label_boxes, make_key_rule, match_given_boxes
     from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, mark_failed
     from ..registry import default_detector, file_sha256, resolve_detector
 
@@ -126,6 +141,12 @@ def extract(
         check_output_folder(out_dir, "-o/--out" if out else "OUTPUT_DIR")
         subset, sized, inputs = run.save_subset, False, list(images)
         model_name = None
+        if boxes is not None and not run.boxes_given:
+            raise ConfigError("--boxes in the original form needs MODEL.RPN.FORCE_BOXES True (and, to keep every box, "
+                              "MODEL.ROI_BOX_HEAD.FORCE_BOXES True)")
+        if run.evaluate:
+            notes.append("note: TEST.SKIP_PERFORMANCE_EVAL False: vinvl extract writes the predictions only; the "
+                         "original's evaluation is `vinvl detector eval DATA.yaml --weights W` (docs/detector.md)")
     else:
         data_dir = None
         if images:
@@ -165,31 +186,40 @@ def extract(
         raise VinvlError(f"{labelmap_path}: no such label map file")
     rule = make_key_rule(key_from, key_regex, key_map)
     items = collect_inputs(inputs, rule, data_dir)
+    given = boxes_sha256 = None
+    if boxes is not None:
+        given, source = match_given_boxes(items, boxes, boxes_missing, boxes_unused)
+        boxes_sha256 = source.sha256
+    elif config_file is not None and run.boxes_given:
+        given = dataset_label_boxes(inputs, items, data_dir)
     # The weights load first (a file of the wrong model stops before anything is measured), in the original's
     # arithmetic for the original form; the native form then takes the numerics --dtype chooses and folds res5's
     # frozen BNs in either layout (the set-up --dtype auto measured).
     native = config_file is None
     det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=dev, dtype="fp32",
                                    channels_last=native, fold_bn=native)
-    if native:
-        numerics = choose_numerics(torch.device(dev), dtype, backbone=cfg.backbone)
-    else:
-        numerics = Numerics("fp32" if dtype == "auto" else dtype, False, "the original form's arithmetic")
+    numerics = choose_numerics(torch.device(dev), dtype)
+    if not native and numerics.dtype == "fp32":
+        numerics = Numerics("fp32", False, "fp32: the original form's arithmetic (NCHW, BNs unfolded)")
     if world > 1:
-        numerics = _agree_across_ranks(items, rank, world, numerics)
+        _agree_across_ranks(items, rank, world)
     if (numerics.dtype, numerics.channels_last) != (det.dtype, det.channels_last):
         det = Detector(det.model, det.labelmap, dev, dtype=numerics.dtype, channels_last=numerics.channels_last,
                        fold_bn=native)
     if not quiet:  # the demo-model warning is said even with --quiet: its rows are not real-world objects
         notes.append(f"numerics: {numerics.dtype} {'NHWC' if numerics.channels_last else 'NCHW'} ({numerics.reason})")
+        hint = faster_mode_hint(torch.device(dev), numerics.dtype)
+        if hint:
+            notes.append(hint)
     if rank == 0:
         for note in notes:
             typer.echo(note, err=True)
     if labelmap_path is None and rank == 0:
         typer.echo("note: no label map: classes are written as their indices", err=True)
     opts = ExtractOptions(
-        subset=subset, image_size_in_rows=sized, skip=frozenset(skip or ()), workers=workers, bucket_batches=bucket_batches,
-        exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet, rank=rank, world_size=world,
+        subset=subset, image_size_in_rows=sized, attribute_slots=not native, skip=frozenset(skip or ()), workers=workers,
+        bucket_batches=bucket_batches, exif_transpose=exif_transpose, resume=resume, overwrite=overwrite, quiet=quiet,
+        rank=rank, world_size=world, boxes=given, aspect_ratio_grouping=not native and run.aspect_ratio_grouping,
         extra_manifest={
             "form": "original" if config_file is not None else "native",
             "dtype": numerics.dtype,
@@ -202,6 +232,9 @@ def extract(
             "labelmap_sha256": file_sha256(labelmap_path) if labelmap_path else None,
             "inputs": [str(i) for i in inputs],
             "key_rule": {"key_from": key_from, "key_regex": key_regex, "key_map": str(key_map) if key_map else None},
+            "boxes": (str(boxes) if boxes is not None else "dataset label files" if given is not None else None),
+            "boxes_sha256": boxes_sha256,
+            "boxes_missing": boxes_missing if boxes is not None else None,
         },
     )
     try:
@@ -233,25 +266,23 @@ def _with_options(cfg, overrides: dict):  # type: ignore[no-untyped-def]
         raise VinvlError(f"{given}: {e}") from None
 
 
-def _agree_across_ranks(items: list, rank: int, world: int, numerics: Any) -> Any:
-    """Under torchrun: check once, at the start, that every rank sees the same inputs, and give every rank rank 0's
-    numerics (each rank's own ``auto`` measurement could differ, and the shards must be computed alike)."""
+def _agree_across_ranks(items: list, rank: int, world: int) -> None:
+    """Under torchrun: check once, at the start, that every rank sees the same inputs (the shards are cut from them)."""
     import hashlib
 
     import torch.distributed as dist
 
     digest = hashlib.sha256("\n".join(f"{i.key}\t{i.where}" for i in items).encode()).hexdigest()
     if not dist.is_available():
-        return numerics
+        return
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         seen: list = [None] * world
-        dist.all_gather_object(seen, (digest, numerics))
+        dist.all_gather_object(seen, digest)
     finally:
         dist.destroy_process_group()
-    if len({d for d, _ in seen}) != 1:
+    if len(set(seen)) != 1:
         raise VinvlError(f"the {world} ranks see different inputs (rank {rank}: {len(items)} images); give every rank the same")
-    return seen[0][1]
 
 
 def _check_device(device: str) -> None:

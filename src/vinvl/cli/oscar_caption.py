@@ -60,7 +60,7 @@ def evaluate(
 
 
 @app.command("predict")
-@takes("out", "detector", "detector_weights", "labelmap", "regions_dir", *DECODING, "device", "precision",
+@takes("out", "detector", "detector_weights", "labelmap", "regions_dir", "boxes", *DECODING, "device", "precision",
        defaults=DecodeOptions)
 def predict(
     checkpoint: Path = typer.Argument(..., help="Captioning checkpoint (folder, run folder or released zip)."),

@@ -198,6 +198,8 @@ OPTIONS: dict[str, Opt] = {
     "labelmap": _o("--labelmap", type=OPTIONAL_PATH, help="The detector's label map (with --detector-weights)."),
     "regions_dir": _o("--regions-dir", type=OPTIONAL_PATH, help="Where the detector's outputs go (default OUT/regions; "
                       "reused when complete)."),
+    "boxes": _o("--boxes", type=OPTIONAL_PATH, help="Given boxes per image (as `vinvl extract --boxes`): the regions "
+                "and tags of these boxes instead of detected ones."),
 }
 
 TRAINING = [f.name for f in dataclasses.fields(O.TrainingOptions)]

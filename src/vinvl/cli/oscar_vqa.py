@@ -21,7 +21,7 @@ nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py --use_pair): train, evaluate, j
 
 TRAIN = ("out", "init", "config", "vocab", "features", "train_split", "eval_split", "resume")
 LENGTHS = ("max_seq_length", "max_img_seq_length")
-DETECTOR = ("detector", "detector_weights", "labelmap", "regions_dir")
+DETECTOR = ("detector", "detector_weights", "labelmap", "regions_dir", "boxes")
 RUN = ("eval_batch_size", "device", "precision")
 
 
@@ -32,7 +32,7 @@ def detect(images: list, given: dict, device: Any) -> tuple[list[str], Any]:
 
     work = given.get("regions_dir") or Path(given["out"]) / "regions"
     keys, store = regions_for_images(images, work, model=given.get("detector"), weights=given.get("detector_weights"),
-                                     labelmap=given.get("labelmap"), device=str(device))
+                                     labelmap=given.get("labelmap"), device=str(device), boxes=given.get("boxes"))
     if not keys:
         raise VinvlError(f"no image could be read ({Path(work) / 'errors.tsv'} says why)")
     return keys, store

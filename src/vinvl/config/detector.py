@@ -86,7 +86,11 @@ class PostprocessConfig:
     min_detections_per_img: int = 10
     ignore_box_regression: bool = True
     nms_filter2_original_boxes: bool = False
+    # The original's ROI_BOX_HEAD.FORCE_BOXES: every proposal kept unfiltered (label = best non-background
+    # class, no regression). "given": exactly when boxes are given to the forward (RPN.FORCE_BOXES).
+    force_boxes: Literal["given", "on", "off"] = "given"
     output_scores_all: bool = False
+    output_boxes_all: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..images import ImageInput, load_image
 from ..labelmap import LabelMap
 from ..state_dict import CheckpointError, unwrap
 from .backbone import fold_frozen_bn, unfold_frozen_bn
-from .box_coder import scale_boxes
+from .box_coder import clip_boxes, scale_boxes
 from .checkpoint import load_into, read_checkpoint
 from .model import AttrRCNN, RawDetections
 from .preprocess import pad_batch, to_input_tensor
@@ -42,6 +42,9 @@ class Detections:
     attr_names: list[list[str]]
     attr_scores: list[np.ndarray]
     scores_all: Optional[np.ndarray] = None
+    boxes_all: Optional[np.ndarray] = None  # [N, C, 4] (given boxes: [N, 1, 4]) in RESIZED pixels, as the original's field
+    attr_scores_all: Optional[np.ndarray] = None  # [N, A] attribute softmax of each box
+    attr_slots: Optional[tuple[np.ndarray, np.ndarray]] = None  # [N, k] labels and scores, 0-score slots included
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -55,18 +58,30 @@ class Detections:
         """Oscar's ``[N, 2054]`` region inputs: features + geometry."""
         return oscar_region_features(self.features, self.boxes, self.image_hw[1], self.image_hw[0])
 
-    def to_prediction(self, key: str, image_size: bool = True) -> Prediction:
-        """This image as a ``predictions.tsv`` record (``image_size`` adds ``image_h``/``image_w``)."""
+    def to_prediction(self, key: str, image_size: bool = True, attribute_slots: bool = False,
+                      attribute_names: Optional[Sequence[str]] = None) -> Prediction:
+        """This image as a ``predictions.tsv`` record (``image_size`` adds ``image_h``/``image_w``;
+        ``attribute_slots`` writes every top-k slot, 0-score ones included, as the original's rows do,
+        naming them from ``attribute_names``)."""
+        attributes, attr_scores = self.attr_names, [s.tolist() for s in self.attr_scores]
+        if attribute_slots and self.attr_slots is not None:
+            labels, scores = self.attr_slots
+            name = (lambda a: attribute_names[a]) if attribute_names is not None else str  # noqa: E731
+            attributes = [[name(int(a)) for a in row] for row in labels]
+            attr_scores = [row.tolist() for row in scores]
         return Prediction(
             key=key,
             boxes=self.boxes,
             classes=list(self.names),
             scores=self.scores,
             features=self.features,
-            attributes=self.attr_names,
-            attr_scores=[s.tolist() for s in self.attr_scores],
+            attributes=attributes,
+            attr_scores=attr_scores,
             image_h=self.image_hw[0] if image_size else None,
             image_w=self.image_hw[1] if image_size else None,
+            scores_all=self.scores_all,
+            boxes_all=self.boxes_all,
+            attr_scores_all=self.attr_scores_all,
         )
 
     def to_row(self, key: str, subset: Sequence[str] = DEFAULT_SAVE_SUBSET, image_size: bool = False) -> list[str]:
@@ -206,7 +221,8 @@ class Detector:
 
     def batches(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
         """Deterministic batches of image indices: equal resized shapes only ("same_size"), or consecutive
-        images zero-padded together ("padded", the original's IMS_PER_BATCH behaviour)."""
+        images zero-padded together ("padded": the original's IMS_PER_BATCH without aspect-ratio grouping;
+        ``vinvl extract`` plans the grouped batches itself and passes them to :meth:`detect_prepared`)."""
         if self.config.batching == "padded":
             return [list(range(i, min(i + batch_size, len(shapes)))) for i in range(0, len(shapes), batch_size)]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -221,28 +237,41 @@ class Detector:
         return sorted(out, key=lambda b: b[0])
 
     def detect_raw(
-        self, images: Sequence[ImageInput], batch_size: Optional[int] = None, trace: bool = False
+        self, images: Sequence[ImageInput], batch_size: Optional[int] = None, trace: bool = False,
+        boxes: Optional[Sequence[Any]] = None,
     ) -> list[tuple[RawDetections, tuple[int, int], tuple[int, int]]]:
-        """``(raw detections, resized (h, w), original (H, W))`` per image, in input order."""
-        return self.detect_prepared([self.prepare(im) for im in images], batch_size, trace)
+        """``(raw detections, resized (h, w), original (H, W))`` per image, in input order (``boxes``: see ``__call__``)."""
+        return self.detect_prepared([self.prepare(im) for im in images], batch_size, trace, boxes)
 
     def detect_prepared(
         self,
         prepared: Sequence[tuple[torch.Tensor, tuple[int, int]]],
         batch_size: Optional[int] = None,
         trace: bool = False,
+        boxes: Optional[Sequence[Any]] = None,
+        batches: Optional[Sequence[Sequence[int]]] = None,
     ) -> list[tuple[RawDetections, tuple[int, int], tuple[int, int]]]:
-        """Like ``detect_raw`` for images already through ``prepare`` (e.g. in DataLoader workers)."""
+        """Like ``detect_raw`` for images already through ``prepare`` (e.g. in DataLoader workers); ``batches``
+        (indices into ``prepared``, each image once) are the forward passes instead of :meth:`batches`' own."""
         shapes = [tuple(t.shape[1:]) for t, _ in prepared]
+        if boxes is not None:
+            if len(boxes) != len(prepared):
+                raise ValueError(f"{len(prepared)} images but {len(boxes)} box lists")
+            proposals = [given_boxes_to_proposals(b, orig, shapes[i]) for i, (b, (_, orig)) in enumerate(zip(boxes, prepared))]
+        if batches is None:
+            batches = self.batches(shapes, batch_size or self.config.batch_size)
+        elif sorted(i for b in batches for i in b) != list(range(len(prepared))) or not all(batches):
+            raise ValueError(f"batches must hold each of the {len(prepared)} images once, got {[list(b) for b in batches]}")
         results: list[Any] = [None] * len(prepared)
-        for batch in self.batches(shapes, batch_size or self.config.batch_size):
+        for batch in batches:
             tensors = [prepared[i][0] for i in batch]
             cuda = self.device.type == "cuda"
             x = pad_batch(tensors, pin=cuda).to(self.device, non_blocking=cuda)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            given = [proposals[i].to(self.device) for i in batch] if boxes is not None else None
             with self._numerics():
-                raws, _ = self.model(x, [shapes[i] for i in batch], trace=trace)
+                raws, _ = self.model(x, [shapes[i] for i in batch], boxes=given, trace=trace)
             for i, raw in zip(batch, raws):
                 results[i] = (raw, shapes[i], prepared[i][1])
         return results
@@ -269,12 +298,21 @@ class Detector:
             matmul.allow_tf32 = saved
 
     def __call__(
-        self, images: Union[ImageInput, Sequence[ImageInput]], batch_size: Optional[int] = None
+        self, images: Union[ImageInput, Sequence[ImageInput]], batch_size: Optional[int] = None,
+        boxes: Optional[Any] = None,
     ) -> Union[Detections, list[Detections]]:
-        """Detect in one image (returns ``Detections``) or a list of images (returns a list)."""
+        """Detect in one image (returns ``Detections``) or a list of images (returns a list).
+
+        ``boxes`` (one ``[N, 4]`` x1 y1 x2 y2 array in original-image pixels per image; for one image, the
+        array itself) replaces the RPN's proposals, as the original's FORCE_BOXES: each box is clipped to the
+        image, resized with it, and returned in the given order with its best class, features and attributes.
+        """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        out = [self.finish(raw, resized, orig) for raw, resized, orig in self.detect_raw(items, batch_size)]
+        if boxes is not None and single:
+            boxes = [boxes]
+        raws = self.detect_raw(items, batch_size, boxes=boxes)
+        out = [self.finish(raw, resized, orig) for raw, resized, orig in raws]
         return out[0] if single else out
 
     def finish(self, raw: RawDetections, resized_hw: tuple[int, int], image_hw: tuple[int, int]) -> Detections:
@@ -284,7 +322,10 @@ class Detector:
         lm = self.labelmap
         names = [lm.class_name(int(c)) if lm else str(int(c)) for c in labels]
         attr_labels, attr_scores, attr_names = [], [], []
+        slots = attr_all = None
         if raw.attr_labels is not None:
+            slots = (raw.attr_labels.cpu().numpy(), raw.attr_scores.cpu().numpy())
+            attr_all = torch.softmax(raw.attr_logits, dim=-1).cpu().numpy()
             for lab, sc in zip(raw.attr_labels.cpu().numpy(), raw.attr_scores.cpu().numpy()):
                 keep = sc > 0
                 attr_labels.append(lab[keep])
@@ -308,7 +349,18 @@ class Detector:
             attr_names=attr_names,
             attr_scores=attr_scores,
             scores_all=raw.scores_all.cpu().numpy() if self.config.postprocess.output_scores_all else None,
+            boxes_all=raw.boxes_all.cpu().numpy() if raw.boxes_all is not None else None,
+            attr_scores_all=attr_all,
+            attr_slots=slots,
         )
+
+
+def given_boxes_to_proposals(boxes: Any, image_hw: tuple[int, int], resized_hw: tuple[int, int]) -> torch.Tensor:
+    """Given boxes (x1 y1 x2 y2, original pixels) as the original's loader makes them proposals: float32, clipped
+    to ``[0, W-1] x [0, H-1]`` (nothing dropped, order kept), then scaled with the image's resize."""
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    b = clip_boxes(b, image_hw[0], image_hw[1])
+    return scale_boxes(b, image_hw, resized_hw)
 
 
 def _labelmap(labelmap: Union[None, str, os.PathLike, LabelMap]) -> Optional[LabelMap]:

@@ -16,7 +16,7 @@ from .attributes import AttributeHead, select_attributes
 from .backbone import Backbone
 from .box_coder import BoxCoder, clip_boxes
 from .losses import LossConfig, SampledROIs, attribute_loss, box_loss, sample_rois
-from .postprocess import select_detections
+from .postprocess import keep_every_box, select_detections
 from .roi_heads import ROIHeads
 from .rpn import RPN
 
@@ -48,6 +48,7 @@ class RawDetections:
     attr_logits: Optional[torch.Tensor] = None
     attr_labels: Optional[torch.Tensor] = None
     attr_scores: Optional[torch.Tensor] = None
+    boxes_all: Optional[torch.Tensor] = None  # [N, C, 4] per-class boxes ([N, 1, 4] for forced boxes), when asked
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -74,10 +75,11 @@ class AttrRCNN(nn.Module):
         self.box_coder = BoxCoder(cfg.box_head.bbox_reg_weights)
 
     def class_boxes(self, deltas: torch.Tensor, proposals: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """``[R, C, 4]`` per-class boxes: the proposal repeated (regression ignored) or decoded and clipped."""
+        """``[R, C, 4]`` per-class boxes: the clipped proposal repeated (regression ignored) or decoded and clipped."""
         num_classes = self.cfg.box_head.num_classes
         if self.cfg.postprocess.ignore_box_regression:
-            return proposals[:, None, :].expand(-1, num_classes, 4)
+            # RPN proposals are inside the image already; given boxes may not be (the original clips both).
+            return clip_boxes(proposals, hw[0], hw[1])[:, None, :].expand(-1, num_classes, 4)
         if self.cfg.box_head.cls_agnostic_bbox_reg:
             decoded = self.box_coder.decode(deltas[:, -4:], proposals).repeat(1, num_classes)
         else:
@@ -90,18 +92,23 @@ class AttrRCNN(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         targets: Optional[Sequence[Target]] = None,
         *,
+        boxes: Optional[Sequence[torch.Tensor]] = None,
         generator: Optional[torch.Generator] = None,
         trace: bool = False,
     ) -> tuple[list[RawDetections], dict[str, torch.Tensor]]:
         """``(detections, losses)`` of a ``[B, 3, H, W]`` batch whose images have the given (resized)
         ``(h, w)`` sizes. Without ``targets``: detections (under no-grad), no losses; with one
         :class:`Target` per image: the training losses (``loss_config``; sampling draws from
-        ``generator``), no detections."""
+        ``generator``), no detections. ``boxes`` (inference only: ``[N_i, 4]`` xyxy per image in
+        resized-image pixels) are the proposals instead of the RPN's (the original's RPN.FORCE_BOXES)."""
         training = targets is not None
         sizes = list(image_sizes)
-        for what, n in [("sizes", len(sizes))] + ([("targets", len(targets))] if training else []):
+        checks = [("sizes", len(sizes))] + ([("targets", len(targets))] if training else [])
+        for what, n in checks + ([("box lists", len(boxes))] if boxes is not None else []):
             if n != len(images):
                 raise ValueError(f"{len(images)} images but {n} {what}")
+        if training and boxes is not None:
+            raise ValueError("given boxes are for inference; training samples its proposals from the RPN")
         lc = self.loss_config
         with contextlib.nullcontext() if training else torch.no_grad():
             c4 = self.backbone(images)
@@ -116,6 +123,9 @@ class AttrRCNN(nn.Module):
                     proposals = self.rpn.select(
                         objectness.detach(), rpn_deltas.detach(), sizes, lc.pre_nms_top_n, lc.post_nms_top_n
                     )
+            elif boxes is not None:
+                # The original skips the RPN entirely; the given boxes carry no objectness.
+                proposals = [(b.to(device=c4.device, dtype=torch.float32).reshape(-1, 4), None) for b in boxes]
             else:
                 # RPN.forward is the same head and selection, called as a module so that hooks see it.
                 proposals = self.rpn(c4, sizes)
@@ -126,12 +136,20 @@ class AttrRCNN(nn.Module):
                     self.box_coder, lc.box, generator,
                 )
                 boxes = rois.boxes
-            pooled = self.roi_heads.box.feature_extractor(c4, boxes)
+            pooled = self._pool(c4, boxes)
             logits, deltas = self.roi_heads.box.predictor(pooled)
             if training:
                 losses.update(self._head_losses(pooled, logits, deltas, rois))
                 return [], losses
             return self._detections(c4, proposals, pooled, logits, deltas, sizes, trace), losses
+
+    def _pool(self, c4: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """The box head's pooled features of ``boxes``; ``[0, D]`` without running res5 when there are none
+        (an image with zero given boxes)."""
+        if sum(len(b) for b in boxes) == 0:
+            extractor = self.roi_heads.box.feature_extractor
+            return c4.new_zeros((0, extractor.out_channels), dtype=torch.float32)
+        return self.roi_heads.box.feature_extractor(c4, boxes)
 
     def _head_losses(
         self, pooled: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, rois: SampledROIs
@@ -161,17 +179,27 @@ class AttrRCNN(nn.Module):
         probs = F.softmax(logits, -1)
         counts = [len(b) for b in boxes]
         results = []
+        pp = self.cfg.postprocess
+        given = proposals[0][1] is None if proposals else False
+        keep_all = pp.force_boxes == "on" or (pp.force_boxes == "given" and given)
         for i, (pool_i, prob_i, delta_i, logit_i) in enumerate(
             zip(pooled.split(counts), probs.split(counts), deltas.split(counts), logits.split(counts))
         ):
             hw = image_sizes[i]
-            cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
-            sel = select_detections(prob_i, cls_boxes, boxes[i], self.cfg.postprocess)
-            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows], sel.rows)
+            if keep_all:
+                sel = keep_every_box(prob_i, clip_boxes(boxes[i], hw[0], hw[1]))
+                boxes_all = sel.boxes[:, None, :] if pp.output_boxes_all else None
+            else:
+                cls_boxes = self.class_boxes(delta_i, boxes[i], hw)
+                # Post-processing sees the proposals clipped, as the original's (given boxes may lie outside).
+                sel = select_detections(prob_i, cls_boxes, clip_boxes(boxes[i], hw[0], hw[1]), pp)
+                boxes_all = cls_boxes[sel.rows] if pp.output_boxes_all else None
+            out = RawDetections(sel.boxes, sel.labels, sel.scores, pool_i[sel.rows], prob_i[sel.rows], sel.rows,
+                                boxes_all=boxes_all)
             if self.attribute is not None:
-                # The original re-pools the output boxes; when they are the proposals the pooled
-                # features are identical, so reuse them.
-                if self.cfg.postprocess.ignore_box_regression or len(sel.boxes) == 0:
+                # The original re-pools the output boxes (all of them, as one batch); where they are exactly the
+                # pooled proposals the features are identical, so they are reused.
+                if len(sel.boxes) == 0 or torch.equal(sel.boxes, boxes[i][sel.rows]):
                     attr_in = out.features
                 else:
                     attr_in = extractor(c4[i : i + 1], [sel.boxes])

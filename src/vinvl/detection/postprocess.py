@@ -215,6 +215,13 @@ def filter_class_agnostic(
     return Selection(rows, labels[rows], scores[rows], boxes)
 
 
+def keep_every_box(probs: torch.Tensor, boxes: torch.Tensor) -> Selection:
+    """The original's ROI_BOX_HEAD.FORCE_BOXES: every box kept in its order (no threshold, NMS or count limit),
+    labelled with its best non-background class and that probability; ``boxes`` are the clipped proposals."""
+    scores, labels = torch.max(probs[:, 1:], dim=1)
+    return Selection(torch.arange(len(probs), device=probs.device), labels + 1, scores, boxes)
+
+
 def select_detections(
     probs: torch.Tensor, class_boxes: torch.Tensor, proposals: torch.Tensor, cfg: PostprocessConfig
 ) -> Selection:

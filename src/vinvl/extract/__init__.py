@@ -17,6 +17,8 @@ _EXPORTS = {
     "KeyRule": "sources",
     "collect_images": "sources",
     "collect_inputs": "sources",
+    "dataset_label_boxes": "sources",
+    "match_given_boxes": "sources",
     "image_key": "sources",
     "make_key_rule": "sources",
 }

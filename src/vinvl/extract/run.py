@@ -1,10 +1,15 @@
 """The extraction run: deterministic batches, streamed resumable shards, fault-tolerant decoding, ranks.
 
-Layout of a run in ``OUT``: while it works, each rank streams its rows into
-``OUT/.vinvl-extract/shard-R-of-W/`` and, after every whole batch, appends the files' end
-offsets to that shard's ``journal.tsv``. ``--resume`` cuts every file back to the last
-journal line (a torn tail disappears) and goes on with the next batch, so a run killed at
-any moment and resumed writes the same bytes as a clean run. A finished rank writes
+The batches are planned before any work (:class:`BatchPlan`): consecutive inputs, or, for the
+original's padded batches with ``DATALOADER.ASPECT_RATIO_GROUPING``, its aspect-ratio groups. A
+*window* is the shortest run of consecutive plan batches whose images are a contiguous range of
+inputs; rows are written in input order, so a window's end is where the files hold exactly the
+rows of every batch done. Layout of a run in ``OUT``: while it works, each rank streams its rows into
+``OUT/.vinvl-extract/shard-R-of-W/`` (ranks take contiguous runs of whole windows) and, at the end of
+every window it completes (of each bucketing window in same-size batching), appends the files' end
+offsets and the number of plan batches done to that shard's ``journal.tsv``. ``--resume`` cuts every
+file back to the last journal line (a torn tail disappears) and goes on with the next window, so a
+run killed at any moment and resumed writes the same bytes as a clean run. A finished rank writes
 ``DONE``; rank 0 waits for every ``DONE`` (files, not a collective: nothing can time out on a
 long run), concatenates the shards into the final files, writes their indexes,
 ``imageid2idx.json`` and ``manifest.json``, and removes the work folder.
@@ -12,6 +17,7 @@ long run), concatenates the shards into the final files, writes their indexes,
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import errno
 import hashlib
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -38,7 +45,7 @@ from ..features import format_features_row, format_hw_row, format_label_row
 from ..images import ImageLoadError
 from ..textio import display_path
 from ..tsv import lineidx_path, merge_tsv, write_key_index
-from .sources import ImageItem, load_image_item
+from .sources import ImageItem, image_sizes, load_image_item
 
 NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
 # Optional outputs and their file names; errors.tsv, imageid2idx.json and manifest.json are always written.
@@ -65,9 +72,12 @@ class ExtractOptions:
 
     subset: Sequence[str] = NATIVE_SUBSET
     image_size_in_rows: bool = True
+    attribute_slots: bool = False  # every top-k attribute slot in rows, 0-score ones too (the original's rows)
     skip: frozenset = frozenset()
     workers: int = 0
     bucket_batches: int = 8  # batches per bucketing window (batch size > 1, same-size batching)
+    # Padded batches (batch size > 1) as the original's DATALOADER.ASPECT_RATIO_GROUPING: h >= w apart from h < w.
+    aspect_ratio_grouping: bool = False
     exif_transpose: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -75,6 +85,8 @@ class ExtractOptions:
     rank: int = 0
     world_size: int = 1
     poll_seconds: float = 2.0
+    # Given boxes per image key (x1 y1 x2 y2, original pixels): the proposals instead of the RPN's.
+    boxes: Optional[dict[str, Any]] = None
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,10 +119,85 @@ def _unbatched(sample: Any) -> Any:
     return sample
 
 
-def batch_ranges(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous run of whole batches ``[first, end)`` that ``rank`` of ``world_size`` processes."""
-    n_batches = -(-n_items // batch_size)
-    return rank * n_batches // world_size, (rank + 1) * n_batches // world_size
+# -- the batch plan: which images run together, and where the journal may stand ------------------------------
+
+def aspect_groups(sizes: Sequence[Optional[tuple[float, float]]]) -> list[int]:
+    """The original's aspect-ratio group of each (height, width): 0 when h / w < 1, 1 when >= 1 (2: size unknown)."""
+    # build.py's _quantize(ratios, [1]) is bisect_right([1], h / w). An image whose size cannot be read gets
+    # a group of its own: it fails to decode anyway, and so never takes a readable image's batch partner.
+    return [2 if s is None else bisect.bisect_right([1.0], s[0] / s[1]) for s in sizes]
+
+
+def plan_batches(groups: Sequence[int], batch_size: int, segments: Optional[Sequence[Any]] = None) -> list[list[int]]:
+    """The original's test batches: in each segment (a dataset: the original has one loader per dataset), each
+    group's images in input order cut into batches of ``batch_size``, the batches ordered by their first image
+    (GroupedBatchSampler over a SequentialSampler). One group: consecutive batches."""
+    bs = max(1, batch_size)
+    out: list[list[int]] = []
+    start = 0
+    while start < len(groups):
+        end = start + 1
+        while end < len(groups) and (segments is None or segments[end] == segments[start]):
+            end += 1
+        members: dict[int, list[int]] = {}
+        for i in range(start, end):
+            members.setdefault(groups[i], []).append(i)
+        out += sorted((m[k:k + bs] for m in members.values() for k in range(0, len(m), bs)), key=lambda b: b[0])
+        start = end
+    return out
+
+
+def plan_windows(batches: Sequence[Sequence[int]]) -> list[int]:
+    """Where each window ends (exclusive, in plan batches): the shortest runs of consecutive batches whose images
+    are a contiguous range of inputs (the batches: every input once, ordered by their first image)."""
+    ends: list[int] = []
+    lo, hi, count = 0, -1, 0
+    for b, batch in enumerate(batches):
+        if count == 0:
+            lo = min(batch)  # ordered by first image: the smallest input not yet planned
+        hi, count = max(hi, max(batch)), count + len(batch)
+        if count == hi - lo + 1:  # distinct inputs >= lo filling [lo, hi]: the window is contiguous
+            ends.append(b + 1)
+            hi, count = -1, 0
+    return ends
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A run's batches (input indices, ordered by their first image), where its windows end, and how it was made."""
+
+    batches: list[list[int]]
+    window_ends: list[int]
+    # "aspect_ratio" (the original's grouped padded batches), "consecutive" (padded, without grouping) or
+    # "same_size" (consecutive batches whose images of equal resized size run together within bucketing windows).
+    grouping: str
+
+    def rank_range(self, rank: int, world_size: int) -> tuple[int, int]:
+        """The plan batches ``[first, end)`` that ``rank`` of ``world_size`` processes: a contiguous run of whole windows."""
+        n = len(self.window_ends)
+        a, b = rank * n // world_size, (rank + 1) * n // world_size
+        return (self.window_ends[a - 1] if a else 0), (self.window_ends[b - 1] if b else 0)
+
+    def sha256(self) -> str:
+        """A digest of the batches (a resumed run must batch exactly as the interrupted one)."""
+        h = hashlib.sha256()
+        for batch in self.batches:
+            h.update((",".join(map(str, batch)) + "\n").encode())
+        return h.hexdigest()
+
+
+def batch_plan(items: Sequence[ImageItem], batch_size: int, batching: str, aspect_ratio_grouping: bool = False,
+               exif_transpose: bool = False) -> BatchPlan:
+    """The batches of a run over ``items`` (see the module doc); grouping reads the image sizes, before any model work."""
+    bs = max(1, batch_size)
+    if batching != "padded":
+        # Same-size batching: consecutive batches, each its own window (bucketing windows group them at run time).
+        batches = [list(range(i, min(i + bs, len(items)))) for i in range(0, len(items), bs)]
+        return BatchPlan(batches, list(range(1, len(batches) + 1)), "same_size")
+    grouped = aspect_ratio_grouping and bs > 1  # one image per batch: grouping changes nothing, no size is read
+    groups = aspect_groups(image_sizes(items, exif_transpose)) if grouped else [0] * len(items)
+    batches = plan_batches(groups, bs, [it.dataset for it in items])
+    return BatchPlan(batches, plan_windows(batches), "aspect_ratio" if grouped else "consecutive")
 
 
 def _line(fields: Sequence[str]) -> bytes:
@@ -123,7 +210,7 @@ def _line(fields: Sequence[str]) -> bytes:
 
 
 class _Shard:
-    """One rank's streamed outputs and the journal of its completed batches."""
+    """One rank's streamed outputs and the journal of its completed batches (recorded at window ends)."""
 
     def __init__(self, folder: Path, names: Sequence[str], resume: bool) -> None:
         self.folder = folder
@@ -133,6 +220,9 @@ class _Shard:
         folder.mkdir(parents=True, exist_ok=True)
         self.done_batches = 0
         self.counts = {"images": 0, "failed": 0, "boxes": 0}
+        # Written but not yet journaled (inside a window): a resume cuts these rows and redoes their window.
+        self._open_batches = 0
+        self._open_counts = {"images": 0, "failed": 0, "boxes": 0}
         offsets = {n: 0 for n in self.names}
         if resume and self.journal_path.exists():
             entry, keep = self._last_consistent_entry()
@@ -176,19 +266,23 @@ class _Shard:
             last = (entry, end)
         return last
 
-    def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int, batches: int = 1) -> None:
-        """Append ``batches`` whole batches, then record them in the journal."""
+    def write_batch(self, lines: dict[str, list[bytes]], images: int, failed: int, boxes: int, batches: int = 1,
+                    commit: bool = True) -> None:
+        """Append rows and count ``batches`` more batches done; ``commit`` (at a window's end, where the files hold
+        exactly the rows of every batch done) records them all in the journal."""
         for n, rows in lines.items():
             if rows:
                 self.files[n].write(b"".join(rows))
+        self._open_batches += batches
+        for k, v in (("images", images), ("failed", failed), ("boxes", boxes)):
+            self._open_counts[k] += v
+        if not commit:
+            return
         for f in self.files.values():
             f.flush()
-        self.done_batches += batches
-        self.counts = {
-            "images": self.counts["images"] + images,
-            "failed": self.counts["failed"] + failed,
-            "boxes": self.counts["boxes"] + boxes,
-        }
+        self.done_batches += self._open_batches
+        self.counts = {k: self.counts[k] + self._open_counts[k] for k in self.counts}
+        self._open_batches, self._open_counts = 0, {k: 0 for k in self.counts}
         entry = {"batches": self.done_batches, "counts": self.counts, "offsets": {n: f.tell() for n, f in self.files.items()}}
         self.journal.write(json.dumps(entry).encode() + b"\n")
         self.journal.flush()
@@ -240,7 +334,7 @@ def _labelmap_sha256(detector: Detector) -> Optional[str]:
     return hashlib.sha256(json.dumps([list(lm.classes), list(lm.attributes or [])]).encode()).hexdigest()
 
 
-def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions) -> dict[str, Any]:
+def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions, plan: BatchPlan) -> dict[str, Any]:
     """Every setting that can change a byte of the outputs: a resumed run must match it exactly."""
     h = hashlib.sha256()
     for it in items:
@@ -254,14 +348,31 @@ def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOp
         "numerics": detector.numerics,
         "subset": list(opts.subset),
         "image_size_in_rows": opts.image_size_in_rows,
+        "attribute_slots": opts.attribute_slots,
         "skip": sorted(opts.skip),
         "exif_transpose": opts.exif_transpose,
+        "boxes": _boxes_sha256(items, opts.boxes),
         "world_size": opts.world_size,
         "bucket_batches": opts.bucket_batches,
+        # The batches themselves: with aspect-ratio grouping they follow the image sizes (hw files, headers).
+        "batch_grouping": plan.grouping,
+        "batch_plan_sha256": plan.sha256(),
         "vinvl": __version__,
         "torch": torch.__version__,
     }
     return json.loads(json.dumps(fp))  # the form it has when read back from settings.json
+
+
+def _boxes_sha256(items: Sequence[ImageItem], boxes: Optional[dict[str, Any]]) -> Optional[str]:
+    """The given boxes of every input, in input order, as one digest (None without given boxes)."""
+    if boxes is None:
+        return None
+    h = hashlib.sha256()
+    for it in items:
+        b = np.ascontiguousarray(boxes[it.key], dtype="<f4")
+        h.update(f"{it.key}\t{len(b)}\n".encode())
+        h.update(b.tobytes())
+    return h.hexdigest()
 
 
 def _changed(before: Any, now: dict[str, Any]) -> list[str]:
@@ -338,9 +449,10 @@ def extract(
     bs = max(1, cfg.batch_size)
     names = [n for n in OUTPUT_FILES if n not in opts.skip]
     shard_dir = out / WORK_DIR / f"shard-{opts.rank:05d}-of-{opts.world_size:05d}"
-    fingerprint = _fingerprint(items, detector, opts)
+    plan = batch_plan(items, bs, cfg.batching, opts.aspect_ratio_grouping, opts.exif_transpose)
+    fingerprint = _fingerprint(items, detector, opts, plan)
     try:
-        return _extract(items, detector, out, shard_dir, names, bs, fingerprint, opts)
+        return _extract(items, detector, out, shard_dir, names, bs, plan, fingerprint, opts)
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise VinvlError(
@@ -360,6 +472,7 @@ def _extract(
     shard_dir: Path,
     names: list[str],
     bs: int,
+    plan: BatchPlan,
     fingerprint: dict[str, Any],
     opts: ExtractOptions,
 ) -> ExtractStats:
@@ -381,20 +494,20 @@ def _extract(
             )
     atomic_write_text(settings_path, json.dumps(fingerprint, indent=1))
 
-    first, end = batch_ranges(len(items), bs, opts.rank, opts.world_size)
+    first, end = plan.rank_range(opts.rank, opts.world_size)
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (shard_dir / "DONE").unlink(missing_ok=True)
     shard = _Shard(shard_dir, names, opts.resume)
     try:
         skipped = shard.done_batches
-        start = first + shard.done_batches
-        todo = [i for b in range(start, end) for i in range(b * bs, min((b + 1) * bs, len(items)))]
+        start = min(first + shard.done_batches, end)  # the journal stands at a window's end
         label = "extract" if opts.world_size == 1 else f"extract[rank {opts.rank}]"
-        n_mine = min(end * bs, len(items)) - min(first * bs, len(items))
-        progress = _Progress(n_mine, n_mine - len(todo), opts.quiet, label)
-        if todo:
-            _run_batches(items, todo, detector, shard, opts, names, bs, progress)
+        n_mine = sum(len(b) for b in plan.batches[first:end])
+        n_todo = sum(len(b) for b in plan.batches[start:end])
+        progress = _Progress(n_mine, n_mine - n_todo, opts.quiet, label)
+        if n_todo:
+            _run_batches(items, plan, start, end, detector, shard, opts, names, bs, progress)
         progress.close()
     except OSError as e:
         if e.errno in _NO_SPACE:
@@ -425,6 +538,7 @@ def _extract(
         "settings": fingerprint,
         "batch_size": bs,
         "batching": detector.config.batching,
+        "batch_grouping": plan.grouping,
         "world_size": opts.world_size,
         "workers": opts.workers,
         "outputs": [OUTPUT_FILES[n] for n in names] + ["errors.tsv", "imageid2idx.json"],
@@ -441,7 +555,9 @@ def _extract(
 
 def _run_batches(
     items: Sequence[ImageItem],
-    todo: list[int],
+    plan: BatchPlan,
+    start: int,
+    end: int,
     detector: Detector,
     shard: _Shard,
     opts: ExtractOptions,
@@ -449,89 +565,132 @@ def _run_batches(
     bs: int,
     progress: _Progress,
 ) -> None:
+    # Images load in plan order (the original's loader order): one batch's tensors at a time.
+    todo = [i for b in plan.batches[start:end] for i in b]
+    batch_of = [b for b in range(start, end) for _ in plan.batches[b]]
     dataset = _Prepared([items[i] for i in todo], detector.config.input, opts.exif_transpose)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=opts.workers, collate_fn=_unbatched,
         prefetch_factor=2 * bs if opts.workers else None, persistent_workers=False,
         pin_memory=detector.device.type == "cuda",  # lets the copy to the GPU run asynchronously
     )
-    # Aspect-ratio bucketing: a window of whole batches is computed together, images of equal resized
-    # size batched without padding; windows sit at fixed batch numbers and are journaled whole, so
-    # a resumed run groups images exactly as an uninterrupted one. Padded batching keeps its batches.
-    window = 1 if detector.config.batching == "padded" or bs == 1 else max(1, opts.bucket_batches)
-    # One writer thread finishes (device -> host, names), formats (JSON, base64) and writes window k
-    # while the detector computes window k+1; windows are written in order, one at a time, so the
-    # journal and a resumed run see exactly what a sequential run writes.
+    # A unit is computed together. Padded batches: one plan batch (its images zero-padded together, as
+    # planned). Same-size batching: aspect-ratio bucketing, a window of whole batches whose images of equal
+    # resized size are batched without padding; such windows sit at fixed batch numbers and are journaled
+    # whole, so a resumed run groups images exactly as an uninterrupted one.
+    padded = plan.grouping != "same_size"
+    window = 1 if padded or bs == 1 else max(1, opts.bucket_batches)
+    window_ends = set(plan.window_ends) | {end}
+    order = _InOrder(todo[0])
+    # One writer thread finishes (device -> host, names), formats (JSON, base64) and writes unit k while the
+    # detector computes unit k+1; units are written in order, one at a time, rows in input order, and the
+    # journal is written only at a window's end, so a resumed run sees exactly what a sequential run writes.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vinvl-writer")
     writing: Optional[Future] = None
-    written = 0
 
-    def flush(pending: list[tuple[int, Any, Any, Any]]) -> None:
-        nonlocal writing, written
-        raws = _detect_window(pending, detector, bs)
+    def flush(pending: list[tuple[int, Any, Any, Any]], first_b: int, last_b: int) -> None:
+        nonlocal writing
+        raws = _detect_window(pending, items, detector, bs, opts.boxes, padded)
         if writing is not None:
-            writing.result()  # re-raises the writer's error (a full disk, ...) here
-            progress.update(written)
-        writing = writer.submit(_write_window, pending, raws, items, detector, shard, opts, names, bs)
-        written = len(pending)
+            progress.update(writing.result())  # re-raises the writer's error (a full disk, ...) here
+        done = [(i, hw, err) for i, _, hw, err in pending]  # the tensors are not kept for the writer
+        writing = writer.submit(_write_window, done, raws, items, detector, shard, opts, names, order,
+                                last_b - first_b + 1, last_b + 1 in window_ends)
 
     try:
         pending: list[tuple[int, Any, Any, Any]] = []
-        current = todo[0] // bs // window
+        first_b = batch_of[0]
         for j, tensor, hw, error in loader:
-            idx = todo[j]
-            if idx // bs // window != current:
-                flush(pending)
-                pending, current = [], idx // bs // window
-            pending.append((idx, tensor, hw, error))
+            b = batch_of[j]
+            if b // window != first_b // window:
+                flush(pending, first_b, batch_of[j - 1])
+                pending, first_b = [], b
+            pending.append((todo[j], tensor, hw, error))
         if pending:
-            flush(pending)
+            flush(pending, first_b, batch_of[-1])
         if writing is not None:
-            writing.result()
-            progress.update(written)
+            progress.update(writing.result())
     finally:
         writer.shutdown(wait=True)  # never leave a write running under a closing shard
 
 
-def _detect_window(pending: list[tuple[int, Any, Any, Any]], detector: Detector, bs: int) -> dict[int, Any]:
-    """Raw detections of a window's readable images, by input index."""
+def _detect_window(pending: list[tuple[int, Any, Any, Any]], items: Sequence[ImageItem], detector: Detector, bs: int,
+                   boxes: Optional[dict[str, Any]], padded: bool) -> dict[int, Any]:
+    """Raw detections of a unit's readable images, by input index (padded: the unit is one batch)."""
     ok = [(i, t, hw) for i, t, hw, err in pending if err is None]
     if not ok:
         return {}
-    raws = detector.detect_prepared([(t, hw) for _, t, hw in ok], batch_size=bs)
+    given = [boxes[items[i].key] for i, _, _ in ok] if boxes is not None else None
+    raws = detector.detect_prepared([(t, hw) for _, t, hw in ok], batch_size=bs, boxes=given,
+                                    batches=[list(range(len(ok)))] if padded else None)
     return {i: r for (i, _, _), r in zip(ok, raws)}
 
 
+class _InOrder:
+    """Rows computed in plan order, released in input order (grouped batches run ahead of their rows).
+
+    Batches run in the order of their first image, so what waits is at most the rest of each group's latest
+    batch: fewer than (groups x batch size) rows, however long a window is."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+        self.held: dict[int, tuple[dict[str, bytes], bool, int]] = {}
+
+    def add(self, index: int, rows: dict[str, bytes], ok: bool, boxes: int) -> None:
+        self.held[index] = (rows, ok, boxes)
+
+    def release(self) -> list[tuple[dict[str, bytes], bool, int]]:
+        """The held rows that now follow the last released one, in input order."""
+        out = []
+        while self.next in self.held:
+            out.append(self.held.pop(self.next))
+            self.next += 1
+        return out
+
+
 def _write_window(
-    pending: list[tuple[int, Any, Any, Any]],
+    done: list[tuple[int, Any, Any]],
     raws: dict[int, Any],
     items: Sequence[ImageItem],
     detector: Detector,
     shard: _Shard,
     opts: ExtractOptions,
     names: list[str],
-    bs: int,
-) -> None:
-    lines: dict[str, list[bytes]] = {n: [] for n in [*names, "errors"]}
-    boxes = 0
-    for i, _, hw, err in pending:
+    order: _InOrder,
+    batches: int,
+    commit: bool,
+) -> int:
+    """Format a unit's rows, write those now in input order, count its ``batches``; returns the rows written."""
+    for i, hw, err in done:
         item = items[i]
         if err is not None:
-            lines["errors"].append(_line([item.key, single_spaced(str(item.where)), single_spaced(str(err))]))
+            order.add(i, {"errors": _line([item.key, single_spaced(str(item.where)), single_spaced(str(err))])}, False, 0)
             continue
         det = detector.finish(*raws[i])
-        boxes += len(det)
-        pred = det.to_prediction(item.key, opts.image_size_in_rows)
-        if "predictions" in lines:
-            lines["predictions"].append(_line(pred.to_row(opts.subset)))
-        if "features" in lines:
-            lines["features"].append(_line(format_features_row(item.key, det.region_features(), dim=det.features.shape[1] + 6)))
-        if "labels" in lines:
-            lines["labels"].append(_line(format_label_row(pred)))
-        if "hw" in lines:
-            lines["hw"].append(_line(format_hw_row(item.key, hw[0], hw[1])))
-    batches = len({i // bs for i, *_ in pending})
-    shard.write_batch(lines, images=len(raws), failed=len(pending) - len(raws), boxes=boxes, batches=batches)
+        lm = detector.labelmap
+        pred = det.to_prediction(item.key, opts.image_size_in_rows, opts.attribute_slots,
+                                 lm.attributes if lm is not None else None)
+        rows: dict[str, bytes] = {}
+        if "predictions" in names:
+            rows["predictions"] = _line(pred.to_row(opts.subset))
+        if "features" in names:
+            rows["features"] = _line(format_features_row(item.key, det.region_features(), dim=det.features.shape[1] + 6))
+        if "labels" in names:
+            rows["labels"] = _line(format_label_row(pred))
+        if "hw" in names:
+            rows["hw"] = _line(format_hw_row(item.key, hw[0], hw[1]))
+        order.add(i, rows, True, len(det))
+    lines: dict[str, list[bytes]] = {n: [] for n in [*names, "errors"]}
+    released = order.release()
+    for rows, _, _ in released:
+        for n, row in rows.items():
+            lines[n].append(row)
+    if commit and order.held:  # the plan's windows are contiguous: this would be a bug, never a resume point
+        raise RuntimeError(f"rows {sorted(order.held)} are held at a window's end")
+    ok = sum(1 for _, good, _ in released if good)
+    shard.write_batch(lines, images=ok, failed=len(released) - ok, boxes=sum(b for *_, b in released),
+                      batches=batches, commit=commit)
+    return len(released)
 
 
 def _wait_for_shards(out: Path, opts: ExtractOptions) -> list[Path]:

@@ -9,18 +9,22 @@ unmappable key is an error up front. Decoding happens later, in :func:`load_imag
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 from PIL import Image
 
 from ..dataset_spec import DatasetSpec
-from ..errors import VinvlError
-from ..images import IMAGE_EXTENSIONS, decode_image, read_image_file, tsv_image_bytes
+from ..errors import FormatError, VinvlError
+from ..given_boxes import GivenBoxes, label_boxes_for_rows, read_given_boxes
+from ..images import IMAGE_EXTENSIONS, ImageLoadError, decode_image, read_image_file, tsv_image_bytes
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 
@@ -38,6 +42,10 @@ class ImageItem:
     key: str
     path: Path
     row: Optional[int] = None
+    # A dataset yaml's image: the yaml (the original batches each dataset apart) and its `hw` TSV (the
+    # original's image sizes for aspect-ratio grouping). Where an image comes from, not what it is.
+    dataset: Optional[Path] = field(default=None, compare=False, repr=False)
+    hw: Optional[Path] = field(default=None, compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -180,7 +188,8 @@ def _list_items(listing: Path, rule: KeyRule) -> list[ImageItem]:
     return items
 
 
-def _tsv_items(tsv: Path, rows: Optional[Sequence[int]] = None) -> list[ImageItem]:
+def _tsv_items(tsv: Path, rows: Optional[Sequence[int]] = None, dataset: Optional[Path] = None,
+               hw: Optional[Path] = None) -> list[ImageItem]:
     f = TSVFile(tsv, build_index=True)
     n = len(f)
     if rows is None:
@@ -189,7 +198,7 @@ def _tsv_items(tsv: Path, rows: Optional[Sequence[int]] = None) -> list[ImageIte
     for r in rows:
         if not 0 <= r < n:
             raise VinvlError(f"{tsv}: row {r} out of range (the file has {n} rows)")
-        items.append(ImageItem(f.key(r), tsv, r))
+        items.append(ImageItem(f.key(r), tsv, r, dataset, hw))
     f.close()
     return items
 
@@ -215,7 +224,9 @@ def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[Imag
         raise VinvlError(f"{path}: a dataset yaml needs an 'img' entry (the image TSV)")
     img = spec.file("img")
     ll = spec.file("linelist")
-    return _tsv_items(img, read_linelist(ll) if ll is not None else None)
+    # Only aspect-ratio grouping reads the hw file: its absence is an error there, not here.
+    hw = spec.resolve(str(spec.get("hw"))) if "hw" in spec else None
+    return _tsv_items(img, read_linelist(ll) if ll is not None else None, Path(path), hw)
 
 
 def collect_inputs(
@@ -250,6 +261,40 @@ def collect_inputs(
     return items
 
 
+def match_given_boxes(items: Sequence[ImageItem], boxes_file: PathLike, missing: str = "error",
+                      unused: str = "error") -> tuple[dict[str, np.ndarray], GivenBoxes]:
+    """Each input's boxes from a boxes file (see :mod:`vinvl.given_boxes`): an image is matched by its key,
+    then (a file) by its file name or path; what matches nothing is one error line before any work."""
+    given = read_given_boxes(boxes_file)
+    names = [(it.key, (it.path.name, str(it.path)) if it.row is None else ()) for it in items]
+    return given.match(names, missing, unused), given
+
+
+def dataset_label_boxes(inputs: Sequence[PathLike], items: Sequence[ImageItem],
+                        data_dir: Optional[PathLike] = None) -> dict[str, np.ndarray]:
+    """Each input's boxes from its dataset yaml's ``label`` TSV, the row of the same line number as its image row
+    (the original's MODEL.RPN.FORCE_BOXES reads its targets so); inputs must all be such yamls."""
+    ddir = Path(data_dir) if data_dir is not None else None
+    out: dict[str, np.ndarray] = {}
+    for p in map(Path, inputs):
+        if p.suffix.lower() not in YAML_EXTENSIONS or not p.is_file():
+            raise VinvlError(f"{display_path(p)}: MODEL.RPN.FORCE_BOXES takes the boxes from a dataset yaml's 'label' "
+                             "file; this input is not a dataset yaml (give the boxes with --boxes FILE)")
+        spec = DatasetSpec(p, data_dir=ddir)
+        label = spec.file("label")
+        if label is None:
+            raise VinvlError(f"{display_path(p)}: MODEL.RPN.FORCE_BOXES needs the yaml's 'label' entry (the given boxes)")
+        mine = dataset_yaml_items(p, ddir)
+        rows = [it.row if it.row is not None else -1 for it in mine]
+        for it, b in zip(mine, label_boxes_for_rows(label, rows, [it.key for it in mine])):
+            out[it.key] = b
+    missing = [it.key for it in items if it.key not in out]
+    if missing:
+        raise VinvlError(f"image {missing[0]!r}: no boxes (MODEL.RPN.FORCE_BOXES reads them from the dataset yamls' "
+                         "'label' files)")
+    return out
+
+
 def collect_images(paths: Sequence[PathLike]) -> list[ImageItem]:
     """``collect_inputs`` with the default key rule."""
     return collect_inputs(paths)
@@ -271,3 +316,72 @@ def load_image_item(
 ) -> Image.Image:
     """Read and decode one input; every failure is an :class:`ImageLoadError` with its reason."""
     return decode_image(image_bytes(item, tsv_cache), exif_transpose)
+
+
+# EXIF orientations that turn the stored grid by 90 degrees (width and height swap under exif_transpose).
+_TURNED = frozenset({5, 6, 7, 8})
+
+
+def image_sizes(items: Sequence[ImageItem], exif_transpose: bool = False) -> list[Optional[tuple[float, float]]]:
+    """Each input's (height, width) as the original groups by aspect ratio: its dataset yaml's ``hw`` row, else its header.
+
+    The original's sampler reads the dataset's ``hw`` TSV (``TSVDataset.get_img_info``: the row of the image's
+    line number, ``[{"height": h, "width": w}]``, ``{...}`` or ``h w``); without one, vinvl reads the image's own
+    header (PIL opens lazily: no pixels are decoded). An image whose header cannot be read is None (it will
+    fail to decode and land in errors.tsv); a malformed ``hw`` row is an error naming the file and row.
+    """
+    tsv_cache: dict[Path, TSVFile] = {}
+    hw_cache: dict[Path, TSVFile] = {}
+    try:
+        return [_hw_row_size(it, hw_cache) if it.hw is not None else _header_size(it, exif_transpose, tsv_cache)
+                for it in items]
+    finally:
+        for f in [*tsv_cache.values(), *hw_cache.values()]:
+            f.close()
+
+
+def _hw_row_size(item: ImageItem, cache: dict[Path, TSVFile]) -> tuple[float, float]:
+    assert item.hw is not None and item.row is not None
+    f = cache.get(item.hw)
+    if f is None:
+        if not item.hw.is_file():
+            raise VinvlError(f"{display_path(item.dataset or item.hw)}: hw {display_path(item.hw)}: no such file "
+                             "(the image sizes that aspect-ratio grouping reads)")
+        f = cache[item.hw] = TSVFile(item.hw, build_index=True)
+    line = item.row + 1
+    if item.row >= len(f):
+        raise FormatError(f"no size for image row {item.row} of {display_path(item.path)} (the hw file has {len(f)} rows)",
+                          item.hw, line=line)
+    fields = f.fields_bytes(item.row)
+    try:
+        text = fields[1].decode("utf-8")
+        try:
+            data = json.loads(text)
+            data = data[0] if isinstance(data, list) else data
+            h, w = float(data["height"]), float(data["width"])
+        except ValueError:  # the original's other form: "h w"
+            parts = text.split(" ")
+            h, w = float(int(parts[0])), float(int(parts[1]))
+        if not (h > 0 and w > 0):
+            raise ValueError("the size must be positive")
+    except (IndexError, KeyError, TypeError, ValueError) as e:
+        raise FormatError(f'expected key<TAB>[{{"height": h, "width": w}}] or key<TAB>h w ({e})', item.hw,
+                          line=line) from None
+    return h, w
+
+
+def _header_size(item: ImageItem, exif_transpose: bool, tsv_cache: dict[Path, TSVFile]) -> Optional[tuple[float, float]]:
+    try:
+        data = image_bytes(item, tsv_cache) if item.row is not None else None
+    except ImageLoadError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decoder refuses it, with the reason
+            with Image.open(item.path if data is None else io.BytesIO(data)) as img:
+                w, h = img.size
+                if exif_transpose and img.getexif().get(0x0112) in _TURNED:
+                    w, h = h, w
+    except Exception:  # any header PIL cannot read (plugins raise many kinds): the decoder says why in errors.tsv
+        return None
+    return (float(h), float(w)) if h > 0 and w > 0 else None
