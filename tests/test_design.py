@@ -11,7 +11,7 @@ PACKAGE = SRC / "vinvl"
 
 FORMATS = ["vinvl.tsv", "vinvl.features", "vinvl.labelmap", "vinvl.textio", "vinvl.yamlio", "vinvl.atomic",
            "vinvl.errors", "vinvl.dataset_spec", "vinvl.images", "vinvl.state_dict", "vinvl.safe_pickle",
-           "vinvl.corpus.layout"]
+           "vinvl.corpus.layout", "vinvl.given_boxes"]
 MODELS = ["vinvl.detection", "vinvl.oscar", "vinvl.extract", "vinvl.regions", "vinvl.caption", "vinvl.cli"]
 DETECTOR_SIDE = ["vinvl.detection", "vinvl.extract", "vinvl.config"]
 BOTH_SIDES = ["vinvl.regions", "vinvl.caption", "vinvl.cli", "vinvl.__main__"]
