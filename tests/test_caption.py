@@ -149,3 +149,46 @@ def test_captioner_folder_with_safetensors_or_fp16(tmp_path: Path, tiny_captione
     got = OscarForCaptioning.from_original(tmp_path).state_dict()
     assert all(got[k].dtype == torch.float32 for k in got if got[k].is_floating_point())
     assert all(torch.allclose(got[k], want[k].half().float()) for k in want)
+
+
+def test_captioner_width_is_read_without_the_model(tmp_path: Path, tiny_captioner: dict[str, bytes]) -> None:
+    """`vinvl caption` checks that the captioner fits the detector from config.json alone (no torch: it refuses
+    before the heavy imports, tests/cli/test_startup.py), and reads the width as the model would."""
+    from vinvl.caption import captioner_region_dim, region_dim
+    from vinvl.errors import VinvlError
+    from vinvl.oscar.checkpoint import read_config
+    from vinvl.oscar.configuration import OscarConfig
+
+    for name, data in tiny_captioner.items():
+        (tmp_path / name).write_bytes(data)
+    width = captioner_region_dim(tmp_path)
+    assert width == read_config(tmp_path, OscarConfig).img_feature_dim == region_dim("shapes_demo")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({k: v for k, v in RELEASED_CONFIG.items() if k != "img_feature_dim"}))
+    assert captioner_region_dim(tmp_path) == read_config(tmp_path, OscarConfig).img_feature_dim  # the model's default
+    for bad in (0, -2054, "2054", True, 2054.0, None):
+        config.write_text(json.dumps(dict(RELEASED_CONFIG, img_feature_dim=bad)))
+        with pytest.raises(VinvlError, match=r"config.json: img_feature_dim .* is not a positive integer"):
+            captioner_region_dim(tmp_path)
+    config.write_text("[1, 2]")
+    with pytest.raises(VinvlError, match="config.json"):
+        captioner_region_dim(tmp_path)
+    config.unlink()
+    with pytest.raises(VinvlError, match="no config.json"):
+        captioner_region_dim(tmp_path)
+
+
+def test_captioner_files_are_checked_before_any_image(tmp_path: Path) -> None:
+    from vinvl.caption import check_captioner_files
+    from vinvl.errors import VinvlError
+
+    with pytest.raises(VinvlError, match=r"not a captioner folder: no pytorch_model.bin or model.safetensors"):
+        check_captioner_files(tmp_path)
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "pytorch_model.bin").write_bytes(b"")
+    check_captioner_files(tmp_path)  # a run folder: its newest checkpoint-N/ is the captioner
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(VinvlError, match=r"no vocab.txt beside model.safetensors"):
+        check_captioner_files(tmp_path)
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    check_captioner_files(tmp_path)

@@ -3,6 +3,11 @@
 Both models are registry names (or a captioner folder) resolved by :mod:`vinvl.registry`, which
 fetches whatever is missing into ``VINVL_HOME`` first; decoding follows the checkpoint's recorded
 training options, else the VinVL captioning recipe (:data:`vinvl.oscar.tasks.captioning.VINVL_CAPTION_RECIPE`).
+
+Everything that can refuse the call (the inputs, a boxes file, the models' names, their files and whether
+they fit each other) is checked before torch and transformers are imported (several seconds), so a call that
+fails, offline without the models say, fails in well under a second: this module imports them only inside
+:func:`caption`, once the checks are done.
 """
 
 from __future__ import annotations
@@ -16,13 +21,9 @@ from typing import Optional, Sequence, Union
 from .config import detector_preset
 from .errors import VinvlError
 from .given_boxes import read_given_boxes
-from .oscar.checkpoint import read_config
-from .oscar.configuration import OscarConfig
 from .oscar.options import DecodeOptions
-from .oscar.tasks.captioning import predict
-from .oscar.training import resolve_device
-from .regions import regions_for_images
 from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR, checkpoint_path, is_checkpoint_name, names, resolve_detector
+from .textio import read_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,6 +41,32 @@ def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False
 def region_dim(preset: str) -> int:
     """The width of the Oscar+ region rows a detector preset gives: its res5 channels + 6 box geometry values."""
     return detector_preset(preset).backbone.stage_channels(4)[1] + 6
+
+
+def check_captioner_files(folder: Path) -> None:
+    """Refuse, in one line naming ``folder``, a captioner folder without weights or, beside them, a vocabulary."""
+    folder = Path(folder)
+    weights = [n for n in ("pytorch_model.bin", "model.safetensors") if (folder / n).is_file()]
+    if not weights and not any(folder.glob("checkpoint-*/pytorch_model.bin")):  # a run folder: its checkpoint-N/
+        raise VinvlError(f"{folder}: not a captioner folder: no pytorch_model.bin or model.safetensors")
+    if weights and not (folder / "vocab.txt").is_file():
+        raise VinvlError(f"{folder}: not a captioner folder: no vocab.txt beside {weights[0]}")
+
+
+def captioner_region_dim(folder: Path) -> int:
+    """The region width a captioner folder takes: its ``config.json``'s ``img_feature_dim`` (read without torch)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise VinvlError(f"{folder}: no config.json: not a captioner folder")
+    config = read_json(path, dict)
+    if "img_feature_dim" not in config:
+        from .oscar.configuration import OscarConfig  # only for a config that leaves the width to the model's default
+
+        return int(OscarConfig().img_feature_dim)
+    dim = config["img_feature_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise VinvlError(f"{path}: img_feature_dim {dim!r} is not a positive integer")
+    return dim
 
 
 def caption(
@@ -69,15 +96,24 @@ def caption(
         raise VinvlError(f"{missing[0]}: no such image file or folder")
     if boxes is not None:
         read_given_boxes(boxes)  # a bad boxes file stops before any model is fetched
-    # Both models are fetched (and their fit checked) before any image is processed.
+    # Both models are fetched (and their fit checked) before any image is processed, and before torch is imported.
     ckpt = captioner_path(model, sas=sas, quiet=quiet)
     found = resolve_detector(detector, sas=sas, quiet=quiet)
-    want = int(read_config(ckpt, OscarConfig).img_feature_dim)
+    want = captioner_region_dim(ckpt)
     got = region_dim(found.preset)
     if want != got:
         raise VinvlError(f"{detector} gives {got}-d regions but {model} takes {want}-d: use the detector the "
                          f"captioner was trained on (the released captioners: vinvl_vg_x152c4)")
+    check_captioner_files(ckpt)  # else the detector would run over every image before the captioner fails
     dcfg = DecodeOptions(num_beams=num_beams, max_gen_length=max_gen_length, eval_batch_size=batch_size)
+
+    from .oscar.checkpoint import read_config  # torch and transformers: only now that nothing above refused
+    from .oscar.configuration import OscarConfig
+    from .oscar.tasks.captioning import predict
+    from .oscar.training import resolve_device
+    from .regions import regions_for_images
+
+    read_config(ckpt, OscarConfig)  # the whole config.json is a model config (one line naming it if not)
     dev = resolve_device(device or "auto")
     with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
         out = Path(work_dir) if work_dir is not None else Path(tmp)

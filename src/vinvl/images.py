@@ -10,6 +10,8 @@ The rules, the original's where it has one:
   refused like a bomb, not decoded;
 - **EXIF**: the stored pixel grid, no rotation, unless a caller asks (``exif_transpose``): the
   original's boxes are in the stored grid;
+- **damaged metadata** (a corrupt EXIF block, a malformed MPO) is no failure and no warning: the pixels
+  decode, a damaged EXIF tag is skipped;
 - **mode**: :func:`to_rgb` is the original's ``.convert('RGB')`` (16-bit values clip), with integer
   modes PIL cannot convert scaled to 8 bits instead of failing.
 """
@@ -49,6 +51,10 @@ def _reasons() -> Iterator[None]:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; treat both as a bomb.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Damaged metadata ('Corrupt EXIF data', 'Tag data larger than file', a malformed MPO) is not a
+            # damaged image: the stored pixels decode, and a damaged EXIF tag is skipped (vinvl.errors.QUIET_WARNINGS).
+            # Silenced here, not only in the CLI, because decoding also runs in DataLoader workers and in the library.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(f"decompression bomb: {e}") from None
@@ -99,6 +105,26 @@ def decode_image(data: bytes, exif_transpose: bool = False) -> Image.Image:
     """Encoded bytes decoded to RGB as the original does (:func:`to_rgb`, no EXIF rotation unless asked)."""
     with _reasons():
         return to_rgb(_open(data, exif_transpose, None))
+
+
+# EXIF orientations that turn the stored grid by 90 degrees (width and height swap under exif_transpose).
+_TURNED = frozenset({5, 6, 7, 8})
+
+
+def header_size(source: Union[bytes, PathLike], exif_transpose: bool = False) -> Optional[tuple[int, int]]:
+    """An image's ``(height, width)`` from its header alone (no pixels decoded; turned as ``exif_transpose``
+    would turn it), or None where the header cannot be read: then the decoder says why, in errors.tsv."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decoder refuses it, with the reason
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                w, h = img.size
+                if exif_transpose and img.getexif().get(0x0112) in _TURNED:
+                    w, h = h, w
+    except Exception:  # any header PIL cannot read (its plugins raise many kinds)
+        return None
+    return (h, w) if h > 0 and w > 0 else None
 
 
 def read_image_file(path: PathLike) -> bytes:

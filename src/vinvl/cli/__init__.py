@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import typer
 
 from .. import __version__
-from ..errors import VinvlError, one_line
+from ..atomic import UNWRITABLE, os_error_line
+from ..errors import VinvlError, cli_warnings, one_line
 from . import caption as _caption
 from . import corpus as _corpus
 from . import datasets as _datasets
@@ -24,9 +25,11 @@ from . import features as _features
 from . import labelmap as _labelmap
 from . import oscar as _oscar
 from . import tsv as _tsv
+from .options import ReadableGroup, use_readable_help
 
 app = typer.Typer(
     name="vinvl",
+    cls=ReadableGroup,
     help="VinVL region features, file formats and Oscar+ in pure PyTorch.",
     no_args_is_help=True,
     add_completion=False,
@@ -48,9 +51,11 @@ app.add_typer(_oscar.app, name="oscar")
 app.add_typer(_corpus.app, name="corpus")
 app.add_typer(_datasets.app, name="datasets")
 app.add_typer(_detector.app, name="detector")
+use_readable_help(app)  # after every registration: each command's help shows placeholders a user can read
 
 
 def _version(value: bool) -> None:
+    """Print the version and stop, when ``--version`` is given."""
     if value:
         typer.echo(f"vinvl {__version__}")
         raise typer.Exit()
@@ -63,8 +68,18 @@ def _root(
     """VinVL region features, file formats and Oscar+ in pure PyTorch."""
 
 
+INTERRUPTED = 130  # the exit code of Ctrl-C (128 + SIGINT)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI and return its exit code; user errors print one line and give 2, never a traceback."""
+    """Run the CLI and return its exit code; user errors print one line and give 2, never a traceback, and the
+    libraries' warnings come as vinvl's one-line ``warning:`` notes or not at all
+    (:func:`vinvl.errors.cli_warnings`)."""
+    with cli_warnings():
+        return _run(argv)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="vinvl", standalone_mode=False)
     except SystemExit as e:
@@ -88,14 +103,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except VinvlError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # a read or write the command did not expect to fail: still one line, never a traceback
+        print(f"error: {one_line(os_error_line(e))}", file=sys.stderr)
+        return 2 if e.errno in UNWRITABLE else 1
     except KeyError as e:  # lookups by key/name raise KeyError with a message naming the file
         print(f"error: {one_line(str(e.args[0] if e.args else e))}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:  # Ctrl-C: what was written is kept; an interrupted extract resumes with --resume
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:
+        rv = INTERRUPTED
+    if rv == INTERRUPTED:  # typer turns a command's Ctrl-C into this code, silently
+        print("error: interrupted; what was written is kept: rerun the same command to go on (vinvl extract: with "
+              "--resume)", file=sys.stderr)
     # Without standalone mode typer returns the exit code of typer.Exit / --help, or the command's own value.
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

@@ -1,4 +1,5 @@
-"""Option checks shared by the commands, run while the command line is parsed (before any work).
+"""Option checks shared by the commands, run while the command line is parsed (before any work), and the
+readable help every command shows (:func:`use_readable_help`).
 
 A failed check is a ``typer.BadParameter``: the CLI prints it as one line naming the option
 (``error: vinvl extract: Invalid value for '-o' / '--out': ...``) and exits 2.
@@ -6,12 +7,18 @@ A failed check is a ``typer.BadParameter``: the CLI prints it as one line naming
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+from typer.models import DefaultPlaceholder
 
-from ..errors import VinvlError
+from ..atomic import UNWRITABLE, os_error_line
+from ..errors import FaultError, VinvlError
 from ..oscar.options import check_device
 
 
@@ -89,3 +96,87 @@ def _device_grammar(value: str) -> bool:
     except VinvlError:
         return False
     return True
+
+
+# -- help: the value placeholder after each option ------------------------------------------------------------
+# typer's help table prints a type for every parameter, flags included (`--version <bool>`, as if it took a
+# value), and Python's spelling of the rest (`<list[Path]>`, `<int range>`). The classes below give each
+# parameter a placeholder a user reads as "what to type here": none for a flag, `<path>` for a repeatable or
+# variadic path, `<int>` beside its `[x>=1]`.
+
+_PYTHON_TYPES = {"Path": "path"}  # a class name inside list[...]; typer spells a lone path option `<path>` already
+
+
+def placeholder(param: Any, ctx: Any) -> Optional[str]:
+    """The value placeholder the help shows for ``param`` (a typer option or argument); None for a flag."""
+    if param.param_type_name == "option":
+        if param.is_flag or param.count:
+            return None  # a flag takes no value
+        if param.metavar is not None:
+            return param.metavar
+    label = type(param).display_type(param, ctx)  # typer's own: "<str>", "<list[Path]>", "<int range>", "<a|b>"
+    inner = label[1:-1] if label.startswith("<") and label.endswith(">") else label
+    inner = re.sub(r"^list\[(.*)\]$", r"\1", inner)  # repeatable options say so; variadic arguments show "..."
+    inner = re.sub(r"^(\w+) range$", r"\1", inner)  # the range itself is printed beside it ([x>=1])
+    text = f"<{_PYTHON_TYPES.get(inner, inner)}>"
+    if param.param_type_name == "option" and param.nargs != 1:
+        text += "..."
+    return text
+
+
+def _usage_pieces(original: Callable[..., list[str]], ctx: Any) -> list[str]:
+    # An argument whose metavar already ends in "..." (IMAGE|FOLDER...) gets another from typer: {X...}...
+    return [re.sub(r"\.\.\.([}\]])\.\.\.$", r"...\1", p) for p in original(ctx)]
+
+
+def readable_params(params: list[Any]) -> list[Any]:
+    """``params`` (a command's, its help option included), each made to show :func:`placeholder` in the help."""
+    for p in params:
+        if not getattr(p, "_vinvl_readable", False):
+            p.display_type_rich = functools.partial(placeholder, p)
+            p.get_usage_pieces = functools.partial(_usage_pieces, p.get_usage_pieces)
+            p._vinvl_readable = True
+    return params
+
+
+class ReadableCommand(TyperCommand):
+    """A typer command whose help shows :func:`placeholder` s."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The command's parameters, as typer's, with readable help placeholders."""
+        return readable_params(super().get_params(ctx))
+
+
+class ReadableGroup(TyperGroup):
+    """A typer group whose help shows :func:`placeholder` s."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The group's parameters, as typer's, with readable help placeholders."""
+        return readable_params(super().get_params(ctx))
+
+
+def use_readable_help(app: typer.Typer) -> None:
+    """Make every command and group registered under ``app``, at any depth, render with readable placeholders."""
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):  # typer's default; a command's own class is left to it
+            info.cls = ReadableCommand
+    for group in app.registered_groups:
+        if group.cls in (None, TyperGroup) or isinstance(group.cls, DefaultPlaceholder):
+            group.cls = ReadableGroup
+        if group.typer_instance is not None:
+            use_readable_help(group.typer_instance)
+
+
+@contextlib.contextmanager
+def write_faults(kept: str = "nothing was written under its final name") -> Iterator[None]:
+    """Turn a failed read or write into one line naming the file: exit 2 when the place cannot be written or
+    read at all (read-only, not allowed: the user's path), exit 1 for a fault mid-run (disk full, I/O error).
+
+    ``kept`` says what the user still has. The library names the final file, never a temporary.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno in UNWRITABLE:
+            raise VinvlError(f"{os_error_line(e)}; {kept}") from None
+        raise FaultError(f"{os_error_line(e)}; {kept}") from None
