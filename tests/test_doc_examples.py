@@ -49,6 +49,7 @@ from vinvl.corpus.build import synthetic_corpus
 from vinvl.datasets.shapes import generate_shapes
 from vinvl.detection import AttrRCNN
 from vinvl.labelmap import LabelMap
+from vinvl.tsv import TSVFile, write_tsv
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "docs" / "cli.md"]
@@ -112,7 +113,7 @@ STAND_INS: dict[object, Callable[[Fixtures], list[str]]] = {
     "HW.tsv": lambda f: [str(f.extracted / "hw.tsv")],
     "FILE": lambda f: [str(f.extracted / "features.tsv")],
     "FILE...": lambda f: [str(f.extracted / "hw.tsv"), str(f.extracted / "label.tsv")],
-    "SHARD...": lambda f: [str(f.extracted / "hw.tsv"), str(f.extracted / "hw.tsv")],
+    "SHARD...": lambda f: [str(f.extracted / "shards" / "a.tsv"), str(f.extracted / "shards" / "b.tsv")],
     "DATA.yaml": lambda f: [str(f.shapes / "dataset.yaml")],
     "CORPUS.yaml": lambda f: [str(f.corpus / "corpus.yaml")],
     "CMD": lambda f: ["extract"],
@@ -165,6 +166,9 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     vocab = (root / "corpus" / "vocab.txt").read_text().splitlines()
     config = tiny_config(vocab_size=len(vocab), max_position_embeddings=64, img_feature_dim=16)
     (root / "tiny_config.json").write_text(config.to_json_string())
+    rows = list(TSVFile(root / "extracted" / "hw.tsv"))  # two shards of one run: the keys split between them
+    write_tsv(root / "extracted" / "shards" / "a.tsv", rows[:1])
+    write_tsv(root / "extracted" / "shards" / "b.tsv", rows[1:])
     boxes = {"shapes_a": [[10, 20, 200, 180], [0, 0, 311, 259]], "shapes_b": [[30, 40, 120, 90]], "shapes_c": []}
     (root / "boxes.json").write_text(json.dumps(boxes))
     return Fixtures(REPO / "examples" / "images", root / "extracted", data / "small.yaml", data / "small.pth", data,

@@ -270,4 +270,6 @@ def test_check_index_and_empty(tmp_path: Path) -> None:
     assert len(problems) == 1 and "disagrees" in str(problems[0]) and problems[0].line == 2
     e = tmp_path / "e.tsv"
     e.write_bytes(b"")
-    assert "empty" in str(T.check_tsv(e)[1][0])
+    assert T.check_tsv(e) == (0, [])  # no rows is a valid file: a clean run's errors.tsv
+    T.lineidx_path(e).write_text("0\n")
+    assert "stale index" in str(T.check_tsv(e)[1][0])

@@ -6,8 +6,10 @@ The 2054-d layout, the base64 float32 codec and every row format live here, once
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -15,7 +17,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import pybase64
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, check_writable, naming, remove_stale_temporaries, temporary_name
 from .errors import FormatError
 from .tsv import PathLike, TSVFile, TSVWriter, iter_tsv, read_key_index, write_key_index
 
@@ -23,6 +25,7 @@ REGION_DIM = 2048
 GEOMETRY_DIM = 6
 OSCAR_DIM = REGION_DIM + GEOMETRY_DIM  # 2054
 DEFAULT_SAVE_SUBSET = ("rect", "class", "conf", "feature")
+NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")  # vinvl extract's native rows
 
 _F32 = np.dtype("<f4")
 
@@ -640,6 +643,11 @@ class _ImageSizes:
         return h, w
 
 
+# What to_oscar writes, renamed from its staging folder in this order: manifest.json last.
+_OSCAR_FILES = ("features.lineidx", "features.tsv", "label.lineidx", "label.tsv", "imageid2idx.json", MANIFEST_NAME)
+_OSCAR_STAGE = "to-oscar"
+
+
 def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = None) -> dict[str, Any]:
     """Convert a detector ``predictions.tsv`` into Oscar inputs in ``out_dir``, streaming.
 
@@ -647,15 +655,44 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
     ``label.tsv`` (tags), ``imageid2idx.json``, the ``.lineidx`` files and the width it wrote as
     ``feature_dim`` in ``manifest.json`` (kept, with that key updated, if one is there). Image
     sizes come from each row's ``image_h``/``image_w`` or from ``hw``. Every row's regions must
-    have one width. Nothing is written at the final names unless the whole conversion succeeds.
+    have one width, and boxes and features must be finite. Everything is written into a staging
+    folder inside ``out_dir`` and moved to the final names only once the whole conversion succeeded,
+    so a failure (bad row, full disk) leaves ``out_dir`` as it was.
     """
-    out = Path(out_dir)
+    predictions, out = Path(predictions), Path(out_dir)
+    for given in (predictions, hw):
+        if given is not None and not Path(given).is_file():
+            raise FormatError("no such file", given)
+    check_writable(out)  # a read-only or unreachable -o is named before any row is read
+    remove_stale_temporaries(out, [_OSCAR_STAGE, *_OSCAR_FILES])
+    stage = temporary_name(out / _OSCAR_STAGE)
+    try:
+        stats = _to_oscar(predictions, out, stage, hw)
+        for name in _OSCAR_FILES:
+            os.replace(stage / name, out / name)
+    except OSError as e:
+        raise _unstaged(e, stage, out) from e
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return stats
+
+
+def _unstaged(error: OSError, stage: Path, out: Path) -> OSError:
+    """``error`` naming the final file in ``out`` rather than its staged copy."""
+    name = os.fspath(error.filename) if error.filename is not None else None
+    if name is None:
+        return naming(error, out)
+    staged = os.fspath(stage) + os.sep
+    return naming(error, out / name[len(staged):]) if name.startswith(staged) else error
+
+
+def _to_oscar(predictions: Path, out: Path, stage: Path, hw: Optional[PathLike]) -> dict[str, Any]:
     sizes = _ImageSizes(hw) if hw is not None else None
     keys: list[str] = []
     seen: dict[str, int] = {}
     boxes = 0
     width = _Width(None, "")
-    with TSVWriter(out / "features.tsv", columns=3) as fw, TSVWriter(out / "label.tsv", columns=2) as lw:
+    with TSVWriter(stage / "features.tsv", columns=3) as fw, TSVWriter(stage / "label.tsv", columns=2) as lw:
         for n, fields in iter_tsv(predictions, columns=2):
             check_no_cr(fields, predictions, n)
             key = _text(fields[0], predictions, n)
@@ -668,9 +705,10 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
             if sizes is not None:
                 h, w = sizes.get(key)
             elif pred.image_h is not None and pred.image_w is not None:
-                h, w = pred.image_h, pred.image_w
+                h, w = _image_size(pred, predictions, n)
             else:
                 raise FormatError("row has no image_h/image_w: pass the hw.tsv (--hw)", predictions, line=n, key=key)
+            _check_finite(pred, predictions, n)
             if len(pred):
                 assert pred.features is not None
                 width.check(pred.features.shape[1], predictions, n, key, "region features")
@@ -684,17 +722,29 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
         if not keys:
             raise FormatError("file is empty (no rows)", predictions)
     dim = (width.dim + GEOMETRY_DIM) if width.dim is not None else OSCAR_DIM
-    write_key_index(out / "imageid2idx.json", ((k, i) for i, k in enumerate(keys)))
-    _record_feature_dim(out / MANIFEST_NAME, dim, predictions)
+    write_key_index(stage / "imageid2idx.json", ((k, i) for i, k in enumerate(keys)))
+    _record_feature_dim(stage / MANIFEST_NAME, dim, predictions, previous=out / MANIFEST_NAME)
     return {"images": len(keys), "boxes": boxes, "feature_dim": dim, "out_dir": os.fspath(out)}
 
 
-def _record_feature_dim(manifest: Path, dim: int, source: PathLike) -> None:
-    """Set ``feature_dim`` in ``manifest`` (an existing one, e.g. vinvl extract's, keeps its other keys)."""
+def _image_size(pred: Prediction, path: PathLike, line: int) -> tuple[int, int]:
+    """A row's own ``image_h``/``image_w`` as positive integers (a NaN or a string is named, not divided by)."""
+    size = []
+    for name, v in (("image_h", pred.image_h), ("image_w", pred.image_w)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 or v != int(v):
+            raise FormatError(f"{name} must be a positive integer, got {v!r}", path, line=line, key=pred.key)
+        size.append(int(v))
+    return size[0], size[1]
+
+
+def _record_feature_dim(manifest: Path, dim: int, source: PathLike, previous: Optional[Path] = None) -> None:
+    """Set ``feature_dim`` in ``manifest``, keeping the other keys of ``previous`` (default: ``manifest`` itself,
+    e.g. vinvl extract's)."""
+    previous = manifest if previous is None else previous
     data: dict[str, Any] = {}
-    if manifest.is_file():
+    if previous.is_file():
         try:
-            old = json.loads(manifest.read_bytes())
+            old = json.loads(previous.read_bytes())
         except (OSError, ValueError):
             old = None  # a torn manifest is replaced by ours rather than stopping a finished conversion
         if isinstance(old, dict):
@@ -703,6 +753,61 @@ def _record_feature_dim(manifest: Path, dim: int, source: PathLike) -> None:
         data = {"tool": "vinvl features to-oscar", "predictions": os.fspath(source)}
     data["feature_dim"] = dim
     atomic_write_text(manifest, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def _nonfinite(values: Any) -> tuple[int, Optional[tuple[int, ...]]]:
+    """How many NaN or infinite numbers ``values`` holds, and where the first is (``(0, None)`` when all are finite)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        a = values
+    else:
+        try:
+            a = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            return 0, None  # not numbers: the parsers name that
+    finite = np.isfinite(a)
+    if finite.all():
+        return 0, None
+    bad = ~finite
+    return int(bad.sum()), tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def _finite_problem(count: int, where: str) -> str:
+    return f"{count} NaN or infinite number{'s' if count > 1 else ''} in the row, the first in {where}"
+
+
+def _check_finite(pred: Prediction, path: Optional[PathLike], line: Optional[int]) -> None:
+    """Refuse a NaN or infinite box, score, feature or attribute score (one line naming the object and field)."""
+    fields: list[tuple[str, Any]] = [("rect", pred.boxes), ("conf", pred.scores.reshape(-1, 1))]
+    if pred.features is not None:
+        fields.append(("feature", pred.features))
+    for name, values in fields:
+        count, at = _nonfinite(values)
+        if at is not None:
+            where = f"object {at[0]}'s {name}" + (f" (value {at[1]})" if name != "conf" else "")
+            raise FormatError(_finite_problem(count, where), path, line=line, key=pred.key)
+    for j, scores in enumerate(pred.attr_scores or []):
+        count, at = _nonfinite(scores if isinstance(scores, (list, tuple)) else [])
+        if at is not None:
+            raise FormatError(_finite_problem(count, f"object {j}'s attr_scores (value {at[0]})"), path, line=line,
+                              key=pred.key)
+
+
+def _check_finite_rows(arr: np.ndarray, path: Optional[PathLike], line: Optional[int], key: str) -> None:
+    """Refuse NaN or infinite values in a features row's ``(num_boxes, dim)`` array."""
+    count, at = _nonfinite(arr)
+    if at is not None:
+        raise FormatError(_finite_problem(count, f"box {at[0]} (value {at[1]})"), path, line=line, key=key)
+
+
+def _check_finite_labels(objects: Sequence[dict[str, Any]], path: Optional[PathLike], line: Optional[int],
+                         key: str) -> None:
+    """Refuse a NaN or infinite ``conf`` or ``rect`` in a label row's objects."""
+    for j, o in enumerate(objects):
+        for name in ("conf", "rect"):
+            if name in o:
+                count, at = _nonfinite(o[name])
+                if at is not None:
+                    raise FormatError(_finite_problem(count, f"object {j}'s {name}"), path, line=line, key=key)
 
 
 def _head(raw: Union[str, bytes, memoryview], size: int = 40) -> Union[str, bytes]:
@@ -743,7 +848,8 @@ def row_checker(kind: str, path: Optional[PathLike] = None, dim: Optional[int] =
 
     Feature rows must all have one width: ``dim`` (for predictions, the per-object feature's),
     else the one ``path``'s manifest records, else the first row's with boxes. Every kind
-    refuses a row ending in a carriage return (CR line endings).
+    refuses a row ending in a carriage return (CR line endings); feature, prediction and label
+    rows refuse NaN and infinite numbers (features, boxes, scores).
     """
     if kind not in ROW_KINDS or kind == "auto":
         raise ValueError(f"unknown row kind {kind!r}; one of {', '.join(ROW_KINDS[1:])}")
@@ -760,6 +866,7 @@ def row_checker(kind: str, path: Optional[PathLike] = None, dim: Optional[int] =
             key, arr = parse(fields, width.dim, path=path, line=line, dim_origin=width.origin)
             if len(arr) and width.dim is None:
                 width.check(arr.shape[1], path, line, key)
+            _check_finite_rows(arr, path, line, key)
         elif kind == "predictions":
             if len(fields) != 2:
                 raise FormatError(f"expected 2 columns (key, JSON), found {len(fields)}", path, line=line)
@@ -767,8 +874,12 @@ def row_checker(kind: str, path: Optional[PathLike] = None, dim: Optional[int] =
             pred = Prediction.from_json(key, fields[1], path=path, line=line)
             if pred.features is not None and len(pred):
                 width.check(pred.features.shape[1], path, line, key, "region features")
+            _check_finite(pred, path, line)
+            if pred.image_h is not None or pred.image_w is not None:
+                _image_size(pred, path, line)
         elif kind == "label":
-            parse_label_row(fields, path=path, line=line)
+            key, objects = parse_label_row(fields, path=path, line=line)
+            _check_finite_labels(objects, path, line, key)
         elif kind == "hw":
             parse_hw_row(fields, path=path, line=line)
 

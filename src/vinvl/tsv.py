@@ -9,6 +9,7 @@ row; ``.lineidx.8b`` holds the same offsets as little-endian int64.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Un
 
 import numpy as np
 
+from .atomic import naming, remove_stale_temporaries
 from .errors import FormatError, VinvlError
 
 PathLike = Union[str, os.PathLike]
@@ -43,6 +45,12 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _clean_stale(*targets: Path) -> None:
+    """Remove the temporaries of ``targets`` that killed runs left (see :func:`vinvl.atomic.remove_stale_temporaries`)."""
+    for folder in dict.fromkeys(t.parent for t in targets):
+        remove_stale_temporaries(folder, [t.name for t in targets if t.parent == folder])
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -64,15 +72,18 @@ def scan_offsets(tsv_path: PathLike) -> np.ndarray:
     starts = [np.zeros(1, dtype=np.int64)]
     pos = 0
     last = b"\n"
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_SCAN_CHUNK)
-            if not chunk:
-                break
-            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64)
-            starts.append(nl + (pos + 1))
-            pos += len(chunk)
-            last = chunk[-1:]
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(_SCAN_CHUNK)
+                if not chunk:
+                    break
+                nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64)
+                starts.append(nl + (pos + 1))
+                pos += len(chunk)
+                last = chunk[-1:]
+    except OSError as e:
+        raise naming(e, path) from e
     offsets = np.concatenate(starts)
     if pos == 0:
         return np.zeros(0, dtype=np.int64)
@@ -84,6 +95,7 @@ def scan_offsets(tsv_path: PathLike) -> np.ndarray:
 
 
 def _write_lineidx_text(offsets: np.ndarray, out: Path) -> None:
+    _clean_stale(out)
     tmp = _tmp_name(out)
     try:
         with open(tmp, "wb") as f:
@@ -92,6 +104,9 @@ def _write_lineidx_text(offsets: np.ndarray, out: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise naming(e, out) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -404,15 +419,24 @@ class TSVWriter:
         """Start writing ``path`` (its folder is created); ``columns`` enforces a column count."""
         self.path = Path(path)
         self.columns = columns
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.index_path = lineidx_path(self.path)
         self._tmp = _tmp_name(self.path)
         self._tmp_idx = _tmp_name(self.index_path)
-        self._f = open(self._tmp, "wb", buffering=1 << 20)
-        self._idx = open(self._tmp_idx, "wb", buffering=1 << 16)
         self._pos = 0
         self.rows = 0
         self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _clean_stale(self.path, self.index_path)
+            self._f = open(self._tmp, "wb", buffering=1 << 20)
+            try:
+                self._idx = open(self._tmp_idx, "wb", buffering=1 << 16)
+            except BaseException:
+                self._f.close()
+                self._tmp.unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            raise naming(e, self.path) from e
 
     def write(self, fields: Sequence[Field]) -> int:
         """Append one row (str fields are UTF-8 encoded); returns its 0-based row index."""
@@ -422,9 +446,14 @@ class TSVWriter:
         for p in parts:
             if b"\t" in p or b"\n" in p:
                 raise ValueError(f"{self.path}: row {self.rows + 1}: a field contains a TAB or newline")
-        line = b"\t".join(parts) + b"\n"
-        self._f.write(line)
-        self._idx.write(b"%d\n" % self._pos)
+        return self._append(b"\t".join(parts) + b"\n")
+
+    def _append(self, line: bytes) -> int:
+        try:
+            self._f.write(line)
+            self._idx.write(b"%d\n" % self._pos)
+        except OSError as e:  # a full disk: name the file being written, not its temporary
+            raise naming(e, self.path) from e
         self._pos += len(line)
         self.rows += 1
         return self.rows - 1
@@ -433,11 +462,7 @@ class TSVWriter:
         """Append a pre-formatted row (must end with exactly one newline); returns its row index."""
         if not line.endswith(b"\n") or line.find(b"\n") != len(line) - 1:
             raise ValueError(f"{self.path}: row {self.rows + 1} must be one newline-terminated line")
-        self._f.write(line)
-        self._idx.write(b"%d\n" % self._pos)
-        self._pos += len(line)
-        self.rows += 1
-        return self.rows - 1
+        return self._append(line)
 
     def close(self) -> Path:
         """Flush, fsync and rename both files into place; returns the TSV path."""
@@ -451,6 +476,9 @@ class TSVWriter:
             _replace(self._tmp_idx, self.index_path)
             _replace(self._tmp, self.path)
             _fsync_dir(self.path.parent)
+        except OSError as e:
+            self.abort()
+            raise naming(e, self.path) from e
         except BaseException:
             self.abort()
             raise
@@ -486,15 +514,59 @@ def write_tsv(path: PathLike, rows: Iterable[Sequence[Field]], columns: Optional
     return Path(path)
 
 
-def _copy_rows(src_path: Path, dst) -> tuple[np.ndarray, int]:
-    """Append the file ``src_path`` to ``dst``; returns the offsets of its rows, found while copying, and its size."""
+class _KeyScan:
+    """The keys (first fields) of the rows of a byte stream fed chunk by chunk, found with the newline
+    offsets that a merge finds anyway; a key cut by a chunk's end is carried to the next chunk."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self._pending: Optional[bytearray] = None  # the start of a key whose end is in a later chunk
+        self._at_row_start = True
+
+    def feed(self, chunk: bytes, buf: np.ndarray, newlines: np.ndarray) -> None:
+        ends = np.flatnonzero((buf == 9) | (buf == 10))  # a key ends at its row's first TAB or newline
+        if self._pending is not None:
+            if len(ends):
+                self.keys.append(bytes(self._pending + chunk[: int(ends[0])]))
+                self._pending = None
+            else:
+                self._pending += chunk
+        starts = newlines + 1
+        starts = starts[starts < len(chunk)]
+        if self._at_row_start and len(chunk):
+            starts = np.concatenate([np.zeros(1, np.int64), starts])
+        at = np.searchsorted(ends, starts)
+        whole = at < len(ends)
+        self.keys.extend(chunk[a:b] for a, b in zip(starts[whole].tolist(), ends[at[whole]].tolist()))
+        if not whole.all():  # only the chunk's last row can run past it
+            self._pending = bytearray(chunk[int(starts[~whole][0]):])
+        if len(chunk):
+            self._at_row_start = chunk[-1:] == b"\n"
+
+
+def _copy_rows(src_path: Path, dst, out: Path, keys: Optional[_KeyScan] = None) -> tuple[np.ndarray, int]:
+    """Append the file ``src_path`` to ``dst`` (the temporary of ``out``); returns the offsets of its rows, found
+    while copying, and its size; ``keys`` collects the rows' keys on the way."""
     starts = [np.zeros(1, dtype=np.int64)]
     pos = 0
     last = b"\n"
     with open(src_path, "rb") as src:
-        while chunk := src.read(_SCAN_CHUNK):
-            dst.write(chunk)
-            starts.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64) + (pos + 1))
+        while True:
+            try:
+                chunk = src.read(_SCAN_CHUNK)
+            except OSError as e:
+                raise naming(e, src_path) from e
+            if not chunk:
+                break
+            try:
+                dst.write(chunk)
+            except OSError as e:  # a full disk: name the merged file, not its temporary
+                raise naming(e, out) from e
+            buf = np.frombuffer(chunk, dtype=np.uint8)
+            nl = np.flatnonzero(buf == 10).astype(np.int64)
+            if keys is not None:
+                keys.feed(chunk, buf, nl)
+            starts.append(nl + (pos + 1))
             pos += len(chunk)
             last = chunk[-1:]
     if last != b"\n":
@@ -502,30 +574,60 @@ def _copy_rows(src_path: Path, dst) -> tuple[np.ndarray, int]:
     return (np.concatenate(starts)[:-1] if pos else np.zeros(0, dtype=np.int64)), pos
 
 
-def merge_tsv(shards: Sequence[PathLike], out: PathLike) -> Path:
+def _check_unique(scan: _KeyScan, path: Path, seen: dict[bytes, int], firsts: list[int], paths: Sequence[Path]) -> None:
+    """Add the keys of the shard ``path`` to ``seen`` (key -> row of the merged file; ``firsts`` holds each shard's
+    first row, this one's last); a key seen before is an error naming both places."""
+    keys, base = scan.keys, firsts[-1]
+    mine = dict(zip(keys, range(base, base + len(keys))))
+    if len(mine) == len(keys) and seen.keys().isdisjoint(mine):  # the common case, at C speed
+        seen.update(mine)
+        keys.clear()
+        return
+    for line, key in enumerate(keys, start=1):  # a key twice: the first one, with both of its places
+        first = seen.setdefault(key, base + line - 1)
+        if first != base + line - 1:
+            shard = bisect.bisect_right(firsts, first) - 1
+            where = f"line {first - base + 1}" if first >= base else f"{paths[shard]}:{first - firsts[shard] + 1}"
+            raise FormatError(f"duplicate key (first at {where}): the merged file would hold it twice",
+                              path, line=line, key=key.decode("utf-8", "backslashreplace"))
+    raise AssertionError("a key was counted twice but not found")
+
+
+def merge_tsv(shards: Sequence[PathLike], out: PathLike, *, unique_keys: bool = True) -> Path:
     """Concatenate TSV shards into ``out`` with its ``.lineidx``, in one read of each shard: rows are copied, not
-    parsed, and their offsets found while copying; a shard whose stored index disagrees is refused (stale)."""
+    parsed, and their offsets found while copying; a shard whose stored index disagrees is refused (stale), and so
+    is a key found twice (unless ``unique_keys`` is False: files keyed by image with several rows, e.g. a corpus)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     paths = [Path(s) for s in shards]
     for p in paths:
         if not p.is_file():
             raise FormatError("no such file", p)
         if p.resolve() == out.resolve():
             raise VinvlError(f"{out}: cannot merge a shard into itself")
+        try:
+            with open(p, "rb"):  # unreadable inputs are named before anything is written
+                pass
+        except OSError as e:
+            raise FormatError(f"cannot read it ({e.strerror or e})", p) from None
     stored: dict[Path, np.ndarray] = {}
     for p in paths:  # the cheap checks of an index (its ends against the file's) before anything is written
         if lineidx_path(p).is_file() or lineidx8b_path(p).is_file():
             with TSVFile(p) as t:
                 stored[p] = np.array(t.offsets)
-    tmp, idx_out = _tmp_name(out), lineidx_path(out)
-    tmp_idx = _tmp_name(idx_out)
+    idx_out = lineidx_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out, idx_out)
+    tmp, tmp_idx = _tmp_name(out), _tmp_name(idx_out)
+    seen: dict[bytes, int] = {}
+    firsts: list[int] = []  # the merged file's row of each shard's first row
+    rows = 0
     try:
         base = 0
         with open(tmp, "wb") as dst, open(tmp_idx, "wb") as idx:
             for p in paths:
                 size = p.stat().st_size
-                offsets, copied = _copy_rows(p, dst)
+                scan = _KeyScan() if unique_keys else None
+                offsets, copied = _copy_rows(p, dst, out, scan)
                 if copied != size:
                     raise VinvlError(f"{p}: changed while it was being merged")
                 want = stored.get(p)
@@ -533,6 +635,10 @@ def merge_tsv(shards: Sequence[PathLike], out: PathLike) -> Path:
                     raise FormatError(f"its index has {len(want)} rows, the file {len(offsets)}"
                                       f"{'' if len(want) != len(offsets) else ' at other offsets'}: stale index "
                                       f"(rebuild it with `vinvl tsv index {p}`)", p)
+                if scan is not None:
+                    firsts.append(rows)
+                    _check_unique(scan, p, seen, firsts, paths)
+                rows += len(offsets)
                 if len(offsets):
                     idx.write(("\n".join(map(str, (offsets + base).tolist())) + "\n").encode("ascii"))
                 base += copied
@@ -541,6 +647,12 @@ def merge_tsv(shards: Sequence[PathLike], out: PathLike) -> Path:
                 os.fsync(f.fileno())
         _replace(tmp_idx, idx_out)
         _replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)
+        if e.filename is None or os.fspath(e.filename) in (os.fspath(tmp), os.fspath(tmp_idx)):
+            raise naming(e, out) from e  # the merged file's name, not its temporary's
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         tmp_idx.unlink(missing_ok=True)
@@ -570,9 +682,10 @@ def read_key_index(path: PathLike) -> dict[str, int]:
 def write_key_index(path: PathLike, mapping: Iterable[tuple[str, int]]) -> Path:
     """Write ``imageid2idx.json`` atomically and streaming, byte-identical to ``json.dump(dict)``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(path)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("{")
             first = True
@@ -583,6 +696,9 @@ def write_key_index(path: PathLike, mapping: Iterable[tuple[str, int]]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise naming(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -662,15 +778,27 @@ def check_tsv(
 ) -> tuple[int, list[FormatError]]:
     """Scan a whole TSV once and return ``(rows, problems)``: every bad line, not just the first.
 
-    Checks newline termination, UTF-8, column count (``columns`` or the first row's),
+    Checks newline termination, NUL bytes, UTF-8, column count (``columns`` or the first row's),
     duplicate keys, the ``.lineidx`` against the scanned offsets, and ``row_check`` (which
-    raises :class:`FormatError` for a bad row) on each row.
+    raises :class:`FormatError` for a bad row) on each row. A file without rows is valid (a clean
+    run's ``errors.tsv``).
     """
     path = Path(path)
     if not path.is_file():
         return 0, [FormatError("no such file", path)]
     problems: list[FormatError] = []
     offsets: list[int] = []
+    try:
+        rows = _check_rows(path, columns, row_check, unique_keys, problems, offsets)
+    except OSError as e:  # an unreadable file (or an I/O error mid-file) is one more problem, named
+        problems.append(FormatError(f"cannot read it ({e.strerror or e})", path, line=len(offsets) or None))
+        return len(offsets), problems
+    _stored_index_problems(path, offsets, problems)
+    return rows, problems
+
+
+def _check_rows(path: Path, columns: Optional[int], row_check: Optional[Callable[[list[bytes], int], None]],
+                unique_keys: bool, problems: list[FormatError], offsets: list[int]) -> int:
     keys: dict[bytes, int] = {}
     pos = 0
     n = 0
@@ -681,6 +809,11 @@ def check_tsv(
             if not line.endswith(b"\n"):
                 problems.append(FormatError("last row is truncated (no newline at end of file)", path, line=n))
                 line += b"\n"
+            nul = line.find(b"\0")
+            if nul >= 0:
+                # No VinVL field holds a NUL: they are what a torn or preallocated write leaves behind.
+                problems.append(FormatError(f"NUL byte at byte {nul} of the row (a torn write?)", path, line=n))
+                continue
             fields = line[:-1].split(b"\t")
             try:
                 line[:-1].decode("utf-8")
@@ -703,8 +836,11 @@ def check_tsv(
                     row_check(fields, n)
                 except FormatError as e:
                     problems.append(e)
-    if n == 0:
-        problems.append(FormatError("file is empty (no rows)", path))
+    return n
+
+
+def _stored_index_problems(path: Path, offsets: list[int], problems: list[FormatError]) -> None:
+    """The stored ``.lineidx`` / ``.lineidx.8b`` of ``path`` against the row offsets found by scanning it."""
     for idx in (lineidx_path(path), lineidx8b_path(path)):
         if not idx.is_file():
             continue
@@ -712,6 +848,9 @@ def check_tsv(
             stored = read_lineidx(idx)
         except FormatError as e:
             problems.append(e)
+            continue
+        except OSError as e:
+            problems.append(FormatError(f"cannot read it ({e.strerror or e})", idx))
             continue
         if len(stored) != len(offsets):
             problems.append(FormatError(f"{idx.name} has {len(stored)} rows, the file has {len(offsets)}: stale index", path))
@@ -721,4 +860,3 @@ def check_tsv(
                 problems.append(
                     FormatError(f"{idx.name} disagrees with the file at {len(bad)} rows: stale index", path, line=int(bad[0]) + 1)
                 )
-    return n, problems

@@ -15,7 +15,7 @@ from ..corpus.decontaminate import (
 )
 from ..errors import VinvlError
 from ..images import IMAGE_EXTENSIONS
-from .options import output_file, output_folder
+from .options import output_file, output_folder, write_faults
 
 app = typer.Typer(help="Pretraining corpus tools.", no_args_is_help=True)
 
@@ -112,7 +112,8 @@ def build(
     feats = dict(pairs(features, "features"))
     labs = dict(pairs(labels, "labels"))
     labs = {d: labs.get(d, feats[d]) for d in feats}
-    report = build_corpus(sources, feats, labs, out, name=name)
+    with write_faults(f"{out / (name + '.yaml')} (which marks a complete corpus) is not written"):
+        report = build_corpus(sources, feats, labs, out, name=name)
     for w in report["warnings"]:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{out / (name + '.yaml')}: {report['total']} rows {report['rows']}; skipped {report['skipped']}")

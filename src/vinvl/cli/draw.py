@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from .options import output_folder
+
+from .options import output_folder, write_faults
 
 HELP = """Draw the detections of a predictions.tsv onto their images.
 
@@ -32,16 +33,17 @@ def draw(
     """Draw a predictions.tsv's detections onto their images."""
     from ..draw import draw_predictions
 
-    written = draw_predictions(
-        predictions,
-        images,
-        out,
-        keys=keys,
-        html=html,
-        top_attributes=top_attributes,
-        min_score=min_score,
-        max_boxes=max_boxes,
-    )
+    with write_faults(f"the pictures finished before it are kept in {out}"):
+        written = draw_predictions(
+            predictions,
+            images,
+            out,
+            keys=keys,
+            html=html,
+            top_attributes=top_attributes,
+            min_score=min_score,
+            max_boxes=max_boxes,
+        )
     line = f"{out}: {len(written)} image{'' if len(written) == 1 else 's'} drawn"
     if html:
         line += f", {out / 'index.html'}"

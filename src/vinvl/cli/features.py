@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 
 from .. import features as F
+from ..atomic import check_writable
 from ..errors import VinvlError
 from ..tsv import TSVFile
-from .options import one_of, output_file, output_folder
+from .options import one_of, output_file, output_folder, write_faults
 
 app = typer.Typer(help="Region features: convert to Oscar's layout, inspect.", no_args_is_help=True)
 
@@ -24,7 +25,8 @@ def to_oscar(
 ) -> None:
     """Write features.tsv (region width + 6: 2054-d for the released detectors), label.tsv, imageid2idx.json,
     lineidx files and manifest.json (its feature_dim), streaming."""
-    stats = F.to_oscar(predictions, out, hw=hw)
+    with write_faults(f"{out} is left as it was"):
+        stats = F.to_oscar(predictions, out, hw=hw)
     typer.echo(f"{out}: {stats['images']} images, {stats['boxes']} boxes, {stats['feature_dim']}-d rows")
 
 
@@ -37,7 +39,11 @@ def convert(
                                "(key, num_boxes, base64).", callback=one_of(*F.FEATURE_LAYOUTS)),
 ) -> None:
     """Rewrite a feature TSV in captioning's layout or the 3-column one (rows, order and blobs unchanged)."""
-    s = F.convert_features(src, out, layout)
+    if not src.is_file():
+        raise VinvlError(f"{src}: no such file")
+    check_writable(out.parent)  # a read-only or unreachable -o is named before any row is read
+    with write_faults(f"{out} is left as it was"):
+        s = F.convert_features(src, out, layout)
     typer.echo(f"{out}: {s['rows']} rows, {s['boxes']} boxes ({s['layout']})")
 
 

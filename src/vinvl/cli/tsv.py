@@ -8,9 +8,10 @@ from typing import List, Optional
 import typer
 
 from .. import tsv as T
-from ..errors import VinvlError
+from ..atomic import check_writable
+from ..errors import FormatError, VinvlError
 from ..features import ROW_KINDS, check_no_cr, first_row_kind, row_checker
-from .options import one_of, output_file
+from .options import one_of, output_file, write_faults
 
 app = typer.Typer(help="TSV + .lineidx files: index, check, show, merge.", no_args_is_help=True)
 
@@ -20,8 +21,19 @@ def index(
     files: List[Path] = typer.Argument(..., help="TSV files to index."),
 ) -> None:
     """Build (or rebuild) each file's .lineidx by scanning it."""
-    for f in files:
-        out = T.build_lineidx(f)
+    for f in files:  # every file readable and every index's folder writable, before any index is written
+        if not f.is_file():
+            raise FormatError("no such file", f)
+        try:
+            with open(f, "rb"):
+                pass
+        except OSError as e:
+            raise FormatError(f"cannot read it ({e.strerror or e})", f) from None
+        check_writable(T.lineidx_path(f).parent)
+    for n, f in enumerate(files):
+        done = f"the {n} index{'es' if n != 1 else ''} written before it and its old index (if any) are kept"
+        with write_faults(done if n else "its old index (if any) is kept"):
+            out = T.build_lineidx(f)
         typer.echo(f"{out}: {len(T.read_lineidx(out))} rows")
 
 
@@ -46,7 +58,7 @@ def check(
     if problems:
         typer.echo(f"{file}: {len(problems)} problems in {rows} rows ({chosen})", err=True)
         raise typer.Exit(2)
-    typer.echo(f"{file}: {rows} rows OK ({chosen})")
+    typer.echo(f"{file}: {rows} rows OK ({chosen})" if rows else f"{file}: 0 rows OK (an empty file)")
 
 
 @app.command("show")
@@ -77,7 +89,15 @@ def show(
 def merge(
     shards: List[Path] = typer.Argument(..., help="TSV shards, in order."),
     out: Path = typer.Option(..., "-o", "--out", help="Merged TSV (its .lineidx is written beside it).", callback=output_file),
+    allow_duplicate_keys: bool = typer.Option(
+        False, "--allow-duplicate-keys", help="Keep rows whose key (first column) is already in an earlier row or "
+        "shard (files with several rows per image, e.g. a corpus); by default a repeated key is an error."),
 ) -> None:
-    """Concatenate shards with a rebased .lineidx (rows are copied, not re-read)."""
-    T.merge_tsv(shards, out)
+    """Concatenate shards with a rebased .lineidx (rows are copied, not re-read); a key twice is refused."""
+    for s in shards:  # a missing shard is named before the output place is made
+        if not s.is_file():
+            raise FormatError("no such file", s)
+    check_writable(out.parent)
+    with write_faults(f"{out} is left as it was"):
+        T.merge_tsv(shards, out, unique_keys=not allow_duplicate_keys)
     typer.echo(f"{out}: {len(T.read_lineidx(T.lineidx_path(out)))} rows")

@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text, check_writable, remove_stale_temporaries
 from ..errors import VinvlError, single_spaced
 from ..features import Prediction, format_features_row, format_hw_row, format_label_row, parse_hw_row
 from ..textio import read_json
@@ -53,31 +53,90 @@ class Text(NamedTuple):
 
 def read_texts(src: TextSource) -> Iterable[Text]:
     """The texts of a COCO caption json, a VQA question json (no answers), a GQA question dict (with
-    answers) or an Oscar ``*_qla*.json`` list (``q``, ``img_id``, ``q_id``; no answer words)."""
+    answers) or an Oscar ``*_qla*.json`` list (``q``, ``img_id``, ``q_id``; no answer words).
+
+    A caption, question or answer must be a JSON string and an id a string or an integer: anything else
+    (a number as a caption, null, a list) is refused in one line naming the file and the entry, never
+    written as its Python spelling."""
     data = read_json(src.path)
-    try:
-        if src.kind == "caption":
-            anns = data.get("annotations") if isinstance(data, dict) else None
-            if anns is None:
-                raise VinvlError(f"{src.path}: a caption file needs an 'annotations' list (COCO style)")
-            for a in anns:
-                yield Text(str(a["image_id"]), str(a["caption"]))
-        elif src.kind == "qa":
-            if isinstance(data, dict) and "questions" in data:  # VQA v2
-                for q in data["questions"]:
-                    yield Text(str(q["image_id"]), str(q["question"]), str(q["question_id"]))
-            elif isinstance(data, dict):  # GQA: {qid: {"imageId", "question", "answer"}}
-                for qid, q in data.items():
-                    yield Text(str(q["imageId"]), str(q["question"]), str(qid), q.get("answer"))
-            elif isinstance(data, list):  # Oscar's qla files: [{"q", "img_id", "q_id", ...}]
-                for q in data:
-                    yield Text(str(q["img_id"]), str(q["q"]), str(q.get("q_id", "")))
-            else:
-                raise VinvlError(f"{src.path}: not a VQA/GQA question file")
+    if src.kind == "caption":
+        anns = data.get("annotations") if isinstance(data, dict) else None
+        if not isinstance(anns, list):
+            raise VinvlError(f"{src.path}: a caption file needs an 'annotations' list (COCO style)")
+        for i, a in enumerate(anns):
+            e = _Entry(src, f"annotations[{i}]", a)
+            yield Text(e.id("image_id"), e.text("caption"))
+    elif src.kind == "qa":
+        if isinstance(data, dict) and "questions" in data:  # VQA v2
+            if not isinstance(data["questions"], list):
+                raise VinvlError(f"{src.path}: 'questions' must be a list (VQA style)")
+            for i, q in enumerate(data["questions"]):
+                e = _Entry(src, f"questions[{i}]", q)
+                yield Text(e.id("image_id"), e.text("question"), e.id("question_id"))
+        elif isinstance(data, dict):  # GQA: {qid: {"imageId", "question", "answer"}}
+            for qid, q in data.items():
+                e = _Entry(src, f"question {qid!r}", q)
+                yield Text(e.id("imageId"), e.text("question"), str(qid), e.text("answer", optional=True))
+        elif isinstance(data, list):  # Oscar's qla files: [{"q", "img_id", "q_id", ...}]
+            for i, q in enumerate(data):
+                e = _Entry(src, f"entry {i}", q)
+                yield Text(e.id("img_id"), e.text("q"), e.id("q_id", optional=True) or "")
         else:
-            raise VinvlError(f"{src.path}: kind must be caption or qa, got {src.kind!r}")
-    except (KeyError, TypeError, AttributeError) as e:
-        raise VinvlError(f"{src.path}: an entry lacks {e} (not a {src.kind} file of a known kind)") from None
+            raise VinvlError(f"{src.path}: not a VQA/GQA question file")
+    else:
+        raise VinvlError(f"{src.path}: kind must be caption or qa, got {src.kind!r}")
+
+
+class _Entry:
+    """One entry of a caption or question file, whose fields are read with their JSON types checked."""
+
+    def __init__(self, src: TextSource, where: str, value: Any) -> None:
+        self.src, self.where, self.value = src, where, value
+        if not isinstance(value, dict):
+            self._fail(f"is {_json_type(value)}, not an object (not a {src.kind} file of a known kind)")
+
+    def _fail(self, why: str) -> None:
+        raise VinvlError(f"{self.src.path}: {self.where}{self._id()}: {why}")
+
+    def _id(self) -> str:
+        for k in ("image_id", "imageId", "img_id"):
+            v = self.value.get(k) if isinstance(self.value, dict) else None
+            if isinstance(v, (str, int)) and not isinstance(v, bool):
+                return f" (image {v!r})"
+        return ""
+
+    def _get(self, field: str, optional: bool) -> Any:
+        if field not in self.value:
+            if optional:
+                return None
+            self._fail(f"lacks '{field}' (not a {self.src.kind} file of a known kind)")
+        return self.value[field]
+
+    def text(self, field: str, optional: bool = False) -> Optional[str]:  # type: ignore[return]
+        """Field ``field`` as text: a JSON string (or, ``optional``, missing or null)."""
+        v = self._get(field, optional)
+        if isinstance(v, str) or (optional and v is None):
+            return v
+        self._fail(f"'{field}' is {_json_type(v)}, not a string")
+
+    def id(self, field: str, optional: bool = False) -> Optional[str]:  # type: ignore[return]
+        """Field ``field`` as an id: a JSON string or integer (or, ``optional``, missing or null)."""
+        v = self._get(field, optional)
+        if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+            return str(v)
+        if optional and v is None:
+            return None
+        self._fail(f"'{field}' is {_json_type(v)}, not a string or an integer")
+
+
+def _json_type(value: Any) -> str:
+    """``value``'s JSON type and a short spelling of it, for messages (``a number (123)``, ``null``)."""
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+            str: "a string"}.get(type(value), type(value).__name__)
+    text = json.dumps(value, default=str)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
 class _Images:
@@ -170,6 +229,8 @@ def build_corpus(
         if ds in L.ALIASES:
             raise VinvlError(f"dataset name {ds!r}: the original reads it as {L.ALIASES[ds]!r}; use that name")
     images = {ds: _Images(ds, Path(folder), Path(label_folders.get(ds, folder))) for ds, folder in feature_folders.items()}
+    check_writable(out)  # a read-only or unreachable output folder is named before any text is read
+    remove_stale_temporaries(out, [f"{name}_report.json", f"{name}.yaml"])  # the TSV writers clean their own
     counts: Counter = Counter()
     skipped: Counter = Counter()
     used: dict[str, dict[str, tuple[list, int, int]]] = {ds: {} for ds in images}
