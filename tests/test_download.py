@@ -12,8 +12,10 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -221,6 +223,7 @@ class _Fault:
     kind: str
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     at: Optional[int] = None
+    delay: float = 0.05  # "slow": seconds between 8 KiB pieces of the body
 
 
 # Every kind of trouble the downloader must survive: busy answers (with and without Retry-After),
@@ -345,9 +348,14 @@ class _FrontHandler(BaseHTTPRequestHandler):
         kind = fault.kind if fault else None
         if kind == "drop":
             return  # the connection closes without an answer
+        if kind == "reset-now":  # a reset (RST) before any answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
         headers = dict(headers)
-        if kind in ("503", "503-retry-after"):
-            status, body = 503, b"<Error><Code>ServerBusy</Code></Error>"
+        if kind in ("503", "503-retry-after") or (kind or "").isdigit():  # "429", "500", "502", "504" ...
+            code = int(kind) if kind.isdigit() else 503
+            status, body = code, b"<Error><Code>ServerBusy</Code></Error>"
             headers = {"x-ms-error-code": "ServerBusy"}
             if kind == "503-retry-after":
                 headers["Retry-After"] = "1"  # more than the test's max_backoff: the wait must be capped
@@ -368,6 +376,15 @@ class _FrontHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command == "HEAD":
+            return
+        if kind == "slow":
+            try:
+                for i in range(0, len(body), 8192):
+                    self.wfile.write(body[i:i + 8192])
+                    self.wfile.flush()
+                    time.sleep(fault.delay)
+            except OSError:
+                self.close_connection = True  # the client went away (a cancelled download)
             return
         if kind in ("cut", "reset"):
             at = fault.at if fault.at is not None else fault.rng.randrange(len(body))
@@ -424,6 +441,107 @@ def test_retries_are_bounded(azurite: Azurite, folder: dict, front, tmp_path: Pa
     with pytest.raises(VinvlError, match="failed after 3 attempts: HTTP 503"):
         downloader(attempts=3).download(f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/feat/a.txt", tmp_path)
     assert time.monotonic() - t < 5
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "504", "reset-now", "drop"])
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_busy_answers_and_resets_on_the_first_request_are_retried(serve, tmp_path: Path, fault: str,
+                                                                  method: str) -> None:
+    """Twice in a row on the very first request (a blob's HEAD, or its first GET), before the host ever answered."""
+    hits = Counter()
+
+    def twice(m: str, path: str, rng_header: str, status: int, headers: dict, body: bytes) -> Optional[_Fault]:
+        if m == method and hits[m] < 2:
+            hits[m] += 1
+            return _Fault(fault)
+        return None
+
+    srv = serve(_memory(), faults=twice)
+    dl = _fault_dl(attempts=4)
+    res = dl.download(_url(srv, "data/sub/c.bin"), tmp_path)  # ranged: a HEAD, then the ranges' GETs
+    assert (tmp_path / "c.bin").read_bytes() == FAULT_FILES["data/sub/c.bin"] and res.present == 0
+    assert hits[method] == 2 and dl.stats["retries"] == 2
+
+
+def test_resumed_bytes_that_fail_the_check_are_fetched_again(serve, tmp_path: Path, monkeypatch) -> None:
+    """A kill after the last range was recorded but before the final name: the next run checks the bytes it
+    kept, and when they are wrong fetches the file afresh instead of keeping (or failing on) them."""
+    srv = serve(_memory())
+    url = _url(srv, "data/sub/d.bin")
+    want = FAULT_FILES["data/sub/d.bin"]
+    real = os.replace
+
+    def interrupted_before_the_final_name(src: Any, dst: Any) -> None:
+        if Path(dst) == tmp_path / "d.bin":
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", interrupted_before_the_final_name)
+        with pytest.raises(KeyboardInterrupt):
+            _fault_dl().download(url, tmp_path)
+    part, sidecar = tmp_path / "d.bin.part", tmp_path / "d.bin.part.json"
+    assert part.read_bytes() == want and json.loads(sidecar.read_text())["done"] == [[0, 9]]
+    with open(part, "r+b") as f:  # the kept bytes go bad (a disk, another process)
+        f.seek(5)
+        f.write(b"\0" * 7)
+    seen = len(srv.log)
+    dl = _fault_dl()
+    dl.download(url, tmp_path)
+    assert (tmp_path / "d.bin").read_bytes() == want and not part.exists() and not sidecar.exists()
+    gets = [r for m, _, r in srv.log[seen:] if m == "GET"]
+    assert len(gets) == 10  # every range again, once
+
+
+# A child process downloading one URL with the CLI (its own Downloader, default 8 MiB ranges).
+MiB = 1 << 20
+SLOW_RANGES = 3 * 8 * MiB + 123  # four ranges of the CLI's default 8 MiB
+
+
+def test_ctrl_c_stops_a_slow_ranged_download_at_once_and_it_resumes(serve, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    data = _data(SLOW_RANGES, 31)
+    first = "bytes=0-"
+
+    def crawl(method: str, path: str, rng_header: str, status: int, headers: dict, body: bytes) -> Optional[_Fault]:
+        # The first range comes at once; the others crawl (~160 kB/s: minutes for 8 MiB).
+        if method == "GET" and not rng_header.startswith(first):
+            return _Fault("slow", delay=0.05)
+        return None
+
+    srv = serve(_Memory({"pub/big/slow.bin": data}), faults=crawl, lifetime=120)
+    url = f"http://127.0.0.1:{srv.server_port}/{ACCOUNT}/pub/big/slow.bin?{SECRET}"
+    out = tmp_path / "out"
+    part, sidecar = out / "slow.bin.part", out / "slow.bin.part.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "vinvl", "download", url, "-o", str(out), "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (sidecar.exists() and json.loads(sidecar.read_text() or "{}").get("done")):
+            assert time.monotonic() < deadline and child.poll() is None, "the first range never finished"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the slow ranges are mid-body
+        t = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=15)
+        took = time.monotonic() - t
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130 and took < 5, (child.returncode, took, err)
+    _check_one_line(err.strip())
+    assert err.startswith("error: interrupted")
+    assert part.stat().st_size == len(data) and not (out / "slow.bin").exists()
+    # Resumable: the finished ranges are recorded (the first; the short last one may have crawled through too).
+    done = {i for a, b in json.loads(sidecar.read_text())["done"] for i in range(a, b + 1)}
+    assert 0 in done and {1, 2} - done == {1, 2}, done
+    srv.faults = None  # full speed: the same command fetches only the missing ranges
+    seen = len(srv.log)
+    assert main(["download", url, "-o", str(out), "--quiet"]) == 0
+    assert (out / "slow.bin").read_bytes() == data and not part.exists() and not sidecar.exists()
+    again = {int(r[len("bytes="):].split("-")[0]) // (8 * MiB) for m, _, r in srv.log[seen:] if m == "GET"}
+    assert again == {0, 1, 2, 3} - done, again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,7 +690,7 @@ def test_cli_permanent_failure_is_one_line_then_resumes(serve, tmp_path: Path, m
     srv = serve(_memory(), faults=stuck)
     out = tmp_path / "out"
     argv = ["download", _url(srv), "-o", str(out), "--quiet", "--workers", "2"]
-    assert main(argv) == 2
+    assert main(argv) == 1  # a fault mid-run (the server answered, the transfer failed): 1, not a user error
     cap = capsys.readouterr()
     err = cap.err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), cap.err

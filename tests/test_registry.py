@@ -9,7 +9,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +30,8 @@ VG = registry.entry("vinvl_vg_x152c4")
 VG_REPO, VG_REV = VG.assets[0].sources[0].repo, VG.assets[0].sources[0].revision
 CAP = registry.entry("vinvl-base-image-captioning")
 CAP_REPO, CAP_REV = CAP.assets[0].sources[0].repo, CAP.assets[0].sources[0].revision
-CHUNK = 10 * 2**20  # huggingface_hub's download chunk: a cut resumes from the last whole chunk
+CHUNK = 10 * 2**20
+RANGE_SIZE = 8 * 2**20  # the engine's default range: files larger come in parallel ranged GETs
 
 
 def _bytes(n: int, seed: int) -> bytes:
@@ -119,6 +123,32 @@ def test_list_shows_every_source(capsys: pytest.CaptureFixture) -> None:
     assert {r["source"] for r in rows} == {"hf", "azure"}
 
 
+def test_list_table_fits_100_columns_with_file_source_and_revision(capsys: pytest.CaptureFixture) -> None:
+    assert main(["download", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert lines[0].split() == ["name", "(kind):", "description"] and lines[1].split() == ["file", "source",
+                                                                                          "revision", "size"]
+    assert main(["download", "--list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    # Every entry once, with its kind (detector, captioner, ...), then one line per source of each of its files.
+    body = iter(lines[2:])
+    name = None
+    for r in rows:
+        if r["name"] != name:
+            name = r["name"]
+            assert next(body).startswith(f"{name} ({registry.entry(name).kind}): ")
+        cells = next(body).split()
+        rev = "-" if not r["revision"] else r["revision"][:7] if len(r["revision"]) == 40 else r["revision"]
+        assert cells[0] == (r["file"] or "(folder)") and cells[1] == r["source"], (r, cells)
+        assert rev in cells and " ".join(cells).endswith(r["size"]), (r, cells)
+    assert next(body, None) is None
+    kinds = {line.split(" (", 1)[1].split(")")[0] for line in lines[2:] if not line.startswith(" ")}
+    assert kinds == set(registry.ENTRY_KINDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# By name from the hub
 # ---------------------------------------------------------------------------------------------
 # By name from the hub
 
@@ -153,10 +183,204 @@ def test_cut_transfer_resumed(hub: HubServer) -> None:
     hub.state.cut.add(f"{VG_REPO}/vinvl_vg_x152c4.pth")  # the first body stops half-way, connection closed
     found = registry.resolve_detector("vinvl_vg_x152c4", quiet=True)
     assert found.weights.read_bytes() == VG_WEIGHTS
-    gets = [r for role, m, _, r, _ in hub.log if role == "cdn" and m == "GET"]
-    assert len(gets) == 2 and gets[0] == ""
-    start = int(re.fullmatch(r"bytes=(\d+)-", gets[1])[1])
-    assert start > 0 and start % CHUNK == 0  # resumed after the bytes already written, not from 0
+    # The weights come in ranges (larger than one); the cut one is asked again from the byte the cut stopped at.
+    by_end: dict = {}
+    for role, m, _, r, _ in hub.log:
+        if role == "cdn" and m == "GET":
+            first, last = re.fullmatch(r"bytes=(\d+)-(\d+)", r).groups()
+            by_end.setdefault(int(last), []).append(int(first))
+    assert len(by_end) == -(-len(VG_WEIGHTS) // RANGE_SIZE)
+    (starts,) = [v for v in by_end.values() if len(v) > 1]
+    end = next(k for k, v in by_end.items() if v is starts)
+    assert starts == [starts[0], starts[0] + (end - starts[0] + 1) // 2], starts  # not from 0, no byte twice
+    assert not list(found.weights.parent.glob("*.part*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub faults: vinvl's own promises, tested under the fault (not huggingface_hub's word for them)
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Downloader the commands build retries after milliseconds, not seconds."""
+    for name, value in dict(backoff=0.01, max_backoff=0.05).items():
+        monkeypatch.setitem(registry.Downloader.__init__.__kwdefaults__, name, value)
+
+
+def _hub_only(monkeypatch: pytest.MonkeyPatch, file: str, name: str = "hub_only") -> registry.Entry:
+    """An entry whose one file comes from the loopback hub only (no Azure source to fall back on)."""
+    e = _entry(name, registry.hf(VG_REPO, VG_REV, file), filename=file)
+    monkeypatch.setitem(registry.REGISTRY, name, e)
+    return e
+
+
+# Where a fault can hit a hub download: the HEAD (api), the GET of a small file (api), the GETs of an LFS file (cdn).
+WHERE = {"head": dict(role="api", method="HEAD"), "small-get": dict(role="api", method="GET"),
+         "lfs-get": dict(role="cdn", method="GET")}
+
+
+@pytest.mark.parametrize("where", list(WHERE))
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "504", "503-retry-after", "reset", "drop"])
+def test_hub_busy_answers_and_resets_are_retried(hub: HubServer, quick: None, capsys: pytest.CaptureFixture,
+                                                 where: str, fault: str) -> None:
+    if fault.startswith("503-retry-after"):
+        kw: dict = dict(kind="status", status=503, retry_after="0")
+    elif fault[0].isdigit():
+        kw = dict(kind="status", status=int(fault))
+    else:
+        kw = dict(kind=fault)
+    file = "VG-SGG-dicts-vgoi6-clipped.json" if where == "small-get" else "vinvl_vg_x152c4.pth"
+    # Twice in a row, on the very first request of the file: more than one retry, before any answer came.
+    injected = hub.fault(**kw, **WHERE[where], path=file, times=2)
+    assert main(["download", "vinvl_vg_x152c4", "--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and len(cap.out.splitlines()) == 2, cap
+    assert injected.hits == 2 and injected.times == 0
+    home = registry.entry("vinvl_vg_x152c4").folder()
+    assert (home / "vinvl_vg_x152c4.pth").read_bytes() == VG_WEIGHTS
+    assert (home / "VG-SGG-dicts-vgoi6-clipped.json").read_bytes() == VG_LABELMAP
+    assert sorted(p.name for p in home.iterdir()) == ["VG-SGG-dicts-vgoi6-clipped.json", "vinvl_vg_x152c4.pth"]
+
+
+@pytest.mark.parametrize("where", list(WHERE))
+def test_hub_failing_for_ever_is_one_line_a_fault_and_no_network_advice(
+        hub: HubServer, quick: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        where: str) -> None:
+    file = "VG-SGG-dicts-vgoi6-clipped.json" if where == "small-get" else "vinvl_vg_x152c4.pth"
+    e = _hub_only(monkeypatch, file)
+    busy = hub.fault("status", status=503, **WHERE[where], path=file, times=-1)
+    t = time.monotonic()
+    assert main(["download", e.name, "--quiet"]) == 1  # the hub answered, the transfer failed: a fault mid-run
+    assert time.monotonic() - t < 5
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert err.startswith(f"error: hub_only: {file}: no source worked (tried hf {VG_REPO}@{VG_REV[:7]}/{file}: ")
+    # Six attempts per request, no more (the LFS file's three ranges run side by side, each with its six).
+    requests = 3 if where == "lfs-get" else 1
+    assert re.search(r"failed after 6 attempts: HTTP 503", err) and busy.hits == 6 * requests, (err, busy.hits)
+    assert "check the network" not in err and "run the command again later" in err
+    assert not (e.folder() / file).exists()
+    hub.heal()  # the next run resumes and completes
+    assert main(["download", e.name, "--quiet"]) == 0
+    assert (e.folder() / file).read_bytes() == hub.state.repos[VG_REPO].files[file]
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_hub_refusal_says_token_not_network(hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture, code: int) -> None:
+    e = _hub_only(monkeypatch, "vinvl_vg_x152c4.pth")
+    hub.fault("status", status=code, role="api", times=-1)
+    assert main(["download", e.name, "--quiet"]) == 2  # the user must act: a token
+    err = capsys.readouterr().err.strip()
+    _one_line(err)
+    assert f"HTTP {code}" in err and "HF_TOKEN" in err and "check the network" not in err, err
+    assert len([x for x in hub.log if x[1] == "HEAD"]) == 1  # a refusal is not retried
+
+
+# A child process that dies (SIGKILL, no clean-up) at a chosen moment of a hub download: right after the
+# last byte, when the check first reads the file back ("check"), or as the file is about to get its final
+# name ("rename"). It downloads one file of the loopback hub through the CLI.
+KILL_CHILD = r"""
+import hashlib, os, signal, sys
+from pathlib import Path
+from vinvl import registry
+from vinvl.cli import main
+
+repo, rev, file, when = sys.argv[1:5]
+registry.REGISTRY["hub_only"] = registry.Entry("hub_only", "detector", "t", (registry.Asset(
+    "hub_only", "file", file, (registry.hf(repo, rev, file),), "?", "w", "models/hub_only"),),
+    preset="tiny", weights=file, labelmap=file)
+final = registry.entry("hub_only").folder() / file
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if when == "check":  # every checksum of a whole file reads it through hashlib.file_digest
+    hashlib.file_digest = lambda *a, **k: die()
+else:
+    real = os.replace
+    os.replace = lambda src, dst, *a, **k: die() if Path(dst) == final else real(src, dst, *a, **k)
+    os.rename = lambda src, dst, *a, **k: die() if Path(dst) == final else real(src, dst, *a, **k)
+sys.exit(main(["download", "hub_only", "--quiet"]))
+"""
+
+
+def _run_child(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+@pytest.mark.parametrize("file", ["vinvl_vg_x152c4.pth", "VG-SGG-dicts-vgoi6-clipped.json"], ids=["ranged", "single"])
+@pytest.mark.parametrize("when", ["check", "rename"])
+def test_kill_before_the_final_name_never_leaves_a_corrupt_file_present(
+        hub: HubServer, quick: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        file: str, when: str) -> None:
+    good = hub.state.repos[VG_REPO].files[file]
+    if when == "check":  # the bytes that came are wrong (same size, the true checksum announced)
+        hub.state.tamper[f"{VG_REPO}/{file}"] = bytes([good[0] ^ 1]) + good[1:]
+    child = _run_child(KILL_CHILD, VG_REPO, VG_REV, file, when)
+    assert child.returncode == -signal.SIGKILL, (child.returncode, child.stderr[-2000:])
+    e = _hub_only(monkeypatch, file)
+    final = e.folder() / file
+    assert not final.exists()  # the final name only ever follows the check
+    if when == "check":
+        # The next run while the hub still serves wrong bytes: refused, never "already present".
+        assert main(["download", e.name, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "mismatch" in err and not final.exists(), err
+        hub.heal()
+    assert main(["download", e.name, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert final.read_bytes() == good and "0 already present" in out, out
+    assert sorted(p.name for p in final.parent.iterdir()) == [file]
+
+
+def test_quiet_download_prints_nothing_of_the_hub_client(hub: HubServer, tmp_path: Path) -> None:
+    """--quiet under retries and resumed transfers: stdout has the result lines, stderr nothing (hub client at INFO)."""
+    hub.fault("status", status=503, role="api", method="HEAD", times=1)
+    hub.fault("reset", role="cdn", times=1)
+    hub.fault("cut", role="cdn", times=1)
+    hub.fault("cut", role="api", method="GET", times=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_VERBOSITY": "info"}
+    child = subprocess.run([sys.executable, "-m", "vinvl", "download", "vinvl_vg_x152c4", "--quiet"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert child.returncode == 0, child.stderr
+    assert child.stderr == ""
+    lines = child.stdout.splitlines()
+    assert len(lines) == 2 and all("file(s)" in line and f"(hf {VG_REPO}@" in line for line in lines), lines
+    assert sum(f.hits for f in hub.state.faults) == 4  # every fault did happen
+    home = registry.entry("vinvl_vg_x152c4").folder()
+    assert (home / "vinvl_vg_x152c4.pth").read_bytes() == VG_WEIGHTS
+
+
+def test_ctrl_c_stops_a_slow_hub_download_at_once_and_it_resumes(hub: HubServer, quick: None,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    hub.fault("slow", role="cdn", times=-1, delay=0.05, chunk=8192)  # every range crawls (~160 kB/s)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "vinvl", "download", "vinvl_vg_x152c4", "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    home = registry.entry("vinvl_vg_x152c4").folder()
+    part, sidecar = home / "vinvl_vg_x152c4.pth.part", home / "vinvl_vg_x152c4.pth.part.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not (sidecar.exists() and len([x for x in hub.log if x[0] == "cdn"]) >= 3):
+            assert time.monotonic() < deadline and child.poll() is None, "the ranged download never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # bytes are flowing into the ranges
+        t = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+        took = time.monotonic() - t
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130 and took < 5, (child.returncode, took, err)
+    assert err.strip().startswith("error: interrupted; what was written is kept: rerun the same command")
+    assert part.stat().st_size == len(VG_WEIGHTS) and json.loads(sidecar.read_text())["size"] == len(VG_WEIGHTS)
+    assert not (home / "vinvl_vg_x152c4.pth").exists()
+    hub.heal()
+    assert main(["download", "vinvl_vg_x152c4", "--quiet"]) == 0
+    assert (home / "vinvl_vg_x152c4.pth").read_bytes() == VG_WEIGHTS and not part.exists() and not sidecar.exists()
 
 
 @pytest.mark.parametrize("file", ["vinvl_vg_x152c4.pth", "VG-SGG-dicts-vgoi6-clipped.json"], ids=["lfs", "small"])
@@ -195,6 +419,27 @@ def test_hub_cache_is_used_offline(hub: HubServer, monkeypatch: pytest.MonkeyPat
                                                              asset.sources[:1], "?", "l", "models/x"),)))
     done = registry.fetch("vg_labelmap_only", quiet=True)
     assert done[0].result.files[0].read_bytes() == VG_LABELMAP and len(hub.log) == seen
+
+
+def test_a_damaged_hub_cache_copy_is_never_used(hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """The hub cache names each blob by its ETag: a copy whose bytes no longer match is refused offline and
+    replaced by the hub's file online."""
+    from huggingface_hub import hf_hub_download
+
+    file = "vinvl_vg_x152c4.pth"
+    cached = Path(hf_hub_download(VG_REPO, file, revision=VG_REV, endpoint=hub.endpoint,
+                                  cache_dir=str(tmp_path / "hf" / "hub")))
+    blob = Path(os.path.realpath(cached))
+    blob.write_bytes(bytes([VG_WEIGHTS[0] ^ 1]) + VG_WEIGHTS[1:])  # same size, one bit off
+    e = _hub_only(monkeypatch, file)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RemoteError, match=r"sha256 mismatch \(the hub cache .*; the file was deleted"):
+        registry.ensure(e.name, quiet=True)
+    assert not (e.folder() / file).exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    registry.ensure(e.name, quiet=True)
+    assert (e.folder() / file).read_bytes() == VG_WEIGHTS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,17 +561,21 @@ def test_check_table(hub: HubServer, azurite: Azurite, monkeypatch: pytest.Monke
     assert time.monotonic() - t < 5
     cap = capsys.readouterr()
     lines = cap.out.splitlines()
+    assert len(lines) == 1 + len(sources) + 1  # a header, then one line per source
     status = {s.label(): line for s in sources for line in lines if s.label() in line}
     assert re.search(r"\breachable\s+\S+ MiB$", status[sources[0].label()])
-    assert "needs SAS" in status[sources[1].label()]
+    assert "denied (HTTP 409)" in status[sources[1].label()]
     assert re.search(r"\breachable\s+5 B$", status[sources[2].label()])
-    assert "missing" in status[sources[3].label()] and "unreachable" in status[sources[4].label()]
+    assert "missing (HTTP 404)" in status[sources[3].label()]
+    assert "unreachable (connection refused)" in status[sources[4].label()]
     assert any("checked_folder" in line and "reachable" in line for line in lines)
-    assert "2 of 2 assets have a reachable source" in cap.err
+    assert "2 of 2 assets have a reachable source" in cap.err and "a read SAS" in cap.err
     # JSON, and an asset without any reachable source: exit 3.
     assert main(["download", "--check", "checked", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["status"] for r in rows] == ["reachable", "needs SAS", "reachable", "missing", "unreachable"]
+    assert [r["status"] for r in rows] == ["reachable", "denied", "reachable", "missing", "unreachable"]
+    assert [r["http"] for r in rows] == [None, 409, None, 404, None]
+    assert rows[4]["reason"] == "connection refused" and rows[0]["revision"] == VG_REV
     monkeypatch.setitem(registry.REGISTRY, "none_left", _entry("none_left", *sources[1:2], *sources[3:]))
     assert main(["download", "--check", "none_left"]) == 3
 
@@ -340,9 +589,52 @@ def test_check_offline_says_so_at_once(tmp_path: Path, monkeypatch: pytest.Monke
     t = time.monotonic()
     assert main(["download", "--check", e.name]) == 2
     assert time.monotonic() - t < 2
-    err = capsys.readouterr().err.strip()
+    cap = capsys.readouterr()
+    err = cap.err.strip()
     _one_line(err)
     assert err.startswith("error: offline: no source answered (127.0.0.1:")
+    # Still one line per source, each saying why.
+    lines = cap.out.splitlines()[1:]
+    assert len(lines) == 2 and all("unreachable (connection refused)" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("code,state", [(401, "denied (HTTP 401)"), (403, "denied (HTTP 403)"),
+                                        (409, "denied (HTTP 409)"), (404, "missing (HTTP 404)"),
+                                        (503, "error (HTTP 503)")])
+def test_check_says_the_same_words_for_the_hub_and_azure(hub: HubServer, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, code: int, state: str) -> None:
+    # The same answer from both backends (the loopback hub also serves the Azure-style URL): the same state.
+    hub.fault("status", status=code, path="/x.pth", times=-1)
+    e = _entry("both", registry.hf(VG_REPO, VG_REV, "x.pth"), registry.azure(f"{hub.endpoint}/acct/c/x.pth"))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    assert main(["download", "--check", e.name]) == 3
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()[1:]
+    assert len(lines) == 2 and [s.label() in line for s, line in zip(e.assets[0].sources, lines)] == [True, True]
+    assert all(re.search(rf"\s{re.escape(state)}\s+-$", line) for line in lines), lines
+    assert "0 of 1 assets have a reachable source" in cap.err
+    assert main(["download", "--check", e.name, "--format", "json"]) == 3
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["source"], r["state"], r["http"]) for r in rows] == [("hf", state, code), ("azure", state, code)]
+
+
+def test_check_dns_failure_is_one_line_per_source(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.vinvl-test.invalid")  # .invalid never resolves (RFC 2606)
+    e = _entry("nowhere", registry.hf(VG_REPO, VG_REV, "x.pth"),
+               registry.azure("http://blob.vinvl-test.invalid/c/x.pth"), registry.Source(
+                   "https", url="http://files.vinvl-test.invalid/x.pth"))
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+    t = time.monotonic()
+    assert main(["download", "--check", e.name]) == 2
+    assert time.monotonic() - t < 5
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert len(lines) == 1 + 3 and all(re.search(r"\sunreachable \(DNS failure\)\s+-$", x) for x in lines[1:]), lines
+    err = cap.err.strip()
+    _one_line(err)
+    assert err == ("error: offline: no source answered (hub.vinvl-test.invalid: DNS failure; "
+                   "blob.vinvl-test.invalid: DNS failure; files.vinvl-test.invalid: DNS failure)"), err
 
 
 def test_unknown_and_wrong_kind_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

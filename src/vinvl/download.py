@@ -14,12 +14,17 @@ What the engine guarantees:
 - small files come in one GET; files larger than ``range_size`` come in parallel ranged GETs into
   ``NAME.part`` with a sidecar ``NAME.part.json`` recording the finished ranges, so an interrupted
   download resumes with only the missing ranges;
-- 5xx, 429, dropped connections, timeouts and bodies shorter or longer than announced (or than
-  the range asked for) are retried with exponential back-off (bounded); a cut transfer resumes
-  after the bytes it already wrote; an unreachable host fails at the first request, within
-  seconds, with one message;
+- 5xx, 429, dropped or reset connections, timeouts and bodies shorter or longer than announced (or
+  than the range asked for) are retried with exponential back-off (bounded); a cut transfer resumes
+  after the bytes it already wrote; an unreachable host (no connection at all) fails at the first
+  request, within seconds, with one message. :meth:`Downloader.retry` is that policy, and the hub
+  sources of :mod:`vinvl.registry` use it too;
 - a file gets its final name (atomic ``os.replace``) only after its Content-MD5 (or, without one,
-  its size) matched; an MD5 mismatch deletes the partial file and names the file;
+  its size) and the caller's own check (a hub ETag, a registry sha256) matched; a mismatch deletes
+  the partial file and names the file. Bytes kept from an earlier run that fail the check are
+  fetched afresh once;
+- Ctrl-C (or any ``BaseException``) during a transfer shuts every open connection of the downloader
+  down at once, so running ranges stop within moments; finished ranges stay recorded for a resume;
 - blob and zip member names that could escape the target folder (``..``, absolute paths,
   backslashes, empty segments) are refused; zips are unpacked through a temporary folder.
 """
@@ -27,6 +32,7 @@ What the engine guarantees:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -41,6 +47,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 import xml.etree.ElementTree as ET
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -50,7 +57,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 from urllib.parse import quote, unquote, urlsplit
 
 from .atomic import atomic_write_json
-from .errors import VinvlError
+from .errors import VinvlError, single_spaced
 
 MiB = 1 << 20
 DEFAULT_RANGE_SIZE = 8 * MiB
@@ -62,14 +69,36 @@ _SIDECAR_VERSION = 1
 
 
 class RemoteError(VinvlError):
-    """The server said no (not found, access denied) or could not be reached; a mirror may help.
+    """The server said no (not found, access denied), failed, or could not be reached; a mirror may help.
 
-    ``status`` is the HTTP status when the server answered (None when it could not be reached).
+    ``status`` is the HTTP status when the server answered (None when it could not be reached);
+    ``fault`` is True when the source answered but the transfer still failed after every retry (a fault
+    mid-run: running the command again resumes); ``unreachable`` when no connection could be made at
+    all; ``reason`` is a short phrase for tables (``DNS failure``, ``connection refused``, ``HTTP 503``).
     """
 
-    def __init__(self, message: str, status: Optional[int] = None) -> None:
+    def __init__(self, message: str, status: Optional[int] = None, *, fault: bool = False,
+                 unreachable: bool = False, reason: Optional[str] = None) -> None:
         super().__init__(message)
         self.status = status
+        self.fault = fault
+        self.unreachable = unreachable
+        self.reason = reason or (f"HTTP {status}" if status is not None else None)
+
+
+class Transient(Exception):
+    """Raised by one attempt of :meth:`Downloader.retry`: a failure worth another attempt.
+
+    ``contact`` says the host accepted the connection (an HTTP answer, a body cut short, a reset after
+    connecting): it is up, so the full retry budget applies. Without contact the host may be off the
+    network: ``final`` ends the command at once (a DNS failure, a timeout), else one more try is made.
+    """
+
+    def __init__(self, reason: str, *, status: Optional[int] = None, delay: Optional[float] = None,
+                 contact: bool = True, final: bool = False, short: Optional[str] = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.delay, self.contact, self.final = reason, status, delay, contact, final
+        self.short = short or (f"HTTP {status}" if status is not None else reason)
 
 
 # Anonymous reads of an account that disallows public access: 409 PublicAccessNotPermitted (the VinVL
@@ -85,8 +114,25 @@ def access_hint(status: int, has_sas: bool) -> str:
             "release's accounts since 2023); pass a read SAS with --sas or VINVL_AZURE_SAS")
 
 
+HUB_ACCESS_HINT = ("the hub refused the read: a gated or private repo needs HF_TOKEN (or `hf auth login`) with "
+                   "access to it")
+
+
+def _denied_hint(service: str, status: int, has_query: bool) -> str:
+    # The same HTTP code means different remedies per backend: a SAS for Azure, a token for the hub.
+    if service == "azure":
+        return access_hint(status, has_query)
+    if service == "hf":
+        return HUB_ACCESS_HINT + ("; its signed download link may have expired: run again" if has_query else "")
+    return "the server refused the read"
+
+
 class VerificationError(VinvlError):
-    """A downloaded file's MD5 or size differs from what the server announced."""
+    """A downloaded file's MD5, size or checksum differs from what its source states; ``path`` is its final name."""
+
+    def __init__(self, message: str, path: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +270,22 @@ def parse_listing(xml_bytes: bytes) -> tuple[list[tuple[str, Optional[int], Opti
 
 @dataclass
 class RemoteFile:
-    """One blob to fetch: its URL, the path relative to the target, and what the server announced."""
+    """One blob to fetch: its URL, the path relative to the target, and what the server announced.
+
+    ``verify`` is the caller's own check of the complete part file (None, or why it is wrong), run
+    before the file gets its final name; ``etag`` identifies the version whose ranges a sidecar
+    records; ``headers`` go with every GET (a hub token, only to the hub itself); ``service`` picks
+    the advice for a refused read (``azure``, ``hf``, ``https``).
+    """
 
     url: str
     rel: str
     size: Optional[int]
     md5: Optional[str]  # base64, as in Content-MD5
+    etag: Optional[str] = None
+    headers: dict[str, str] = field(default_factory=dict)
+    service: str = "azure"
+    verify: Optional[Callable[[Path], Optional[str]]] = None
 
 
 @dataclass
@@ -338,8 +394,8 @@ class _Span:
             # The full blob (a plain GET, or a server that ignored the Range of a resume): from byte 0.
             announced = _content_length(resp)
             if size is not None and announced is not None and announced != size:
-                raise VinvlError(f"{rel}: the blob changed size while downloading ({announced} bytes, "
-                                 f"listed {size}); run again")
+                raise RemoteError(f"{rel}: the blob changed size while downloading ({announced} bytes, "
+                                 f"listed {size}); run again", fault=True)
             self.got, want = 0, size
             self.md5 = resp.headers.get("Content-MD5") or self.md5
         elif status == 206 and ranged:
@@ -347,8 +403,8 @@ class _Span:
             cr = _content_range(resp)
             total = cr[2] if cr else None
             if size is not None and total is not None and total != size:
-                raise VinvlError(f"{rel}: the blob changed size while downloading "
-                                 f"({resp.headers.get('Content-Range')}); run again")
+                raise RemoteError(f"{rel}: the blob changed size while downloading "
+                                 f"({resp.headers.get('Content-Range')}); run again", fault=True)
             end = self.b if self.b is not None else (total - 1 if total is not None else None)
             if cr is None or end is None or cr[:2] != (start, end):
                 raise _Retry(f"wrong Content-Range {resp.headers.get('Content-Range')!r} for bytes {start}-{end}")
@@ -388,8 +444,9 @@ def file_digest(path: Union[str, os.PathLike], hasher: Any) -> Any:
 
 
 def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional[str],
-                      drop: Sequence[Path] = ()) -> None:
-    """Check ``part`` (size, MD5, each when known) and rename it to ``path``; a mismatch deletes it and ``drop``."""
+                      drop: Sequence[Path] = (), verify: Optional[Callable[[Path], Optional[str]]] = None) -> None:
+    """Check ``part`` (size, MD5, each when known, then ``verify``) and rename it to ``path``; a mismatch
+    deletes it and ``drop``. The final name is given last: a kill before it leaves only ``part``."""
     got = part.stat().st_size
     bad = None
     if size is not None and got != size:
@@ -398,10 +455,12 @@ def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional
         digest = base64.b64encode(file_digest(part, hashlib.md5()).digest()).decode()
         if digest != md5:
             bad = f"MD5 mismatch (server says {md5}, got {digest})"
+    if bad is None and verify is not None:
+        bad = verify(part)
     if bad:
         for p in (part, *drop):
             p.unlink(missing_ok=True)
-        raise VerificationError(f"{path}: {bad}; the partial file was deleted")
+        raise VerificationError(f"{path}: {bad}; the file was deleted", path)
     os.replace(part, path)
 
 
@@ -419,6 +478,86 @@ def _error_code(e: urllib.error.HTTPError) -> str:
         return ""
     finally:
         e.close()
+
+
+class _Stopped(Exception):
+    """Internal: the downloader was cancelled (Ctrl-C); the transfer ends without another attempt."""
+
+
+class _TrackedHTTP(http.client.HTTPConnection):
+    # Hands its socket to the downloader, which shuts it down on Ctrl-C: a thread blocked reading a
+    # slow body wakes at once instead of after the read timeout.
+    def __init__(self, *args: Any, track: Callable[[socket.socket], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._track = track
+
+    def connect(self) -> None:
+        super().connect()
+        self._track(self.sock)
+
+
+class _TrackedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, track: Callable[[socket.socket], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._track = track
+
+    def connect(self) -> None:
+        super().connect()
+        self._track(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, track: Callable[[socket.socket], None]) -> None:
+        super().__init__()
+        self._track = track
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_TrackedHTTP, track=self._track), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, track: Callable[[socket.socket], None]) -> None:
+        super().__init__()
+        self._track = track
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_TrackedHTTPS, track=self._track), req,
+                            context=getattr(self, "_context", None))
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    # urllib forwards every header on a redirect; a hub token must never reach another host.
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> Optional[urllib.request.Request]:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def network_reason(e: BaseException) -> tuple[str, bool, bool]:
+    """``(reason, contact, final)`` of a network failure: whether the host accepted the connection, and
+    whether a host never reached should be given up at once (a DNS failure or a timeout)."""
+    chain: list[BaseException] = []
+    c: Optional[BaseException] = e
+    while c is not None and c not in chain:
+        chain.append(c)
+        c = getattr(c, "reason", None) if isinstance(getattr(c, "reason", None), BaseException) else (
+            c.__cause__ or c.__context__)
+    for c in chain:
+        if isinstance(c, socket.gaierror):
+            return f"DNS failure ({c.strerror or c})", False, True
+        if isinstance(c, ConnectionRefusedError):
+            return "connection refused", False, False
+        if isinstance(c, TimeoutError) or type(c).__name__ in ("ConnectTimeout", "ReadTimeout", "WriteTimeout",
+                                                               "PoolTimeout", "TimeoutException"):
+            return "timed out", False, True
+    for c in chain:
+        if isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.HTTPException)):
+            return "connection reset" if isinstance(c, ConnectionResetError) else _reason(c), True, False
+        if type(c).__name__ in ("ReadError", "WriteError", "RemoteProtocolError", "CloseError"):
+            return f"connection reset ({single_spaced(str(c)) or type(c).__name__})", True, False
+    return _reason(getattr(e, "reason", e)), False, False
 
 
 class Downloader:
@@ -457,27 +596,88 @@ class Downloader:
         self._reached: set[str] = set()
         self._lock = threading.Lock()
         self._bar: Any = None
-        self._opener = urllib.request.build_opener()
+        self._stop = threading.Event()
+        self._socks: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        self._opener = urllib.request.build_opener(_HTTPHandler(self._track), _HTTPSHandler(self._track),
+                                                   _RedirectHandler())
 
     # --- HTTP ------------------------------------------------------------------------------
 
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.add(sock)
+            stopped = self._stop.is_set()
+        if stopped:  # opened just after a cancel: it must not hold the command up either
+            _shut(sock)
+
+    def cancel(self) -> None:
+        """Stop every transfer of this downloader now (Ctrl-C): open connections are shut down, waits cut short."""
+        self._stop.set()
+        with self._lock:
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
+
+    def _pause(self, seconds: float) -> None:
+        # In slices, so that a cancel is not held up by a long back-off (Retry-After may say 30 s).
+        while seconds > 0 and not self._stop.is_set():
+            step = min(seconds, 0.25)
+            time.sleep(step)
+            seconds -= step
+
+    def retry(self, host: str, what: str, once: Callable[[float], Any]) -> Any:
+        """Run ``once(timeout)`` until it returns, retrying on :class:`Transient` with bounded exponential back-off.
+
+        The one retry policy of every transfer (Azure, https and the hub): ``attempts`` tries, back-off
+        doubling from ``backoff`` up to ``max_backoff`` (a ``Retry-After`` is honoured, capped the same).
+        A host that never accepted a connection fails at once on a DNS failure or a timeout, and after
+        two tries otherwise: ``cannot reach HOST: reason (offline?)``. A host that answered gets every
+        attempt, then ``WHAT: failed after N attempts: reason`` (a :class:`RemoteError` with ``fault``).
+        """
+        last: Optional[Transient] = None
+        for attempt in range(self.attempts):
+            if self._stop.is_set():
+                raise _Stopped()
+            # Until a host has answered once, a short timeout: offline machines fail in seconds.
+            timeout = self.connect_timeout if host not in self._reached else self.timeout
+            with self._lock:
+                self.stats["requests"] += 1
+            try:
+                return once(timeout)
+            except Transient as t:
+                if self._stop.is_set():
+                    raise _Stopped() from None
+                if t.contact:
+                    self._reached.add(host)
+                if host not in self._reached and (t.final or attempt >= 1):
+                    raise RemoteError(f"cannot reach {host}: {t.reason} (offline?)", unreachable=True,
+                                      reason=t.short) from None
+                last = t
+            if attempt + 1 < self.attempts:
+                with self._lock:
+                    self.stats["retries"] += 1
+                pause = min(self.max_backoff, self.backoff * (2**attempt))
+                delay = min(last.delay, self.max_backoff) if last.delay is not None else None
+                self._pause(delay if delay is not None else pause * (0.5 + random.random() / 2))
+        assert last is not None
+        if host not in self._reached:  # never answered: another source may do better
+            raise RemoteError(f"cannot reach {host}: {last.reason} (offline?)", unreachable=True, reason=last.short)
+        raise RemoteError(f"{what}: failed after {self.attempts} attempts: {last.reason}", last.status, fault=True,
+                          reason=last.short)
+
     def _request(self, url: str, what: str, handle: Callable[[Any], Any], *, method: str = "GET",
-                 headers: Optional[dict[str, str] | Callable[[], dict[str, str]]] = None) -> Any:
+                 headers: Optional[dict[str, str] | Callable[[], dict[str, str]]] = None,
+                 service: str = "azure") -> Any:
         """Run ``handle(response)`` with retries; user-facing errors name ``what``, never the SAS.
 
         ``handle`` reads the body with ``_read_body`` and raises ``_Retry`` for a transient failure;
         ``headers`` may be a function, asked again before each attempt (a resumed range).
         """
         host = urlsplit(url).netloc
-        last: Optional[BaseException] = None
-        for attempt in range(self.attempts):
+
+        def once(timeout: float) -> Any:
             extra = headers() if callable(headers) else headers or {}
             hdrs = {"x-ms-version": API_VERSION, "User-Agent": "vinvl-download", **extra}
-            # Until a host has answered once, a short timeout: offline machines fail in seconds.
-            timeout = self.connect_timeout if host not in self._reached else self.timeout
-            with self._lock:
-                self.stats["requests"] += 1
-            delay = None
             try:
                 req = urllib.request.Request(url, method=method, headers=hdrs)
                 with self._opener.open(req, timeout=timeout) as resp:
@@ -485,33 +685,22 @@ class Downloader:
                     return handle(resp)
             except urllib.error.HTTPError as e:
                 self._reached.add(host)
-                if e.code == 429 or e.code >= 500:
-                    last, delay = e, _retry_after(e)
-                    if delay is not None:
-                        delay = min(delay, self.max_backoff)
+                if e.code in (408, 429) or e.code >= 500:
+                    delay = _retry_after(e)
                     e.close()
-                else:
-                    code = _error_code(e)
-                    hint = f": {access_hint(e.code, bool(urlsplit(url).query))}" if e.code in ACCESS_DENIED else ""
-                    raise RemoteError(f"{what}: HTTP {e.code}{code}{hint}", e.code) from None
+                    raise Transient(f"HTTP {e.code}", status=e.code, delay=delay) from None
+                code = _error_code(e)
+                hint = (f": {_denied_hint(service, e.code, bool(urlsplit(url).query))}"
+                        if e.code in ACCESS_DENIED else "")
+                raise RemoteError(f"{what}: HTTP {e.code}{code}{hint}", e.code) from None
+            except _Retry as e:  # the server answered; its body was cut or malformed
+                raise Transient(_reason(e)) from None
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
-                    ssl.SSLError, _Retry) as e:
-                reason = getattr(e, "reason", e)
-                if host not in self._reached:
-                    # Never answered, not even in this attempt: DNS failures and timeouts are final
-                    # at once, a refused/reset connection gets one more try.
-                    if isinstance(reason, socket.gaierror) or isinstance(reason, TimeoutError) or attempt >= 1:
-                        raise RemoteError(f"cannot reach {host}: {_reason(reason)} (offline?)") from None
-                last = e
-            if attempt + 1 < self.attempts:
-                with self._lock:
-                    self.stats["retries"] += 1
-                pause = min(self.max_backoff, self.backoff * (2**attempt))
-                time.sleep(delay if delay is not None else pause * (0.5 + random.random() / 2))
-        detail = last if isinstance(last, urllib.error.HTTPError) else getattr(last, "reason", last)
-        if host not in self._reached:  # never answered: another source may do better
-            raise RemoteError(f"cannot reach {host}: {_reason(detail)} (offline?)")
-        raise VinvlError(f"{what}: failed after {self.attempts} attempts: {_reason(detail)}")
+                    ssl.SSLError) as e:
+                reason, contact, final = network_reason(e)
+                raise Transient(reason, contact=contact, final=final, short=reason.split(" (")[0]) from None
+
+        return self.retry(host, what, once)
 
     def _count(self, n: int) -> None:
         with self._lock:
@@ -567,8 +756,8 @@ class Downloader:
         def head(resp: Any) -> tuple[Optional[int], Optional[str]]:
             return _content_length(resp), (resp.headers.get("Content-MD5") or None)
 
-        size, md5 = self._request(url, display, head, method="HEAD")
-        return RemoteFile(url, rel, size, md5)
+        size, md5 = self._request(url, display, head, method="HEAD", service="https")
+        return RemoteFile(url, rel, size, md5, service="https")
 
     def probe(self, url: str, kind: str = "file") -> Optional[int]:
         """Whether ``url`` answers, without fetching it: a HEAD for a file (its size), one listing entry for a folder."""
@@ -608,27 +797,44 @@ class Downloader:
 
     def fetch(self, todo: Sequence[tuple[RemoteFile, Path]], dest: Path, label: str = "") -> Result:
         """Fetch planned files (skipping complete ones, resuming partial ones); returns what happened."""
+        result = Result(Path(dest), [p for _, p in todo], [f.size for f, _ in todo])
+        result.present = sum(self._complete(rf, path) for rf, path in todo)
+        before = self.stats["bytes"]
+        self._stop.clear()
+        try:
+            self._run(todo, dest, label, again=True)
+        except _Stopped:  # only reached when cancel() came from elsewhere (a caller's thread)
+            raise KeyboardInterrupt from None
+        result.fetched_bytes = self.stats["bytes"] - before
+        return result
+
+    @staticmethod
+    def _complete(rf: RemoteFile, path: Path) -> bool:
+        # Complete files are not re-read: the size is the check here (they got their name after the full one).
+        return path.is_file() and (rf.size is None or path.stat().st_size == rf.size)
+
+    def _run(self, todo: Sequence[tuple[RemoteFile, Path]], dest: Path, label: str, again: bool) -> None:
         from tqdm import tqdm
 
-        result = Result(Path(dest), [p for _, p in todo], [f.size for f, _ in todo])
         jobs: list[Callable[[], None]] = []
+        resumed: set[Path] = set()
         total = initial = 0
         for rf, path in todo:
             total += rf.size or 0
-            if path.is_file() and (rf.size is None or path.stat().st_size == rf.size):
-                result.present += 1  # complete files are not re-read: the size is the check here
+            if self._complete(rf, path):
                 initial += rf.size or 0
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             if rf.size is not None and rf.size > self.range_size:
                 state = _RangedFile(self, rf, path)
                 initial += state.done_bytes
+                if state.done:
+                    resumed.add(path)
                 if not state.missing:
                     jobs.append(state.finish)
                 jobs.extend((lambda s=state, i=i: s.fetch_range(i)) for i in state.missing)
             else:
                 jobs.append(lambda rf=rf, path=path: self._fetch_whole(rf, path))
-        before = self.stats["bytes"]
         self._bar = tqdm(total=total or None, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                          desc=label or str(dest), file=sys.stderr, disable=self.quiet or not jobs, dynamic_ncols=True)
         try:
@@ -637,40 +843,58 @@ class Downloader:
                 try:
                     for f in as_completed(futures):
                         f.result()
-                except BaseException:
-                    # Stop handing out ranges; running ones finish and are recorded for resume.
+                except BaseException as e:
+                    if not isinstance(e, Exception):
+                        # Ctrl-C (KeyboardInterrupt) or exit: running ranges stop now, not when their bytes are in;
+                        # the ranges already finished stay recorded in the sidecar for a resume.
+                        self.cancel()
+                    # Stop handing out ranges; after an error running ones finish and are recorded for resume.
                     for f in futures:
                         f.cancel()
                     raise
-        finally:
+        except VerificationError as e:
+            if not (again and e.path in resumed):
+                raise
+            # Bytes kept from an earlier run (a kill before the final name) failed the check: the file was
+            # deleted with its sidecar, so one more pass fetches it afresh instead of failing on old bytes.
             self._bar.close()
+            self._run(todo, dest, label, again=False)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
             self._bar = None
-        result.fetched_bytes = self.stats["bytes"] - before
-        return result
 
     def _fetch_span(self, rf: RemoteFile, part: Path, a: int, b: Optional[int],
                     progress: Callable[[int], None]) -> Optional[str]:
         """Bytes ``a..b`` of ``rf`` into ``part``, a cut resumed where it stopped; returns the blob MD5 sent, if any."""
         span = _Span(rf, part, a, b, progress)
-        self._request(rf.url, rf.rel, span, headers=span.headers)
+        self._request(rf.url, rf.rel, span, headers=lambda: {**rf.headers, **span.headers()}, service=rf.service)
         return span.md5
 
     def _fetch_whole(self, rf: RemoteFile, path: Path) -> None:
         part = path.with_name(path.name + ".part")
         part.write_bytes(b"")
         header_md5 = self._fetch_span(rf, part, 0, None if rf.size is None else rf.size - 1, self._count)
-        _verify_and_place(part, path, rf.size, rf.md5 or header_md5)
+        _verify_and_place(part, path, rf.size, rf.md5 or header_md5, verify=rf.verify)
 
     def download(self, url: str, dest: Path, *, kind: str = "auto", filename: Optional[str] = None,
-                 exclude: Sequence[str] = (), dry_run: bool = False, label: str = "") -> Result:
-        """Download a file, folder or zip URL into folder ``dest``; ``dry_run`` only lists."""
+                 exclude: Sequence[str] = (), dry_run: bool = False, label: str = "",
+                 verify: Optional[Callable[[Path], Optional[str]]] = None) -> Result:
+        """Download a file, folder or zip URL into folder ``dest``; ``dry_run`` only lists.
+
+        ``verify`` is a further check of each file before it gets its final name (None, or why it is wrong).
+        """
         if kind not in ("auto", "file", "folder", "zip"):
             raise VinvlError(f"unknown kind {kind!r} (file, folder, zip)")
         if kind == "auto" and urlsplit(url).path.endswith(".zip"):
             kind = "zip"
+        self._stop.clear()
         todo = self.plan(url, dest, kind="file" if kind == "zip" else kind, filename=filename, exclude=exclude)
         if dry_run:
             return Result(Path(dest), [p for _, p in todo], [f.size for f, _ in todo])
+        if verify is not None:
+            for rf, _ in todo:
+                rf.verify = verify
         try:
             result = self.fetch(todo, dest, label)
             if kind == "zip":
@@ -678,6 +902,14 @@ class Downloader:
         except OSError as e:  # network errors became VinvlError in _request: this is the local disk
             raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
         return result
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket.shutdown on the raw socket (an SSL one too): a thread blocked reading it wakes with EOF.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # already closed
 
 
 class _RangedFile:
@@ -725,6 +957,7 @@ class _RangedFile:
             and meta.get("url") == self.rf.url.split("?", 1)[0]
             and meta.get("size") == self.size
             and meta.get("md5") == self.rf.md5
+            and meta.get("etag") == self.rf.etag
             and meta.get("range_size") == self.rsize
         )
         return meta if same else None  # another blob version or range size: its ranges mean nothing
@@ -737,7 +970,7 @@ class _RangedFile:
             else:
                 runs.append([i, i])
         meta = {"version": _SIDECAR_VERSION, "url": self.rf.url.split("?", 1)[0], "size": self.size,
-                "md5": self.rf.md5, "range_size": self.rsize, "done": runs}
+                "md5": self.rf.md5, "etag": self.rf.etag, "range_size": self.rsize, "done": runs}
         atomic_write_json(self.sidecar, meta)
 
     def fetch_range(self, i: int) -> None:
@@ -769,10 +1002,11 @@ class _RangedFile:
             self.finish()
 
     def finish(self) -> None:
-        """Verify the part file (MD5 when known, else size), then rename it and drop the sidecar."""
+        """Verify the part file (MD5 when known, else size; then the caller's check), rename it, drop the sidecar."""
         if self.bar is not None:
             self.bar.close()
-        _verify_and_place(self.part, self.path, self.size, self.rf.md5 or self.header_md5, drop=(self.sidecar,))
+        _verify_and_place(self.part, self.path, self.size, self.rf.md5 or self.header_md5, drop=(self.sidecar,),
+                          verify=self.rf.verify)
         self.sidecar.unlink(missing_ok=True)
 
 

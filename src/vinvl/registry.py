@@ -23,18 +23,33 @@ they are publicly known (never guessed): otherwise the hub's ETag is the check.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import shutil
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
-from urllib.parse import quote, urlsplit
+from typing import Any, Iterable, Iterator, Optional, Sequence
+from urllib.parse import quote, urljoin, urlsplit
 
-from .download import ACCESS_DENIED, Downloader, RemoteError, Result, VerificationError, file_digest, unpack_zip
+from .download import (
+    ACCESS_DENIED,
+    HUB_ACCESS_HINT,
+    Downloader,
+    RemoteError,
+    RemoteFile,
+    Result,
+    Transient,
+    VerificationError,
+    network_reason,
+    file_digest,
+    unpack_zip,
+)
 from .errors import VinvlError, single_spaced
 
 SOURCE_KINDS = ("hf", "azure", "https")
@@ -419,14 +434,31 @@ class Fetched:
     result: Any  # vinvl.download.Result
 
 
-class _SilentTqdm:
-    """Stands in for the hub's progress bar class when ``quiet``."""
+_HUB_LOG_LOCK = threading.Lock()
+_hub_log_quiet = [0, 0]  # how many quiet calls are running, and the level to restore after the last one
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from tqdm.auto import tqdm
 
-        kwargs["disable"] = True
-        return tqdm(*args, **kwargs)
+@contextmanager
+def _hub_logs(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, nothing the hub client logs (retry and resume notes, fallbacks) reaches the terminal."""
+    if not quiet:
+        yield
+        return
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")  # its modules log through children of this one
+    with _HUB_LOG_LOCK:
+        if _hub_log_quiet[0] == 0:
+            _hub_log_quiet[1] = hub_logger.level
+            hub_logger.setLevel(logging.ERROR)
+        _hub_log_quiet[0] += 1
+    try:
+        yield
+    finally:
+        with _HUB_LOG_LOCK:
+            _hub_log_quiet[0] -= 1
+            if _hub_log_quiet[0] == 0:
+                hub_logger.setLevel(_hub_log_quiet[1])
 
 
 def _one_line(e: BaseException) -> str:
@@ -444,116 +476,243 @@ def file_sha256(path: "os.PathLike | str") -> str:
     return file_digest(path, hashlib.sha256()).hexdigest()
 
 
-def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int], what: str,
-            drop: Sequence[Path] = ()) -> None:
-    """Check a fetched file against what its source states; a mismatch deletes it (and ``drop``)."""
-    bad = None
+def _problem(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int],
+             what: str) -> Optional[str]:
+    """Why a fetched file differs from what its source states (size, registry sha256, hub ETag); None if it matches."""
     got_size = path.stat().st_size
     if size is not None and got_size != size:
-        bad = f"size {got_size} bytes, expected {size}"
-    else:
-        digest = None
-        if sha256:
-            digest = file_sha256(path)
-            if digest != sha256.lower():
-                bad = f"sha256 mismatch (registry {sha256}, got {digest})"
-        tag = (etag or "").strip('"').lower().removeprefix("w/").strip('"')
-        if bad is None and re.fullmatch(r"[0-9a-f]{64}", tag):  # an LFS file: its ETag is its sha256
-            digest = digest or file_sha256(path)
-            if digest != tag:
-                bad = f"sha256 mismatch ({what} says {tag}, got {digest})"
-        elif bad is None and re.fullmatch(r"[0-9a-f]{40}", tag):  # a small file: its git blob hash
-            got = _git_blob_sha1(path)
-            if got != tag:
-                bad = f"git blob hash mismatch ({what} says {tag}, got {got})"
+        return f"size {got_size} bytes, expected {size}"
+    digest = None
+    if sha256:
+        digest = file_sha256(path)
+        if digest != sha256.lower():
+            return f"sha256 mismatch (registry {sha256}, got {digest})"
+    tag = (etag or "").strip('"').lower().removeprefix("w/").strip('"')
+    if re.fullmatch(r"[0-9a-f]{64}", tag):  # an LFS file: its ETag is its sha256
+        digest = digest or file_sha256(path)
+        if digest != tag:
+            return f"sha256 mismatch ({what} says {tag}, got {digest})"
+    elif re.fullmatch(r"[0-9a-f]{40}", tag):  # a small file: its git blob hash
+        got = _git_blob_sha1(path)
+        if got != tag:
+            return f"git blob hash mismatch ({what} says {tag}, got {got})"
+    return None
+
+
+def _verify(path: Path, *, etag: Optional[str], sha256: Optional[str], size: Optional[int], what: str,
+            name: Optional[Path] = None) -> None:
+    """Check a fetched file against what its source states; a mismatch deletes it (``name``: its final name)."""
+    bad = _problem(path, etag=etag, sha256=sha256, size=size, what=what)
     if bad:
-        for p in (path, *drop):
-            p.unlink(missing_ok=True)
-        raise VerificationError(f"{path}: {bad}; the file was deleted")
+        path.unlink(missing_ok=True)
+        raise VerificationError(f"{name or path}: {bad}; the file was deleted", name or path)
 
 
-def _hub_head(url: str, timeout: float, endpoint: str) -> Any:
-    """The hub's metadata of one file (HEAD, no retries); a connection failure is a RemoteError naming the host."""
-    import httpx2
-    from huggingface_hub import get_hf_file_metadata
-
+def _retry_after(headers: Any) -> Optional[float]:
+    value = headers.get("Retry-After") if headers is not None else None
     try:
-        return get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
-    except (httpx2.ConnectError, httpx2.TimeoutException) as e:
-        raise RemoteError(f"cannot reach {urlsplit(endpoint).netloc}: {_one_line(e)} (offline?)") from None
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
-def _fetch_hf(src: Source, asset: Asset, dest: Path, *, quiet: bool, dry_run: bool) -> Any:
-    """One hub file into ``dest/filename`` through huggingface_hub (its cache first, then the endpoint)."""
-    final = dest / asset.filename
-    cache_dir = _hf_cache_dir()
-    from huggingface_hub import try_to_load_from_cache
+def _hub_url(src: Source) -> str:
+    from huggingface_hub import hf_hub_url
 
-    if src.pinned:  # the hub's own cache already holds this commit's file: no network
-        cached = try_to_load_from_cache(src.repo, src.path, cache_dir=str(cache_dir), revision=src.revision)
-        if isinstance(cached, str) and Path(cached).is_file():
-            if dry_run:
-                return Result(dest, [final], [Path(cached).stat().st_size])
-            dest.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(final.name + ".part")
-            shutil.copyfile(cached, tmp)
-            _verify(tmp, etag=None, sha256=src.sha256, size=src.size, what=src.label())
-            os.replace(tmp, final)
-            return Result(dest, [final], [final.stat().st_size], present=1)
-    if hf_offline():
-        raise RemoteError("HF_HUB_OFFLINE is set and the file is not in the hub cache")
-    from huggingface_hub import hf_hub_download, hf_hub_url
+    return hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=hf_endpoint())
+
+
+def _hub_transport_errors() -> tuple[type[BaseException], ...]:
+    # The hub client's network errors: httpx2's in huggingface_hub 2.x, httpx's in 1.x (pyproject allows both).
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def hub_metadata(src: Source, dl: Downloader, *, quiet: bool = False) -> Any:
+    """The hub's metadata of an ``hf`` source (size, ETag, where to GET it): one HEAD, retried like every transfer.
+
+    huggingface_hub's own HEAD does not retry, so :meth:`Downloader.retry` does: 408, 429 and 5xx
+    answers and connections reset after connecting are retried with back-off; a hub that cannot be
+    reached at all fails at once. Errors are :class:`RemoteError` s carrying the HTTP status.
+    """
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
 
     endpoint = hf_endpoint()
-    url = hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=endpoint)
-    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
-    # A HEAD without retries first: an unreachable hub fails at once (hf_hub_download retries with back-off).
-    meta = _hub_head(url, timeout, endpoint)
+    url = _hub_url(src)
+    etag_timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    what = f"HEAD {src.path}"
+
+    def once(timeout: float) -> Any:
+        try:
+            with _hub_logs(quiet):
+                return get_hf_file_metadata(url, timeout=min(timeout, etag_timeout), endpoint=endpoint)
+        except HfHubHTTPError as e:
+            resp = getattr(e, "response", None)
+            code = getattr(resp, "status_code", None)
+            if code is None:
+                raise RemoteError(f"{what}: {_one_line(e)}", fault=True) from None
+            if code in (408, 429) or code >= 500:
+                raise Transient(f"HTTP {code}", status=code, delay=_retry_after(resp.headers)) from None
+            err = resp.headers.get("X-Error-Code")
+            hint = f": {HUB_ACCESS_HINT}" if code in ACCESS_DENIED else ""
+            raise RemoteError(f"{what}: HTTP {code}{' ' + err if err else ''}{hint}", code) from None
+        except _hub_transport_errors() as e:
+            reason, contact, final = network_reason(e)
+            raise Transient(reason, contact=contact, final=final, short=reason.split(" (")[0]) from None
+
+    return dl.retry(urlsplit(url).netloc, what, once)
+
+
+def _hub_file(src: Source, meta: Any, final: Path) -> RemoteFile:
+    """What the engine GETs for a hub file: where the hub's HEAD points, its token only for the hub itself."""
+    url = _hub_url(src)
+    location = urljoin(url, meta.location) if meta.location else url
+    headers: dict[str, str] = {}
+    origin = urlsplit(location)[:2]
+    if origin in (urlsplit(url)[:2], urlsplit(HF_DEFAULT_ENDPOINT)[:2]):
+        # The hub serves small files itself and needs the token for gated or private repos; a CDN's signed
+        # link must not get it (huggingface_hub drops it there too).
+        from huggingface_hub.utils import build_hf_headers
+
+        token = build_hf_headers().get("authorization")
+        if token:
+            headers["Authorization"] = token
+    size = src.size if src.size is not None else meta.size
+
+    def verify(part: Path) -> Optional[str]:
+        return _problem(part, etag=meta.etag, sha256=src.sha256, size=size, what=src.label())
+
+    return RemoteFile(location, final.name, meta.size, None, etag=meta.etag, headers=headers, service="hf",
+                      verify=verify)
+
+
+def _hub_cached(src: Source) -> Optional[Path]:
+    """The hub cache's copy of a pinned hub file (``HF_HUB_CACHE`` / ``HF_HOME``), if it has one."""
+    if not src.pinned:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(src.repo, src.path, cache_dir=str(_hf_cache_dir()), revision=src.revision)
+    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
+
+
+def _blob_etag(cached: Path) -> Optional[str]:
+    # The hub cache names each blob by its ETag (sha256 or git blob hash): the copy can be checked offline.
+    blob = Path(os.path.realpath(cached))
+    return blob.name if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob.name) else None
+
+
+def _fetch_hf(src: Source, asset: Asset, dest: Path, dl: Downloader, *, quiet: bool, dry_run: bool) -> Result:
+    """One hub file into ``dest/filename``: the hub cache's copy when it holds it, else HEAD, then the engine's GETs.
+
+    The engine (not ``hf_hub_download``) moves the bytes so that every promise of :mod:`vinvl.download`
+    holds for the hub too: retries, a resumable ``NAME.part``, Ctrl-C, and the final name only after
+    the ETag (and registry sha256) check.
+    """
+    final = dest / asset.filename
+    cached = _hub_cached(src)
+    if cached is not None:
+        if dry_run:
+            return Result(dest, [final], [cached.stat().st_size])
+        dest.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(final.name + ".part")
+        shutil.copyfile(cached, part)
+        try:
+            _verify(part, etag=_blob_etag(cached), sha256=src.sha256, size=src.size, what=f"the hub cache ({cached})",
+                    name=final)
+            os.replace(part, final)
+            return Result(dest, [final], [final.stat().st_size], present=1)
+        except VerificationError:
+            if hf_offline():
+                raise
+            # The cache's copy is damaged: fetch the file from the hub instead.
+    if hf_offline():
+        raise RemoteError("HF_HUB_OFFLINE is set and the file is not in the hub cache")
+    meta = hub_metadata(src, dl, quiet=quiet)
     if dry_run:
         return Result(dest, [final], [meta.size])
     dest.mkdir(parents=True, exist_ok=True)
-    got = Path(hf_hub_download(src.repo, src.path, revision=src.revision, local_dir=str(dest),
-                               cache_dir=str(cache_dir), endpoint=endpoint, etag_timeout=timeout,
-                               tqdm_class=_SilentTqdm if quiet else None))  # type: ignore[arg-type]
-    record = dest / ".cache" / "huggingface" / "download" / (src.path + ".metadata")
-    _verify(got, etag=meta.etag, sha256=src.sha256, size=src.size if src.size is not None else meta.size,
-            what=src.label(), drop=(record,))
-    if got != final:
-        os.replace(got, final)
-    return Result(dest, [final], [final.stat().st_size], fetched_bytes=final.stat().st_size)
+    for again in (True, False):
+        rf = _hub_file(src, meta, final)
+        try:
+            return dl.fetch([(rf, final)], dest, asset.name)
+        except RemoteError as e:
+            # A signed CDN link may expire during a long transfer: ask the hub for a fresh one, once.
+            if not (again and e.status in (401, 403) and not rf.headers):
+                raise
+            meta = hub_metadata(src, dl, quiet=quiet)
+        except OSError as e:  # network errors are RemoteErrors by now: this is the local disk
+            raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
+    raise AssertionError("unreachable")
 
 
 def _fetch_url(src: Source, asset: Asset, dest: Path, dl: Any, *, sas: Optional[str], dry_run: bool,
                exclude: Sequence[str]) -> Any:
     """An ``azure`` or ``https`` source through the engine (files, folders, zips)."""
     url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+    def registry_check(part: Path) -> Optional[str]:
+        return _problem(part, etag=None, sha256=src.sha256, size=src.size, what=src.label())
+
+    # The registry's own size and sha256 are checked before the final name, like the server's MD5.
+    verify = registry_check if asset.kind != "folder" and (src.sha256 or src.size is not None) else None
     if src.kind == "azure":
-        res = dl.download(url, dest, kind=asset.kind, filename=asset.filename or None,
-                          exclude=tuple(asset.exclude) + tuple(exclude), dry_run=dry_run, label=asset.name)
-    else:
-        rf = dl.stat_url(url, asset.filename)
-        todo = [(rf, dest / asset.filename)]
-        if dry_run:
-            return Result(dest, [dest / asset.filename], [rf.size])
-        res = dl.fetch(todo, dest, asset.name)
-        if asset.kind == "zip":
-            res.unpacked = unpack_zip(dest / asset.filename)
-    if not dry_run and asset.kind == "file" and (src.sha256 or src.size is not None):
-        _verify(dest / asset.filename, etag=None, sha256=src.sha256, size=src.size, what=src.label())
+        return dl.download(url, dest, kind=asset.kind, filename=asset.filename or None, verify=verify,
+                           exclude=tuple(asset.exclude) + tuple(exclude), dry_run=dry_run, label=asset.name)
+    rf = dl.stat_url(url, asset.filename)
+    rf.verify = verify
+    if dry_run:
+        return Result(dest, [dest / asset.filename], [rf.size])
+    try:
+        res = dl.fetch([(rf, dest / asset.filename)], dest, asset.name)
+    except OSError as e:  # network errors are RemoteErrors by now: this is the local disk
+        raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
+    if asset.kind == "zip":
+        res.unpacked = unpack_zip(dest / asset.filename)
     return res
 
 
+def _advice(src: Source, e: BaseException) -> str:
+    """What to do about one source's failure, from what actually happened (never "check the network" after an
+    answer)."""
+    hub = src.kind == "hf"
+    if isinstance(e, VerificationError):
+        return "its copy did not match its checksum and was deleted: run the command again"
+    if not isinstance(e, RemoteError):
+        return f"it failed ({type(e).__name__}): run the command again"
+    if e.unreachable:
+        return ("check the network (HF_ENDPOINT for a mirror of the hub; vinvl download --check shows every source)"
+                if hub else "check the network (vinvl download --check shows every source)")
+    if e.status in ACCESS_DENIED:
+        return ("it refused the read: a gated or private repo needs HF_TOKEN (or `hf auth login`)" if hub else
+                "a read SAS from the authors is needed (--sas or VINVL_AZURE_SAS)")
+    if e.status == 404:
+        return (f"it answered HTTP 404 at revision {src.revision} (is HF_ENDPOINT a mirror without it?)" if hub
+                else "it answered HTTP 404: the file is not there")
+    if e.fault or e.status is not None:
+        return f"it answered but the transfer failed ({e.reason}): run the command again later (it resumes)"
+    if hub and hf_offline():
+        return "HF_HUB_OFFLINE is set: unset it to let vinvl ask the hub"
+    return "run the command again"
+
+
 def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) -> str:
-    denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
-    hub = [s for s in asset.sources if s.kind == "hf"]
     where = asset.destination()
+    hub = [(s, e) for s, e in failed if s.kind == "hf"]
     if hub:
-        return (f"the Hugging Face mirror {hub[0].repo} has it: check the network (HF_ENDPOINT for a mirror of the "
-                f"hub, HF_TOKEN if it asks for a login), or put the file into {where}")
+        s, e = hub[0]
+        return f"the Hugging Face mirror {s.repo} has it: {_advice(s, e)}, or put the file into {where}"
+    denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
     if denied:
         return ("no public mirror is known for it: a read SAS from the authors is needed "
                 f"(--sas or VINVL_AZURE_SAS), or put the file into {where}")
-    return f"check the network (vinvl download --check shows every source), or put the file into {where}"
+    s, e = failed[-1]
+    return f"{_advice(s, e)}, or put the file into {where}"
 
 
 def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[str], quiet: bool, dry_run: bool,
@@ -569,7 +728,7 @@ def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[st
     for src in asset.sources:
         try:
             if src.kind == "hf":
-                res = _fetch_hf(src, asset, dest, quiet=quiet, dry_run=dry_run)
+                res = _fetch_hf(src, asset, dest, dl, quiet=quiet, dry_run=dry_run)
             else:
                 res = _fetch_url(src, asset, dest, dl, sas=sas, dry_run=dry_run, exclude=exclude)
             return Fetched(asset, src, res)
@@ -577,12 +736,15 @@ def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[st
             failed.append((src, e))
         except VinvlError:
             raise  # the local disk, a refused name: another source cannot help
-        except Exception as e:  # noqa: BLE001 - the hub client's errors (HTTP, network, consistency checks)
+        except Exception as e:  # noqa: BLE001 - the hub client's errors (consistency checks)
             failed.append((src, e))
     what = asset.filename or asset.sources[0].url
     tried = "; ".join(f"{s.label()}: {_one_line(e)}" for s, e in failed)
+    # A fault mid-run (a source answered, then failed after every retry) makes the whole a fault: rerun resumes.
+    fault = any(getattr(e, "fault", False) for _, e in failed)
     raise RemoteError(f"{asset.name}: {what}: no source worked (tried {tried}); {_alternatives(asset, failed)}",
-                      getattr(failed[-1][1], "status", None))
+                      getattr(failed[-1][1], "status", None), fault=fault,
+                      unreachable=all(getattr(e, "unreachable", False) for _, e in failed))
 
 
 def fetch(
@@ -616,9 +778,9 @@ def ensure(name: str, *, download: bool = True, sas: Optional[str] = None, quiet
         where = "; ".join(f"{a.local_path()} (from {a.sources[0].label() if a.sources else 'the package'})"
                           for a in missing)
         raise VinvlError(f"{name} is not in the cache: missing {where}. Run `vinvl download {name}` or put the files there")
+    fetch(name, sas=sas, quiet=quiet)  # its progress bars show the transfer; a failure is the one line
     if not quiet:
-        print(f"fetching {name} into {e.folder()} ...", file=sys.stderr)
-    fetch(name, sas=sas, quiet=quiet)
+        print(f"fetched {name} into {e.folder()}", file=sys.stderr)
     return e
 
 
@@ -682,62 +844,84 @@ def is_checkpoint_name(value: str) -> bool:
 # vinvl download --check
 
 
+CHECK_STATES = ("reachable", "denied", "missing", "error", "unreachable", "offline")
+
+
 @dataclass
 class CheckRow:
-    """One source of one asset as ``--check`` found it."""
+    """One source of one asset as ``--check`` found it, in the same words for every backend.
+
+    ``status`` is one of :data:`CHECK_STATES`; ``http`` the status code when the source answered with
+    an error; ``reason`` the short cause (``HTTP 409``, ``DNS failure``, ``connection refused``, ...).
+    """
 
     name: str
     file: str
     source: Source
-    status: str  # reachable, needs SAS, needs token, missing, unreachable, offline, error
+    status: str
     size: Optional[int] = None
     detail: str = ""
+    http: Optional[int] = None
+    reason: str = ""
+
+    @property
+    def state(self) -> str:
+        """``reachable``, or the status and its cause: ``denied (HTTP 401)``, ``unreachable (DNS failure)``."""
+        return self.status if self.status == "reachable" or not self.reason else f"{self.status} ({self.reason})"
+
+
+def _classify(row: CheckRow, e: BaseException) -> None:
+    """The one mapping from a failure to a state, shared by the hub and Azure/https sources."""
+    row.detail = _one_line(e)
+    if isinstance(e, RemoteError):
+        row.http = e.status
+        row.reason = e.reason or ""
+        if e.unreachable:
+            row.status = "unreachable"
+        elif e.status in ACCESS_DENIED:
+            row.status = "denied"
+        elif e.status == 404:
+            row.status = "missing"
+        else:
+            row.status = "error"
+            row.reason = row.reason or "no usable answer"
+    else:
+        row.status, row.reason = "error", type(e).__name__
 
 
 def _check_one(asset: Asset, src: Source, *, sas: Optional[str], timeout: float) -> CheckRow:
     row = CheckRow(asset.name, asset.filename or "(folder)", src, "error")
-    if src.kind == "hf":
-        if hf_offline():
-            row.status, row.detail = "offline", "HF_HUB_OFFLINE is set"
-            return row
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RevisionNotFoundError
-
-        try:
-            meta = _hub_head(hf_hub_url(src.repo, src.path, revision=src.revision, endpoint=hf_endpoint()), timeout,
-                             hf_endpoint())
-            row.status, row.size = "reachable", meta.size
-        except RemoteError as e:
-            row.status, row.detail = "unreachable", _one_line(e)
-        except GatedRepoError as e:
-            row.status, row.detail = "needs token", _one_line(e)
-        except (EntryNotFoundError, RevisionNotFoundError) as e:
-            row.status, row.detail = "missing", _one_line(e)
-        except HfHubHTTPError as e:
-            code = e.response.status_code if e.response is not None else None
-            row.status = "needs token" if code in (401, 403) else "missing" if code == 404 else "error"
-            row.detail = _one_line(e)
-        except Exception as e:  # noqa: BLE001 - connection errors of the hub client
-            row.status, row.detail = "unreachable", _one_line(e)
-        return row
-    dl = Downloader(attempts=1, connect_timeout=timeout, timeout=timeout, quiet=True)
-    url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+    # One retry with a short back-off: a busy answer (429/5xx) or a reset connection is not a verdict.
+    dl = Downloader(attempts=2, connect_timeout=timeout, timeout=timeout, backoff=0.2, max_backoff=1.0, quiet=True)
     try:
-        row.size = dl.stat_url(url, asset.filename or "x").size if src.kind == "https" else dl.probe(url, asset.kind)
+        if src.kind == "hf":
+            if hf_offline():
+                row.status, row.reason, row.detail = "offline", "HF_HUB_OFFLINE", "HF_HUB_OFFLINE is set"
+                return row
+            row.size = hub_metadata(src, dl, quiet=True).size
+        else:
+            url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+            row.size = (dl.stat_url(url, asset.filename or "x").size if src.kind == "https"
+                        else dl.probe(url, asset.kind))
         row.status = "reachable"
-    except RemoteError as e:
-        row.detail = _one_line(e)
-        row.status = ("unreachable" if e.status is None else "needs SAS" if e.status in ACCESS_DENIED
-                      else "missing" if e.status == 404 else "error")
-    except VinvlError as e:
-        row.detail = _one_line(e)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a row, never a traceback
+        _classify(row, e)
     return row
+
+
+class NoSourceAnswered(VinvlError):
+    """``check`` found no source that answered at all (offline); ``rows`` holds what each source said."""
+
+    def __init__(self, message: str, rows: list[CheckRow]) -> None:
+        super().__init__(message)
+        self.rows = rows
 
 
 def check(selected: Optional[Sequence[str]] = None, *, sas: Optional[str] = None, timeout: float = 5.0,
           workers: int = 16) -> list[CheckRow]:
     """Ask every source of every asset of ``selected`` (default: all names) whether it answers: HEAD requests
-    only (one listing entry for a folder), in parallel. Raises :class:`VinvlError` when no source answers at all."""
+    only (one listing entry for a folder), in parallel. Raises :class:`NoSourceAnswered` (with the rows)
+    when no source answers at all."""
     entries = [entry(n) for n in (selected or list(REGISTRY))]
     jobs = [(a, s) for e in entries for a in e.assets for s in a.sources]
     if not jobs:
@@ -746,19 +930,19 @@ def check(selected: Optional[Sequence[str]] = None, *, sas: Optional[str] = None
     with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="vinvl-check") as pool:
         rows = list(pool.map(lambda j: _check_one(j[0], j[1], sas=token, timeout=timeout), jobs))
     if all(r.status in ("unreachable", "offline") for r in rows):
-        hosts = {}
+        hosts: dict[str, str] = {}
         for r in rows:
             host = urlsplit(r.source.address()).netloc
-            hosts.setdefault(host, r.detail)
+            hosts.setdefault(host, r.reason or r.detail)
         why = "; ".join(f"{h}: {d}" for h, d in hosts.items())
-        raise VinvlError(f"offline: no source answered ({why})")
+        raise NoSourceAnswered(f"offline: no source answered ({why})", rows)
     return rows
 
 
 __all__ = [
-    "ASSET_KINDS", "Asset", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEMO_DETECTOR", "DetectorFiles",
-    "ENTRY_KINDS", "Entry", "Fetched", "REGISTRY", "SOURCE_KINDS", "Source", "azure", "azure_sas", "check",
-    "checkpoint_path", "default_detector", "ensure", "entry", "fetch", "find_by_url", "hf", "hf_endpoint",
-    "hf_offline", "is_checkpoint_name", "list_entries", "names", "resolve_detector", "shipped_model_dir",
-    "vinvl_home",
+    "ASSET_KINDS", "Asset", "CHECK_STATES", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEMO_DETECTOR",
+    "DetectorFiles", "ENTRY_KINDS", "Entry", "Fetched", "NoSourceAnswered", "REGISTRY", "SOURCE_KINDS", "Source",
+    "azure", "azure_sas", "check", "checkpoint_path", "default_detector", "ensure", "entry", "fetch", "find_by_url",
+    "hf", "hf_endpoint", "hf_offline", "hub_metadata", "is_checkpoint_name", "list_entries", "names",
+    "resolve_detector", "shipped_model_dir", "vinvl_home",
 ]
