@@ -154,7 +154,7 @@ def test_resume_refuses_other_settings(ex, tiny: Path, tmp_path: Path, capsys, m
 
     monkeypatch.setattr(R._Shard, "write_batch", failing)
     code, _, err = ex.cli(capsys, *ex.args(out))
-    assert code == 2 and "disk full after 2 completed batches (6 images, kept)" in err and "--resume" in err
+    assert code == 1 and "disk full after 2 completed batches (6 images, kept)" in err and "--resume" in err
     monkeypatch.setattr(R._Shard, "write_batch", real)
     code, _, err = ex.cli(capsys, *ex.args(out))
     assert code == 2 and "add --resume" in err

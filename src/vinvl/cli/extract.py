@@ -103,13 +103,12 @@ def extract(
                               "(faster, with drift: docs/performance.md).", callback=one_of("auto", "fp32", "bf16", "fp16")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
-    import torch
-
+    # Everything that can refuse the command runs before torch is imported (seconds): the options, the model's
+    # files, the inputs and their keys, the boxes, the output folder.
+    from ..atomic import check_writable
     from ..config.original import ConfigError, apply_set_options, load_original
-    from ..detection import Detector
-    from ..detection.numerics import Numerics, choose as choose_numerics, faster_mode_hint
     from ..extract import collect_inputs, dataset_label_boxes, make_key_rule, match_given_boxes
-    from ..extract.run import NATIVE_SUBSET, ExtractOptions, extract as run_extract, mark_failed
+    from ..features import NATIVE_SUBSET
     from ..registry import default_detector, file_sha256, resolve_detector
 
     args = args or []
@@ -181,7 +180,10 @@ def extract(
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dev.startswith("cuda") and ":" not in dev:
         dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    _check_device(dev)
+    if not (dev == "cpu" or dev.startswith("cuda")):
+        raise VinvlError(f"device must be cpu or cuda[:N], got {dev!r}")
+    if not Path(weights_path).is_file():
+        raise VinvlError(f"{weights_path}: no such checkpoint file")
     if labelmap_path is not None and not Path(labelmap_path).is_file():
         raise VinvlError(f"{labelmap_path}: no such label map file")
     rule = make_key_rule(key_from, key_regex, key_map)
@@ -192,6 +194,16 @@ def extract(
         boxes_sha256 = source.sha256
     elif config_file is not None and run.boxes_given:
         given = dataset_label_boxes(inputs, items, data_dir)
+    if rank == 0:
+        check_writable(out_dir, create=False)  # an error later (the weights) must not leave an empty folder
+
+    import torch
+
+    from ..detection import Detector
+    from ..detection.numerics import Numerics, choose as choose_numerics, faster_mode_hint
+    from ..extract.run import ExtractOptions, extract as run_extract, mark_failed
+
+    _check_device(dev)
     # The weights load first (a file of the wrong model stops before anything is measured), in the original's
     # arithmetic for the original form; the native form then takes the numerics --dtype chooses and folds res5's
     # frozen BNs in either layout (the set-up --dtype auto measured).
@@ -290,8 +302,6 @@ def _check_device(device: str) -> None:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VinvlError(f"device {device!r} requested but no CUDA device is available (use cpu)")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise VinvlError(f"device must be cpu or cuda[:N], got {device!r}")
 
 
 def _config_path(path: Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -37,20 +36,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..atomic import atomic_write_text
+from ..atomic import NO_SPACE, UNWRITABLE, atomic_write_bytes, atomic_write_text, os_error_line
 from ..detection import Detector
 from ..detection.preprocess import to_input_tensor
-from ..errors import VinvlError, single_spaced
-from ..features import format_features_row, format_hw_row, format_label_row
+from ..errors import FaultError, VinvlError, single_spaced
+from ..features import NATIVE_SUBSET, format_features_row, format_hw_row, format_label_row
 from ..images import ImageLoadError
 from ..textio import display_path
 from ..tsv import lineidx_path, merge_tsv, write_key_index
-from .sources import ImageItem, image_sizes, load_image_item
+from .sources import ImageItem, first_input_difference, image_sizes, input_identities, load_image_item
 
-NATIVE_SUBSET = ("rect", "class", "conf", "feature", "attr_labels", "attr_scores")
 # Optional outputs and their file names; errors.tsv, imageid2idx.json and manifest.json are always written.
 OUTPUT_FILES = {"predictions": "predictions.tsv", "features": "features.tsv", "labels": "label.tsv", "hw": "hw.tsv"}
 WORK_DIR = ".vinvl-extract"
+LOCK_FILE = ".vinvl-extract.lock"  # in the output folder; rank R > 0 locks LOCK_FILE.R
 
 
 @dataclass
@@ -200,6 +199,37 @@ def batch_plan(items: Sequence[ImageItem], batch_size: int, batching: str, aspec
     return BatchPlan(batches, plan_windows(batches), "aspect_ratio" if grouped else "consecutive")
 
 
+class _OutputLock:
+    """An exclusive lock on the output folder for this rank (``fcntl``, released when the process ends however it
+    ends): a second run on the same ``-o`` fails at once, naming the holder's pid, instead of interleaving writes."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.path = out / (LOCK_FILE if rank == 0 else f"{LOCK_FILE}.{rank}")
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "_OutputLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise VinvlError(f"{display_path(self.path.parent)}: another vinvl extract is writing here (pid {holder}); "
+                             "wait for it to end, or use another -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock; the file stays (removing it would race a waiting run)
+            self.fd = None
+
+
 def _line(fields: Sequence[str]) -> bytes:
     line = "\t".join(fields) + "\n"
     # Keys are checked before the run (sources.check_keys) and the other fields are JSON or base64;
@@ -334,11 +364,14 @@ def _labelmap_sha256(detector: Detector) -> Optional[str]:
     return hashlib.sha256(json.dumps([list(lm.classes), list(lm.attributes or [])]).encode()).hexdigest()
 
 
-def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions, plan: BatchPlan) -> dict[str, Any]:
-    """Every setting that can change a byte of the outputs: a resumed run must match it exactly."""
+def _fingerprint(items: Sequence[ImageItem], detector: Detector, opts: ExtractOptions, plan: BatchPlan,
+                 identities: Sequence[bytes]) -> dict[str, Any]:
+    """Every setting that can change a byte of the outputs: a resumed run must match it exactly. The inputs are
+    their identities (resolved paths, sizes, times: :func:`~vinvl.extract.sources.input_identities`), not the
+    paths as typed, so another spelling of the same inputs resumes and other inputs do not."""
     h = hashlib.sha256()
-    for it in items:
-        h.update(f"{it.key}\t{it.where}\n".encode())
+    for line in identities:
+        h.update(line + b"\n")
     fp = {
         "inputs_sha256": h.hexdigest(),
         "images": len(items),
@@ -397,29 +430,31 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _check_out_dir(out: Path, shard_dir: Path, fingerprint: dict[str, Any], opts: ExtractOptions) -> bool:
-    """Whether the run is already complete; errors when outputs would be lost or settings changed.
+def _check_out_dir(out: Path, shard_dir: Path, fingerprint: dict[str, Any], opts: ExtractOptions) -> Optional[dict]:
+    """The manifest when the run is already complete (else None); errors when outputs would be lost or
+    settings changed.
 
     ``manifest.json`` is written last, once every output is in place: it commits a run. A resumed run
     whose manifest holds the same settings is complete (a kill during the clean-up that follows the
-    manifest only leaves the work folder to remove); the same settings give the same bytes, so this also
-    holds when an earlier identical run wrote it."""
+    manifest only leaves the work folder to remove) once every output it committed still has the size it
+    recorded; the same settings give the same bytes, so this also holds when an earlier identical run wrote it."""
     if not out.exists():
-        return False
+        return None
     if not out.is_dir():
         raise VinvlError(f"{out}: exists and is not a folder; choose another -o")
     work = out / WORK_DIR
     if opts.overwrite:
         if shard_dir.exists():
             shutil.rmtree(shard_dir)
-        return False
+        return None
     manifest = _read_json(out / "manifest.json")
     if manifest is not None and opts.resume:
         changed = _changed(manifest.get("settings") if isinstance(manifest, dict) else None, fingerprint)
         missing = [f for f in manifest.get("outputs", []) if not (out / f).is_file()] if not changed else []
         if not changed and not missing:
+            _verify_outputs(out, manifest)
             shutil.rmtree(work, ignore_errors=True)
-            return True
+            return manifest
         if not work.exists():
             why = f"{', '.join(changed)} changed" if changed else f"{', '.join(missing)} missing"
             raise VinvlError(f"{out}: holds a finished extraction that --resume cannot continue ({why}); "
@@ -432,7 +467,25 @@ def _check_out_dir(out: Path, shard_dir: Path, fingerprint: dict[str, Any], opts
         existing = [n for n in [*OUTPUT_FILES.values(), "errors.tsv"] if (out / n).exists()]
         if existing:
             raise VinvlError(f"{out}: already has {', '.join(existing)}; use --overwrite or another -o")
-    return False
+    return None
+
+
+def _output_sizes(out: Path, outputs: Sequence[str]) -> dict[str, int]:
+    """The byte size of each committed output and of each TSV's index (what --resume checks a finished run by)."""
+    files = [*outputs, *(lineidx_path(out / f).name for f in outputs if f.endswith(".tsv"))]
+    return {f: (out / f).stat().st_size for f in files}
+
+
+def _verify_outputs(out: Path, manifest: dict) -> None:
+    """A finished run's outputs are as it committed them: the sizes recorded in its manifest (a truncated or
+    rewritten file is found before --resume answers "done")."""
+    for name, size in (manifest.get("output_sizes") or {}).items():
+        p = out / name
+        got = p.stat().st_size if p.is_file() else None
+        if got != size:
+            now = "is missing" if got is None else f"has {got} bytes"
+            raise VinvlError(f"{display_path(p)}: {now} where the finished run wrote {size}: the outputs changed after "
+                             "the run; rerun with --overwrite (or another -o)")
 
 
 def extract(
@@ -450,19 +503,24 @@ def extract(
     names = [n for n in OUTPUT_FILES if n not in opts.skip]
     shard_dir = out / WORK_DIR / f"shard-{opts.rank:05d}-of-{opts.world_size:05d}"
     plan = batch_plan(items, bs, cfg.batching, opts.aspect_ratio_grouping, opts.exif_transpose)
-    fingerprint = _fingerprint(items, detector, opts, plan)
+    identities = input_identities(items)
+    fingerprint = _fingerprint(items, detector, opts, plan, identities)
+    if out.exists() and not out.is_dir():
+        raise VinvlError(f"{display_path(out)}: exists and is not a folder; choose another -o")
     try:
-        return _extract(items, detector, out, shard_dir, names, bs, plan, fingerprint, opts)
+        with _OutputLock(out, opts.rank):
+            return _extract(items, detector, out, shard_dir, names, bs, plan, fingerprint, identities, opts)
     except OSError as e:
-        if e.errno in _NO_SPACE:
-            raise VinvlError(
+        if e.errno in NO_SPACE:
+            raise FaultError(
                 f"{display_path(e.filename or out)}: disk full ({e.strerror}); what was written is kept: "
                 "free space and rerun with --resume") from None
+        if e.errno not in UNWRITABLE:  # an I/O fault mid-run: the journal still stands where it stood
+            raise FaultError(f"{os_error_line(e, display_path(e.filename or out))}; what was written is kept: "
+                             "rerun with --resume") from None
         raise
 
 
-# A full disk or quota: the run stops with one line and resumes once there is room.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _extract(
@@ -474,13 +532,17 @@ def _extract(
     bs: int,
     plan: BatchPlan,
     fingerprint: dict[str, Any],
+    identities: Sequence[bytes],
     opts: ExtractOptions,
 ) -> ExtractStats:
-    if _check_out_dir(out, shard_dir, fingerprint, opts):
+    finished = _check_out_dir(out, shard_dir, fingerprint, opts)
+    if finished is not None:
         if not opts.quiet:
             print(f"{out}: already complete", file=sys.stderr)
-        return ExtractStats(0, 0, 0.0, out_dir=out)
+        c = finished.get("counts", {})
+        return ExtractStats(int(c.get("images", 0)), int(c.get("boxes", 0)), 0.0, int(c.get("failed", 0)), out_dir=out)
     settings_path = shard_dir / "settings.json"
+    inputs_path = out / WORK_DIR / "inputs.tsv"
     if opts.resume and shard_dir.exists():
         before = _read_json(settings_path)
         changed = _changed(before, fingerprint)
@@ -488,11 +550,15 @@ def _extract(
             raise VinvlError(f"{shard_dir}: settings.json is missing or damaged, so --resume cannot check the "
                              "settings of the interrupted run; use --overwrite")
         if before is not None and changed:
-            raise VinvlError(
-                f"{out}: --resume with other settings than the interrupted run ({', '.join(changed)} changed); "
-                "rerun with the same inputs and options, or use --overwrite"
-            )
+            why = f"{', '.join(changed)} changed"
+            if "inputs_sha256" in changed and inputs_path.is_file():
+                diff = first_input_difference(inputs_path.read_bytes().split(b"\n")[:-1], identities)
+                why += f": {diff}" if diff else ""
+            raise VinvlError(f"{out}: --resume with other settings than the interrupted run ({why}); "
+                             "rerun with the same inputs and options, or use --overwrite")
     atomic_write_text(settings_path, json.dumps(fingerprint, indent=1))
+    if opts.rank == 0:  # what --resume compares to name the first input that differs
+        atomic_write_bytes(inputs_path, b"".join(line + b"\n" for line in identities))
 
     first, end = plan.rank_range(opts.rank, opts.world_size)
     t0 = time.perf_counter()
@@ -510,8 +576,8 @@ def _extract(
             _run_batches(items, plan, start, end, detector, shard, opts, names, bs, progress)
         progress.close()
     except OSError as e:
-        if e.errno in _NO_SPACE:
-            raise VinvlError(
+        if e.errno in NO_SPACE:
+            raise FaultError(
                 f"{display_path(e.filename or shard_dir)}: disk full after {shard.done_batches} completed batches "
                 f"({shard.counts['images']} images, kept); free space and rerun with --resume"
             ) from None
@@ -542,6 +608,7 @@ def _extract(
         "world_size": opts.world_size,
         "workers": opts.workers,
         "outputs": [OUTPUT_FILES[n] for n in names] + ["errors.tsv", "imageid2idx.json"],
+        "output_sizes": _output_sizes(out, [OUTPUT_FILES[n] for n in names] + ["errors.tsv", "imageid2idx.json"]),
         "feature_dim": detector.feature_dim + 6,  # width of a features.tsv region row (regions + geometry)
         "counts": totals["counts"],
         "seconds_per_rank": totals["seconds"],

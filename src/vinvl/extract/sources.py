@@ -9,11 +9,9 @@ unmappable key is an error up front. Decoding happens later, in :func:`load_imag
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -24,7 +22,7 @@ from PIL import Image
 from ..dataset_spec import DatasetSpec
 from ..errors import FormatError, VinvlError
 from ..given_boxes import GivenBoxes, label_boxes_for_rows, read_given_boxes
-from ..images import IMAGE_EXTENSIONS, ImageLoadError, decode_image, read_image_file, tsv_image_bytes
+from ..images import IMAGE_EXTENSIONS, ImageLoadError, decode_image, header_size, read_image_file, tsv_image_bytes
 from ..textio import display_path, is_control, read_text
 from ..tsv import TSVFile
 
@@ -46,6 +44,8 @@ class ImageItem:
     # original's image sizes for aspect-ratio grouping). Where an image comes from, not what it is.
     dataset: Optional[Path] = field(default=None, compare=False, repr=False)
     hw: Optional[Path] = field(default=None, compare=False, repr=False)
+    # Why a folder entry cannot be read at all (a dangling link, a FIFO): it goes to errors.tsv unopened.
+    problem: Optional[str] = None
 
     @property
     def where(self) -> str:
@@ -168,9 +168,35 @@ def make_key_rule(key_from: str = "relpath", key_regex: Optional[str] = None, ke
     return KeyRule(key_from, key_regex, read_key_map(key_map), Path(key_map).resolve().parent)
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    found = [f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
+def folder_entries(folder: Path) -> list[tuple[Path, Optional[str]]]:
+    """The images under ``folder``, sorted by relative path, with sub-folder links followed (each real folder
+    once: a link loop ends), and the entries that cannot be read with why: dangling links (to a file or a
+    folder) and image-named entries that are not regular files (FIFOs, sockets, devices: never opened)."""
+    found: list[tuple[Path, Optional[str]]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unlistable(e: OSError) -> None:
+        if e.filename is not None and Path(e.filename) != folder:
+            found.append((Path(e.filename), f"cannot list the folder: {e.strerror or e}"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unlistable):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []  # a link back to a folder already walked
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in files:
+            f = Path(root) / name
+            image_named = f.suffix.lower() in IMAGE_EXTENSIONS
+            if f.is_file():
+                if image_named:
+                    found.append((f, None))
+            elif f.is_symlink() and not f.exists():
+                found.append((f, f"dangling link to {display_path(os.readlink(f))}"))
+            elif image_named:
+                found.append((f, "not a regular file (a FIFO, socket or device): not read"))
+    return sorted(found, key=lambda e: e[0].relative_to(folder).as_posix())
 
 
 def _list_items(listing: Path, rule: KeyRule) -> list[ImageItem]:
@@ -229,6 +255,17 @@ def dataset_yaml_items(path: Path, data_dir: Optional[Path] = None) -> list[Imag
     return _tsv_items(img, read_linelist(ll) if ll is not None else None, Path(path), hw)
 
 
+def _entry_key(rule: KeyRule, path: Path, root: Path, problem: Optional[str]) -> str:
+    """An entry's key; one that cannot be read is keyed by its relative path when the rule has no key for it
+    (so that it reaches errors.tsv instead of stopping the run)."""
+    if problem is None:
+        return rule.key(path, root)
+    try:
+        return rule.key(path, root)
+    except VinvlError:
+        return image_key(path, root)
+
+
 def collect_inputs(
     paths: Sequence[PathLike], rule: KeyRule = KeyRule(), data_dir: Optional[PathLike] = None
 ) -> list[ImageItem]:
@@ -243,7 +280,7 @@ def collect_inputs(
     for p in map(Path, paths):
         suffix = p.suffix.lower()
         if p.is_dir():
-            items += [ImageItem(rule.key(f, p), f) for f in _folder_images(p)]
+            items += [ImageItem(_entry_key(rule, f, p, why), f, problem=why) for f, why in folder_entries(p)]
         elif not p.is_file():
             raise VinvlError(f"{display_path(p)}: no such file or folder")
         elif suffix in YAML_EXTENSIONS:
@@ -295,6 +332,42 @@ def dataset_label_boxes(inputs: Sequence[PathLike], items: Sequence[ImageItem],
     return out
 
 
+def input_identities(items: Sequence[ImageItem]) -> list[bytes]:
+    """One line per input naming what decides its bytes, however its path was spelled: key, resolved path, row,
+    size and modification time of the file (a resumed run must see the same inputs)."""
+    stats: dict[Path, bytes] = {}
+    out = []
+    for it in items:
+        ident = stats.get(it.path)
+        if ident is None:
+            try:
+                st = it.path.stat()
+                ident = b"%s\t%d\t%d" % (os.fsencode(it.path.resolve()), st.st_size, st.st_mtime_ns)
+            except OSError:  # unreadable: it lands in errors.tsv; its identity is its absolute path and why
+                ident = os.fsencode(it.path.absolute()) + b"\t-\t-"
+            stats[it.path] = ident
+        row = b"" if it.row is None else str(it.row).encode()
+        problem = (it.problem or "").encode("utf-8", "backslashreplace")
+        out.append(b"\t".join([it.key.encode("utf-8", "backslashreplace"), row, ident, problem]))
+    return out
+
+
+def first_input_difference(before: Sequence[bytes], now: Sequence[bytes]) -> Optional[str]:
+    """The first input whose identity differs between two runs' :func:`input_identities`, said in words."""
+    for i, (a, b) in enumerate(zip(before, now)):
+        if a != b:
+            ka, kb = a.split(b"\t", 1)[0].decode("utf-8", "replace"), b.split(b"\t", 1)[0].decode("utf-8", "replace")
+            if ka != kb:
+                return f"input {i + 1} is {kb!r} where the interrupted run had {ka!r}"
+            pa, pb = a.split(b"\t")[2], b.split(b"\t")[2]
+            if pa != pb:
+                return f"image {kb!r} is another file ({display_path(os.fsdecode(pb))}, was {display_path(os.fsdecode(pa))})"
+            return f"image {kb!r} changed since the interrupted run (size or modification time)"
+    if len(before) != len(now):
+        return f"the interrupted run had {len(before)} inputs, this one {len(now)}"
+    return None
+
+
 def collect_images(paths: Sequence[PathLike]) -> list[ImageItem]:
     """``collect_inputs`` with the default key rule."""
     return collect_inputs(paths)
@@ -315,11 +388,9 @@ def load_image_item(
     item: ImageItem, exif_transpose: bool = False, tsv_cache: Optional[dict[Path, TSVFile]] = None
 ) -> Image.Image:
     """Read and decode one input; every failure is an :class:`ImageLoadError` with its reason."""
+    if item.problem is not None:
+        raise ImageLoadError(item.problem)
     return decode_image(image_bytes(item, tsv_cache), exif_transpose)
-
-
-# EXIF orientations that turn the stored grid by 90 degrees (width and height swap under exif_transpose).
-_TURNED = frozenset({5, 6, 7, 8})
 
 
 def image_sizes(items: Sequence[ImageItem], exif_transpose: bool = False) -> list[Optional[tuple[float, float]]]:
@@ -371,17 +442,11 @@ def _hw_row_size(item: ImageItem, cache: dict[Path, TSVFile]) -> tuple[float, fl
 
 
 def _header_size(item: ImageItem, exif_transpose: bool, tsv_cache: dict[Path, TSVFile]) -> Optional[tuple[float, float]]:
+    if item.problem is not None:
+        return None
     try:
-        data = image_bytes(item, tsv_cache) if item.row is not None else None
+        source = image_bytes(item, tsv_cache) if item.row is not None else item.path
     except ImageLoadError:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decoder refuses it, with the reason
-            with Image.open(item.path if data is None else io.BytesIO(data)) as img:
-                w, h = img.size
-                if exif_transpose and img.getexif().get(0x0112) in _TURNED:
-                    w, h = h, w
-    except Exception:  # any header PIL cannot read (plugins raise many kinds): the decoder says why in errors.tsv
-        return None
-    return (float(h), float(w)) if h > 0 and w > 0 else None
+    hw = header_size(source, exif_transpose)
+    return None if hw is None else (float(hw[0]), float(hw[1]))
