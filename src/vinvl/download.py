@@ -484,26 +484,24 @@ class _Stopped(Exception):
     """Internal: the downloader was cancelled (Ctrl-C); the transfer ends without another attempt."""
 
 
-class _TrackedHTTP(http.client.HTTPConnection):
+class _Tracked:
     # Hands its socket to the downloader, which shuts it down on Ctrl-C: a thread blocked reading a
     # slow body wakes at once instead of after the read timeout.
     def __init__(self, *args: Any, track: Callable[[socket.socket], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._track = track
 
     def connect(self) -> None:
-        super().connect()
-        self._track(self.sock)
+        super().connect()  # type: ignore[misc]
+        self._track(self.sock)  # type: ignore[attr-defined]
 
 
-class _TrackedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, track: Callable[[socket.socket], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._track = track
+class _TrackedHTTP(_Tracked, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self._track(self.sock)
+
+class _TrackedHTTPS(_Tracked, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -234,7 +234,7 @@ def test_resume_refuses_every_setting_that_changes_bytes(ex, tiny: Path, tmp_pat
 
 # --- 4. a kill at any point of any phase --------------------------------------------------------------------
 
-def _forked(argv: list[str], trigger: Optional[str] = None, at: int = 0, stats: Optional[Path] = None) -> int:
+def forked(argv: list[str], trigger: Optional[str] = None, at: int = 0, stats: Optional[Path] = None) -> int:
     """Run the CLI in a forked child (one thread, like the reference) that SIGKILLs itself at the ``at``-th
     function call (Python or C) after ``trigger`` (a function of vinvl.extract.run) was entered; returns the
     child's exit code, or -9 when it was killed. ``stats`` receives the calls counted and the count at which
@@ -284,7 +284,7 @@ def kill_case(ex, tmp_path_factory) -> tuple[Path, Path]:
         _image(d / "imgs" / f"im{i}.png", h, w, seed=i)
     (d / "imgs" / "im9.png").write_bytes(b"broken")
     ref = d / "ref"
-    assert _forked(ex.args(ref, images=d / "imgs")) == 3
+    assert forked(ex.args(ref, images=d / "imgs")) == 3
     return d, ref
 
 
@@ -302,7 +302,7 @@ def test_sigkill_at_any_point_of_every_phase_resumes_byte_identical(ex, kill_cas
 
     def phase_points(trigger: str, argv: list[str], until: Optional[str], n: int, prepare=lambda: None) -> list[int]:
         prepare()
-        assert _forked(argv, trigger, 0, stats) in (0, 3)
+        assert forked(argv, trigger, 0, stats) in (0, 3)
         s = json.loads(stats.read_text())
         end = next((c for name, c in s["marks"] if name == until), s["calls"]) if until else s["calls"]
         return _points(1, end, n)
@@ -312,7 +312,7 @@ def test_sigkill_at_any_point_of_every_phase_resumes_byte_identical(ex, kill_cas
 
     def killed_in_batches() -> None:
         fresh()
-        assert _forked(args, "_write_window", 3) == -signal.SIGKILL  # inside the first batch's rows
+        assert forked(args, "_write_window", 3) == -signal.SIGKILL  # inside the first batch's rows
 
     phases = [
         # (how the run starts, the trigger, its argv, up to which function, kill points)
@@ -325,10 +325,10 @@ def test_sigkill_at_any_point_of_every_phase_resumes_byte_identical(ex, kill_cas
     for label, prepare, trigger, argv, until, n in phases:
         for at in phase_points(trigger, argv, until, n, prepare):
             prepare()
-            code = _forked(argv, trigger, at)
+            code = forked(argv, trigger, at)
             assert code in (-signal.SIGKILL, 3), (label, at, code)
             kills += code == -signal.SIGKILL
-            code = _forked(resume)
+            code = forked(resume)
             assert code in (0, 3), (label, at, code)  # 0: resumed a run found complete
             assert ex.digest(out) == ex.digest(ref), (label, at)
             assert not (out / R.WORK_DIR).exists(), (label, at)
@@ -346,7 +346,7 @@ def test_damaged_work_folder_redoes_what_it_lost(ex, kill_case, tmp_path: Path) 
     shard = out / R.WORK_DIR / "shard-00000-of-00001"
     for damage in ("remove features", "cut predictions", "torn journal line"):
         shutil.rmtree(out, ignore_errors=True)
-        assert _forked(args, "_wait_for_shards", 1) == -signal.SIGKILL  # every batch done, nothing merged
+        assert forked(args, "_wait_for_shards", 1) == -signal.SIGKILL  # every batch done, nothing merged
         if damage == "remove features":
             (shard / "features.tsv").unlink()
         elif damage == "cut predictions":
@@ -354,12 +354,12 @@ def test_damaged_work_folder_redoes_what_it_lost(ex, kill_case, tmp_path: Path) 
         else:
             with open(shard / "journal.tsv", "ab") as f:
                 f.write(b'{"batches": 9, "counts"')
-        assert _forked(args + ["--resume"]) == 3, damage
+        assert forked(args + ["--resume"]) == 3, damage
         assert ex.digest(out) == ex.digest(ref), damage
     shutil.rmtree(out)
-    assert _forked(args, "_wait_for_shards", 1) == -signal.SIGKILL
+    assert forked(args, "_wait_for_shards", 1) == -signal.SIGKILL
     (shard / "settings.json").write_text('{"inputs_sha')
-    code = _forked(args + ["--resume"])
+    code = forked(args + ["--resume"])
     assert code == 2
 
 

@@ -13,16 +13,16 @@ import os
 import random
 import shutil
 import signal
-import sys
-import threading
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.cli.test_extract_cli import SMALL_R50
+from tests.conftest import EXTRACT_FILES
+from tests.extract.test_faults import forked
 from vinvl import tsv as T
 from vinvl.cli import main
 from vinvl.config.original import load_original
@@ -33,24 +33,7 @@ from vinvl.extract import run as R
 from vinvl.extract.sources import dataset_yaml_items, image_sizes
 from vinvl.labelmap import LabelMap
 
-SMALL_R50 = """\
-MODEL:
-  META_ARCHITECTURE: "AttrRCNN"
-  BACKBONE: {CONV_BODY: "R-50-C4"}
-  RESNETS: {STEM_OUT_CHANNELS: 8, RES2_OUT_CHANNELS: 16, NUM_GROUPS: 2, WIDTH_PER_GROUP: 8,
-            BACKBONE_OUT_CHANNELS: 64, STRIDE_IN_1X1: False}
-  RPN: {PRE_NMS_TOP_N_TEST: 200, POST_NMS_TOP_N_TEST: 30}
-  ROI_HEADS: {NMS_FILTER: 1, SCORE_THRESH: 0.2, MIN_DETECTIONS_PER_IMG: 3, DETECTIONS_PER_IMG: 20}
-  ROI_BOX_HEAD: {NUM_CLASSES: 11}
-  ROI_ATTRIBUTE_HEAD: {NUM_ATTRIBUTES: 7, POSTPROCESS_ATTRIBUTES_THRESHOLD: 0.05}
-  ATTRIBUTE_ON: True
-  DEVICE: cpu
-INPUT: {MIN_SIZE_TEST: 96, MAX_SIZE_TEST: 160}
-DATASETS: {LABELMAP_FILE: "labelmap.json"}
-TEST: {IMS_PER_BATCH: 2, IGNORE_BOX_REGRESSION: True, OUTPUT_FEATURE: True, TSV_SAVE_SUBSET: ['rect', 'class', 'conf', 'feature']}
-"""
-FILES = ["predictions.tsv", "predictions.lineidx", "features.tsv", "features.lineidx", "label.tsv", "label.lineidx",
-         "hw.tsv", "hw.lineidx", "errors.tsv", "errors.lineidx", "imageid2idx.json"]
+FILES = EXTRACT_FILES
 LANDSCAPE = [(120, 200), (100, 180), (90, 160)]  # (h, w): h / w < 1, group 0
 PORTRAIT = [(200, 120), (180, 100), (160, 90), (150, 150)]  # h / w >= 1 (a square too), group 1
 MIXED = "LPPPL"  # with 2 per batch: [0, 4], [1, 2], [3], one window
@@ -275,43 +258,6 @@ def test_original_form_runs_the_planned_batches(small: Path, tmp_path: Path, cap
     assert any(outs["True"][k] != outs["False"][k] for k in grouped)  # the partner changes a padded image's rows
 
 
-def _forked(argv: list[str], trigger: Optional[str] = None, at: int = 0, stats: Optional[Path] = None) -> int:
-    """The CLI in a forked child (one thread) that SIGKILLs itself at the ``at``-th call (Python or C) after
-    ``trigger`` (a function of vinvl.extract.run) was entered; returns its exit code, -9 when killed. ``stats``
-    receives the number of calls counted."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            torch.set_num_threads(1)
-            count = 0
-
-            def profile(frame, event, arg) -> None:
-                nonlocal count
-                if event in ("call", "c_call"):
-                    count += 1
-                    if count == at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-
-            if trigger is not None:
-                real = getattr(R, trigger)
-
-                def armed(*a, **k):
-                    threading.setprofile(profile)  # the writer thread's calls count too
-                    sys.setprofile(profile)
-                    return real(*a, **k)
-
-                setattr(R, trigger, armed)
-            code = main(argv)
-            sys.setprofile(None)
-            if stats is not None:
-                stats.write_text(json.dumps({"calls": count}))
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
 def _rows_past_journal(out: Path) -> bool:
     """Whether the shard holds rows written after its last journal entry (killed inside a window)."""
     shard = out / ".vinvl-extract" / "shard-00000-of-00001"
@@ -325,17 +271,17 @@ def _rows_past_journal(out: Path) -> bool:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_sigkill_inside_windows_resumes_byte_identical(small: Path, tmp_path: Path) -> None:
     ref, out, stats = tmp_path / "ref", tmp_path / "o", tmp_path / "stats.json"
-    assert _forked(_argv(small, small / "many", ref), "_run_batches", 0, stats) == 0
+    assert forked(_argv(small, small / "many", ref), "_run_batches", 0, stats) == 0
     calls = json.loads(stats.read_text())["calls"]
     assert json.loads((ref / "manifest.json").read_text())["batch_grouping"] == "aspect_ratio"
     kills = inside = 0
     for at in sorted({int(x) for x in np.linspace(calls * 0.05, calls * 0.95, 7)}):
         shutil.rmtree(out, ignore_errors=True)
-        code = _forked(_argv(small, small / "many", out), "_run_batches", at)
+        code = forked(_argv(small, small / "many", out), "_run_batches", at)
         assert code in (-signal.SIGKILL, 0), (at, code)
         kills += code == -signal.SIGKILL
         inside += _rows_past_journal(out)
-        assert _forked(_argv(small, small / "many", out, "--resume")) == 0
+        assert forked(_argv(small, small / "many", out, "--resume")) == 0
         assert _digest(out) == _digest(ref), at
     assert kills >= 5 and inside >= 1, (kills, inside)
 
