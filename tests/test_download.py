@@ -38,7 +38,6 @@ from vinvl.download import (
     RemoteError,
     VerificationError,
     check_blob_name,
-    download,
     parse_blob_url,
     parse_listing,
     unpack_zip,
@@ -857,7 +856,7 @@ def test_model_name_into_vinvl_home_with_mirror(azurite: Azurite, tmp_path: Path
     ), preset=e.preset, weights=e.weights, labelmap=e.labelmap)
     monkeypatch.setitem(registry.REGISTRY, e.name, fake)
     monkeypatch.setenv("VINVL_HOME", str(tmp_path))
-    results = download(e.name, downloader=downloader())
+    results = registry.download(e.name, downloader=downloader())
     assert [u.split("/pub/")[1] for u, _ in results] == ["zoo/vinvl_vg_x152c4.pth", "zoo/VG-SGG-dicts-vgoi6-clipped.json"]
     found = registry.resolve_detector(e.name, download=False)
     assert found.weights.read_bytes() == b"weights" and found.labelmap == tmp_path / "models" / e.name / e.labelmap

@@ -1,5 +1,6 @@
-"""Resumable, verified downloads from Azure Blob storage and plain HTTP(S) (the engine of ``vinvl download``;
-which asset comes from where is :mod:`vinvl.registry`'s business).
+"""Resumable, verified downloads from Azure Blob storage and plain HTTP(S): the transfer engine under
+:mod:`vinvl.registry`, which knows which asset comes from where and calls this module; this module knows
+no registry (a URL in, files out), so the import runs one way only.
 
 Why the standard library only (``urllib.request`` + ``concurrent.futures``), and not the Azure SDK
 or ``requests``: the released blobs are public (or readable with a SAS, which is nothing but a query
@@ -19,8 +20,10 @@ What the engine guarantees:
   after the bytes it already wrote; an unreachable host (no connection at all) fails at the first
   request, within seconds, with one message. :meth:`Downloader.retry` is that policy, and the hub
   sources of :mod:`vinvl.registry` use it too;
-- a file gets its final name (atomic ``os.replace``) only after its Content-MD5 (or, without one,
-  its size) and the caller's own check (a hub ETag, a registry sha256) matched; a mismatch deletes
+- a file gets its final name (:func:`vinvl.atomic.commit`: fsynced, renamed atomically, its folder
+  fsynced) only after its Content-MD5 (or, without one, its size) and the caller's own check (a hub
+  ETag, a registry sha256) matched; a range is recorded in the sidecar only after its bytes are
+  fsynced (:func:`vinvl.atomic.flush_to_disk`); a mismatch deletes
   the partial file and names the file. Bytes kept from an earlier run that fail the check are
   fetched afresh once;
 - Ctrl-C (or any ``BaseException``) during a transfer shuts every open connection of the downloader
@@ -53,10 +56,10 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 from urllib.parse import quote, unquote, urlsplit
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, commit, flush_to_disk, make_folders
 from .errors import VinvlError, single_spaced
 
 MiB = 1 << 20
@@ -432,9 +435,8 @@ class _Span:
                 raise
             if self.b is None:
                 f.truncate(start + n)  # an unknown size: whatever a longer earlier body left goes
-            f.flush()
-            # Callers record or rename after this: never for bytes a crash could lose.
-            os.fsync(f.fileno())
+            # Callers record the range (the sidecar) or commit the file after this: never for bytes a crash could lose.
+            flush_to_disk(f)
 
 
 def file_digest(path: Union[str, os.PathLike], hasher: Any) -> Any:
@@ -461,7 +463,7 @@ def _verify_and_place(part: Path, path: Path, size: Optional[int], md5: Optional
         for p in (part, *drop):
             p.unlink(missing_ok=True)
         raise VerificationError(f"{path}: {bad}; the file was deleted", path)
-    os.replace(part, path)
+    commit(part, path)
 
 
 def _error_code(e: urllib.error.HTTPError) -> str:
@@ -822,7 +824,7 @@ class Downloader:
             if self._complete(rf, path):
                 initial += rf.size or 0
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(path.parent)
             if rf.size is not None and rf.size > self.range_size:
                 state = _RangedFile(self, rf, path)
                 initial += state.done_bytes
@@ -1053,51 +1055,8 @@ def unpack_zip(zip_path: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, target)
+    commit(tmp, target)  # every unpacked file and folder is fsynced before the folder gets its name
     return target
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry-aware entry point
-
-
-def _default_url_dest(url: str, kind: str) -> Path:
-    # An unknown URL lands in the current folder, like curl -O / wget; a folder keeps its last name.
-    path = urlsplit(url).path.rstrip("/")
-    return Path.cwd() / path.rsplit("/", 1)[-1] if kind == "folder" else Path.cwd()
-
-
-def download(
-    source: str,
-    out: Optional[Path] = None,
-    *,
-    exclude: Iterable[str] = (),
-    dry_run: bool = False,
-    quiet: bool = False,
-    workers: int = 4,
-    sas: Optional[str] = None,
-    downloader: Optional[Downloader] = None,
-) -> list[tuple[str, Result]]:
-    """Fetch a registry name (every asset it groups, each from its first working source) or a URL;
-    returns ``(source, result)`` per asset."""
-    from . import registry  # registry imports this module (its transport): the one link back, resolved late
-
-    dl = downloader or Downloader(workers=workers, quiet=quiet)
-    exclude = tuple(exclude)
-    if "://" not in source:
-        done = registry.fetch(source, out, sas=sas, quiet=quiet, dry_run=dry_run, exclude=exclude, downloader=dl)
-        return [(f.source.label() if f.source else f"present: {f.asset.local_path(out)}", f.result) for f in done]
-    found = registry.find_by_url(source)
-    if found is None:
-        path = urlsplit(source).path
-        kind = "folder" if path.endswith("/") else "zip" if path.endswith(".zip") else "file"
-        dest = Path(out) if out is not None else _default_url_dest(source, kind)
-        return [(source, dl.download(source, dest, kind=kind, exclude=exclude, dry_run=dry_run))]
-    # A registry URL (perhaps with a SAS appended): its place, file name and excludes.
-    asset, _ = found
-    res = dl.download(source, asset.destination(out), kind=asset.kind, filename=asset.filename or None,
-                      exclude=asset.exclude + exclude, dry_run=dry_run, label=asset.name)
-    return [(source, res)]
 
 
 def human_size(n: Optional[int]) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import pybase64
 
-from .atomic import atomic_write_text, check_writable, naming, remove_stale_temporaries, temporary_name
+from .atomic import atomic_write_text, check_writable, commit, naming, remove_stale_temporaries, temporary_name
 from .errors import FormatError
 from .tsv import PathLike, TSVFile, TSVWriter, iter_tsv, read_key_index, write_key_index
 
@@ -669,7 +669,7 @@ def to_oscar(predictions: PathLike, out_dir: PathLike, hw: Optional[PathLike] = 
     try:
         stats = _to_oscar(predictions, out, stage, hw)
         for name in _OSCAR_FILES:
-            os.replace(stage / name, out / name)
+            commit(stage / name, out / name)
     except OSError as e:
         raise _unstaged(e, stage, out) from e
     finally:

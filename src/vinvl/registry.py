@@ -12,6 +12,9 @@ file, folder or zip the ordered :class:`Source` s it can come from, tried in tha
   (a read SAS from ``--sas`` or ``VINVL_AZURE_SAS`` is added to the URL);
 - ``https``: any other plain file URL, through the same engine.
 
+:func:`download` is ``vinvl download`` as one call: a registry name, or a URL (a registry one gets its
+entry's place, file name and excludes). The engine knows no registry: everything that needs both lives here.
+
 Files land in ``VINVL_HOME`` (``$VINVL_HOME``, else ``~/.cache/vinvl``) whatever their source:
 detectors in ``models/NAME/``, captioners and Oscar+ checkpoints in ``checkpoints/NAME/``,
 features in ``features/NAME/``, corpora in ``corpora/NAME/``. A file already there (complete files
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
+from .atomic import commit, make_folders
 from .download import (
     ACCESS_DENIED,
     HUB_ACCESS_HINT,
@@ -620,13 +624,13 @@ def _fetch_hf(src: Source, asset: Asset, dest: Path, dl: Downloader, *, quiet: b
     if cached is not None:
         if dry_run:
             return Result(dest, [final], [cached.stat().st_size])
-        dest.mkdir(parents=True, exist_ok=True)
+        make_folders(dest)
         part = final.with_name(final.name + ".part")
         shutil.copyfile(cached, part)
         try:
             _verify(part, etag=_blob_etag(cached), sha256=src.sha256, size=src.size, what=f"the hub cache ({cached})",
                     name=final)
-            os.replace(part, final)
+            commit(part, final)
             return Result(dest, [final], [final.stat().st_size], present=1)
         except VerificationError:
             if hf_offline():
@@ -637,7 +641,7 @@ def _fetch_hf(src: Source, asset: Asset, dest: Path, dl: Downloader, *, quiet: b
     meta = hub_metadata(src, dl, quiet=quiet)
     if dry_run:
         return Result(dest, [final], [meta.size])
-    dest.mkdir(parents=True, exist_ok=True)
+    make_folders(dest)
     for again in (True, False):
         rf = _hub_file(src, meta, final)
         try:
@@ -763,6 +767,42 @@ def fetch(
     dl = downloader or Downloader(workers=workers, quiet=quiet)
     return [_fetch_asset(a, out, dl, sas=azure_sas(sas), quiet=quiet, dry_run=dry_run, exclude=tuple(exclude))
             for a in e.assets]
+
+
+def _default_url_dest(url: str, kind: str) -> Path:
+    # An unknown URL lands in the current folder, like curl -O / wget; a folder keeps its last name.
+    path = urlsplit(url).path.rstrip("/")
+    return Path.cwd() / path.rsplit("/", 1)[-1] if kind == "folder" else Path.cwd()
+
+
+def download(
+    source: str,
+    out: Optional[Path] = None,
+    *,
+    exclude: Iterable[str] = (),
+    dry_run: bool = False,
+    quiet: bool = False,
+    workers: int = 4,
+    sas: Optional[str] = None,
+    downloader: Optional[Downloader] = None,
+) -> list[tuple[str, Result]]:
+    """Fetch a registry name (each asset from its first working source) or a URL; ``(source, result)`` per asset."""
+    dl = downloader or Downloader(workers=workers, quiet=quiet)
+    exclude = tuple(exclude)
+    if "://" not in source:
+        done = fetch(source, out, sas=sas, quiet=quiet, dry_run=dry_run, exclude=exclude, downloader=dl)
+        return [(f.source.label() if f.source else f"present: {f.asset.local_path(out)}", f.result) for f in done]
+    found = find_by_url(source)
+    if found is None:
+        path = urlsplit(source).path
+        kind = "folder" if path.endswith("/") else "zip" if path.endswith(".zip") else "file"
+        dest = Path(out) if out is not None else _default_url_dest(source, kind)
+        return [(source, dl.download(source, dest, kind=kind, exclude=exclude, dry_run=dry_run))]
+    # A registry URL (perhaps with a SAS appended): its place, file name and excludes.
+    asset, _ = found
+    res = dl.download(source, asset.destination(out), kind=asset.kind, filename=asset.filename or None,
+                      exclude=asset.exclude + exclude, dry_run=dry_run, label=asset.name)
+    return [(source, res)]
 
 
 def ensure(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> Entry:
@@ -942,7 +982,7 @@ def check(selected: Optional[Sequence[str]] = None, *, sas: Optional[str] = None
 __all__ = [
     "ASSET_KINDS", "Asset", "CHECK_STATES", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEMO_DETECTOR",
     "DetectorFiles", "ENTRY_KINDS", "Entry", "Fetched", "NoSourceAnswered", "REGISTRY", "SOURCE_KINDS", "Source",
-    "azure", "azure_sas", "check", "checkpoint_path", "default_detector", "ensure", "entry", "fetch", "find_by_url",
-    "hf", "hf_endpoint", "hf_offline", "hub_metadata", "is_checkpoint_name", "list_entries", "names",
+    "azure", "azure_sas", "check", "checkpoint_path", "default_detector", "download", "ensure", "entry", "fetch",
+    "find_by_url", "hf", "hf_endpoint", "hf_offline", "hub_metadata", "is_checkpoint_name", "list_entries", "names",
     "resolve_detector", "shipped_model_dir", "vinvl_home",
 ]

@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Un
 
 import numpy as np
 
-from .atomic import naming, remove_stale_temporaries
+from .atomic import (atomic_write, atomic_write_bytes, commit, make_folders, naming, remove_stale_temporaries,
+                     temporary_name)
 from .errors import FormatError, VinvlError
 
 PathLike = Union[str, os.PathLike]
@@ -37,31 +38,16 @@ def lineidx8b_path(tsv_path: PathLike) -> Path:
     return Path(os.path.splitext(os.fspath(tsv_path))[0] + ".lineidx.8b")
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
+# Every temporary of this module gets its final name through this one name, vinvl.atomic's durable commit, so
+# that a run can be stopped between complete temporaries and their final names (tests/test_reliability_files.py
+# kills a merge there).
+_replace = commit
 
 
 def _clean_stale(*targets: Path) -> None:
     """Remove the temporaries of ``targets`` that killed runs left (see :func:`vinvl.atomic.remove_stale_temporaries`)."""
     for folder in dict.fromkeys(t.parent for t in targets):
         remove_stale_temporaries(folder, [t.name for t in targets if t.parent == folder])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def scan_offsets(tsv_path: PathLike) -> np.ndarray:
@@ -96,20 +82,11 @@ def scan_offsets(tsv_path: PathLike) -> np.ndarray:
 
 def _write_lineidx_text(offsets: np.ndarray, out: Path) -> None:
     _clean_stale(out)
-    tmp = _tmp_name(out)
+    text = ("\n".join(map(str, offsets.tolist())) + "\n").encode("ascii") if len(offsets) else b""
     try:
-        with open(tmp, "wb") as f:
-            if len(offsets):
-                f.write(("\n".join(map(str, offsets.tolist())) + "\n").encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(out, text)
+    except OSError as e:  # a full disk: name the index, not its temporary
         raise naming(e, out) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def build_lineidx(tsv_path: PathLike, out: Optional[PathLike] = None) -> Path:
@@ -411,8 +388,8 @@ class TSVWriter:
     """Streaming TSV writer: rows go to a temporary file, and ``.tsv`` + ``.lineidx`` appear on close.
 
     On an exception inside ``with`` the temporaries are removed and any existing output is
-    left untouched. The index is renamed into place before the TSV, so a reader that sees the
-    new TSV also sees its index.
+    left untouched. Both are committed with :func:`vinvl.atomic.commit` (fsynced, renamed, their
+    folder fsynced), the index first, so a reader, or a crash, that sees the new TSV also sees its index.
     """
 
     def __init__(self, path: PathLike, *, columns: Optional[int] = None) -> None:
@@ -420,13 +397,13 @@ class TSVWriter:
         self.path = Path(path)
         self.columns = columns
         self.index_path = lineidx_path(self.path)
-        self._tmp = _tmp_name(self.path)
-        self._tmp_idx = _tmp_name(self.index_path)
+        self._tmp = temporary_name(self.path)
+        self._tmp_idx = temporary_name(self.index_path)
         self._pos = 0
         self.rows = 0
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path.parent)
             _clean_stale(self.path, self.index_path)
             self._f = open(self._tmp, "wb", buffering=1 << 20)
             try:
@@ -465,17 +442,14 @@ class TSVWriter:
         return self._append(line)
 
     def close(self) -> Path:
-        """Flush, fsync and rename both files into place; returns the TSV path."""
+        """Commit both files into place, the index first; returns the TSV path."""
         if self._closed:
             return self.path
         try:
             for f in (self._idx, self._f):
-                f.flush()
-                os.fsync(f.fileno())
                 f.close()
             _replace(self._tmp_idx, self.index_path)
             _replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
         except OSError as e:
             self.abort()
             raise naming(e, self.path) from e
@@ -615,9 +589,9 @@ def merge_tsv(shards: Sequence[PathLike], out: PathLike, *, unique_keys: bool = 
             with TSVFile(p) as t:
                 stored[p] = np.array(t.offsets)
     idx_out = lineidx_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(out.parent)
     _clean_stale(out, idx_out)
-    tmp, tmp_idx = _tmp_name(out), _tmp_name(idx_out)
+    tmp, tmp_idx = temporary_name(out), temporary_name(idx_out)
     seen: dict[bytes, int] = {}
     firsts: list[int] = []  # the merged file's row of each shard's first row
     rows = 0
@@ -642,10 +616,7 @@ def merge_tsv(shards: Sequence[PathLike], out: PathLike, *, unique_keys: bool = 
                 if len(offsets):
                     idx.write(("\n".join(map(str, (offsets + base).tolist())) + "\n").encode("ascii"))
                 base += copied
-            for f in (dst, idx):
-                f.flush()
-                os.fsync(f.fileno())
-        _replace(tmp_idx, idx_out)
+        _replace(tmp_idx, idx_out)  # the index first: a reader (or a crash) never sees the new file with an old index
         _replace(tmp, out)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -682,27 +653,21 @@ def read_key_index(path: PathLike) -> dict[str, int]:
 def write_key_index(path: PathLike, mapping: Iterable[tuple[str, int]]) -> Path:
     """Write ``imageid2idx.json`` atomically and streaming, byte-identical to ``json.dump(dict)``."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    _clean_stale(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(path)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("{")
-            first = True
-            for k, v in mapping:
-                f.write(("" if first else ", ") + json.dumps(str(k)) + ": " + str(int(v)))
-                first = False
-            f.write("}")
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+        return atomic_write(path, lambda tmp: _stream_key_index(tmp, mapping))
+    except OSError as e:  # a full disk: name the index, not its temporary
         raise naming(e, path) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+
+def _stream_key_index(tmp: Path, mapping: Iterable[tuple[str, int]]) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("{")
+        first = True
+        for k, v in mapping:
+            f.write(("" if first else ", ") + json.dumps(str(k)) + ": " + str(int(v)))
+            first = False
+        f.write("}")
 
 
 class ChunkedTSV:

@@ -68,9 +68,8 @@ def download(
         raise VinvlError("give a NAME or URL to download, --list to see the released assets, or --check")
     if len(names) > 1:
         raise VinvlError("give one NAME or URL to download (several names only with --check)")
-    from ..download import RemoteError
-    from ..download import download as fetch
-    from ..download import human_size
+    from ..download import RemoteError, human_size
+    from ..registry import download as fetch
 
     try:
         results = fetch(names[0], out, exclude=exclude or (), dry_run=dry_run, quiet=quiet, workers=workers, sas=sas)
