@@ -4,21 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vinvl.oscar.data.regions import RegionStore
 from vinvl.regions import image_keys, regions_for_images
 
 
-def test_regions_for_images_runs_the_demo_detector(tmp_path: Path) -> None:
-    """Images in, Oscar regions + tags out (the shipped demo detector's 512-d features + 6 geometry)."""
+def test_regions_for_images_runs_the_demo_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images in, Oscar regions + tags out (the shipped demo detector's 512-d features + 6 geometry); a complete
+    folder is reused: the detector's forward runs on no image again and the files keep their bytes."""
+    from vinvl.detection import AttrRCNN
+
+    forwards: list[int] = []
+    real = AttrRCNN.forward
+    monkeypatch.setattr(AttrRCNN, "forward", lambda self, images, *a, **k: forwards.append(len(images))
+                        or real(self, images, *a, **k))
     images = Path(__file__).resolve().parents[1] / "examples" / "images"
     keys, store = regions_for_images([images], tmp_path / "f")
     assert keys == sorted(p.stem for p in images.iterdir())
+    assert sum(forwards) == len(keys)  # the counter sees the work: one forward per image
     assert store.dim == 518 and RegionStore(tmp_path / "f").dim == 518
     r = store.regions(keys[0])
     assert r.shape[1] == 518 and r.shape[0] == len(store.tags(keys[0]).split())
     assert (r[:, 512:516] >= 0).all() and (r[:, 512:516] <= 1).all()  # normalised box corners
+    written = {f.name: f.read_bytes() for f in (tmp_path / "f").iterdir() if f.is_file()}
+    forwards.clear()
     again, _ = regions_for_images([images], tmp_path / "f")  # complete: reused, not redone
-    assert again == keys
+    assert again == keys and forwards == []
+    assert {f.name: f.read_bytes() for f in (tmp_path / "f").iterdir() if f.is_file()} == written
 
 
 def test_image_keys_are_extracts_keys(tmp_path: Path) -> None:

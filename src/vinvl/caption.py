@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .config import detector_preset
+from .config import DetectorConfig, detector_preset
+from .config.pretrained import resolve_pretrained
 from .errors import VinvlError
 from .given_boxes import read_given_boxes
 from .oscar.options import DecodeOptions
-from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR, checkpoint_path, is_checkpoint_name, names, resolve_detector
+from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR, checkpoint_path, is_checkpoint_name, names
 from .textio import read_json
 
 PathLike = Union[str, os.PathLike]
@@ -38,9 +39,11 @@ def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False
     return checkpoint_path(model, sas=sas, quiet=quiet)
 
 
-def region_dim(preset: str) -> int:
-    """The width of the Oscar+ region rows a detector preset gives: its res5 channels + 6 box geometry values."""
-    return detector_preset(preset).backbone.stage_channels(4)[1] + 6
+def region_dim(preset: Union[str, DetectorConfig]) -> int:
+    """The width of the Oscar+ region rows a detector preset (or config) gives: its region channels + 6 box geometry
+    values."""
+    cfg = detector_preset(preset) if isinstance(preset, str) else preset
+    return cfg.backbone.region_channels + 6
 
 
 def check_captioner_files(folder: Path) -> None:
@@ -98,9 +101,9 @@ def caption(
         read_given_boxes(boxes)  # a bad boxes file stops before any model is fetched
     # Both models are fetched (and their fit checked) before any image is processed, and before torch is imported.
     ckpt = captioner_path(model, sas=sas, quiet=quiet)
-    found = resolve_detector(detector, sas=sas, quiet=quiet)
+    found = resolve_pretrained(detector, sas=sas, quiet=quiet)
     want = captioner_region_dim(ckpt)
-    got = region_dim(found.preset)
+    got = region_dim(found.config)
     if want != got:
         raise VinvlError(f"{detector} gives {got}-d regions but {model} takes {want}-d: use the detector the "
                          f"captioner was trained on (the released captioners: vinvl_vg_x152c4)")
@@ -117,7 +120,7 @@ def caption(
     dev = resolve_device(device or "auto")
     with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
         out = Path(work_dir) if work_dir is not None else Path(tmp)
-        keys, store = regions_for_images(list(images), out / "regions", model=detector, device=str(dev), quiet=quiet,
+        keys, store = regions_for_images(list(images), out / "regions", model=found, device=str(dev), quiet=quiet,
                                          boxes=boxes, dtype=dtype)
         path = predict(ckpt, store, keys, out, dcfg, device=dev)
         rows = json.loads(path.read_text(encoding="utf-8"))

@@ -1,8 +1,9 @@
 """Images to region features and tags: the detector's side of the seam with Oscar+.
 
-:func:`regions_for_images` runs a detector over images into a feature folder (``vinvl extract``'s outputs)
-and opens it as a :class:`vinvl.oscar.data.regions.RegionStore`; Oscar+ reads regions only through such
-stores, never the detector.
+:func:`regions_for_images` runs a detector over images into a feature folder (``vinvl extract``'s outputs,
+through its two library calls :func:`~vinvl.extract.plan_extraction` and :func:`~vinvl.extract.run_extraction`)
+and opens it as a :class:`vinvl.oscar.data.regions.RegionStore`; Oscar+ reads regions only through such stores,
+never the detector.
 """
 
 from __future__ import annotations
@@ -11,15 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import torch
-
-from .config import detector_preset
-from .detection import Detector
-from .detection.numerics import choose
-from .extract import collect_inputs, extract, match_given_boxes
-from .given_boxes import GivenBoxes
+from .detection import PretrainedFiles
+from .extract import collect_inputs, plan_extraction, run_extraction
 from .oscar.data.regions import RegionStore
-from .registry import default_detector, resolve_detector
 from .tsv import read_key_index
 
 PathLike = Union[str, os.PathLike]
@@ -28,15 +23,16 @@ PathLike = Union[str, os.PathLike]
 def regions_for_images(
     images: Sequence[PathLike],
     out_dir: PathLike,
-    model: Optional[str] = None,
+    model: Union[None, str, PretrainedFiles] = None,
     weights: Optional[PathLike] = None,
     labelmap: Optional[PathLike] = None,
-    device: str = "cpu",
+    device: Optional[str] = "cpu",
     dtype: str = "fp32",
     quiet: bool = True,
     boxes: Union[None, PathLike, Mapping[str, Any]] = None,
     boxes_missing: str = "error",
-):
+    preset: Optional[str] = None,
+) -> tuple[list[str], RegionStore]:
     """Run the detector over ``images`` (files, folders, lists: whatever ``vinvl extract`` takes) into
     ``out_dir`` and return the image keys in input order and a ``RegionStore`` over the result.
 
@@ -44,32 +40,24 @@ def regions_for_images(
     in original pixels) gives each image's regions instead of the detector's: every box, in order, with its
     best class as the tag (the original's FORCE_BOXES); ``boxes_missing="empty"`` gives images without boxes none.
 
-    The model is ``weights`` (+ ``labelmap``, with the released X152-C4 preset), a registry
-    ``model`` name (fetched when missing, :func:`vinvl.registry.resolve_detector`), or by default the
-    released VG detector when cached, else the shipped demo detector. Images that fail to decode are left out of the keys (``out_dir/errors.tsv`` says why).
-    An ``out_dir`` already complete for the same inputs is reused.
+    The model is ``weights`` (+ ``labelmap``; ``preset`` its architecture, default the released X152-C4), a
+    registry ``model`` name (fetched when missing, :func:`vinvl.registry.resolve_detector`) or the files
+    :func:`vinvl.config.pretrained.resolve_pretrained` resolved, or by default the released VG detector when cached,
+    else the shipped demo detector; it is loaded by :meth:`vinvl.detection.Detector.from_pretrained` in ``dtype``
+    on ``device`` (None: CUDA when present). Images that fail to decode are left out of the keys
+    (``out_dir/errors.tsv`` says why). An ``out_dir`` already complete for the same inputs and settings is
+    reused: the detector runs on none of the images again.
     """
-    if weights is not None:
-        cfg, weights_path, labelmap_path = detector_preset("vinvl_vg_x152c4"), Path(weights), labelmap
-    else:
-        # A name given explicitly is fetched when missing; the implicit default never downloads.
-        found = resolve_detector(model or default_detector()[0], download=model is not None, quiet=quiet)
-        cfg, weights_path, labelmap_path = detector_preset(found.preset), found.weights, labelmap or found.labelmap
-    items = collect_inputs(list(images))
-    given = None
-    if boxes is not None and isinstance(boxes, Mapping):
-        given = GivenBoxes.from_mapping(boxes).match([(it.key, ()) for it in items], boxes_missing, "ignore")
-    elif boxes is not None:
-        given, _ = match_given_boxes(items, boxes, boxes_missing, "ignore")
-    numerics = choose(torch.device(device), dtype)
-    det = Detector.from_checkpoint(weights_path, preset=cfg, labelmap=labelmap_path, device=device,
-                                   dtype=numerics.dtype, channels_last=numerics.channels_last)
     out = Path(out_dir)
     complete = (out / "manifest.json").is_file() and (out / "features.tsv").is_file()
-    extract(items, det, out, quiet=quiet, resume=complete, overwrite=not complete, boxes=given)
+    # One process: a caller under torchrun (an Oscar+ command) has its own process group; its regions are not sharded.
+    job = plan_extraction(list(images), out, model=model, weights=weights, labelmap=labelmap, preset=preset,
+                          device=device or "auto", dtype=dtype, boxes=boxes, boxes_missing=boxes_missing,
+                          boxes_unused="ignore", resume=complete, overwrite=not complete, quiet=quiet, ranks=(0, 1, 0))
+    run_extraction(job)
     store = RegionStore(out)
     done = set(read_key_index(out / "imageid2idx.json"))
-    return [it.key for it in items if it.key in done], store
+    return [it.key for it in job.items if it.key in done], store
 
 
 def image_keys(images: Sequence[PathLike]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..atomic import atomic_write_json
-from .options import device_name, one_of, output_file, output_folder
+from .options import device_option, dtype_option, output_file, output_folder
 
 HELP = """Caption photos: detect regions and tags, then decode a caption for each.
 
@@ -33,14 +33,12 @@ def caption(
     num_beams: int = typer.Option(5, "--num-beams", min=1),
     max_gen_length: int = typer.Option(20, "--max-gen-length", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per decoding batch."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present).",
-                                         callback=device_name),
+    device: Optional[str] = device_option(" (the detector's and the captioner's)"),
     regions: Optional[Path] = typer.Option(None, "--regions", help="Keep the detector output in this folder (reused when "
                                            "complete).", callback=output_folder),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Given boxes per image (as `vinvl extract --boxes`): "
                                          "caption these regions instead of detected ones."),
-    dtype: str = typer.Option("fp32", "--dtype", help="The detector's numerics, as `vinvl extract --dtype` (fp32: the "
-                              "original's numbers).", callback=one_of("auto", "fp32", "bf16", "fp16")),
+    dtype: str = dtype_option(),
     sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS for Azure sources (default: $VINVL_AZURE_SAS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:

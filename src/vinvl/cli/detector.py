@@ -10,8 +10,7 @@ import typer
 
 from ..atomic import atomic_write_text
 from ..errors import VinvlError
-from ..labelmap import LabelMap
-from .options import device_name, output_file, output_folder
+from .options import device_option, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
                   no_args_is_help=True)
@@ -33,7 +32,7 @@ def train(
     trainable_bn: bool = typer.Option(False, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of initialisation, sampling and flips."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda.", callback=device_name),
+    device: Optional[str] = device_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last_checkpoint.pth."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
 ) -> None:
@@ -42,6 +41,7 @@ def train(
 
     from ..config import detector_preset
     from ..config.original import apply_set_options
+    from ..detection.numerics import choose_device
     from ..detection.train import TrainConfig, train as run_train
 
     if threads:
@@ -51,7 +51,7 @@ def train(
                      seed=seed, checkpoint_every=checkpoint_every)
     cfg = detector_preset(preset)
     cfg = apply_set_options(cfg, set_ or [])
-    path = run_train(cfg, dataset, out, tc, init=init, resume=resume, device=device)
+    path = run_train(cfg, dataset, out, tc, init=init, resume=resume, device=str(choose_device(device)))
     typer.echo(f"{path}")
 
 
@@ -66,46 +66,28 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE, as for training."),
     vg_eval: bool = typer.Option(True, "--vg-eval/--no-vg-eval", help="Also the original's VG evaluation (original_vg_eval: obj_map at the configured settings, attr_map on the ground-truth boxes); up to two more passes."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda.", callback=device_name),
+    device: Optional[str] = device_option(),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics here.", callback=output_file),
 ) -> None:
     """COCO-style box AP (AP, AP50, AP75), attribute top-1 accuracy on correctly detected objects and the
     original's VG evaluation (VOC-style obj mAP and, with attributes, attr mAP on the ground-truth boxes)."""
     if (weights is None) == (predictions is None):
         raise VinvlError("give --weights (run the detector, low threshold) or --predictions (score a predictions.tsv)")
-    if predictions is not None:
-        from ..detection.evaluate import evaluate_predictions
-
-        m = evaluate_predictions(predictions, dataset)
-        typer.echo(json.dumps(m, indent=1))
-        if json_out:
-            atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")
-        return
-    from ..detection import Detector
-    from ..detection.evaluate import evaluate as run_eval
-    from ..detection.dataset import DetectionDataset
-    lm_path = labelmap
-    if lm_path is None:
-        ds = DetectionDataset(dataset)
-        lm = ds.labelmap
-    else:
-        lm = LabelMap.load(lm_path)
     attr_groups = {}
     for g in groups or []:
         name, sep, members = g.partition("=")
         if not sep or not members:
             raise VinvlError(f"--attribute-group {g!r}: expected NAME=a,b,c")
         attr_groups[name] = members.split(",")
-    from ..config import detector_preset
+    if predictions is not None:
+        from ..detection.evaluate import evaluate_predictions
 
-    from ..config.original import apply_set_options
+        m = evaluate_predictions(predictions, dataset)
+    else:
+        from ..detection.evaluate import evaluate_weights
 
-    cfg = detector_preset(preset).replace(num_classes=lm.num_classes)
-    cfg = apply_set_options(cfg, set_ or [])
-    if cfg.attributes.enabled and lm.attributes is not None:
-        cfg = cfg.replace(num_attributes=lm.num_attributes)
-    det = Detector.from_checkpoint(weights, preset=cfg, labelmap=lm, device=device)
-    m = run_eval(det, dataset, attr_groups, limit=limit, original=vg_eval)
+        m = evaluate_weights(dataset, weights, preset=preset, labelmap=labelmap, settings=set_ or [],
+                             device=device, attribute_groups=attr_groups, limit=limit, original=vg_eval)
     typer.echo(json.dumps(m, indent=1))
     if json_out:
         atomic_write_text(json_out, json.dumps(m, indent=1) + "\n")

@@ -18,6 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from ..atomic import UNWRITABLE, os_error_line
+from ..config import DTYPE_CHOICES
 from ..errors import FaultError, VinvlError
 from ..oscar.options import check_device
 
@@ -180,3 +181,19 @@ def write_faults(kept: str = "nothing was written under its final name") -> Iter
         if e.errno in UNWRITABLE:
             raise VinvlError(f"{os_error_line(e)}; {kept}") from None
         raise FaultError(f"{os_error_line(e)}; {kept}") from None
+
+
+# -- the detector commands' numerics: declared once for extract, caption and detector train|eval ------------------
+DEVICE_POLICY = "auto (the default: CUDA when present, else the CPU), cpu, cuda or cuda:N"
+
+
+def device_option(also: str = "") -> Any:
+    """The detector commands' ``--device``: :data:`DEVICE_POLICY`, checked while parsing; ``also`` adds to the help."""
+    return typer.Option(None, "--device", help=f"{DEVICE_POLICY}{also}.", callback=device_or_auto)
+
+
+def dtype_option() -> Any:
+    """The detector commands' ``--dtype``: the detector's numerics (vinvl.config.DTYPE_CHOICES), fp32 by default."""
+    return typer.Option("fp32", "--dtype", help="The detector's numerics: fp32 (default: the original's numbers), auto "
+                        "(bf16 where this CPU/GPU has native bf16, else fp32: by capability, never by a timing), or "
+                        "bf16/fp16 autocast (faster, with drift: docs/performance.md).", callback=one_of(*DTYPE_CHOICES))

@@ -1,6 +1,8 @@
 """Typed configuration of vinvl's models and the presets built from it."""
 
 from .detector import (
+    DTYPE_CHOICES,
+    DTYPES,
     AttributeConfig,
     BackboneConfig,
     BoxHeadConfig,
@@ -12,6 +14,8 @@ from .detector import (
 from .presets import DETECTOR_PRESETS, detector_preset
 
 __all__ = [
+    "DTYPES",
+    "DTYPE_CHOICES",
     "AttributeConfig",
     "BackboneConfig",
     "BoxHeadConfig",

@@ -14,11 +14,18 @@ from typing import Any, Literal
 
 from ..errors import VinvlError
 
+# The detector's numerics, by name: one vocabulary for the library (vinvl.detection.numerics) and for the
+# detector commands' --dtype (vinvl.cli.options); torch-free so that the command line can check it.
+DTYPES = ("fp32", "bf16", "fp16")
+DTYPE_CHOICES = ("auto", *DTYPES)
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """ResNeXt C4 body (stem + layer1-3) and the res5 head (layer4) of the box head."""
+    """The backbone: ``name`` picks its builder (``vinvl.detection.backbone.BACKBONES``); the other fields are
+    ResNeXt C4's (``resnext_c4``: stem + layer1-3 for the image, layer4 as the box head's res5)."""
 
+    name: str = "resnext_c4"
     stem_out_channels: int = 64
     res2_out_channels: int = 256
     num_groups: int = 32
@@ -30,6 +37,11 @@ class BackboneConfig:
         """``(inner, out)`` channels of layer ``stage`` (1..4): both double at every stage."""
         factor = 2 ** (stage - 1)
         return self.num_groups * self.width_per_group * factor, self.res2_out_channels * factor
+
+    @property
+    def region_channels(self) -> int:
+        """The width of a region's pooled feature (res5's output: 2048 for X152-C4), known without building."""
+        return self.stage_channels(4)[1]
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ class DetectorConfig:
                 if f.name not in self._SECTIONS:
                     _typed(getattr(part, f.name), hints[f.name], f.name)
         b, r, h, a, p, i = self.backbone, self.rpn, self.box_head, self.attributes, self.postprocess, self.input
+        if not b.name:
+            raise VinvlError("backbone__name must name a backbone, got ''")
         for name, value in [
             ("stem_out_channels", b.stem_out_channels), ("res2_out_channels", b.res2_out_channels),
             ("num_groups", b.num_groups), ("width_per_group", b.width_per_group), ("anchor_stride", r.anchor_stride),

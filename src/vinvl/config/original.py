@@ -36,7 +36,9 @@ from .detector import (
 )
 
 # ResNet C4 bodies: blocks of layer1-3 and of the res5 head.
-_BODIES = {"R-50-C4": (3, 4, 6, 3), "R-101-C4": (3, 4, 23, 3), "R-152-C4": (3, 8, 36, 3)}
+# MODEL.BACKBONE.CONV_BODY -> (vinvl's backbone name, blocks per stage).
+_BODIES = {"R-50-C4": ("resnext_c4", (3, 4, 6, 3)), "R-101-C4": ("resnext_c4", (3, 4, 23, 3)),
+           "R-152-C4": ("resnext_c4", (3, 8, 36, 3))}
 
 
 class ConfigError(VinvlError):
@@ -470,12 +472,14 @@ def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
     """Map a merged original config onto vinvl's typed detector config and run settings."""
     _check_supported(cfg, source)
     g = lambda key: get(cfg, key)  # noqa: E731
+    body, blocks = _BODIES[g("MODEL.BACKBONE.CONV_BODY")]
     backbone = BackboneConfig(
+        name=body,
         stem_out_channels=g("MODEL.RESNETS.STEM_OUT_CHANNELS"),
         res2_out_channels=g("MODEL.RESNETS.RES2_OUT_CHANNELS"),
         num_groups=g("MODEL.RESNETS.NUM_GROUPS"),
         width_per_group=g("MODEL.RESNETS.WIDTH_PER_GROUP"),
-        blocks=_BODIES[g("MODEL.BACKBONE.CONV_BODY")],
+        blocks=blocks,
         stride_in_1x1=g("MODEL.RESNETS.STRIDE_IN_1X1"),
     )
     attributes_on = bool(g("MODEL.ATTRIBUTE_ON"))

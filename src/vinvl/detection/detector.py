@@ -12,19 +12,21 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..config import DetectorConfig, detector_preset
+from ..config import DTYPES, DetectorConfig, detector_preset
+from ..config.pretrained import PretrainedFiles, resolve_pretrained
 from ..errors import VinvlError
 from ..features import DEFAULT_SAVE_SUBSET, Prediction, box_geometry, oscar_region_features
 from ..images import ImageInput, load_image
 from ..labelmap import LabelMap
 from ..state_dict import CheckpointError, unwrap
-from .backbone import fold_frozen_bn, unfold_frozen_bn
 from .box_coder import clip_boxes, scale_boxes
 from .checkpoint import load_into, read_checkpoint
 from .model import AttrRCNN, RawDetections
+from .numerics import choose, choose_device, faster_mode_hint
 from .preprocess import pad_batch, to_input_tensor
+from .resnext import fold_frozen_bn, unfold_frozen_bn
 
-__all__ = ["AttrRCNN", "Detections", "Detector", "RawDetections"]
+__all__ = ["AttrRCNN", "Detections", "Detector", "RawDetections", "load_model"]
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Detections:
         return self.to_prediction(key, image_size).to_row(subset)
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 class Detector:
@@ -114,6 +116,7 @@ class Detector:
         weights and runs convolutions and linear layers under autocast with pooling, boxes and
         scores kept in fp32 (faster, drift measured by ``benchmarks/detector.py``); ``tf32`` lets
         CUDA use TensorFloat-32. A model passed in is set up anew (earlier folding is dropped).
+        :meth:`from_pretrained` chooses these settings itself (and records why in :attr:`numerics_reason`).
         """
         if dtype not in _DTYPES:
             raise VinvlError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -122,6 +125,8 @@ class Detector:
         self.dtype = dtype
         self.channels_last = channels_last
         self.fold_bn = fold_bn
+        self.numerics_reason = "set by the caller"  # from_pretrained records its choice and why
+        self.source: Optional[PretrainedFiles] = None  # the files from_pretrained loaded
         # Both ways: a model set up earlier in the other layout (a Detector re-wrapping it) is converted back.
         self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         unfold_frozen_bn(self.model)
@@ -157,9 +162,61 @@ class Detector:
                 "fold_bn": self.fold_bn, "tf32": self.tf32}
 
     @property
+    def numerics_line(self) -> str:
+        """The one line that says the numerics and why (``numerics: fp32 NHWC (fp32: the original's numbers)``)."""
+        return f"numerics: {self.dtype} {'NHWC' if self.channels_last else 'NCHW'} ({self.numerics_reason})"
+
+    def notes(self) -> list[str]:
+        """What a command says about this detector before it runs: its numerics and, where fp32 runs on a device
+        with native bf16, the faster mode (:func:`vinvl.detection.numerics.faster_mode_hint`)."""
+        hint = faster_mode_hint(self.device, self.dtype)
+        return [self.numerics_line, *([hint] if hint else [])]
+
+    @property
     def feature_dim(self) -> int:
         """Width of a region's feature vector (2048 for X152-C4), without the 6 geometry columns."""
         return int(self.model.roi_heads.box.feature_extractor.out_channels)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: Union[None, str, os.PathLike, PretrainedFiles] = None,
+        *,
+        device: Union[None, str, torch.device] = "cpu",
+        dtype: str = "fp32",
+        preset: Union[None, str, DetectorConfig] = None,
+        labelmap: Union[None, str, os.PathLike, LabelMap] = None,
+        original_arithmetic: bool = False,
+        download: bool = True,
+        sas: Optional[str] = None,
+        quiet: bool = False,
+        **overrides: Any,
+    ) -> "Detector":
+        """A ready detector from a registry name, a checkpoint file, or files already resolved.
+
+        ``name_or_path`` is resolved by :func:`~vinvl.config.pretrained.resolve_pretrained` (a registry name,
+        fetched when missing if ``download``; a checkpoint file, with ``preset`` as its architecture, default the
+        released X152-C4; None: the released VG detector when cached, else the shipped demo), or is a
+        :class:`~vinvl.config.pretrained.PretrainedFiles` from it (then ``overrides`` still apply).
+        ``device``: ``cpu``, ``cuda[:N]`` or ``auto``/None (CUDA when present). The numerics are chosen here, once
+        (:func:`vinvl.detection.numerics.choose`): ``dtype`` ``fp32`` (the original's numbers), ``auto`` (bf16
+        where the device has it natively) or ``bf16``/``fp16``, convolutions in NHWC with res5's frozen BNs
+        folded; ``original_arithmetic`` keeps the original's NCHW, unfolded arithmetic op for op (fp32).
+        The choice and its reason are on the detector (:attr:`numerics`, :attr:`numerics_reason`).
+        """
+        if isinstance(name_or_path, PretrainedFiles):
+            if preset is not None or labelmap is not None:
+                raise VinvlError("from_pretrained: preset and labelmap belong to resolve_pretrained when files are given")
+            files = name_or_path.configured(**overrides)
+        else:
+            files = resolve_pretrained(name_or_path, preset=preset, labelmap=labelmap, download=download, sas=sas,
+                                       quiet=quiet, **overrides)
+        dev = choose_device(device)
+        chosen = choose(dev, dtype, original_arithmetic)
+        det = cls(load_model(files.config, files.weights), _labelmap(files.labelmap), dev, dtype=chosen.dtype,
+                  channels_last=chosen.channels_last, fold_bn=chosen.fold_bn)
+        det.numerics_reason, det.source = chosen.reason, files
+        return det
 
     @classmethod
     def from_config(
@@ -174,8 +231,7 @@ class Detector:
         **overrides: Any,
     ) -> "Detector":
         """A detector with freshly initialised weights (for tests and training)."""
-        cfg = detector_preset(config) if isinstance(config, str) else config
-        cfg = cfg.replace(**overrides) if overrides else cfg
+        cfg = _configured(config, overrides)
         if seed is not None:
             torch.manual_seed(seed)
         return cls(AttrRCNN(cfg), _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype, fold_bn=fold_bn)
@@ -192,18 +248,9 @@ class Detector:
         fold_bn: Optional[bool] = None,
         **overrides: Any,
     ) -> "Detector":
-        """Load a maskrcnn-benchmark checkpoint (``{'model': sd}`` or bare, ``module.`` prefixes allowed)."""
-        cfg = detector_preset(preset) if isinstance(preset, str) else preset
-        cfg = cfg.replace(**overrides) if overrides else cfg
-        if isinstance(path, dict):
-            sd, source = unwrap(path), "<state dict>"
-        else:
-            sd, source = read_checkpoint(path), os.fspath(path)
-        with torch.device("meta"):
-            model = AttrRCNN(cfg)
-        model = model.to_empty(device="cpu")
-        # Buffers the checkpoint carries (anchors) are overwritten by load; the rest must all be present.
-        load_into(model, sd, source)
+        """Load a maskrcnn-benchmark checkpoint (``{'model': sd}`` or bare, ``module.`` prefixes allowed) in exactly
+        the numerics given (:meth:`from_pretrained` chooses them itself)."""
+        model = load_model(_configured(preset, overrides), path)
         return cls(model, _labelmap(labelmap), device, channels_last=channels_last, dtype=dtype, fold_bn=fold_bn)
 
     def compile(self, **options: Any) -> "Detector":
@@ -361,6 +408,25 @@ def given_boxes_to_proposals(boxes: Any, image_hw: tuple[int, int], resized_hw: 
     b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
     b = clip_boxes(b, image_hw[0], image_hw[1])
     return scale_boxes(b, image_hw, resized_hw)
+
+
+def load_model(cfg: DetectorConfig, checkpoint: Union[str, os.PathLike, dict]) -> AttrRCNN:
+    """The :class:`AttrRCNN` of ``cfg`` with a checkpoint's weights (a file, or a state dict), strictly loaded on the CPU."""
+    if isinstance(checkpoint, dict):
+        sd, source = unwrap(checkpoint), "<state dict>"
+    else:
+        sd, source = read_checkpoint(checkpoint), os.fspath(checkpoint)
+    with torch.device("meta"):  # no memory or random initialisation for weights about to be replaced
+        model = AttrRCNN(cfg)
+    model = model.to_empty(device="cpu")
+    # Buffers the checkpoint carries (anchors) are overwritten by load; the rest must all be present.
+    load_into(model, sd, source)
+    return model
+
+
+def _configured(config: Union[str, DetectorConfig], overrides: dict[str, Any]) -> DetectorConfig:
+    cfg = detector_preset(config) if isinstance(config, str) else config
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 def _labelmap(labelmap: Union[None, str, os.PathLike, LabelMap]) -> Optional[LabelMap]:

@@ -18,12 +18,15 @@ import contextlib
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..config.pretrained import resolve_pretrained
 from ..errors import VinvlError
+from ..labelmap import LabelMap
 from ..tsv import TSVFile
 from .dataset import DetectionDataset
 from .detector import Detector
@@ -335,6 +338,27 @@ def evaluate(
             })
         out["original_vg_eval"] = vg
     return out
+
+
+def evaluate_weights(
+    dataset: PathLike,
+    weights: PathLike,
+    *,
+    preset: str = "shapes_demo",
+    labelmap: Optional[PathLike] = None,
+    settings: Sequence[str] = (),
+    device: Optional[str] = None,
+    attribute_groups: Optional[dict[str, Sequence[str]]] = None,
+    limit: Optional[int] = None,
+    original: bool = True,
+) -> dict[str, Any]:
+    """:func:`evaluate` a checkpoint trained on ``dataset``'s label map (or ``labelmap``): ``preset`` is its
+    architecture, its class and attribute counts follow the label map, ``settings`` are ``--set`` strings;
+    ``device`` None is ``auto`` (CUDA when present)."""
+    lm = LabelMap.load(labelmap) if labelmap is not None else DetectionDataset(dataset).labelmap
+    files = resolve_pretrained(Path(weights), preset=preset, labelmap=lm, settings=settings, classes_from_labelmap=True)
+    detector = Detector.from_pretrained(files, device=device)
+    return evaluate(detector, dataset, attribute_groups, limit=limit, original=original)
 
 
 def evaluate_predictions(predictions: PathLike, dataset: PathLike) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""AttrRCNN, VinVL's X152-C4 object-attribute detector, built from its parts: one forward pass for
-inference and training (``(detections, losses)``, as torchvision's ``GeneralizedRCNN``)."""
+"""AttrRCNN, VinVL's X152-C4 object-attribute detector, assembled from its parts (:func:`build_parts`, or parts
+passed in, as torchvision's ``GeneralizedRCNN``): one forward pass for inference and training
+(``(detections, losses)``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from torch import nn
 
 from ..config import DetectorConfig
 from .attributes import AttributeHead, select_attributes
-from .backbone import Backbone
+from .backbone import Backbone, backbone_builder
 from .box_coder import BoxCoder, clip_boxes
 from .losses import LossConfig, SampledROIs, attribute_loss, box_loss, sample_rois
 from .postprocess import keep_every_box, select_detections
-from .roi_heads import ROIHeads
+from .roi_heads import BoxHead, BoxPredictor, Res5FeatureExtractor, ROIHeads
 from .rpn import RPN
 
 
@@ -52,26 +53,55 @@ class RawDetections:
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class DetectorParts:
+    """The modules an :class:`AttrRCNN` is assembled from (the attribute head: None without attributes)."""
+
+    backbone: Backbone
+    rpn: RPN
+    roi_heads: ROIHeads
+    attribute: Optional[AttributeHead]
+
+
+def build_parts(cfg: DetectorConfig) -> DetectorParts:
+    """The parts ``cfg`` describes: the backbone registered as ``cfg.backbone.name``
+    (:data:`vinvl.detection.backbone.BACKBONES`), an RPN on its feature map, a box head running its ROI head,
+    and the attribute head when ``cfg.attributes.enabled``."""
+    builder = backbone_builder(cfg.backbone)
+    # Built in this order (body, RPN, ROI head, predictors): a seeded initialisation draws in this order.
+    backbone = Backbone(builder.body(cfg.backbone))
+    rpn = RPN(cfg.rpn, backbone.out_channels)
+    extractor = Res5FeatureExtractor(builder.roi_head(cfg.backbone), cfg.box_head)
+    h = cfg.box_head
+    roi_heads = ROIHeads(BoxHead(extractor, BoxPredictor(extractor.out_channels, h.num_classes, h.cls_agnostic_bbox_reg)))
+    a = cfg.attributes
+    attribute = AttributeHead(a, extractor.out_channels, h.num_classes) if a.enabled else None
+    return DetectorParts(backbone, rpn, roi_heads, attribute)
+
+
 class AttrRCNN(nn.Module):
-    """Backbone -> RPN -> box head (res5 over ROIs) -> post-processing -> attribute head.
+    """Backbone -> RPN -> box head (the backbone's ROI head over ROIs) -> post-processing -> attribute head.
 
     Module names follow maskrcnn-benchmark's, so released checkpoints load without renaming. One
     :meth:`forward` serves inference (detections) and training (losses, given targets): backbone, RPN
     head, proposal selection, pooling and predictors run the same code in both.
     """
 
-    def __init__(self, cfg: DetectorConfig, loss_config: Optional[LossConfig] = None) -> None:
-        """The modules of ``cfg``; ``loss_config`` holds the training-time settings of :meth:`forward` with targets."""
+    def __init__(self, cfg: DetectorConfig, loss_config: Optional[LossConfig] = None, *,
+                 parts: Optional[DetectorParts] = None) -> None:
+        """The detector of ``cfg`` from ``parts`` (default: :func:`build_parts` of ``cfg``); ``loss_config`` holds the
+        training-time settings of :meth:`forward` with targets."""
         super().__init__()
+        parts = parts if parts is not None else build_parts(cfg)
+        if (parts.attribute is not None) != cfg.attributes.enabled:
+            raise ValueError(f"attributes.enabled is {cfg.attributes.enabled} but the parts "
+                             f"{'have' if parts.attribute is not None else 'lack'} an attribute head")
         self.cfg = cfg
         self.loss_config = loss_config if loss_config is not None else LossConfig()
-        self.backbone = Backbone(cfg.backbone)
-        self.rpn = RPN(cfg.rpn, self.backbone.out_channels)
-        self.roi_heads = ROIHeads(cfg.backbone, cfg.box_head)
-        feat_dim = self.roi_heads.box.feature_extractor.out_channels
-        self.attribute = (
-            AttributeHead(cfg.attributes, feat_dim, cfg.box_head.num_classes) if cfg.attributes.enabled else None
-        )
+        self.backbone = parts.backbone
+        self.rpn = parts.rpn
+        self.roi_heads = parts.roi_heads
+        self.attribute = parts.attribute
         self.box_coder = BoxCoder(cfg.box_head.bbox_reg_weights)
 
     def class_boxes(self, deltas: torch.Tensor, proposals: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import functools
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
+from ..config import DTYPE_CHOICES as CHOICES, DTYPES
 from ..errors import VinvlError, single_spaced
-
-DTYPES = ("fp32", "bf16", "fp16")
-CHOICES = ("auto", *DTYPES)
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,16 +69,42 @@ def capability(device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class Numerics:
-    """What the detector runs in: ``dtype`` (fp32/bf16/fp16), ``channels_last`` (NHWC convolutions), and why."""
+    """What the detector runs in: ``dtype`` (fp32/bf16/fp16), ``channels_last`` (NHWC convolutions), why, and
+    ``fold_bn`` (frozen BNs folded into the convolutions: res5's in fp32, all in 16 bits)."""
 
     dtype: str
     channels_last: bool
     reason: str
+    fold_bn: bool = True
 
 
-def choose(device: torch.device, dtype: str = "fp32") -> Numerics:
+def choose_device(name: Union[None, str, torch.device] = "auto", local_rank: Optional[int] = None) -> torch.device:
+    """The device to run on: ``auto`` (or None) is CUDA when present, else the CPU; an unnumbered CUDA device is
+    ``local_rank``'s GPU when given (torchrun); a CUDA device asked for where there is none is an error."""
+    text = str(name or "auto")
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda" and local_rank is not None:
+        text = f"cuda:{local_rank}"
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise VinvlError(f"device {text!r} requested but no CUDA device is available (use cpu)")
+    return torch.device(text)
+
+
+def choose(device: torch.device, dtype: str = "fp32", original_arithmetic: bool = False) -> Numerics:
     """The numerics of ``dtype`` on ``device``: ``auto`` is bf16 where native, else fp32 (capability only, so
-    deterministic); an explicit dtype is kept, saying when bf16/fp16 is emulated (slower than fp32) on this CPU."""
+    deterministic); an explicit dtype is kept, saying when bf16/fp16 is emulated (slower than fp32) on this CPU.
+    ``original_arithmetic`` keeps every BN unfolded and, in fp32, the original's NCHW layout: op for op its
+    arithmetic (``vinvl extract``'s original form)."""
+    chosen = _choose(device, dtype)
+    if not original_arithmetic:
+        return chosen
+    if chosen.dtype == "fp32":
+        return Numerics("fp32", False, "fp32: the original form's arithmetic (NCHW, BNs unfolded)", fold_bn=False)
+    return replace(chosen, fold_bn=False)
+
+
+def _choose(device: torch.device, dtype: str) -> Numerics:
     if dtype not in CHOICES:
         raise VinvlError(f"--dtype must be one of {', '.join(CHOICES)}, got {dtype!r}")
     if dtype == "auto":
@@ -122,5 +146,5 @@ def faster_mode_hint(device: torch.device, dtype: str) -> Optional[str]:
             f"end, with drift: {m['drift']} (docs/performance.md)")
 
 
-__all__ = ["CHOICES", "DTYPES", "MEASURED", "Numerics", "bf16_native", "capability", "choose", "cpu_flags", "cpu_model",
-           "faster_mode_hint"]
+__all__ = ["CHOICES", "DTYPES", "MEASURED", "Numerics", "bf16_native", "capability", "choose", "choose_device", "cpu_flags",
+           "cpu_model", "faster_mode_hint"]

@@ -1,4 +1,4 @@
-"""Box head: ROIAlign pooler (legacy alignment), res5 head, global average pool, box predictor."""
+"""Box head: ROIAlign pooler (legacy alignment), the backbone's ROI head (res5), global average pool, box predictor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from ..config import BackboneConfig, BoxHeadConfig
-from .backbone import Res5Head
+from ..config import BoxHeadConfig
 
 
 class Pooler(nn.Module):
@@ -33,13 +32,13 @@ class Pooler(nn.Module):
 
 
 class Res5FeatureExtractor(nn.Module):
-    """Pooler + res5 head + mean over the 7x7 positions: one 2048-d vector per box."""
+    """Pooler + the backbone's ROI head (res5) + mean over its positions: one vector per box (2048-d for X152)."""
 
-    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+    def __init__(self, head: nn.Module, cfg: BoxHeadConfig) -> None:
         super().__init__()
-        self.pooler = Pooler(head.pooler_resolution, head.pooler_scale, head.sampling_ratio)
-        self.head = Res5Head(backbone)
-        self.out_channels = self.head.out_channels
+        self.pooler = Pooler(cfg.pooler_resolution, cfg.pooler_scale, cfg.sampling_ratio)
+        self.head = head
+        self.out_channels = int(head.out_channels)
         self.channels_last = False  # set by Detector: res5 over the ROIs in NHWC (oneDNN's faster path)
 
     def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
@@ -65,15 +64,15 @@ class BoxPredictor(nn.Module):
 class BoxHead(nn.Module):
     """``roi_heads.box``: feature extractor + predictor."""
 
-    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+    def __init__(self, feature_extractor: Res5FeatureExtractor, predictor: BoxPredictor) -> None:
         super().__init__()
-        self.feature_extractor = Res5FeatureExtractor(backbone, head)
-        self.predictor = BoxPredictor(self.feature_extractor.out_channels, head.num_classes, head.cls_agnostic_bbox_reg)
+        self.feature_extractor = feature_extractor
+        self.predictor = predictor
 
 
 class ROIHeads(nn.Module):
     """Container matching the checkpoint's ``roi_heads.box.*`` names."""
 
-    def __init__(self, backbone: BackboneConfig, head: BoxHeadConfig) -> None:
+    def __init__(self, box: BoxHead) -> None:
         super().__init__()
-        self.box = BoxHead(backbone, head)
+        self.box = box

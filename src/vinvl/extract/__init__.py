@@ -1,7 +1,9 @@
 """Extraction: images in, the VinVL/Oscar files out (predictions.tsv, features.tsv, label.tsv, hw.tsv, ...).
 
-Names are resolved on first use (PEP 562) so that importing ``vinvl.extract.sources`` (image
-inputs, used by torch-free tools) does not import the detector and torch with ``run``.
+Two calls do what ``vinvl extract`` does: :func:`plan_extraction` (torch-free: the detector's files, the inputs,
+the options, every check) and :func:`run_extraction` (loads the detector once and runs). Names are resolved on
+first use (PEP 562) so that importing ``vinvl.extract.sources`` or ``.plan`` (used by torch-free tools and
+before the command line imports torch) does not import the detector and torch with ``run``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ExtractOptions": "run",
+    "ExtractOptions": "plan",
     "ExtractStats": "run",
+    "ExtractionJob": "plan",
     "extract": "run",
+    "plan_extraction": "plan",
+    "run_extraction": "run",
     "ImageItem": "sources",
     "KeyRule": "sources",
     "collect_images": "sources",

@@ -27,28 +27,32 @@ import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..atomic import NO_SPACE, UNWRITABLE, atomic_write_bytes, atomic_write_text, os_error_line
+from ..atomic import NO_SPACE, UNWRITABLE, atomic_write_bytes, atomic_write_text, flush_to_disk, os_error_line
 from ..detection import Detector
+from ..detection.numerics import choose_device
 from ..detection.preprocess import to_input_tensor
 from ..errors import FaultError, VinvlError, single_spaced
-from ..features import NATIVE_SUBSET, format_features_row, format_hw_row, format_label_row
+from ..features import format_features_row, format_hw_row, format_label_row
 from ..images import ImageLoadError
+from ..registry import file_sha256
 from ..textio import display_path
 from ..tsv import lineidx_path, merge_tsv, write_key_index
+from .plan import ExtractionJob, ExtractOptions
 from .sources import ImageItem, first_input_difference, image_sizes, input_identities, load_image_item
 
 # Optional outputs and their file names; errors.tsv, imageid2idx.json and manifest.json are always written.
 OUTPUT_FILES = {"predictions": "predictions.tsv", "features": "features.tsv", "labels": "label.tsv", "hw": "hw.tsv"}
 WORK_DIR = ".vinvl-extract"
+SYNC_SECONDS = 5.0  # the shards and the journal go to disk at most this often (and at the end)
 LOCK_FILE = ".vinvl-extract.lock"  # in the output folder; rank R > 0 locks LOCK_FILE.R
 
 
@@ -63,30 +67,6 @@ class ExtractStats:
     skipped_batches: int = 0
     out_dir: Optional[Path] = None
     finished: bool = True
-
-
-@dataclass
-class ExtractOptions:
-    """Everything about a run besides the detector and the inputs."""
-
-    subset: Sequence[str] = NATIVE_SUBSET
-    image_size_in_rows: bool = True
-    attribute_slots: bool = False  # every top-k attribute slot in rows, 0-score ones too (the original's rows)
-    skip: frozenset = frozenset()
-    workers: int = 0
-    bucket_batches: int = 8  # batches per bucketing window (batch size > 1, same-size batching)
-    # Padded batches (batch size > 1) as the original's DATALOADER.ASPECT_RATIO_GROUPING: h >= w apart from h < w.
-    aspect_ratio_grouping: bool = False
-    exif_transpose: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    rank: int = 0
-    world_size: int = 1
-    poll_seconds: float = 2.0
-    # Given boxes per image key (x1 y1 x2 y2, original pixels): the proposals instead of the RPN's.
-    boxes: Optional[dict[str, Any]] = None
-    extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
 class _Prepared(Dataset):
@@ -249,6 +229,7 @@ class _Shard:
         self.journal_path = folder / "journal.tsv"
         folder.mkdir(parents=True, exist_ok=True)
         self.done_batches = 0
+        self._synced_at = time.monotonic()
         self.counts = {"images": 0, "failed": 0, "boxes": 0}
         # Written but not yet journaled (inside a window): a resume cuts these rows and redoes their window.
         self._open_batches = 0
@@ -313,11 +294,24 @@ class _Shard:
         self.done_batches += self._open_batches
         self.counts = {k: self.counts[k] + self._open_counts[k] for k in self.counts}
         self._open_batches, self._open_counts = 0, {k: 0 for k in self.counts}
+        if time.monotonic() - self._synced_at >= SYNC_SECONDS:
+            # On disk before the journal says so (a power cut must not leave a journal ahead of the rows), at most
+            # every few seconds: an fsync per batch would cost a fast GPU run much of its time. A cut loses at
+            # most the entries since, which --resume redoes (it checks every entry against the files' sizes).
+            for f in self.files.values():
+                flush_to_disk(f)
+            self._synced_at = time.monotonic()
         entry = {"batches": self.done_batches, "counts": self.counts, "offsets": {n: f.tell() for n, f in self.files.items()}}
         self.journal.write(json.dumps(entry).encode() + b"\n")
         self.journal.flush()
 
     def close(self) -> None:
+        for f in [*self.files.values(), self.journal]:
+            if not f.closed:
+                try:
+                    flush_to_disk(f)  # a finished shard is what rank 0 merges: on disk first
+                except OSError:
+                    pass  # closing after a failed write (a full disk): the journal already says what holds
         for f in [*self.files.values(), self.journal]:
             if not f.closed:
                 f.close()
@@ -521,6 +515,49 @@ def extract(
         raise
 
 
+
+
+def run_extraction(job: ExtractionJob, say: Optional[Callable[[str], None]] = None) -> ExtractStats:
+    """Load the job's detector once (:meth:`Detector.from_pretrained`), say the notes (rank 0, to ``say``), and run
+    :func:`extract`; under torchrun a rank that fails tells rank 0 so that it does not wait for it."""
+    opts = job.options
+    det = Detector.from_pretrained(job.model, device=choose_device(job.device, job.local_rank), dtype=job.dtype,
+                                   original_arithmetic=job.original_arithmetic)
+    if opts.world_size > 1:
+        _agree_across_ranks(job.items, opts.rank, opts.world_size)
+    notes = [*job.notes, *([] if opts.quiet else det.notes())]  # a demo-model warning is said even when quiet
+    if job.model.labelmap is None:
+        notes.append("note: no label map: classes are written as their indices")
+    if say is not None and opts.rank == 0:
+        for note in notes:
+            say(note)
+    lm = job.model.labelmap
+    manifest = {**opts.extra_manifest, "dtype": det.dtype, "numerics": det.numerics_reason,
+                "weights_sha256": file_sha256(job.model.weights),
+                "labelmap_sha256": file_sha256(lm) if isinstance(lm, Path) else None}
+    try:
+        return extract(job.items, det, job.out_dir, dataclasses.replace(opts, extra_manifest=manifest))
+    except BaseException as e:
+        if opts.world_size > 1:
+            mark_failed(job.out_dir, opts.rank, opts.world_size, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _agree_across_ranks(items: Sequence[ImageItem], rank: int, world: int) -> None:
+    """Under torchrun: check once, at the start, that every rank sees the same inputs (the shards are cut from them)."""
+    import torch.distributed as dist
+
+    digest = hashlib.sha256("\n".join(f"{i.key}\t{i.where}" for i in items).encode()).hexdigest()
+    if not dist.is_available():
+        return
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        seen: list = [None] * world
+        dist.all_gather_object(seen, digest)
+    finally:
+        dist.destroy_process_group()
+    if len(set(seen)) != 1:
+        raise VinvlError(f"the {world} ranks see different inputs (rank {rank}: {len(items)} images); give every rank the same")
 
 
 def _extract(

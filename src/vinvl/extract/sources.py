@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -298,12 +298,17 @@ def collect_inputs(
     return items
 
 
-def match_given_boxes(items: Sequence[ImageItem], boxes_file: PathLike, missing: str = "error",
+def match_given_boxes(items: Sequence[ImageItem], boxes: Union[PathLike, Mapping[str, Any]], missing: str = "error",
                       unused: str = "error") -> tuple[dict[str, np.ndarray], GivenBoxes]:
-    """Each input's boxes from a boxes file (see :mod:`vinvl.given_boxes`): an image is matched by its key,
-    then (a file) by its file name or path; what matches nothing is one error line before any work."""
-    given = read_given_boxes(boxes_file)
-    names = [(it.key, (it.path.name, str(it.path)) if it.row is None else ()) for it in items]
+    """Each input's boxes from a boxes file (see :mod:`vinvl.given_boxes`) or a mapping image key -> ``[N, 4]``: an
+    image is matched by its key, then (by a file's entries) by its file name or path; what matches nothing is one
+    error line before any work."""
+    if isinstance(boxes, Mapping):
+        given = GivenBoxes.from_mapping(boxes)
+        names = [(it.key, ()) for it in items]
+    else:
+        given = read_given_boxes(boxes)
+        names = [(it.key, (it.path.name, str(it.path)) if it.row is None else ()) for it in items]
     return given.match(names, missing, unused), given
 
 
