@@ -144,3 +144,25 @@ def test_required_and_restored_defaults() -> None:
         assert cmd.callback.oscar_options.get("out") is REQUIRED, path
     vqa_eval = dict(COMMANDS)[("oscar", "vqa", "eval")].callback.oscar_options
     assert vqa_eval["max_seq_length"] is None and vqa_eval["split"] == "val"  # None: the checkpoint's value
+
+
+def test_the_oscar_command_modules_form_a_tree() -> None:
+    """cli/oscar*.py import each other downwards only: the group (oscar.py) imports the task modules, they import the
+    option definitions (oscar_flags.py), and the table (oscar_options.py) sits above the group; no circle."""
+    import ast
+
+    cli = REPO / "src/vinvl/cli"
+    names = {p.stem for p in cli.glob("oscar*.py")}
+    imports: dict[str, set[str]] = {}
+    for name in names:
+        tree = ast.parse((cli / f"{name}.py").read_text(encoding="utf-8"))
+        imports[name] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                         and n.module in names}
+    assert imports["oscar_flags"] == set() and imports["oscar_options"] == {"oscar", "oscar_flags"}
+    assert not any("oscar_options" in found for found in imports.values())
+    assert imports["oscar"] == names - {"oscar", "oscar_options"}
+
+    def reaches(a: str, b: str, seen: frozenset = frozenset()) -> bool:
+        return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in imports[a])
+
+    assert [n for n in names if reaches(n, n)] == []

@@ -1,5 +1,6 @@
 """``vinvl oscar <task>``: Oscar+ pretraining and the downstream tasks (arguments only; every option is defined
-once in :mod:`vinvl.cli.oscar_options`, every default in :mod:`vinvl.oscar.options`)."""
+once in :mod:`vinvl.cli.oscar_flags`, every default in :mod:`vinvl.oscar.options`). The task groups are imported
+from their modules, which import only :mod:`vinvl.cli.oscar_flags`: the ``vinvl oscar`` modules form a tree."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from ..oscar.options import PretrainOptions
 from .oscar_caption import app as caption_app
-from .oscar_options import fields_of, options_of, takes
+from .oscar_flags import fields_of, options_of, takes
 from .oscar_retrieval import retrieval_app
 from .oscar_vqa import gqa_app, nlvr2_app, vqa_app
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..oscar.options import CaptionOptions, DecodeOptions
-from .oscar_options import fields_of, options_of, takes
+from .oscar_flags import DETECTOR, detector, eval_split, fields_of, options_of, takes
 
 app = typer.Typer(help="Oscar+ image captioning: XE/SCST training, COCO-metric evaluation, captions for images.",
                   no_args_is_help=True)
@@ -30,7 +30,7 @@ def train(split: Path = typer.Argument(..., help=_SPLIT_HELP), given: Any = None
     from ..oscar.tasks.captioning import train as run
 
     opts = options_of(CaptionOptions, given)
-    eval_data = CaptionData(given["eval_split"]) if given["eval_split"] not in (None, "none") else None
+    eval_data = CaptionData(given["eval_split"]) if eval_split(given["eval_split"]) else None
     final = run(CaptionData(split, given["captions"]), given["out"], opts, init=given["init"], vocab=given["vocab"],
                 model_config=config_file(given["config"]), eval_data=eval_data, resume=given["resume"])
     typer.echo(str(final))
@@ -45,23 +45,15 @@ def evaluate(
 ) -> None:
     """Beam-search captions for a split (OUT/results.json) and the COCO metrics (OUT/metrics.json: BLEU-1..4,
     METEOR, ROUGE-L, CIDEr, SPICE)."""
-    from ..oscar.checkpoint import require_checkpoint
-    from ..oscar.data.captions import CaptionData
     from ..oscar.tasks.captioning import evaluate as run
-    from ..oscar.training import autocast, resolve_device
 
-    require_checkpoint(checkpoint)
-    data = CaptionData(split, given["captions"])
-    dev = resolve_device(given["device"])
-    with autocast(dev, given["precision"]):
-        report = run(checkpoint, data, given["out"], options_of(DecodeOptions, given), device=dev, spice=given["spice"],
-                     metrics=given["metrics"])
+    report = run(checkpoint, split, given["out"], options_of(DecodeOptions, given), device=given["device"],
+                 spice=given["spice"], metrics=given["metrics"], precision=given["precision"], captions=given["captions"])
     typer.echo(json.dumps(report, indent=1))
 
 
 @app.command("predict")
-@takes("out", "detector", "detector_weights", "labelmap", "regions_dir", "boxes", *DECODING, "device", "precision",
-       defaults=DecodeOptions)
+@takes("out", *DETECTOR, *DECODING, "device", "precision", defaults=DecodeOptions)
 def predict(
     checkpoint: Path = typer.Argument(..., help="Captioning checkpoint (folder, run folder or released zip)."),
     images: list[Path] = typer.Argument(..., help="Image files, folders or lists (what `vinvl extract` takes)."),
@@ -69,16 +61,10 @@ def predict(
 ) -> None:
     """Captions for images end to end: the detector's regions and tags (OUT/regions), then beam search;
     writes OUT/results.json."""
-    from ..oscar.checkpoint import require_checkpoint
-    from ..oscar.tasks.captioning import predict as run
-    from ..oscar.training import autocast, resolve_device
-    from .oscar_vqa import detect
+    from ..oscar.tasks.captioning import predict_images
 
-    require_checkpoint(checkpoint)
-    dev = resolve_device(given["device"])
-    keys, store = detect(images, given, dev)
-    with autocast(dev, given["precision"]):
-        path = run(checkpoint, store, keys, given["out"], options_of(DecodeOptions, given), device=dev)
+    path = predict_images(checkpoint, detector(images, given), given["out"], options_of(DecodeOptions, given),
+                          device=given["device"], precision=given["precision"])
     typer.echo(str(path))
 
 

@@ -10,9 +10,8 @@ from typing import Any
 import typer
 
 from ..atomic import atomic_write_json
-from ..errors import VinvlError
 from ..oscar.options import RetrievalOptions
-from .oscar_options import fields_of, options_of, takes
+from .oscar_flags import eval_split, fields_of, options_of, takes
 
 retrieval_app = typer.Typer(help="Image-text retrieval (run_retrieval.py): train, evaluate R@K, rank captions and images.",
                             no_args_is_help=True)
@@ -36,10 +35,9 @@ def train(
     from ..oscar.checkpoint import config_file
     from ..oscar.tasks.retrieval import train as run
 
-    eval_split = given["eval_split"] if given["eval_split"] not in (None, "none") else None
     final = run(data_dir, given["out"], options_of(RetrievalOptions, given), init=given["init"], vocab=given["vocab"],
                 model_config=config_file(given["config"]), features=given["features"], split=given["train_split"],
-                eval_split=eval_split, eval_keys=given["keys"], resume=given["resume"])
+                eval_split=eval_split(given["eval_split"]), eval_keys=given["keys"], resume=given["resume"])
     typer.echo(str(final))
 
 
@@ -55,17 +53,14 @@ def evaluate(
 ) -> None:
     """R@1/5/10 image->text and text->image from the full cross-encoder score matrix (--cross_image_eval):
     OUT/metrics.json (and OUT/scores.pt)."""
-    from ..oscar.checkpoint import require_checkpoint
     from ..oscar.tasks.retrieval import evaluate as run
-    from ..oscar.training import resolve_device
 
-    require_checkpoint(checkpoint)
-    cfg = options_of(RetrievalOptions, given)
     out = Path(given["out"])
-    result = run(checkpoint, data_dir, given["split"], given["keys"], given["features"], cfg, folds=given["folds"],
-                 batch_size=given["eval_batch_size"], device=resolve_device(given["device"]),
-                 precision=given["precision"], two_stage=given["two_stage"], first_stage=given["first_stage"],
-                 compare_full=given["compare_full"], scores_out=out / "scores.pt" if given["save_scores"] else None)
+    result = run(checkpoint, data_dir, given["split"], given["keys"], given["features"],
+                 options_of(RetrievalOptions, given), folds=given["folds"], batch_size=given["eval_batch_size"],
+                 device=given["device"], precision=given["precision"], two_stage=given["two_stage"],
+                 first_stage=given["first_stage"], compare_full=given["compare_full"],
+                 scores_out=out / "scores.pt" if given["save_scores"] else None)
     _write(result, out, "metrics.json")
 
 
@@ -80,13 +75,10 @@ def rank(
 ) -> None:
     """The best captions for each image and the best images for each caption (scores: the matched logit):
     OUT/ranking.json."""
+    from ..oscar.data.retrieval import read_captions_file
     from ..oscar.tasks.retrieval import rank as run
-    from ..oscar.training import resolve_device
 
-    if not captions.is_file():
-        raise VinvlError(f"{captions}: no such captions file")
-    texts = [t.strip() for t in captions.read_text(encoding="utf-8").splitlines() if t.strip()]
-    result = run(checkpoint, features, texts, image_keys=given["image"] or None, top=given["top"],
-                 batch_size=given["eval_batch_size"], device=resolve_device(given["device"]),
+    result = run(checkpoint, features, read_captions_file(captions), image_keys=given["image"] or None,
+                 top=given["top"], batch_size=given["eval_batch_size"], device=given["device"],
                  precision=given["precision"])
     _write(result, Path(given["out"]), "ranking.json")

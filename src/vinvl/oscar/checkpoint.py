@@ -25,6 +25,7 @@ from ..safe_pickle import load_training_args, safe_loads
 from ..state_dict import key_list, load_strict, read_torch, read_weights
 from ..textio import read_json
 from .configuration import OscarConfig
+from .options import TrainingSettings
 
 PathLike = Union[str, os.PathLike]
 
@@ -249,30 +250,6 @@ def read_training_args(folder: PathLike) -> Any:
     """A run folder's ``training_args.bin`` through the safe unpickler (no arbitrary code)."""
     path = Path(folder)
     return load_training_args(path / "training_args.bin" if path.is_dir() else path)
-
-
-class TrainingSettings(dict):
-    """The options a checkpoint was trained with (name -> value) and the file they came from."""
-
-    def __init__(self, values: Optional[dict] = None, source: str = "training settings") -> None:
-        super().__init__(values or {})
-        self.source = source
-
-    def typed(self, name: str, default: Any) -> Any:
-        """Setting ``name`` as the type of ``default`` (int, float, bool or str), ``default`` when absent;
-        a value of another kind is one error naming the file and the setting."""
-        if name not in self or self[name] is None:
-            return default
-        v, kind = self[name], type(default)
-        if kind is bool and (isinstance(v, bool) or v in (0, 1)):
-            return bool(v)
-        if kind is int and not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
-            return int(v)
-        if kind is float and not isinstance(v, bool) and isinstance(v, (int, float)):
-            return float(v)
-        if kind is str and isinstance(v, str):
-            return v
-        raise VinvlError(f"{self.source}: {name} must be {kind.__name__}, found {v!r}")
 
 
 def training_settings(checkpoint: PathLike) -> TrainingSettings:

@@ -1,4 +1,5 @@
-"""Every Oscar+ task's options and their defaults, in one place (importable without torch: the CLI reads them).
+"""Every Oscar+ task's options and their defaults, in one place (importable without torch: the CLI reads them),
+and the one rule that merges them with the settings a checkpoint was trained with (:func:`restore`).
 
 :class:`TrainingOptions` are the options of any training run (the :class:`~vinvl.oscar.training.Trainer`'s:
 batching, optimiser, schedule, step count, saving, logging, device, precision); each task's class adds its
@@ -6,22 +7,71 @@ own fields and overrides only the defaults that differ, which are the original's
 The "not set" values are one rule everywhere: ``max_steps`` 0 lets ``num_train_epochs`` decide;
 ``save_steps`` N > 0 saves every N steps, 0 at the end of every epoch, -1 only at the last step (the last
 step is always saved); ``log_steps`` 0 logs only the last step.
+
+**The merge rule.** Each options class names the settings that describe the inputs its model was trained on
+(``RESTORED``: sequence lengths, tags on or off, ...). Wherever a checkpoint's model is fed such inputs
+(evaluation, prediction, ranking, SCST's starting model), each of them is the caller's explicit value, else the
+value the checkpoint recorded, else the class's default. An options object remembers which values its caller
+set (:meth:`TrainingOptions.explicit`: constructor arguments and later assignments), so
+``RetrievalOptions(max_seq_length=40)`` keeps 40 and takes the other lengths from the checkpoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 from ..errors import VinvlError
 
 SCHEDULERS = ("linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_HELP = "fp32, bf16 or fp16 autocast (fp16 training with a gradient scaler)."
+
+T = TypeVar("T", bound="TrainingOptions")
+A = TypeVar("A")
+
+
+class TrainingSettings(dict):
+    """The options a checkpoint was trained with (name -> value) and the file they came from."""
+
+    def __init__(self, values: Optional[Mapping[str, Any]] = None, source: str = "training settings") -> None:
+        super().__init__(values or {})
+        self.source = source
+
+    def typed(self, name: str, default: Any) -> Any:
+        """Setting ``name`` as the type of ``default`` (int, float, bool or str), ``default`` when absent;
+        a value of another kind is one error naming the file and the setting."""
+        if name not in self or self[name] is None:
+            return default
+        v, kind = self[name], type(default)
+        if kind is bool and (isinstance(v, bool) or v in (0, 1)):
+            return bool(v)
+        if kind is int and not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            return int(v)
+        if kind is float and not isinstance(v, bool) and isinstance(v, (int, float)):
+            return float(v)
+        if kind is str and isinstance(v, str):
+            return v
+        raise VinvlError(f"{self.source}: {name} must be {kind.__name__}, found {v!r}")
+
+
+def merge_settings(explicit: Mapping[str, Any], recorded: Mapping[str, Any], defaults: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """The merge rule, for each name of ``defaults``: the ``explicit`` value, else the ``recorded`` one (typed like
+    the default), else the default. A malformed recorded value is an error even where the explicit value wins."""
+    settings = recorded if isinstance(recorded, TrainingSettings) else TrainingSettings(recorded)
+    out = {}
+    for name, default in defaults.items():
+        trained = settings.typed(name, default)
+        out[name] = explicit[name] if name in explicit else trained
+    return out
 
 
 @dataclass
 class TrainingOptions:
     """The options of any training run (the original ``run_*.py`` flags of the same names)."""
+
+    RESTORED: ClassVar[tuple[str, ...]] = ()  # the settings a checkpoint's recorded value fills (see :func:`restore`)
 
     batch_size: int = 32  # examples per micro-batch per process (--per_gpu_train_batch_size)
     gradient_accumulation_steps: int = 1
@@ -64,6 +114,27 @@ class TrainingOptions:
         """Every option by name (what a checkpoint's ``training_args`` records)."""
         return asdict(self)
 
+    # Which values the caller set is kept beside the fields (not one of them: it is no option and is never
+    # recorded). The dataclass __init__ assigning the defaults is not the caller, so tracking starts after it.
+    def __new__(cls, *args: Any, **kw: Any) -> Any:
+        self = super().__new__(cls)
+        names = [f.name for f in fields(cls)]
+        object.__setattr__(self, "_explicit", frozenset(names[: len(args)]) | frozenset(kw))
+        object.__setattr__(self, "_tracking", False)
+        return self
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tracking", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_tracking"):
+            object.__setattr__(self, "_explicit", self._explicit | {name})
+        object.__setattr__(self, name, value)
+
+    def explicit(self) -> frozenset[str]:
+        """The options the caller set (constructor arguments, later assignments): no checkpoint value replaces them."""
+        return self._explicit & {f.name for f in fields(self)}
+
 
 def check_device(name: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; one error naming ``--device`` otherwise."""
@@ -76,6 +147,27 @@ def option_defaults(cls: type) -> dict[str, Any]:
     """``{field: default}`` of an options class (what the CLI shows and starts from)."""
     inst = cls()
     return {f.name: getattr(inst, f.name) for f in fields(cls)}
+
+
+def make_options(cls: type[A], values: Mapping[str, Any], explicit: Iterable[str]) -> A:
+    """``cls(**values)`` (any options class) whose explicit options, where it keeps them (:class:`TrainingOptions`),
+    are only ``explicit`` (the CLI's: the flags given, not the command's own defaults)."""
+    opts = cls(**values)
+    if isinstance(opts, TrainingOptions):
+        object.__setattr__(opts, "_explicit", frozenset(explicit) & frozenset(values))
+    return opts
+
+
+def restore(options: T, recorded: Mapping[str, Any]) -> T:
+    """The merge rule (see the module): a copy of ``options`` whose ``RESTORED`` settings are the caller's explicit
+    values, else those a checkpoint ``recorded`` (:func:`vinvl.oscar.checkpoint.training_settings`), else the
+    defaults."""
+    cls = type(options)
+    defaults = {name: getattr(cls(), name) for name in cls.RESTORED}
+    mine = options.explicit()
+    values = {f.name: getattr(options, f.name) for f in fields(cls)}
+    values.update(merge_settings({n: values[n] for n in mine if n in defaults}, recorded, defaults))
+    return make_options(cls, values, mine)
 
 
 # -- pretraining -----------------------------------------------------------------------------------------
@@ -103,6 +195,8 @@ class PretrainOptions(TrainingOptions):
 class RetrievalOptions(TrainingOptions):
     """Image-text retrieval (``run_retrieval.py``)."""
 
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "add_od_labels")
+
     learning_rate: float = 2e-5
     num_train_epochs: float = 20.0
     save_steps: int = 5000
@@ -119,6 +213,10 @@ class RetrievalOptions(TrainingOptions):
 @dataclass
 class CaptionOptions(TrainingOptions):
     """Image captioning, cross-entropy and SCST (``run_captioning.py``; same names and defaults unless noted)."""
+
+    # the decoding layout (the original's restore_training_settings); the defaults are the VinVL COCO recipe's
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_seq_a_length", "max_img_seq_length", "add_od_labels",
+                                           "do_lower_case")
 
     batch_size: int = 64
     learning_rate: float = 3e-5
@@ -166,6 +264,8 @@ class DecodeOptions:
 class ClassificationOptions(TrainingOptions):
     """What the classification fine-tunings share (``run_vqa.py`` / ``run_gqa.py`` / ``run_nlvr.py``)."""
 
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length")
+
     eval_batch_size: int = 256
     num_train_epochs: float = 25.0
     log_steps: int = 50
@@ -210,6 +310,8 @@ class NLVR2Options(ClassificationOptions):
     classifier: str = "mlp"
     loss_type: str = "xe"
     use_label_seq: bool = False  # each image's tags after the sentence (off in the model zoo)
+
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq")
 
 
 TASK_OPTIONS: dict[str, type] = {

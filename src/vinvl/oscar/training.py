@@ -1,11 +1,11 @@
 """The one training loop of every Oscar+ task: :class:`Trainer`.
 
-A task (:class:`vinvl.oscar.tasks.base.Task`) gives the data, the model, the loss, and optionally the
+A task (:class:`vinvl.oscar.task.OscarTask`) gives the data, the model, the loss, and optionally the
 evaluation run at each save and the files each checkpoint carries; the Trainer owns everything else:
 
-- **device**: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``; under ``torchrun`` each process
-  takes ``cuda:LOCAL_RANK`` (``torch.cuda.set_device``), nccl on GPUs and gloo on CPUs, DDP with
-  ``device_ids``;
+- **device** (:mod:`vinvl.oscar.runtime`): ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``; under
+  ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (``torch.cuda.set_device``), nccl on GPUs and gloo on
+  CPUs, DDP with ``device_ids``;
 - **data order**: one deterministic order for any number of processes. An epoch's order is seeded by
   ``(seed, epoch)``; optimizer step ``s`` takes the next ``batch_size x processes x accumulation`` examples,
   micro-batch ``j`` of process ``r`` being the ``(j x processes + r)``-th ``batch_size`` of them, so
@@ -25,6 +25,7 @@ evaluation run at each save and the files each checkpoint carries; the Trainer o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -47,93 +48,14 @@ from ..atomic import atomic_write, atomic_write_json
 from ..errors import VinvlError
 from ..textio import read_json
 from .checkpoint import latest_checkpoint, load_training_state, write_training_args
-from .options import TrainingOptions, check_device
+from .options import TrainingOptions
+from .runtime import Runtime, autocast, resolve_device, stderr_log
+from .task import Batch, ExampleSet, OscarTask, StepContext
+
+__all__ = ["Trainer", "autocast", "capture_rng", "epoch_order", "make_optimizer", "micro_batch", "resolve_device",
+           "restore_rng", "rng_untouched", "seed_everything", "stderr_log", "step_examples", "total_steps"]
 
 PathLike = Union[str, os.PathLike]
-Batch = dict[str, torch.Tensor]
-
-
-# -- device and processes ---------------------------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    """The device a command runs on: ``auto`` is CUDA when present, else the CPU; a CUDA device asked for on a
-    machine without one is one error naming ``--device``."""
-    check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VinvlError(f"--device {name}: no CUDA device here (use --device auto or cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise VinvlError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-@dataclass
-class Runtime:
-    """This process's place in a run: rank, number of processes, its device, and the process group."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @classmethod
-    def start(cls, device: str = "auto") -> "Runtime":
-        """From torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``): one process per device, the
-        process group started (nccl on CUDA, gloo on CPU) unless the caller started it."""
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = resolve_device(device)
-        if world > 1 and dev.type == "cuda":
-            if local >= torch.cuda.device_count():
-                raise VinvlError(f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-            dev = torch.device("cuda", local)  # each process its own GPU, whatever index --device named
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        owns = False
-        if world > 1:
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
-                owns = True
-        return cls(rank, world, local, dev, owns)
-
-    def barrier(self) -> None:
-        """Wait for every process (nothing with one)."""
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every process's ``obj``, in rank order (a collective: all processes call it)."""
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def mean_(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` averaged over the processes, in place."""
-        if self.world > 1:
-            dist.all_reduce(t)
-            t /= self.world
-        return t
-
-    def close(self, wait: bool = True) -> None:
-        """End the process group if this runtime started it (``wait``: for every process first; not after an
-        error, which the other processes may never reach)."""
-        if self.owns_group:
-            if wait:
-                dist.barrier()
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def autocast(device: torch.device, precision: str = "fp32") -> Any:
-    """Autocast to ``precision`` (fp32: nothing, bf16, fp16) on ``device``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 # -- data order ---------------------------------------------------------------------------------------------
@@ -235,24 +157,6 @@ def make_optimizer(model: nn.Module, opts: TrainingOptions, total: int,
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------
-@dataclass
-class StepContext:
-    """What a task's loss may need about the micro-batch being computed."""
-
-    step: int  # optimizer steps done before this one
-    micro: int  # this process's micro-batch within the step (0 .. accumulation - 1)
-    micro_index: int  # the run's global micro-batch number: the same for any split over processes
-    epoch: int
-    model: nn.Module  # the model itself (not the data-parallel wrapper)
-    device: torch.device
-    runtime: Runtime
-
-
-def stderr_log(message: str) -> None:
-    """The default progress log of training and of the tasks: one line on stderr."""
-    print(message, file=sys.stderr, flush=True)
-
-
 class _Prefetch:
     """Builds a step's micro-batches in a thread while the device computes the previous step; the examples'
     randomness is their own (seeded by seed, epoch and index), so the thread changes nothing in the numbers."""
@@ -300,14 +204,39 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
             for k, v in batch.items()}
 
 
+@dataclass
+class _Run:
+    """A run between steps: what the named steps of :class:`Trainer` hand each other."""
+
+    rt: Runtime
+    data: ExampleSet
+    n: int  # training examples
+    per_step: int  # examples per optimizer step over every process
+    total: int  # optimizer steps of the run
+    per_epoch: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: Optional[Any]  # fp16's gradient scaler
+    step: int = 0  # optimizer steps done
+    state: Optional[dict] = None  # the training state resumed from
+    module: Optional[nn.Module] = None  # the model, or its data-parallel wrapper
+    manual_sync: bool = False  # gradients averaged by hand (the task runs the model outside forward)
+    args: dict[str, Any] = field(default_factory=dict)  # what training_args records
+    window: dict[str, torch.Tensor] = field(default_factory=dict)  # the open logging window's sums
+    window_steps: int = 0
+    seen: int = 0  # examples since this process started (samples/s)
+    t0: float = 0.0
+
+
 class Trainer:
     """Trains a task's model (see the module's description); :meth:`train` returns the last checkpoint folder."""
 
-    def __init__(self, task: Any, options: TrainingOptions, out_dir: PathLike,
+    def __init__(self, task: OscarTask, options: TrainingOptions, out_dir: PathLike,
                  log: Optional[Callable[[str], None]] = None,
                  callbacks: Sequence[Callable[[int], None]] = ()) -> None:
-        """``task``: a :class:`~vinvl.oscar.tasks.base.Task`; ``callbacks``: called with the number of steps done
-        after each optimizer step (its checkpoint, if any, written)."""
+        """``callbacks``: called with the number of steps done after each optimizer step (its checkpoint, if
+        any, written)."""
         self.task, self.opts, self.out = task, options.check(), Path(out_dir)
         self.log = log or stderr_log
         self.callbacks = list(callbacks)
@@ -320,134 +249,165 @@ class Trainer:
         """Train to the last step (from ``out_dir``'s newest complete checkpoint with ``resume``)."""
         rt = Runtime.start(self.opts.device)
         try:
-            folder = self._train(rt, resume)
+            folder = self._loop(self._setup(rt, resume))
         except BaseException:
             rt.close(wait=False)
             raise
         rt.close()
         return folder
 
-    def _train(self, rt: Runtime, resume: bool) -> Path:
-        opts, task, out = self.opts, self.task, self.out
-        say = self.log if rt.rank == 0 else (lambda m: None)
+    # -- the named steps of a run ---------------------------------------------------------------------------
+    def _say(self, rt: Runtime) -> Callable[[str], None]:
+        return self.log if rt.rank == 0 else (lambda m: None)
+
+    def _setup(self, rt: Runtime, resume: bool) -> _Run:
+        """Data, step count, model and optimiser; a resumed run's states; the logs cut back to its step. The order
+        of these is part of the numbers: the model's initialisation draws from the seed, before any resumed state."""
+        opts, task, say = self.opts, self.task, self._say(rt)
         data = task.train_set()
-        n, k, bs = len(data), opts.gradient_accumulation_steps, opts.batch_size
-        per_step = bs * rt.world * k
+        n = len(data)
+        per_step = opts.batch_size * rt.world * opts.gradient_accumulation_steps
         total, per_epoch = total_steps(n, opts, rt.world)
-        last = latest_checkpoint(out) if resume else None
+        last = latest_checkpoint(self.out) if resume else None
         seed_everything(opts.seed)  # fresh heads, dropout and sampling start from the seed, as the original's set_seed
         model = task.build_model(last).to(rt.device)
         self.model, self.runtime = model, rt  # what callbacks may look at
-        fused = rt.device.type == "cuda"
-        optimizer, schedule = make_optimizer(model, opts, total, fused=fused)
+        optimizer, schedule = make_optimizer(model, opts, total, fused=rt.device.type == "cuda")
         scaler = torch.amp.GradScaler(rt.device.type) if opts.precision == "fp16" else None
-        step, state = 0, None
+        run = _Run(rt, data, n, per_step, total, per_epoch, model, optimizer, schedule, scaler)
         if last is not None:
-            state = load_training_state(last)
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            step = int(state["step"])
-        out.mkdir(parents=True, exist_ok=True)
-        self._trim_logs(step, last is not None)
-        if state is not None:
-            if state.get("examples_per_step", per_step) != per_step:
-                say(f"{last}: saved with {state['examples_per_step']} examples per step, resumed with {per_step}: "
+            self._load_state(run, last)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._trim_logs(run.step, last is not None)
+        if run.state is not None:
+            if run.state.get("examples_per_step", per_step) != per_step:
+                say(f"{last}: saved with {run.state['examples_per_step']} examples per step, resumed with {per_step}: "
                     "the data order from here differs from the uninterrupted run's")
-            say(f"resumed from {last} (step {step})")
-        module: nn.Module = model
-        manual_sync = rt.world > 1 and not task.ddp_forward
+            say(f"resumed from {last} (step {run.step})")
+        self._parallel(run)
+        if run.state is not None:
+            self._restore_rng(run, last)
+        run.args = {**opts.to_dict(), **task.settings(), "max_steps": total, "steps_per_epoch": per_epoch,
+                    "world_size": rt.world}
+        model.train()
+        say(f"training {type(task).__name__}: {n} examples, {total} steps of {per_step} ({opts.batch_size} x "
+            f"{rt.world} process(es) x {opts.gradient_accumulation_steps}), {per_epoch} steps per epoch, on "
+            f"{rt.device} in {opts.precision}")
+        return run
+
+    def _load_state(self, run: _Run, last: Path) -> None:
+        """The optimizer, schedule, scaler and step of checkpoint ``last``."""
+        state = run.state = load_training_state(last)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["scheduler"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        run.step = int(state["step"])
+
+    def _parallel(self, run: _Run) -> None:
+        """Data parallelism over the processes: DDP, or (for a task that runs the model outside forward, SCST's
+        sampling) the same starting weights everywhere and gradients averaged by hand after each step."""
+        rt, model, task = run.rt, run.model, self.task
+        run.module = model
+        run.manual_sync = rt.world > 1 and not task.ddp_forward
         if rt.world > 1:
             if task.ddp_forward:
-                module = nn.parallel.DistributedDataParallel(
+                run.module = nn.parallel.DistributedDataParallel(
                     model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                     find_unused_parameters=task.unused_parameters)
-            else:  # the task runs the model outside forward (SCST sampling): gradients averaged by hand
+            else:
                 for p in model.state_dict().values():
                     dist.broadcast(p, 0)
-        if state is not None:
-            rngs = state.get("rng") or []
-            if len(rngs) == rt.world:
-                restore_rng(rngs[rt.rank], rt.device)
-            elif rngs:
-                say(f"{last}: random states of {len(rngs)} process(es), resumed with {rt.world}: "
-                    "dropout and sampling differ from the uninterrupted run's")
-                restore_rng(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
-        args = {**opts.to_dict(), **task.settings(), "max_steps": total, "steps_per_epoch": per_epoch,
-                "world_size": rt.world}
-        model.train()
-        say(f"training {type(task).__name__}: {n} examples, {total} steps of {per_step} "
-            f"({bs} x {rt.world} process(es) x {k}), {per_epoch} steps per epoch, on {rt.device} in {opts.precision}")
 
-        def make(s: int) -> tuple[int, list[Batch]]:
-            epoch, idx = step_examples(n, per_step, opts.seed, s)
-            return epoch, [task.collate([data.example(i, epoch) for i in micro_batch(idx, bs, rt.world, rt.rank, j)])
-                           for j in range(k)]
+    def _restore_rng(self, run: _Run, last: Optional[Path]) -> None:
+        """Every process's random states as the checkpoint saved them (another number of processes: warned)."""
+        rt, state = run.rt, run.state or {}
+        rngs = state.get("rng") or []
+        if len(rngs) == rt.world:
+            restore_rng(rngs[rt.rank], rt.device)
+        elif rngs:
+            self._say(rt)(f"{last}: random states of {len(rngs)} process(es), resumed with {rt.world}: "
+                          "dropout and sampling differ from the uninterrupted run's")
+            restore_rng(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
 
+    def _batches(self, run: _Run, s: int) -> tuple[int, list[Batch]]:
+        """Step ``s``'s epoch and this process's micro-batches (made in the prefetch thread)."""
+        opts, rt = self.opts, run.rt
+        epoch, idx = step_examples(run.n, run.per_step, opts.seed, s)
+        return epoch, [self.task.collate([run.data.example(i, epoch)
+                                          for i in micro_batch(idx, opts.batch_size, rt.world, rt.rank, j)])
+                       for j in range(opts.gradient_accumulation_steps)]
+
+    def _loop(self, run: _Run) -> Path:
+        """Steps to the last one; logs, saves and callbacks at their steps; returns the last checkpoint folder."""
         self._data_lock = threading.Lock()  # tokenizers and files are not shared by two threads at once
-        prefetch = _Prefetch(make, step, total, self._data_lock)
-        bar = self._bar(total, step, rt.rank)
-        folder = out / f"checkpoint-{step}"
-        window: dict[str, torch.Tensor] = {}
-        window_steps, t0, seen = 0, time.perf_counter(), 0
-        if state is not None and len(state.get("log_windows") or []) == rt.world:  # the log window the run was in
-            sums, window_steps = state["log_windows"][rt.rank]
-            window = {n: torch.tensor(v, device=rt.device) for n, v in sums.items()}
+        prefetch = _Prefetch(functools.partial(self._batches, run), run.step, run.total, self._data_lock)
+        bar = self._bar(run.total, run.step, run.rt.rank)
+        folder = self.out / f"checkpoint-{run.step}"
+        run.t0 = time.perf_counter()
+        state = run.state
+        if state is not None and len(state.get("log_windows") or []) == run.rt.world:  # the window the run was in
+            sums, run.window_steps = state["log_windows"][run.rt.rank]
+            run.window = {n: torch.tensor(v, device=run.rt.device) for n, v in sums.items()}
         try:
-            while step < total:
+            while run.step < run.total:
                 epoch, micro = prefetch.next()
-                optimizer.zero_grad(set_to_none=True)
-                figures: dict[str, torch.Tensor] = {}
-                for j, batch in enumerate(micro):
-                    batch = _to_device(batch, rt.device)
-                    ctx = StepContext(step, j, (step * k + j) * rt.world + rt.rank, epoch, model, rt.device, rt)
-                    quiet = module.no_sync() if (module is not model and j < k - 1) else contextlib.nullcontext()
-                    with quiet:
-                        with self.autocast(rt.device):
-                            loss, more = task.loss(module, batch, ctx)
-                        scaled = loss.float() / k
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    for name, v in {"loss": loss, **more}.items():
-                        v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-                        figures[name] = figures.get(name, 0) + v.to(rt.device) / k
-                if manual_sync:
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= rt.world
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if opts.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], opts.max_grad_norm)
-                lr = schedule.get_last_lr()[0]  # the rate of this step (logged)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                schedule.step()
-                step += 1
-                seen += per_step
-                window = {name: window.get(name, 0) + v for name, v in figures.items()}
-                window_steps += 1
+                lr = self._step(run, epoch, micro)
                 if bar is not None:
                     bar.update(1)
-                if (opts.log_steps > 0 and step % opts.log_steps == 0) or step == total:
-                    self._log_window(rt, window, window_steps, step, total, lr, t0, seen, bar)
-                    window, window_steps = {}, 0
-                if self._saves_at(step, total, per_epoch):
-                    pending = ({n: float(v) for n, v in window.items()}, window_steps)  # the log window so far
-                    folder = self._save(rt, model, optimizer, schedule, scaler, step, per_epoch, per_step, args, pending)
+                if (self.opts.log_steps > 0 and run.step % self.opts.log_steps == 0) or run.step == run.total:
+                    self._log_window(run, lr, bar)
+                if self._saves_at(run.step, run.total, run.per_epoch):
+                    folder = self._save(run)
                 for cb in self.callbacks:
-                    cb(step)
+                    cb(run.step)
         finally:
             prefetch.close()
             if bar is not None:
                 bar.close()
         return folder
 
-    # -- pieces of a run ---------------------------------------------------------------------------------
+    def _step(self, run: _Run, epoch: int, micro: list[Batch]) -> float:
+        """One optimizer step over this process's micro-batches (forward and backward, gradients averaged,
+        clipped, the update); its mean figures join the log window. Returns the step's learning rate."""
+        opts, rt, model, module, scaler = self.opts, run.rt, run.model, run.module, run.scaler
+        k = opts.gradient_accumulation_steps
+        run.optimizer.zero_grad(set_to_none=True)
+        figures: dict[str, torch.Tensor] = {}
+        for j, batch in enumerate(micro):
+            batch = _to_device(batch, rt.device)
+            ctx = StepContext(run.step, j, (run.step * k + j) * rt.world + rt.rank, epoch, model, rt.device, rt)
+            quiet = module.no_sync() if (module is not model and j < k - 1) else contextlib.nullcontext()
+            with quiet:
+                with self.autocast(rt.device):
+                    loss, more = self.task.loss(module, batch, ctx)
+                scaled = loss.float() / k
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            for name, v in {"loss": loss, **more}.items():
+                v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                figures[name] = figures.get(name, 0) + v.to(rt.device) / k
+        if run.manual_sync:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= rt.world
+        if scaler is not None:
+            scaler.unscale_(run.optimizer)
+        if opts.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], opts.max_grad_norm)
+        lr = run.schedule.get_last_lr()[0]  # the rate of this step (logged)
+        if scaler is not None:
+            scaler.step(run.optimizer)
+            scaler.update()
+        else:
+            run.optimizer.step()
+        run.schedule.step()
+        run.step += 1
+        run.seen += run.per_step
+        run.window = {name: run.window.get(name, 0) + v for name, v in figures.items()}
+        run.window_steps += 1
+        return lr
+
     def _saves_at(self, step: int, total: int, per_epoch: int) -> bool:
         s = self.opts.save_steps
         return step == total or (s > 0 and step % s == 0) or (s == 0 and step % per_epoch == 0)
@@ -457,20 +417,22 @@ class Trainer:
             return None
         return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True, leave=False)
 
-    def _log_window(self, rt: Runtime, window: dict[str, torch.Tensor], steps: int, step: int, total: int,
-                    lr: float, t0: float, seen: int, bar: Any) -> None:
+    def _log_window(self, run: _Run, lr: float, bar: Any) -> None:
+        """The window's mean figures over the processes: a line on the log, one in ``log.jsonl``; a new window."""
+        rt, window, steps = run.rt, run.window, run.window_steps
         names = sorted(window, key=lambda x: (x != "loss", x))
         values = torch.stack([window[n] / steps for n in names]) if names else torch.zeros(0)
         rt.mean_(values)  # one collective and one host read per logging step
+        run.window, run.window_steps = {}, 0
         if rt.rank != 0:
             return
         mean = dict(zip(names, values.tolist()))
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - run.t0
         shown = "  ".join(f"{n} {v:.4f}" for n, v in mean.items())
-        line = f"step {step}/{total}  {shown}  lr {lr:.2e}"
+        line = f"step {run.step}/{run.total}  {shown}  lr {lr:.2e}"
         (bar.write if bar is not None else self.log)(line)
-        entry = {"step": step, **{n: round(v, 6) for n, v in mean.items()}, "lr": lr, "seconds": round(seconds, 1),
-                 "samples_per_second": round(seen / max(seconds, 1e-9), 2)}
+        entry = {"step": run.step, **{n: round(v, 6) for n, v in mean.items()}, "lr": lr, "seconds": round(seconds, 1),
+                 "samples_per_second": round(run.seen / max(seconds, 1e-9), 2)}
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -494,32 +456,42 @@ class Trainer:
                 raise VinvlError(f"{path}: expected a list of {{step, eval_score, ...}} entries")
             atomic_write_json(path, [e for e in entries if e.get("step", 0) <= step], indent=1)
 
-    def _save(self, rt: Runtime, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int,
-              per_epoch: int, per_step: int, args: dict[str, Any], window: tuple[dict[str, float], int]) -> Path:
+    def _save(self, run: _Run) -> Path:
+        """``checkpoint-N/``: the weights (original layout), ``training_args``, the task's files, the evaluation,
+        and last ``training_state.pt`` (every process's random states and open log window)."""
+        rt, step = run.rt, run.step
         folder = self.out / f"checkpoint-{step}"
-        mine = rt.gather((capture_rng(rt.device), [window[0], window[1]]))
+        pending = ({n: float(v) for n, v in run.window.items()}, run.window_steps)  # the log window so far
+        mine = rt.gather((capture_rng(rt.device), [pending[0], pending[1]]))
         rngs, windows = [m[0] for m in mine], [m[1] for m in mine]
         if rt.rank == 0:
-            model.save_original(folder, tokenizer=self.task.tokenizer)
-            write_training_args(folder, args)
+            run.model.save_original(folder, tokenizer=self.task.tokenizer)
+            write_training_args(folder, run.args)
             self.task.save_files(folder)
-            was_training = model.training
-            model.eval()
-            with self._data_lock, rng_untouched(rt.device), torch.no_grad(), self.autocast(rt.device):
-                result = self.task.evaluate(model)
-            model.train(was_training)
-            if result is not None:
-                atomic_write_json(folder / "eval_results.json", result, indent=1)
-                path = self.out / "eval_logs.json"
-                logs = read_json(path, list) if path.is_file() else []
-                best = max([e["eval_score"] for e in logs] + [result["score"]])
-                logs.append({"step": step, "epoch": step / per_epoch, "eval_score": result["score"], "best_score": best})
-                atomic_write_json(path, logs, indent=1)
-                self.log(f"step {step}: evaluation score {result['score']:.4f} (best {best:.4f})")
-            state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step,
-                     "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "log_windows": windows,
-                     "examples_per_step": per_step, "world_size": rt.world}
+            self._evaluate(run, folder)
+            state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.schedule.state_dict(), "step": step,
+                     "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rngs,
+                     "log_windows": windows, "examples_per_step": run.per_step, "world_size": rt.world}
             # last: its presence marks a complete checkpoint
             atomic_write(folder / "training_state.pt", lambda tmp: torch.save(state, tmp))
         rt.barrier()
         return folder
+
+    def _evaluate(self, run: _Run, folder: Path) -> None:
+        """The task's evaluation at a save (random states untouched): ``eval_results.json``, ``eval_logs.json``."""
+        model, rt = run.model, run.rt
+        was_training = model.training
+        model.eval()
+        with self._data_lock, rng_untouched(rt.device), torch.no_grad(), self.autocast(rt.device):
+            result = self.task.evaluate(model)
+        model.train(was_training)
+        if result is None:
+            return
+        atomic_write_json(folder / "eval_results.json", result, indent=1)
+        path = self.out / "eval_logs.json"
+        logs = read_json(path, list) if path.is_file() else []
+        best = max([e["eval_score"] for e in logs] + [result["score"]])
+        logs.append({"step": run.step, "epoch": run.step / run.per_epoch, "eval_score": result["score"],
+                     "best_score": best})
+        atomic_write_json(path, logs, indent=1)
+        self.log(f"step {run.step}: evaluation score {result['score']:.4f} (best {best:.4f})")

@@ -89,6 +89,25 @@ class AnswerVocab:
             raise VinvlError(f"{path}: 'labels' must be a list as long as 'answers' ({len(answers)})")
         return cls(answers, labels)
 
+    @classmethod
+    def find(cls, label_file: Optional[PathLike], label2ans: Optional[PathLike], checkpoint: Optional[PathLike],
+             data_dir: Optional[PathLike], default_label: str, default_label2ans: str) -> "AnswerVocab":
+        """The answer vocabulary a command uses: the given pickles, else the checkpoint's ``answers.json``, else
+        ``data_dir``'s (or ``data_dir/cache``'s) ``default_label`` pickle (with its ``default_label2ans``)."""
+        if label_file is None and checkpoint is not None and (Path(checkpoint) / ANSWERS_FILE).is_file():
+            return cls.from_checkpoint(checkpoint)
+        if label_file is None and data_dir is not None:
+            for d in (Path(data_dir), Path(data_dir) / "cache"):
+                if (d / default_label).is_file():
+                    label_file = d / default_label
+                    if label2ans is None and (d / default_label2ans).is_file():
+                        label2ans = d / default_label2ans
+                    break
+        if label_file is None:
+            where = f"{checkpoint} has no answers.json; " if checkpoint is not None else ""
+            raise VinvlError(f"no answer vocabulary: {where}give --label-file ({default_label})")
+        return cls.from_files(label_file, label2ans)
+
     def save(self, folder: PathLike) -> Path:
         """Write ``answers.json`` (answers and labels in logit order) into ``folder``."""
         return atomic_write_json(Path(folder) / ANSWERS_FILE, {"answers": self.answers, "labels": self.labels})

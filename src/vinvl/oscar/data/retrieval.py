@@ -26,6 +26,7 @@ import torch
 
 from ...errors import VinvlError
 from ...state_dict import read_torch
+from ...textio import display_path, read_text
 from ..tensorize import RetrievalTensorizer
 from .regions import RegionSource, open_regions
 
@@ -62,9 +63,9 @@ def read_image_keys(path: PathLike, like: Optional[Key] = None) -> list[Key]:
     """The image ids of a key list (one per line); ints when ``like`` (a caption-file key) is an int."""
     path = Path(path)
     if not path.is_file():
-        raise VinvlError(f"{path}: no such key list")
+        raise VinvlError(f"{display_path(path)}: no such key list")
     keys: list[Key] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path, "key list").splitlines(), 1):
         k = line.strip().split("\t")[0]
         if not k:
             continue
@@ -78,6 +79,15 @@ def read_image_keys(path: PathLike, like: Optional[Key] = None) -> list[Key]:
     if not keys:
         raise VinvlError(f"{path}: no image ids")
     return keys
+
+
+def read_captions_file(path: PathLike) -> list[str]:
+    """The captions of a text file, one per line (blank lines skipped); a missing file or one that is not UTF-8 is
+    one error naming it (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VinvlError(f"{display_path(path)}: no such captions file")
+    return [t.strip() for t in read_text(path, "captions file").splitlines() if t.strip()]
 
 
 def open_images(

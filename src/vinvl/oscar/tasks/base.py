@@ -1,40 +1,36 @@
-"""What a task gives the :class:`~vinvl.oscar.training.Trainer`, and the pieces every task shares.
+"""The base of every task (:class:`Task`, implementing :class:`vinvl.oscar.task.OscarTask`) and the pieces
+every task shares.
 
-A task is data + loss + metrics + predict: :meth:`Task.train_set` (``len`` and ``example(i, epoch)``,
+A task is data + loss + evaluate + predict: :meth:`Task.train_set` (``len`` and ``example(i, epoch)``,
 random choices seeded by the example's own ``(seed, epoch, i)``), :meth:`Task.collate`, :meth:`Task.loss`,
-:meth:`Task.evaluate` (run at each save; a dict with ``score``), :meth:`Task.save_files` (its files in each
-checkpoint) and :meth:`Task.settings` (what ``training_args`` records besides the options). The model is
-built once, the same way for every task (:func:`vinvl.oscar.checkpoint.load_for_task`).
+:meth:`Task.evaluate` (run at each save; a dict with ``score``), :meth:`Task.predict` (what the model says of
+images and texts), :meth:`Task.save_files` (its files in each checkpoint) and :meth:`Task.settings` (what
+``training_args`` records besides the options). The model is built once, the same way for every task, through
+the one loader (:class:`vinvl.oscar.loading.OscarCheckpoint`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ...errors import VinvlError
-from ..checkpoint import load_for_task, require_checkpoint
+from ..checkpoint import load_for_task
+from ..data.regions import Key, RegionSource
+from ..loading import OscarCheckpoint
 from ..metrics.qa import accuracy
 from ..options import TrainingOptions
+from ..runtime import stderr_log
+from ..task import Batch, ExampleSet, Figures, Result, StepContext
 from ..tensorize import load_tokenizer
-from ..training import stderr_log
 
 __all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
 
 PathLike = Union[str, os.PathLike]
-Batch = dict[str, torch.Tensor]
-
-
-class ExampleSet(Protocol):
-    """Training examples by index; ``example(i, epoch)`` draws its random choices from ``(seed, epoch, i)``."""
-
-    def __len__(self) -> int: ...
-
-    def example(self, i: int, epoch: int) -> Any: ...
 
 
 def stack(examples: Sequence[dict[str, torch.Tensor]]) -> Batch:
@@ -47,12 +43,15 @@ def task_tokenizer(vocab: Optional[PathLike], init: Optional[PathLike], do_lower
     checkpoint is checked first (one error naming it)."""
     if vocab is None and init is None:
         raise VinvlError("give a vocabulary (--vocab) or a checkpoint to start from (--init) holding one")
-    folder = require_checkpoint(init, "initial checkpoint (--init)") if init is not None else None
-    return load_tokenizer(vocab if vocab is not None else folder, do_lower_case=do_lower_case)  # type: ignore[arg-type]
+    start = OscarCheckpoint.open(init, "initial checkpoint (--init)") if init is not None else None
+    if vocab is not None:
+        return load_tokenizer(vocab, do_lower_case=do_lower_case)
+    return start.tokenizer(do_lower_case)  # type: ignore[union-attr]
 
 
 class Task:
-    """A training task; subclasses set ``model_class`` and implement :meth:`train_set` (and usually more)."""
+    """A task (:class:`vinvl.oscar.task.OscarTask`); subclasses set ``model_class`` and implement :meth:`train_set`
+    (and usually more)."""
 
     model_class: type = nn.Module
     ddp_forward: bool = True  # the loss runs the model through its forward (so DDP can average gradients)
@@ -77,32 +76,40 @@ class Task:
         return {}
 
     def build_model(self, resume_from: Optional[Path]) -> nn.Module:
-        """The model to train: the newest checkpoint's when resuming, else :func:`load_for_task`."""
+        """The model to train: the newest checkpoint's when resuming, else the starting checkpoint's (through the
+        one loader), else a fresh one from the config."""
+        overrides = self.model_overrides()
         if resume_from is not None:
-            model = self.model_class.from_original(resume_from)
+            model = OscarCheckpoint.open(resume_from).model(self.model_class)
+        elif self.init is not None:
+            model = OscarCheckpoint.open(self.init, "initial checkpoint (--init)").start(self.model_class, overrides,
+                                                                                         self.log)
         else:
-            overrides = self.model_overrides()
-            if self.init is None and self.tokenizer is not None:  # a fresh model: the vocabulary's size
+            if self.tokenizer is not None:  # a fresh model: the vocabulary's size
                 overrides = {"vocab_size": len(self.tokenizer), **overrides}
-            model = load_for_task(self.model_class, self.init, self.model_config, overrides, self.log)
+            model = load_for_task(self.model_class, None, self.model_config, overrides, self.log)
         return self.prepare_model(model)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Checks and adjustments after the weights are in (a fresh model, a starting or a resumed checkpoint)."""
         return model
 
-    def loss(self, module: nn.Module, batch: Batch, ctx: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, module: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, Figures]:
         """(loss, figures to log) of a micro-batch; ``module`` may be the data-parallel wrapper."""
         out = module(**batch)
         return out.loss, self.figures(out, batch)
 
-    def figures(self, out: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    def figures(self, out: Any, batch: Batch) -> Figures:
         """Figures logged beside the loss (tensors: read once per logging step)."""
         return {}
 
     def evaluate(self, model: nn.Module) -> Optional[dict[str, Any]]:
         """Scores of the model at a save (a dict with ``score``), or None when the task has no evaluation set."""
         return None
+
+    def predict(self, model: nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str]) -> Result:
+        """What ``model`` says of images ``keys`` of ``regions`` and of ``texts``."""
+        raise VinvlError(f"{type(self).__name__} predicts nothing")
 
     def save_files(self, folder: Path) -> None:
         """The task's own files in a checkpoint folder (e.g. ``answers.json``)."""

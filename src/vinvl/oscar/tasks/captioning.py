@@ -10,7 +10,7 @@ of each micro-batch dropped. SCST samples ``sc_train_sample_n`` captions per ima
 number), rewards them with CIDEr-D against the image's captions and takes ``-(reward - baseline) * mean log p``,
 the baseline being the greedy (or ``sc_beam_size``-beam) caption's reward or the mean of the other samples'.
 Evaluation decodes in the layout the checkpoint was trained with (:func:`decoding_layout`, the original's
-``restore_training_settings``).
+``restore_training_settings``), its settings merged by the one rule (:func:`trained_layout`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +27,16 @@ import torch.nn.functional as F
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
 from .. import transformers_adapter as hf
-from ..checkpoint import TrainingSettings, latest_checkpoint, require_checkpoint, resolve_checkpoint, training_settings
+from ..checkpoint import latest_checkpoint, training_settings
 from ..data.captions import CaptionData
+from ..data.regions import Key, RegionSource
 from ..generate import generate, sample
+from ..loading import OscarCheckpoint
 from ..metrics.caption import CiderD, coco_caption_metrics, wrap_for_reward
 from ..modeling import OscarForCaptioning
-from ..options import CaptionOptions, DecodeOptions
-from ..tensorize import CaptionTensorizer, load_tokenizer
+from ..options import CaptionOptions, DecodeOptions, TrainingSettings, restore
+from ..runtime import Device, autocast
+from ..tensorize import CaptionTensorizer
 from ..training import Trainer
 from .base import Task, stack, task_tokenizer
 
@@ -155,20 +158,26 @@ class CaptionTask(Task):
 
     model_class = OscarForCaptioning
 
-    def __init__(self, data: CaptionData, options: CaptionOptions, tokenizer: Any, init: Optional[PathLike] = None,
-                 model_config: Any = None, eval_data: Optional[CaptionData] = None, start_settings: Optional[dict] = None,
-                 log: Optional[Callable[[str], None]] = None) -> None:
-        """``start_settings``: the training settings of the checkpoint SCST starts from (its decoding layout)."""
+    def __init__(self, data: Optional[CaptionData], options: CaptionOptions, tokenizer: Any,
+                 init: Optional[PathLike] = None, model_config: Any = None, eval_data: Optional[CaptionData] = None,
+                 start_settings: Optional[dict] = None, log: Optional[Callable[[str], None]] = None,
+                 trained: Optional[Mapping[str, Any]] = None, decode: DecodeOptions = DecodeOptions()) -> None:
+        """``data``: the training split (None: a task that only predicts); ``start_settings``: the layout SCST's
+        starting checkpoint decodes in (:func:`trained_layout`); ``trained``: the settings a loaded model was
+        trained with (:func:`load_captioner`), which :meth:`predict` decodes in with ``decode``."""
         super().__init__(options, tokenizer, init, model_config, log)
         if options.sc_baseline_type not in ("greedy", "sample"):
             raise VinvlError(f"--sc-baseline-type {options.sc_baseline_type!r}: expected greedy or sample")
         if options.scst and options.sc_baseline_type == "sample" and options.sc_train_sample_n < 2:
             raise VinvlError("the sample baseline needs --sc-train-sample-n >= 2")
+        self.data, self.eval_data, self.trained, self.decode = data, eval_data, trained, decode
+        self.ddp_forward = not options.scst  # SCST decodes outside forward: gradients are averaged by hand
+        self._settings: dict[str, Any] = {}
+        if data is None:
+            return
         if not data.captions:
             raise VinvlError(f"{data.name}: no captions to train on")
-        self.data, self.eval_data = data, eval_data
-        self.ddp_forward = not options.scst  # SCST decodes outside forward: gradients are averaged by hand
-        self._settings: dict[str, Any] = {"img_feature_dim": data.dim}
+        self._settings["img_feature_dim"] = data.dim
         if options.scst:
             # decoding inputs keep the tag room the initial model was trained with (restore_training_settings)
             before = start_settings or {}
@@ -184,6 +193,8 @@ class CaptionTask(Task):
                                                                 options.max_masked_tokens), options)
 
     def train_set(self) -> Any:
+        if self.data is None:
+            raise VinvlError("CaptionTask: no training split")
         return self.examples
 
     def model_overrides(self) -> dict[str, Any]:
@@ -269,10 +280,23 @@ class CaptionTask(Task):
         keys = self.eval_data.captioned_keys()
         dcfg = DecodeOptions(num_beams=1, max_gen_length=self.options.max_gen_length,
                              eval_batch_size=self.options.eval_batch_size)
-        caps = caption_images(model, self.tokenizer, keys, self.eval_data, {**self.options.to_dict(), **self._settings}, dcfg)
+        caps = caption_images(model, self.tokenizer, keys, self.eval_data, self.layout_settings(), dcfg)
         refs = [[wrap_for_reward(c) for c in self.eval_data.refs[k]] for k in keys]
         cider = float(CiderD("corpus").scores([wrap_for_reward(c) for c in caps], refs).mean())
         return {"score": cider, "CIDEr-D": cider, "images": len(keys), "decoding": "greedy"}
+
+    def layout_settings(self) -> Mapping[str, Any]:
+        """The settings the model decodes in: a loaded model's training settings, else this run's."""
+        return self.trained if self.trained is not None else {**self.options.to_dict(), **self._settings}
+
+    def predict(self, model: torch.nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str] = ()
+                ) -> list[dict[str, Any]]:
+        """``[{image_id, caption}]`` of images ``keys`` (beam search with ``decode``; ``texts`` unused)."""
+        if regions.dim != model.config.img_feature_dim:
+            raise VinvlError(f"the regions are {regions.dim}-d but the captioner takes {model.config.img_feature_dim}-d: "
+                             "use the detector it was trained on")
+        caps = caption_images(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode)
+        return [{"image_id": k, "caption": c} for k, c in zip(keys, caps)]
 
 
 def train(data: CaptionData, out_dir: PathLike, options: Optional[CaptionOptions] = None, init: Optional[PathLike] = None,
@@ -288,10 +312,14 @@ def train(data: CaptionData, out_dir: PathLike, options: Optional[CaptionOptions
         raise VinvlError(f"{data.name}: no captions to train on")
     tok = task_tokenizer(vocab, init, do_lower_case=options.do_lower_case)
     start = None
-    if options.scst:  # the layout of the checkpoint it starts from (a resumed run's records it too)
+    if options.scst:  # the layout of the model it starts from: a resumed run's as it recorded it, else by the rule
         last = latest_checkpoint(out_dir) if resume else None
-        source = last or (resolve_checkpoint(init) if init is not None else None)
-        start = training_settings(source) if source is not None else {}
+        if last is not None:
+            start = training_settings(last)
+        elif init is not None:
+            start = trained_layout(OscarCheckpoint.open(init, "initial checkpoint (--init)").settings, options)
+        else:
+            start = {}
     task = CaptionTask(data, options, tok, init=init, model_config=model_config, eval_data=eval_data,
                        start_settings=start, log=log)
     return Trainer(task, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
@@ -307,23 +335,35 @@ VINVL_CAPTION_RECIPE: dict[str, Any] = {
 }
 
 
+def trained_layout(recorded: Mapping[str, Any], options: Optional[CaptionOptions] = None) -> TrainingSettings:
+    """The settings a captioner decodes in: what it ``recorded``, its layout (``CaptionOptions.RESTORED``) merged by
+    the one rule: ``options``' explicit values, else the recorded ones, else the defaults (which are
+    :data:`VINVL_CAPTION_RECIPE`)."""
+    rec = recorded if isinstance(recorded, TrainingSettings) else TrainingSettings(recorded)
+    opts = restore(options if options is not None else CaptionOptions(), rec)
+    layout = {name: getattr(opts, name) for name in CaptionOptions.RESTORED}
+    return TrainingSettings({**rec, **layout}, rec.source if rec else "the VinVL captioning recipe")
+
+
 def decoding_settings(checkpoint: PathLike) -> dict[str, Any]:
-    """The training options decoding follows: those ``checkpoint`` records, else :data:`VINVL_CAPTION_RECIPE`."""
-    return training_settings(checkpoint) or TrainingSettings(VINVL_CAPTION_RECIPE, "the VinVL captioning recipe")
+    """The training options decoding follows: those ``checkpoint`` records, its layout completed with
+    :data:`VINVL_CAPTION_RECIPE` (:func:`trained_layout`)."""
+    return trained_layout(training_settings(checkpoint))
 
 
-def load_captioner(checkpoint: PathLike, device: Any = "cpu") -> tuple[OscarForCaptioning, Any, dict[str, Any]]:
+def load_captioner(checkpoint: Union[PathLike, OscarCheckpoint], device: Device = "cpu"
+                   ) -> tuple[OscarForCaptioning, Any, dict[str, Any]]:
     """(model on ``device`` in eval mode, tokenizer, training settings) of a captioning checkpoint (folder, run
-    folder or released zip); a malformed settings record stops before the weights load."""
-    checkpoint = require_checkpoint(checkpoint)
-    settings = decoding_settings(checkpoint)
+    folder, released zip, registry name, or one already opened); a malformed settings record stops before the
+    weights load."""
+    ckpt = checkpoint if isinstance(checkpoint, OscarCheckpoint) else OscarCheckpoint.open(checkpoint)
+    settings = trained_layout(ckpt.settings)
     decoding_layout(settings, DecodeOptions.max_gen_length)
-    model = OscarForCaptioning.from_original(checkpoint)
-    tok = load_tokenizer(checkpoint, do_lower_case=bool(settings.get("do_lower_case", True)))
-    return model.to(device).eval(), tok, settings
+    tok = ckpt.tokenizer(settings.typed("do_lower_case", True))
+    return ckpt.model(OscarForCaptioning, device), tok, settings
 
 
-def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], regions: Any, settings: dict[str, Any],
+def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], regions: Any, settings: Mapping[str, Any],
                    dcfg: DecodeOptions = DecodeOptions()) -> list[str]:
     """Beam-search captions of images ``keys`` of a region source, decoded in the layout the model was trained
     with (``settings``: its training settings)."""
@@ -342,17 +382,24 @@ def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], reg
     return out
 
 
-def evaluate(checkpoint: PathLike, data: CaptionData, out_dir: PathLike, dcfg: DecodeOptions = DecodeOptions(),
-             device: Any = "cpu", spice: Optional[bool] = None, metrics: bool = True) -> dict[str, Any]:
+def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: PathLike,
+             dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", spice: Optional[bool] = None,
+             metrics: bool = True, precision: str = "fp32", captions: Optional[PathLike] = None) -> dict[str, Any]:
     """Caption the split's images (those with captions, else all) and score them: writes
-    ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``."""
+    ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``. ``data``: a
+    split, or what :class:`CaptionData` opens (with ``captions``), read once the checkpoint is found."""
+    ckpt = OscarCheckpoint.open(checkpoint)
+    data = data if isinstance(data, CaptionData) else CaptionData(data, captions)
     keys = data.captioned_keys() or list(data.keys)
     if not keys:
         raise VinvlError(f"{data.name}: no images to caption")
-    model, tok, settings = load_captioner(checkpoint, device)
+    model, tok, settings = load_captioner(ckpt, device)
     if model.config.img_feature_dim != data.dim:
         raise VinvlError(f"{data.name}: regions are {data.dim}-d but {checkpoint} takes {model.config.img_feature_dim}-d")
-    caps = caption_images(model, tok, keys, data, settings, dcfg)
+    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg)
+    with autocast(next(model.parameters()).device, precision):
+        rows = task.predict(model, data, keys)
+    caps = [r["caption"] for r in rows]
     out = Path(out_dir)
     results = [{"image_id": data.image_ids.get(k, k), "caption": c} for k, c in zip(keys, caps)]
     atomic_write_json(out / "results.json", results, indent=1)
@@ -365,20 +412,30 @@ def evaluate(checkpoint: PathLike, data: CaptionData, out_dir: PathLike, dcfg: D
 
 
 def predict(checkpoint: PathLike, regions: Any, keys: Sequence[str], out_dir: PathLike,
-            dcfg: DecodeOptions = DecodeOptions(), device: Any = "cpu") -> Path:
+            dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", precision: str = "fp32") -> Path:
     """Captions of images ``keys`` of a region source (e.g. what :func:`vinvl.regions.regions_for_images` made);
     writes ``out_dir/results.json`` ([{image_id, caption}], image_id = the image key) and returns it."""
+    return predict_images(checkpoint, lambda dev: (keys, regions), out_dir, dcfg, device, precision)
+
+
+def predict_images(checkpoint: PathLike, detect: Callable[[Any], tuple[Sequence[Key], RegionSource]],
+                   out_dir: PathLike, dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu",
+                   precision: str = "fp32") -> Path:
+    """:meth:`CaptionTask.predict` of a checkpoint: the captioner loads first, then ``detect`` (device -> image
+    keys and their regions) runs; writes ``out_dir/results.json`` and returns it."""
     model, tok, settings = load_captioner(checkpoint, device)
-    if regions.dim != model.config.img_feature_dim:
-        raise VinvlError(f"the regions are {regions.dim}-d but {checkpoint} takes {model.config.img_feature_dim}-d: "
-                         "use the detector the captioner was trained on")
-    caps = caption_images(model, tok, keys, regions, settings, dcfg)
+    dev = next(model.parameters()).device
+    keys, regions = detect(dev)
+    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg)
+    with autocast(dev, precision):
+        rows = task.predict(model, regions, keys)
     path = Path(out_dir) / "results.json"
-    atomic_write_json(path, [{"image_id": k, "caption": c} for k, c in zip(keys, caps)], indent=1)
+    atomic_write_json(path, rows, indent=1)
     return path
 
 
 __all__ = [
     "CaptionData", "CaptionTask", "DecodingLayout", "VINVL_CAPTION_RECIPE", "caption_images", "caption_loss",
-    "decoding_layout", "decoding_settings", "evaluate", "load_captioner", "predict", "train",
+    "decoding_layout", "decoding_settings", "evaluate", "load_captioner", "predict", "predict_images", "train",
+    "trained_layout",
 ]

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+from torch import nn
 
 from ...errors import VinvlError
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..options import GQAOptions
 from .base import predict_logits
-from .classification import ClassificationTask, train_qa
+from .classification import AnswerTask, QAFiles, fine_tune
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,7 +48,7 @@ def split_file(data_dir: PathLike, split: str, data_type: str = "bal") -> Path:
 def load_split(qa_file: PathLike, features: Any, vocab: AnswerVocab, tokenizer: Any, options: GQAOptions,
                test: Optional[bool] = None) -> QADataset:
     """A split's dataset with answer-index targets (see :func:`vinvl.oscar.data.qa.load_qa_split`)."""
-    return load_qa_split(qa_file, features, vocab, tokenizer, options, "index", test)
+    return load_qa_split(qa_file, features, vocab, tokenizer, options, GQATask.TARGETS, test)
 
 
 def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tuple[dict[str, Any], list[dict]]:
@@ -62,12 +63,14 @@ def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tu
     return metrics, results
 
 
-def task(train_set: QADataset, vocab: AnswerVocab, options: GQAOptions, tokenizer: Any, init: Optional[PathLike] = None,
-         model_config: Any = None, eval_set: Optional[QADataset] = None,
-         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
-    """The GQA training task (cross-entropy over the answers)."""
-    return ClassificationTask(train_set, options, tokenizer, len(vocab), init=init, model_config=model_config,
-                              eval_set=eval_set, score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], vocab=vocab, log=log)
+class GQATask(AnswerTask):
+    """GQA fine-tuning: cross-entropy over the answers."""
+
+    LABEL_FILE, LABEL2ANS_FILE, SOFTMAX, TARGETS = LABEL_FILE, LABEL2ANS_FILE, SOFTMAX, "index"
+    options: GQAOptions
+
+    def score(self, model: nn.Module, dataset: QADataset) -> tuple[dict[str, Any], list[dict]]:
+        return evaluate(model, dataset, self.options.eval_batch_size)
 
 
 def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir: PathLike, options: GQAOptions,
@@ -75,5 +78,5 @@ def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir
           eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           callbacks: tuple = ()) -> Path:
     """Fine-tune for GQA; returns the last ``checkpoint-N``."""
-    return train_qa(load_split, task, train_file, train_features, vocab, out_dir, options, tokenizer, init, model_config,
-                    eval_file, eval_features, resume, log, callbacks)
+    task = GQATask(options, tokenizer, vocab, init=init, model_config=model_config, log=log)
+    return fine_tune(task, QAFiles(train_file, train_features, eval_file, eval_features), out_dir, resume, log, callbacks)

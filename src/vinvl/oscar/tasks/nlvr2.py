@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from ...errors import VinvlError
 from ..data.qa import PairDataset, load_pair_split
+from ..data.regions import Key, RegionSource
 from ..modeling import OscarForMultipleChoice
 from ..options import NLVR2Options
-from ..training import Trainer
 from .base import predict_logits
-from .classification import ClassificationTask, check_region_width
+from .classification import ClassificationTask, QAFiles, check_region_width, fine_tune
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,13 +76,31 @@ def evaluate(model: torch.nn.Module, ds: PairDataset, batch_size: int = 64) -> t
     return metrics, results
 
 
-def task(train_set: PairDataset, options: NLVR2Options, tokenizer: Any, init: Optional[PathLike] = None,
-         model_config: Any = None, eval_set: Optional[PairDataset] = None,
-         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
-    """The NLVR2 training task: the pair model, 2 choices, cross-entropy over false/true."""
-    return ClassificationTask(train_set, options, tokenizer, 2, init=init, model_config=model_config, eval_set=eval_set,
-                              score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], model_class=OscarForMultipleChoice,
-                              overrides={"num_choice": 2}, log=log)
+class NLVR2Task(ClassificationTask):
+    """NLVR2 fine-tuning: the pair model, 2 choices, cross-entropy over false/true; :meth:`predict` takes the image
+    keys in (left, right) pairs."""
+
+    model_class = OscarForMultipleChoice
+    options: NLVR2Options
+
+    @property
+    def num_labels(self) -> int:
+        return 2
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {**super().model_overrides(), "num_choice": 2}
+
+    def load(self, path: PathLike, features: Any, test: Optional[bool] = None) -> PairDataset:
+        return load_split(path, features, self.tokenizer, self.options)
+
+    def score(self, model: nn.Module, dataset: PairDataset) -> tuple[dict[str, Any], list[dict]]:
+        return evaluate(model, dataset, self.options.eval_batch_size)
+
+    def predict(self, model: nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str]) -> list[dict]:
+        if len(keys) % 2:
+            raise VinvlError(f"NLVR2 judges image pairs: {len(keys)} image keys given")
+        pairs = list(zip(keys[0::2], keys[1::2]))
+        return judge(model, self.tokenizer, regions, pairs, texts, self.options, self.options.eval_batch_size)
 
 
 def train(train_file: PathLike, train_features: Any, out_dir: PathLike, options: NLVR2Options, tokenizer: Any,
@@ -89,14 +108,8 @@ def train(train_file: PathLike, train_features: Any, out_dir: PathLike, options:
           eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           callbacks: tuple = ()) -> Path:
     """Fine-tune the pair model for NLVR2; returns the last ``checkpoint-N``."""
-    options.check()
-    train_set = load_split(train_file, train_features, tokenizer, options)
-    eval_set = None
-    if eval_file is not None:
-        eval_set = load_split(eval_file, eval_features if eval_features is not None else train_set.regions, tokenizer,
-                              options)
-    t = task(train_set, options, tokenizer, init, model_config, eval_set, log)
-    return Trainer(t, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
+    task = NLVR2Task(options, tokenizer, init=init, model_config=model_config, log=log)
+    return fine_tune(task, QAFiles(train_file, train_features, eval_file, eval_features), out_dir, resume, log, callbacks)
 
 
 def judge(model: torch.nn.Module, tokenizer: Any, regions: Any, pairs: Sequence[tuple[str, str]], sentences: Sequence[str],

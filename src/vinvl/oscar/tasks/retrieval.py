@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -29,13 +30,15 @@ import torch.nn.functional as F
 from ...atomic import atomic_write
 from ...errors import VinvlError
 from .. import transformers_adapter as hf
-from ..checkpoint import require_checkpoint, training_settings
+from ..data.regions import RegionSource
 from ..data.retrieval import Key, RetrievalSplit, RetrievalTrainSet, load_split, open_images
+from ..loading import from_pretrained
 from ..metrics.retrieval import fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
-from ..tensorize import RetrievalTensorizer, load_tokenizer, pad_regions
-from ..training import Trainer, autocast, stderr_log
+from ..runtime import Device, autocast, stderr_log
+from ..tensorize import RetrievalTensorizer, pad_regions
+from ..training import Trainer
 from .base import Task, task_tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -241,39 +244,32 @@ def two_stage_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequ
     return scorer.score_matrix(images, captions, subsets=subsets, progress=progress), int(pick.sum())
 
 
-# -- settings a checkpoint was trained with -------------------------------------------------------
-def restore_settings(checkpoint: PathLike, cfg: RetrievalOptions, log: Callable[[str], None]) -> RetrievalOptions:
-    """The input settings a checkpoint was trained with (``training_args.json`` of vinvl, or the
-    original's ``training_args.bin``) override ``cfg``'s, as the original's ``restore_training_settings``."""
-    args = training_settings(checkpoint)
-    for name in ("max_seq_length", "max_img_seq_length", "add_od_labels"):
-        value = args.typed(name, getattr(cfg, name))
-        if value != getattr(cfg, name):
-            log(f"override {name} with the training value: {getattr(cfg, name)} -> {value}")
-            setattr(cfg, name, value)
-    return cfg
-
-
 # -- training -----------------------------------------------------------------------------------
 class RetrievalTask(Task):
-    """Matched/unmatched classification of (caption, image) pairs; R@1 on ``eval_split`` at each save."""
+    """Matched/unmatched classification of (caption, image) pairs; R@1 on ``eval_split`` at each save; the best
+    captions of each image and images of each caption (:meth:`predict`)."""
 
     model_class = OscarForSequenceClassification
+    options: RetrievalOptions
 
-    def __init__(self, split: RetrievalSplit, options: RetrievalOptions, tokenizer: Any, init: Optional[PathLike] = None,
-                 model_config: Any = None, eval_split: Optional[RetrievalSplit] = None,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, split: Optional[RetrievalSplit], options: RetrievalOptions, tokenizer: Any,
+                 init: Optional[PathLike] = None, model_config: Any = None, eval_split: Optional[RetrievalSplit] = None,
+                 log: Optional[Callable[[str], None]] = None, top: int = 5) -> None:
+        """``split``: the training split (None: a task that only predicts); ``top``: the results :meth:`predict`
+        lists per query."""
         super().__init__(options, tokenizer, init, model_config, log)
         self.builder = RetrievalTensorizer(tokenizer, options.max_seq_length, options.max_img_seq_length,
                                            options.add_od_labels)
-        self.examples = RetrievalTrainSet(split, self.builder, options.seed)
-        self.eval_split = eval_split
+        self.examples = RetrievalTrainSet(split, self.builder, options.seed) if split is not None else None
+        self.eval_split, self.top = eval_split, top
 
     def train_set(self) -> RetrievalTrainSet:
+        if self.examples is None:
+            raise VinvlError("RetrievalTask: no training split")
         return self.examples
 
     def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
-        return self.examples.collate(examples, self.options.num_labels)
+        return self.train_set().collate(examples, self.options.num_labels)
 
     def model_overrides(self) -> dict[str, Any]:
         o = self.options
@@ -293,6 +289,23 @@ class RetrievalTask(Task):
         result["score"] = (result["i2t_retrieval"]["R@1"] + result["t2i_retrieval"]["R@1"]) / 2
         return result
 
+    def predict(self, model: torch.nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str]
+                ) -> dict[str, Any]:
+        """For each image ``keys``, its ``top`` captions of ``texts``; for each caption, its ``top`` images; every
+        entry ``{"caption"|"image": ..., "score": ...}`` (the matched logit)."""
+        o, builder = self.options, self.builder
+        if not keys or not texts:
+            raise VinvlError("rank needs at least one image and one caption")
+        images = [(regions.regions(k), builder.ids(regions.tags(k)) if o.add_od_labels else []) for k in keys]
+        scorer = FastScorer(model, builder, batch_size=o.eval_batch_size, precision=o.precision)
+        s = scorer.score_matrix(images, [builder.ids(c) for c in texts])
+        kc, ki = min(self.top, len(texts)), min(self.top, len(keys))
+        by_image = {str(k): [{"caption": texts[j], "score": float(s[i, j])} for j in s[i].topk(kc).indices.tolist()]
+                    for i, k in enumerate(keys)}
+        by_caption = {c: [{"image": str(keys[i]), "score": float(s[i, j])} for i in s[:, j].topk(ki).indices.tolist()]
+                      for j, c in enumerate(texts)}
+        return {"images": by_image, "captions": by_caption}
+
 
 def train(data_dir: PathLike, out_dir: PathLike, options: Optional[RetrievalOptions] = None,
           init: Optional[PathLike] = None, vocab: Optional[PathLike] = None, model_config: Any = None,
@@ -311,13 +324,6 @@ def train(data_dir: PathLike, out_dir: PathLike, options: Optional[RetrievalOpti
     return Trainer(task, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
 
 
-def load_checkpoint(checkpoint: PathLike, device: Any = "cpu") -> tuple[OscarForSequenceClassification, Any, Path]:
-    """A retrieval checkpoint (folder or run folder: its newest ``checkpoint-N/``), its tokenizer, its folder."""
-    folder = require_checkpoint(checkpoint)
-    model = OscarForSequenceClassification.from_original(folder).to(device).eval()
-    return model, load_tokenizer(folder), folder
-
-
 # -- evaluation ---------------------------------------------------------------------------------
 def split_inputs(data: RetrievalSplit, builder: RetrievalTensorizer) -> tuple[list[Image], list[list[int]], list[int]]:
     """Images (regions, tag ids), caption ids and the caption -> image index map of a split."""
@@ -328,16 +334,17 @@ def split_inputs(data: RetrievalSplit, builder: RetrievalTensorizer) -> tuple[li
 
 def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys_file: Optional[PathLike] = None,
              features: Optional[PathLike] = None, cfg: Optional[RetrievalOptions] = None, folds: int = 1,
-             batch_size: int = 256, device: Any = "cpu", precision: str = "fp32", two_stage: int = 0,
+             batch_size: int = 256, device: Device = "cpu", precision: str = "fp32", two_stage: int = 0,
              first_stage: str = "tags", compare_full: bool = False, scores_out: Optional[PathLike] = None,
              log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """R@1/5/10 both ways on ``split`` (``keys_file``: e.g. ``test_img_keys.tsv`` for COCO 5K), from
     the full score matrix; ``folds``: also the mean over that many image folds (5: COCO 1K);
     ``two_stage`` k > 0: the full model only on each side's top-k ``first_stage`` candidates
-    (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost)."""
+    (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost). The input layout
+    (``RetrievalOptions.RESTORED``) follows the one rule: ``cfg``'s explicit values, else the checkpoint's."""
     log = log or stderr_log
-    model, tok, folder = load_checkpoint(checkpoint, device)
-    cfg = restore_settings(folder, cfg or RetrievalOptions(), log)
+    loaded = from_pretrained(checkpoint, OscarForSequenceClassification, cfg or RetrievalOptions(), device, log)
+    model, tok, folder, cfg = loaded.model, loaded.tokenizer, loaded.checkpoint.path, loaded.options
     data = load_split(data_dir, split, features, keys_file, cfg.captions_per_image)
     builder = RetrievalTensorizer(tok, cfg.max_seq_length, cfg.max_img_seq_length, cfg.add_od_labels)
     images, captions, owner = split_inputs(data, builder)
@@ -375,26 +382,17 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
 
 # -- ranking new inputs -------------------------------------------------------------------------
 def rank(checkpoint: PathLike, features: PathLike, captions: Sequence[str], image_keys: Optional[Sequence[Key]] = None,
-         top: int = 5, batch_size: int = 256, device: Any = "cpu", precision: str = "fp32",
-         log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
-    """For each image of a feature folder (or ``image_keys`` of it), its ``top`` captions; for each
-    caption, its ``top`` images; every entry ``{"caption"|"image": ..., "score": ...}``."""
-    log = log or stderr_log
-    model, tok, folder = load_checkpoint(checkpoint, device)
-    cfg = restore_settings(folder, RetrievalOptions(), log)
-    builder = RetrievalTensorizer(tok, cfg.max_seq_length, cfg.max_img_seq_length, cfg.add_od_labels)
+         top: int = 5, batch_size: int = 256, device: Device = "cpu", precision: str = "fp32",
+         log: Optional[Callable[[str], None]] = None, options: Optional[RetrievalOptions] = None) -> dict[str, Any]:
+    """:meth:`RetrievalTask.predict` of a checkpoint over the images of a feature folder (or ``image_keys`` of it)
+    and ``captions`` (the input layout by the one rule: ``options``' explicit values, else the checkpoint's)."""
+    opts = copy.copy(options) if options is not None else RetrievalOptions()
+    opts.eval_batch_size, opts.precision = batch_size, precision
+    loaded = from_pretrained(checkpoint, OscarForSequenceClassification, opts, device, log or stderr_log)
+    task = RetrievalTask(None, loaded.options, loaded.tokenizer, log=log, top=top)
     src = open_images(features)
     keys = list(image_keys) if image_keys is not None else src.keys()
-    if not keys or not captions:
-        raise VinvlError("rank needs at least one image and one caption")
-    images = [(src.regions(k), builder.ids(src.tags(k)) if cfg.add_od_labels else []) for k in keys]
-    s = FastScorer(model, builder, batch_size=batch_size, precision=precision).score_matrix(images, [builder.ids(c) for c in captions])
-    kc, ki = min(top, len(captions)), min(top, len(keys))
-    by_image = {str(k): [{"caption": captions[j], "score": float(s[i, j])} for j in s[i].topk(kc).indices.tolist()]
-                for i, k in enumerate(keys)}
-    by_caption = {c: [{"image": str(keys[i]), "score": float(s[i, j])} for i in s[:, j].topk(ki).indices.tolist()]
-                  for j, c in enumerate(captions)}
-    return {"images": by_image, "captions": by_caption}
+    return task.predict(loaded.model, src, keys, captions)
 
 
 def naive_vs_fast(model: OscarForSequenceClassification, builder: RetrievalTensorizer, images: Sequence[Image],
@@ -407,5 +405,5 @@ def naive_vs_fast(model: OscarForSequenceClassification, builder: RetrievalTenso
 
 __all__ = [
     "RetrievalTask", "positive_score", "naive_scores", "FastScorer", "embed", "first_stage_scores", "two_stage_scores",
-    "restore_settings", "train", "load_checkpoint", "split_inputs", "evaluate", "rank", "naive_vs_fast",
+    "train", "split_inputs", "evaluate", "rank", "naive_vs_fast",
 ]

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+from torch import nn
 
 from ...errors import VinvlError
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..metrics.qa import vqa_score
 from ..options import VQAOptions
 from .base import predict_logits
-from .classification import ClassificationTask, train_qa
+from .classification import AnswerTask, QAFiles, fine_tune
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,7 +65,7 @@ def split_files(data_dir: PathLike, split: str, label_type: str = "mask", txt_da
 def load_split(qa_file: PathLike, features: Any, vocab: AnswerVocab, tokenizer: Any, options: VQAOptions,
                test: Optional[bool] = None) -> QADataset:
     """A split's dataset with soft-score targets (see :func:`vinvl.oscar.data.qa.load_qa_split`)."""
-    return load_qa_split(qa_file, features, vocab, tokenizer, options, "soft", test)
+    return load_qa_split(qa_file, features, vocab, tokenizer, options, VQATask.TARGETS, test)
 
 
 def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tuple[dict[str, Any], list[dict]]:
@@ -80,14 +81,17 @@ def evaluate(model: torch.nn.Module, ds: QADataset, batch_size: int = 256) -> tu
     return metrics, results
 
 
-def task(train_set: QADataset, vocab: AnswerVocab, options: VQAOptions, tokenizer: Any, init: Optional[PathLike] = None,
-         model_config: Any = None, eval_set: Optional[QADataset] = None,
-         log: Optional[Callable[[str], None]] = None) -> ClassificationTask:
-    """The VQA training task (soft-score BCE; the training log's ``score`` is the batch's VQA score)."""
-    return ClassificationTask(
-        train_set, options, tokenizer, len(vocab), init=init, model_config=model_config, eval_set=eval_set,
-        score_fn=lambda m, ds, bs: evaluate(m, ds, bs)[0], vocab=vocab,
-        figures_fn=lambda out, batch: {"score": vqa_score(out.logits.detach(), batch["labels"]).mean()}, log=log)
+class VQATask(AnswerTask):
+    """VQA fine-tuning: soft-score BCE over the answers; the training log's ``score`` is the batch's VQA score."""
+
+    LABEL_FILE, LABEL2ANS_FILE, SOFTMAX, TARGETS = LABEL_FILE, LABEL2ANS_FILE, SOFTMAX, "soft"
+    options: VQAOptions
+
+    def score(self, model: nn.Module, dataset: QADataset) -> tuple[dict[str, Any], list[dict]]:
+        return evaluate(model, dataset, self.options.eval_batch_size)
+
+    def figures(self, out: Any, batch: dict) -> dict:
+        return {"score": vqa_score(out.logits.detach(), batch["labels"]).mean()}
 
 
 def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir: PathLike, options: VQAOptions,
@@ -96,5 +100,5 @@ def train(train_file: PathLike, train_features: Any, vocab: AnswerVocab, out_dir
           callbacks: tuple = ()) -> Path:
     """Fine-tune for VQA; each checkpoint also holds ``answers.json`` and, with ``eval_file``, its VQA score.
     Returns the last ``checkpoint-N``."""
-    return train_qa(load_split, task, train_file, train_features, vocab, out_dir, options, tokenizer, init, model_config,
-                    eval_file, eval_features, resume, log, callbacks)
+    task = VQATask(options, tokenizer, vocab, init=init, model_config=model_config, log=log)
+    return fine_tune(task, QAFiles(train_file, train_features, eval_file, eval_features), out_dir, resume, log, callbacks)
