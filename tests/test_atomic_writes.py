@@ -25,8 +25,7 @@ OWN_RULE = {
     ("download.py", "Downloader._fetch_whole"): "NAME.part, committed after its MD5 check",
     ("download.py", "_RangedFile.__init__"): "NAME.part, committed after its MD5 check",
     ("extract/run.py", "_Shard.__init__"): "the extraction journal and shard files: append-only, cut back on --resume",
-    ("oscar/training.py", "Trainer._log_window"): "log.jsonl: append-only, rewritten atomically to the checkpoint's step on --resume",
-    ("detection/train.py", "train"): "log.jsonl: append-only",
+    ("training/engine.py", "Engine._log_window"): "log.jsonl: append-only, rewritten atomically to the checkpoint's step on --resume",
 }
 WRITE_MODES = ("w", "a", "x", "+")
 

@@ -22,8 +22,10 @@ BOTH_SIDES = ["vinvl.regions", "vinvl.caption", "vinvl.cli", "vinvl.__main__"]
 LAYERS: list[tuple[str, list[str]]] = [
     ("file formats", FORMATS),
     ("the transfer engine", ["vinvl.download"]),
-    ("released assets and the detector's configuration", ["vinvl.registry", "vinvl.config"]),
+    ("released assets, the detector's configuration and the training options",
+     ["vinvl.registry", "vinvl.config", "vinvl.training.options"]),
     ("tools over files", ["vinvl.draw", "vinvl.corpus", "vinvl.datasets"]),
+    ("the training engine (both halves train through it)", ["vinvl.training"]),
     ("the detector and Oscar+ (rule 3 keeps them apart)", ["vinvl.detection", "vinvl.oscar"]),
     ("extraction (uses the detector)", ["vinvl.extract"]),
     ("what joins the halves", ["vinvl.regions", "vinvl.caption"]),
@@ -223,7 +225,16 @@ def test_the_layer_check_itself() -> None:
     assert layer("vinvl.corpus.layout") == "file formats" and layer("vinvl.corpus.build") == "tools over files"
     assert layer("vinvl") == "file formats" and layer("vinvl.cli.download") == "the CLI" and _layer("vinvl.x") is None
     assert _layer("vinvl.registry") > _layer("vinvl.download")  # the engine knows no registry
+    assert _layer("vinvl.config") == _layer("vinvl.training.options") < _layer("vinvl.training.engine")
+    assert _layer("vinvl.training.engine") < _layer("vinvl.detection") == _layer("vinvl.oscar")
     assert "vinvl.download" in GRAPH["vinvl.registry"] and "vinvl.errors" in GRAPH["vinvl.atomic"]
+
+
+def test_one_training_engine_for_both_halves() -> None:
+    """The detector and every Oscar+ task train through vinvl.training.engine, which knows neither half."""
+    assert "vinvl.training.engine" in GRAPH["vinvl.detection.train"]
+    assert "vinvl.training.engine" in GRAPH["vinvl.oscar.training"]
+    assert _breaches(["vinvl.training"], ["vinvl.detection", "vinvl.oscar", "vinvl.extract"]) == []
 
 
 def test_no_private_names_across_modules() -> None:

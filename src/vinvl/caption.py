@@ -113,7 +113,7 @@ def caption(
     from .oscar.checkpoint import read_config  # torch and transformers: only now that nothing above refused
     from .oscar.configuration import OscarConfig
     from .oscar.tasks.captioning import predict
-    from .oscar.training import resolve_device
+    from .training.runtime import resolve_device
     from .regions import regions_for_images
 
     read_config(ckpt, OscarConfig)  # the whole config.json is a model config (one line naming it if not)

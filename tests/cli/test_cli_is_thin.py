@@ -21,9 +21,9 @@ BUILDERS = {"Detector", "AttrRCNN", "ExtractOptions", "DetectorConfig", "LabelMa
 ASSEMBLY = {"detector_preset", "apply_set_options", "load_original", "resolve_detector", "default_detector",
             "resolve_pretrained", "collect_inputs", "match_given_boxes", "dataset_label_boxes", "make_key_rule", "choose",
             "file_sha256", "extract", "evaluate"}
-# The detector commands this applies to, and the functions that are theirs (`vinvl detector train` belongs to the
-# training engine, which still assembles its own config).
-THIN = {"extract.py": None, "caption.py": None, "detector.py": {"evaluate"}}
+# The detector commands this applies to, and the functions that are theirs (`vinvl detector train` hands the preset's
+# name and the --set strings to vinvl.detection.train.train, which assembles the detector).
+THIN = {"extract.py": None, "caption.py": None, "detector.py": {"train", "evaluate"}}
 
 
 def _functions(tree: ast.AST) -> dict[ast.AST, str]:

@@ -14,24 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vinvl.config import detector_preset
+from vinvl.config import TrainConfig, detector_preset
 from vinvl.datasets.shapes import generate_shapes
 from vinvl.detection import AttrRCNN, Detector, Target
 from vinvl.detection.attributes import select_attributes
 from vinvl.detection.box_coder import BoxCoder
 from vinvl.detection.dataset import DetectionDataset, collate
-from vinvl.detection.losses import BoxLossConfig, RPNLossConfig, attribute_loss, box_loss, rpn_loss, sample_rois
+from vinvl.detection.losses import attribute_loss, box_loss, rpn_loss, sample_rois
 from vinvl.detection.model import RawDetections
 from vinvl.detection.postprocess import select_detections
 from vinvl.detection.preprocess import pad_batch
 from vinvl.detection.rpn import flatten_head_output
-from vinvl.detection.train import TrainConfig, use_trainable_bn
+from vinvl.detection.train import use_trainable_bn
 
 
 def old_training_losses(model, samples, tc: TrainConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """train.py's ``training_losses`` before the model had one forward."""
-    rpn_cfg = RPNLossConfig(batch_per_image=tc.rpn_batch_per_image)
-    box_cfg = BoxLossConfig(batch_per_image=tc.roi_batch_per_image, positive_fraction=tc.roi_positive_fraction)
+    """train.py's ``training_losses`` before the model had one forward (its loss settings now one TrainConfig)."""
     coder = BoxCoder(model.cfg.box_head.bbox_reg_weights)
     x = pad_batch([s.image for s in samples])
     sizes = [s.size for s in samples]
@@ -44,14 +42,14 @@ def old_training_losses(model, samples, tc: TrainConfig, gen: torch.Generator) -
     anchors = model.rpn.anchor_generator.grid_anchors(h, w)
     obj_flat = flatten_head_output(objectness, 1).view(n, -1)
     del_flat = flatten_head_output(deltas, 4)
-    loss_obj, loss_rpn_box = rpn_loss(obj_flat, del_flat, anchors, gt_boxes, sizes, rpn_cfg, gen)
+    loss_obj, loss_rpn_box = rpn_loss(obj_flat, del_flat, anchors, gt_boxes, sizes, tc, gen)
     with torch.no_grad():
         proposals = [p for p, _ in model.rpn.select(objectness.detach(), deltas.detach(), sizes, tc.rpn_pre_nms_top_n, tc.rpn_post_nms_top_n)]
-    rois = sample_rois(proposals, gt_boxes, gt_labels, gt_attrs, coder, box_cfg, gen)
+    rois = sample_rois(proposals, gt_boxes, gt_labels, gt_attrs, coder, tc, gen)
     extractor = model.roi_heads.box.feature_extractor
     pooled = extractor(c4, rois.boxes)
     logits, box_deltas = model.roi_heads.box.predictor(pooled)
-    loss_cls, loss_box = box_loss(logits, box_deltas, rois, box_cfg)
+    loss_cls, loss_box = box_loss(logits, box_deltas, rois, tc)
     out = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box, "loss_classifier": loss_cls, "loss_box_reg": loss_box}
     if model.attribute is not None:
         pos = torch.nonzero(rois.positive).squeeze(1)
@@ -106,7 +104,7 @@ def setup(shapes: Path, overrides: dict, train: dict, seed: int = 0):
     cfg = detector_preset("tiny").replace(min_size=96, max_size=128, num_classes=6, num_attributes=9, **overrides)
     tc = TrainConfig(**({"roi_batch_per_image": 32, "rpn_post_nms_top_n": 50} | train))
     torch.manual_seed(seed)
-    model = AttrRCNN(cfg, tc.loss_config())
+    model = AttrRCNN(cfg, tc)
     if tc.trainable_bn:
         use_trainable_bn(model)
     return cfg, tc, model.train(), DetectionDataset(shapes / "dataset.yaml")
@@ -180,7 +178,7 @@ def test_loss_settings_come_from_the_model(shapes: Path) -> None:
     cfg, tc, model, ds = setup(shapes, {}, {})
     samples = [ds.sample(i, cfg.input) for i in (0, 1)]
     a = model(*collate(samples), generator=torch.Generator().manual_seed(0))[1]
-    model.loss_config.attribute_weight *= 2
+    model.train_config.attribute_loss_weight *= 2
     b = model(*collate(samples), generator=torch.Generator().manual_seed(0))[1]
     assert torch.equal(b["loss_classifier"], a["loss_classifier"])
     torch.testing.assert_close(b["loss_attribute"], 2 * a["loss_attribute"])

@@ -1,23 +1,30 @@
-"""Detector training: matching and sampling, the losses, BN folding into the checkpoint layout, a short
-run whose loss goes down, fine-tuning with a new class set, resume, and evaluation."""
+"""Detector training through the training engine: matching and sampling, the losses, BN folding into the checkpoint
+layout, the schedule, a short run whose loss goes down (checkpoints, a longer resume), fine-tuning with a new class
+set (evaluation at each save, then `vinvl detector eval`), and the engine's guarantees for the detector: 2 gloo
+processes under torchrun equal 1 process with the same global batch, and a run SIGKILLed mid-epoch then resumed
+equals the uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.processes import run_module
 from vinvl.cli import main
-from vinvl.config import detector_preset
+from vinvl.config import TrainConfig, detector_preset
 from vinvl.datasets.shapes import generate_shapes
 from vinvl.detection import Detector
 from vinvl.detection.detector import AttrRCNN
 from vinvl.detection.losses import BELOW, BETWEEN, attribute_loss, box_iou, match, sample
-from vinvl.detection.train import TrainConfig, export_state_dict, train, use_trainable_bn
-
+from vinvl.detection.train import DetectorTask, export_state_dict, train, use_trainable_bn
+from vinvl.training.task import TrainingTask
 
 def test_iou_match_and_sample() -> None:
     a = torch.tensor([[0.0, 0, 9, 9], [0, 0, 4, 9]])
@@ -72,25 +79,56 @@ def shapes(tmp_path_factory) -> Path:
     return d
 
 
-def test_loss_goes_down_and_resume(shapes: Path, tmp_path: Path) -> None:
+def test_the_detector_is_a_task_of_the_engine(shapes: Path) -> None:
+    """DetectorTask has every member of the engine's protocol with its signature; its optimiser is the recipe's:
+    SGD (momentum 0.9, weight decay 1e-4), warm-up from 1/3 of the rate, then x0.1 at 75% and at 92% of the steps."""
+    members = [n for n, v in vars(TrainingTask).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert {"train_set", "collate", "build_model", "optimizer", "loss", "evaluate", "save_checkpoint"} <= set(members)
+    for name in members:
+        want = list(inspect.signature(getattr(TrainingTask, name)).parameters)
+        assert list(inspect.signature(getattr(DetectorTask, name)).parameters) == want, name
+    assert isinstance(DetectorTask.ddp_forward, bool) and isinstance(DetectorTask.unused_parameters, bool)
+    task = DetectorTask(detector_preset("tiny"), shapes / "dataset.yaml", TrainConfig(warmup_steps=10))
+    opt, schedule = task.optimizer(torch.nn.Linear(2, 2), total=100, fused=False)
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    lrs = []
+    for _ in range(100):
+        lrs.append(schedule.get_last_lr()[0])
+        opt.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.02 / 3) and lrs[5] == pytest.approx(0.02 * (1 / 3 + 2 / 3 * 0.5))
+    assert all(lr == pytest.approx(0.02) for lr in lrs[10:75]) and all(lr == pytest.approx(0.002) for lr in lrs[75:92])
+    assert all(lr == pytest.approx(0.0002) for lr in lrs[92:])
+
+
+def test_loss_goes_down_checkpoints_and_a_longer_resume(shapes: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    tc = TrainConfig(iterations=30, images_per_batch=2, base_lr=0.01, warmup_iters=5, roi_batch_per_image=32,
-                     trainable_bn=True, log_every=5, checkpoint_every=15, rpn_post_nms_top_n=50)
+    tc = TrainConfig(max_steps=30, batch_size=2, learning_rate=0.01, warmup_steps=5, roi_batch_per_image=32,
+                     trainable_bn=True, log_steps=5, save_steps=15, rpn_post_nms_top_n=50, device="cpu")
     cfg = detector_preset("tiny").replace(min_size=96, max_size=128)
-    train(cfg, shapes / "dataset.yaml", tmp_path / "run", tc, log=lambda m: None)
-    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == [5, 10, 15, 20, 25, 30]
+    run = tmp_path / "run"
+    final = train(cfg, shapes / "dataset.yaml", run, tc, log=lambda m: None)
+    assert final == run / "model_final.pth"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
     assert log[-1]["loss"] < 0.7 * log[0]["loss"], log
-    for name in ("model_0000015.pth", "model_final.pth", "labelmap.json", "last_checkpoint.pth"):
-        assert (tmp_path / "run" / name).is_file()
-    det = Detector.from_checkpoint(tmp_path / "run/model_final.pth", preset=cfg.replace(num_classes=6, num_attributes=9),
-                                   labelmap=tmp_path / "run/labelmap.json")
+    for n in (15, 30):
+        for name in ("model.pth", "labelmap.json", "training_args.json", "training_model.pth", "training_state.pt"):
+            assert (run / f"checkpoint-{n}" / name).is_file(), (n, name)
+    assert (run / "labelmap.json").is_file()
+    # the released layout, the last checkpoint's weights
+    assert final.read_bytes() == (run / "checkpoint-30/model.pth").read_bytes()
+    assert set(torch.load(final, weights_only=True)) == {"model"}
+    det = Detector.from_checkpoint(final, preset=cfg.replace(num_classes=6, num_attributes=9),
+                                   labelmap=run / "labelmap.json")
     assert det(shapes / "images" / "shapes_000000.png").features.shape[1] == det.model.roi_heads.box.feature_extractor.out_channels
-    # resume from iteration 30 to 35 continues the log instead of starting again
-    tc2 = TrainConfig(**{**tc.__dict__, "iterations": 35})
-    train(cfg, shapes / "dataset.yaml", tmp_path / "run", tc2, resume=True, log=lambda m: None)
-    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
-    assert log[-1]["iteration"] == 35 and log[-2]["iteration"] == 30
+    # resume from step 30 to 35 continues the log instead of starting again
+    tc2 = TrainConfig(**{**tc.to_dict(), "max_steps": 35})
+    train(cfg, shapes / "dataset.yaml", run, tc2, resume=True, log=lambda m: None)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-3:] == [25, 30, 35]
+    assert json.loads((run / "checkpoint-35/training_args.json").read_text())["max_steps"] == 35
 
 
 def test_finetune_with_a_new_class_set_and_eval(shapes: Path, tmp_path: Path, capsys) -> None:
@@ -100,13 +138,111 @@ def test_finetune_with_a_new_class_set_and_eval(shapes: Path, tmp_path: Path, ca
     torch.save({"model": export_state_dict(AttrRCNN(detector_preset("tiny")))}, base)  # 11 classes, 7 attributes
     code = main(["detector", "train", str(shapes / "dataset.yaml"), "-o", str(tmp_path / "ft"), "--preset", "tiny",
                  "--init", str(base), "--iterations", "3", "--warmup", "1", "--rois-per-image", "16",
-                 "--set", "min_size=96", "--set", "max_size=128"])
+                 "--set", "min_size=96", "--set", "max_size=128", "--eval", str(shapes / "dataset.yaml"),
+                 "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "re-initialised: roi_heads.box.predictor.cls_score.weight" in err and "attribute.predictor.attr_score.weight" in err
+    evals = json.loads((tmp_path / "ft/eval_logs.json").read_text())  # evaluated at the save
+    result = json.loads((tmp_path / "ft/checkpoint-3/eval_results.json").read_text())
+    assert [e["step"] for e in evals] == [3] and evals[0]["eval_score"] == result["score"] == result["AP50"]
+    assert result["images"] == 6 and 0 <= result["score"] <= 1
+    args = json.loads((tmp_path / "ft/checkpoint-3/training_args.json").read_text())
+    assert args["init"] == str(base) and args["detector"]["box_head"]["num_classes"] == 6
     code = main(["detector", "eval", str(shapes / "dataset.yaml"), "--weights", str(tmp_path / "ft/model_final.pth"),
                  "--preset", "tiny", "--set", "min_size=96", "--set", "max_size=128", "--json", str(tmp_path / "m.json"),
                  "--attribute-group", "colour=red,green,blue,yellow"])
     assert code == 0, capsys.readouterr().err
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["images"] == 6 and m["objects"] > 6 and 0 <= m["AP50"] <= 1 and "attribute_colour_accuracy" in m
+
+
+# -- the engine's guarantees, on `vinvl detector train` itself -------------------------------------------------------
+TINY_RUN = ["--preset", "tiny", "--set", "min_size=96", "--set", "max_size=128", "--batch-size", "1", "--warmup", "1",
+            "--rois-per-image", "16", "--device", "cpu", "--threads", "1", "--log-every", "2"]
+
+
+def detector_train(data: Path, out: Path, *more: str, world: int = 1, kill_at: int = 0) -> subprocess.CompletedProcess:
+    """`vinvl detector train` in a fresh interpreter (one thread, like every run compared), under torchrun with
+    ``world`` > 1, or SIGKILLed right after step ``kill_at`` (tests.detection.train_runs)."""
+    args = [str(data / "dataset.yaml"), "-o", str(out), *TINY_RUN, *more]
+    if kill_at:
+        return run_module("tests.detection.train_runs", str(kill_at), *args)
+    return run_module("vinvl", "detector", "train", *args, world=world, timeout=600)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file's state dict (``{'model': sd}`` unwrapped)."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return sd.get("model", sd)
+
+
+def log_figures(run: Path) -> list[dict]:
+    """``log.jsonl`` without its timings."""
+    return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "samples_per_second")}
+            for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize("bn", ["frozen", "trainable"])
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shapes: Path, tmp_path: Path, bn: str) -> None:
+    """`torchrun --nproc_per_node 2 -m vinvl detector train` with --batch-size 1 equals one process with --batch-size 1
+    --gradient-accumulation-steps 2 (2 images a step either way), bit for bit: the same micro-batches, each sampled
+    from the same seed; each process's loss is its own images', and DDP's halving of the gradients is exact in
+    floating point. One process with --batch-size 2 is another computation, as in maskrcnn-benchmark (each GPU's loss
+    is over its own images): the RPN's and the box head's losses are normalised by the samples of the whole batch,
+    the images are padded to the batch's largest, and the two images' proposals are sampled from one generator.
+    With trainable BNs every trained weight is equal; the BNs' running statistics are not (DDP hands rank 0's to
+    every process at each forward, so they follow rank 0's images only)."""
+    more = ["--iterations", "4", "--checkpoint-every", "2"] + (["--trainable-bn"] if bn == "trainable" else [])
+    ddp = detector_train(shapes, tmp_path / "ddp", *more, world=2)
+    assert ddp.returncode == 0, ddp.stderr[-5000:]
+    acc = detector_train(shapes, tmp_path / "acc", *more, "--gradient-accumulation-steps", "2")
+    assert acc.returncode == 0, acc.stderr[-3000:]
+    name = "training_model.pth" if bn == "trainable" else "model.pth"
+    wd, wa = (weights(tmp_path / run / "checkpoint-4" / name) for run in ("ddp", "acc"))
+    w2 = weights(tmp_path / "ddp/checkpoint-2" / name)
+    trained = [k for k in wd if not k.endswith(BN_STATISTICS)]
+    assert len(trained) > 50 and max(float((wd[k] - w2[k]).abs().max()) for k in trained) > 1e-3  # it learnt
+    compared = trained if bn == "trainable" else list(wd)
+    assert wd.keys() == wa.keys() and [k for k in compared if not torch.equal(wd[k], wa[k])] == []
+    if bn == "frozen":  # and what the run hands on, in the released layout
+        fd, fa = (weights(tmp_path / run / "model_final.pth") for run in ("ddp", "acc"))
+        assert fd.keys() == fa.keys() and all(torch.equal(fd[k], fa[k]) for k in fd)
+    state = torch.load(tmp_path / "ddp/checkpoint-4/training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["examples_per_step"] == 2
+    args = json.loads((tmp_path / "ddp/checkpoint-4/training_args.json").read_text())
+    assert args["world_size"] == 2 and args["steps_per_epoch"] == 3
+    ld, la = log_figures(tmp_path / "ddp"), log_figures(tmp_path / "acc")
+    assert [e["step"] for e in ld] == [e["step"] for e in la] == [2, 4]
+    assert all(abs(x[k] - y[k]) < 1e-5 for x, y in zip(ld, la) for k in x), (ld, la)
+
+
+@pytest.mark.parametrize("bn", ["frozen", "trainable"])
+def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(shapes: Path, tmp_path: Path, bn: str) -> None:
+    """8 steps of 1 image (6 steps an epoch), a checkpoint every 3: SIGKILL right after step 5 (checkpoint-3 written,
+    the epoch not over), then `--resume`: the weights (with trainable BNs also their unfolded statistics), the
+    momentum buffers and the logged figures equal the uninterrupted run's exactly."""
+    more = ["--iterations", "8", "--checkpoint-every", "3"] + (["--trainable-bn"] if bn == "trainable" else [])
+    full = detector_train(shapes, tmp_path / "full", *more)
+    assert full.returncode == 0, full.stderr[-3000:]
+    cut = detector_train(shapes, tmp_path / "cut", *more, kill_at=5)
+    assert cut.returncode == -signal.SIGKILL, cut.stderr[-3000:]
+    run = tmp_path / "cut"
+    assert (run / "checkpoint-3/training_state.pt").is_file() and not (run / "checkpoint-6").exists()
+    assert not (run / "model_final.pth").exists() and [e["step"] for e in log_figures(run)] == [2, 4]
+    again = detector_train(shapes, tmp_path / "cut", *more, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and "(step 3)" in again.stderr
+    a, b = tmp_path / "full", run
+    names = ["model_final.pth", "checkpoint-8/model.pth"] + (["checkpoint-8/training_model.pth"] if bn == "trainable" else [])
+    for name in names:
+        wa, wb = weights(a / name), weights(b / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    sa, sb = (torch.load(d / "checkpoint-8/training_state.pt", weights_only=True) for d in (a, b))
+    assert sa["optimizer"]["state"].keys() == sb["optimizer"]["state"].keys()
+    for i, st in sa["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][i]["momentum_buffer"])
+    assert log_figures(a) == log_figures(b)

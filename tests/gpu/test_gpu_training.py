@@ -31,16 +31,17 @@ def data(tmp_path_factory) -> Path:
 def test_task_trains_on_the_gpu(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str,
                                 precision: str) -> None:
     from vinvl.oscar import training
+    from vinvl.training import engine
 
     seen: dict[str, set] = {"batches": set(), "models": set()}
-    to_device = training._to_device
+    to_device = engine._to_device
 
     def watched(batch: dict, device: torch.device) -> dict:
         out = to_device(batch, device)
         seen["batches"] |= {v.device.type for v in out.values() if isinstance(v, torch.Tensor)}
         return out
 
-    monkeypatch.setattr(training, "_to_device", watched)
+    monkeypatch.setattr(engine, "_to_device", watched)
     trainers: list = []
     real_train = training.Trainer.train
 

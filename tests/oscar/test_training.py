@@ -5,11 +5,8 @@ equal 1 process with the same micro-batches, for every task."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +14,12 @@ import torch
 
 from tests.oscar.trainer_runs import MAX_STEPS, MEAN_OVER_EXAMPLES, SAVE_STEPS, TASKS, make_data, weights
 from tests.oscar.model_tester import tiny_config
+from tests.processes import run_module
 from vinvl.errors import VinvlError
 from vinvl.oscar import OscarForSequenceClassification
 from vinvl.oscar.options import TrainingOptions
 from vinvl.oscar.tasks.base import Task
 from vinvl.oscar.training import Trainer, micro_batch, step_examples, total_steps
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +29,7 @@ def data(tmp_path_factory) -> Path:
 
 def script(data: Path, out: Path, mode: str, tasks: str, *more: str, world: int = 1) -> subprocess.CompletedProcess:
     """tests.oscar.trainer_runs in a fresh interpreter (one thread, like every run compared), or under torchrun."""
-    path = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "tests.oscar.trainer_runs", str(data), str(out), mode, tasks, *more]
-    if world > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_addr",
-               "127.0.0.1", "--master_port", str(port), *cmd[1:]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return run_module("tests.oscar.trainer_runs", str(data), str(out), mode, tasks, *more, world=world)
 
 
 # -- data order and step count ------------------------------------------------------------------------------

@@ -9,49 +9,57 @@ from typing import List, Optional
 import typer
 
 from ..atomic import atomic_write_text
+from ..config import TrainConfig
 from ..errors import VinvlError
-from .options import device_option, output_file, output_folder
+from ..training.options import PRECISION_HELP, PRECISIONS
+from .options import device_option, one_of, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
                   no_args_is_help=True)
 
 
+_T = TrainConfig  # the defaults below are the training configuration's, so they are stated once
+
+
 @app.command("train")
 def train(
     dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label and labelmap."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoints, labelmap.json, log.", callback=output_folder),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoint-N/, model_final.pth, labelmap.json, logs.", callback=output_folder),
     preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset (classes/attributes follow the label map)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to fine-tune (predictors of other shapes re-initialised)."),
-    iterations: int = typer.Option(3000, "--iterations", min=1, help="SGD iterations."),
-    batch_size: int = typer.Option(2, "--batch-size", min=1, help="Images per iteration."),
-    lr: float = typer.Option(0.02, "--lr", min=0.0, help="Base learning rate (warm-up, then x0.1 at 75% and 92%)."),
-    warmup: int = typer.Option(200, "--warmup", min=0, help="Warm-up iterations."),
-    rois: int = typer.Option(128, "--rois-per-image", min=1, help="Sampled proposals per image for the box head."),
-    positive_fraction: float = typer.Option(0.25, "--roi-positive-fraction", min=0.0, max=1.0, help="Largest share of positives among them."),
+    iterations: int = typer.Option(_T.max_steps, "--iterations", min=1, help="Optimizer steps (SGD iterations)."),
+    batch_size: int = typer.Option(_T.batch_size, "--batch-size", min=1, help="Images per micro-batch per process (a step takes batch x processes x accumulation)."),
+    accumulation: int = typer.Option(_T.gradient_accumulation_steps, "--gradient-accumulation-steps", min=1, help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(_T.learning_rate, "--lr", min=0.0, help="Base learning rate (warm-up, then x0.1 at 75% and 92%)."),
+    warmup: int = typer.Option(_T.warmup_steps, "--warmup", min=0, help="Warm-up iterations."),
+    rois: int = typer.Option(_T.roi_batch_per_image, "--rois-per-image", min=1, help="Sampled proposals per image for the box head."),
+    positive_fraction: float = typer.Option(_T.roi_positive_fraction, "--roi-positive-fraction", min=0.0, max=1.0, help="Largest share of positives among them."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Detector setting KEY=VALUE (e.g. pooler_resolution=10)."),
-    trainable_bn: bool = typer.Option(False, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of initialisation, sampling and flips."),
+    trainable_bn: bool = typer.Option(_T.trainable_bn, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
+    seed: int = typer.Option(_T.seed, "--seed", min=0, help="Seed of initialisation, data order, flips and sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    device: Optional[str] = device_option(),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last_checkpoint.pth."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=1, help="Iterations between checkpoints."),
+    device: Optional[str] = device_option(" (under torchrun each process takes cuda:LOCAL_RANK)"),
+    precision: str = typer.Option(_T.precision, "--precision", help=PRECISION_HELP, callback=one_of(*PRECISIONS)),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest complete checkpoint-N, exactly as the uninterrupted run."),
+    checkpoint_every: int = typer.Option(_T.save_steps, "--checkpoint-every", min=1, help="Iterations between checkpoints (and the last)."),
+    log_every: int = typer.Option(_T.log_steps, "--log-every", min=1, help="Iterations between log lines (and the last)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Dataset yaml to evaluate at each checkpoint (eval_logs.json: COCO AP50 as the score)."),
 ) -> None:
-    """Train (or fine-tune) AttrRCNN; writes OUT/model_final.pth in the released checkpoints' layout."""
-    import torch
-
-    from ..config import detector_preset
-    from ..config.original import apply_set_options
-    from ..detection.numerics import choose_device
-    from ..detection.train import TrainConfig, train as run_train
+    """Train (or fine-tune) AttrRCNN through the training engine (torchrun for several processes); writes
+    OUT/model_final.pth in the released checkpoints' layout."""
+    from ..detection.train import train as run_train
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    tc = TrainConfig(iterations=iterations, images_per_batch=batch_size, base_lr=lr, warmup_iters=warmup,
-                     roi_batch_per_image=rois, roi_positive_fraction=positive_fraction, trainable_bn=trainable_bn,
-                     seed=seed, checkpoint_every=checkpoint_every)
-    cfg = detector_preset(preset)
-    cfg = apply_set_options(cfg, set_ or [])
-    path = run_train(cfg, dataset, out, tc, init=init, resume=resume, device=str(choose_device(device)))
+    options = TrainConfig(max_steps=iterations, batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                          learning_rate=lr, warmup_steps=warmup, roi_batch_per_image=rois,
+                          roi_positive_fraction=positive_fraction, trainable_bn=trainable_bn, seed=seed,
+                          device=device or "auto", precision=precision, save_steps=checkpoint_every,
+                          log_steps=log_every)
+    path = run_train(preset, dataset, out, options, init=init, resume=resume, eval_dataset=eval_data,
+                     settings=set_ or [])
     typer.echo(f"{path}")
 
 

@@ -20,7 +20,7 @@ from typer.models import DefaultPlaceholder
 from ..atomic import UNWRITABLE, os_error_line
 from ..config import DTYPE_CHOICES
 from ..errors import FaultError, VinvlError
-from ..oscar.options import check_device
+from ..training.options import check_device
 
 
 def output_folder_problem(path: Path) -> Optional[str]:
@@ -93,7 +93,7 @@ def device_or_auto(value: Optional[str]) -> Optional[str]:
 
 def _device_grammar(value: str) -> bool:
     try:
-        check_device(value)  # the one grammar of device names (the Oscar+ Trainer's too)
+        check_device(value)  # the one grammar of device names (the training engine's too)
     except VinvlError:
         return False
     return True

@@ -1,4 +1,4 @@
-"""Typed configuration of vinvl's models and the presets built from it."""
+"""Typed configuration of vinvl's models, the presets built from it, and the detector's training settings."""
 
 from .detector import (
     DTYPE_CHOICES,
@@ -12,6 +12,7 @@ from .detector import (
     RPNConfig,
 )
 from .presets import DETECTOR_PRESETS, detector_preset
+from .training import TrainConfig
 
 __all__ = [
     "DTYPES",
@@ -23,6 +24,7 @@ __all__ = [
     "InputConfig",
     "PostprocessConfig",
     "RPNConfig",
+    "TrainConfig",
     "DETECTOR_PRESETS",
     "detector_preset",
 ]

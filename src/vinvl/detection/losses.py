@@ -10,16 +10,19 @@
 - Attributes: for the positive samples, the ground-truth class embedding with the pooled
   feature; softmax cross-entropy against each of the box's ground-truth attributes, each box
   weighted 1 / (its number of attributes); boxes without attributes do not count.
+
+Their settings are the training configuration's (:class:`vinvl.config.TrainConfig`: ``rpn_*``, ``roi_*``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..config import TrainConfig
 from .box_coder import TO_REMOVE, BoxCoder
 
 BELOW, BETWEEN = -1, -2
@@ -63,25 +66,13 @@ def sample(labels: torch.Tensor, per_image: int, positive_fraction: float, gener
     return pos, neg
 
 
-@dataclass
-class RPNLossConfig:
-    """The RPN's training settings (maskrcnn-benchmark defaults)."""
-
-    fg_iou: float = 0.7
-    bg_iou: float = 0.3
-    batch_per_image: int = 256
-    positive_fraction: float = 0.5
-    straddle_thresh: float = 0.0
-    beta: float = 1.0 / 9
-
-
 def rpn_loss(
     objectness: torch.Tensor,
     deltas: torch.Tensor,
     anchors: torch.Tensor,
     gt_boxes: list[torch.Tensor],
     image_sizes: list[tuple[int, int]],
-    cfg: RPNLossConfig,
+    cfg: TrainConfig,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(objectness loss, box loss)`` from flattened head outputs ``[N, K]``, ``[N, K, 4]`` and anchors ``[K, 4]``."""
@@ -90,14 +81,14 @@ def rpn_loss(
     n_sampled = 0
     for i, ((h, w), gt) in enumerate(zip(image_sizes, gt_boxes)):
         labels = torch.zeros(len(anchors), device=anchors.device)
-        matches = match(box_iou(gt, anchors), cfg.fg_iou, cfg.bg_iou, True) if len(gt) else None
+        matches = match(box_iou(gt, anchors), cfg.rpn_fg_iou, cfg.rpn_bg_iou, True) if len(gt) else None
         if matches is not None:
             labels = (matches >= 0).float()
             labels[matches == BETWEEN] = -1
-        t = cfg.straddle_thresh
+        t = cfg.rpn_straddle_thresh
         inside = (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t) & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
         labels[~inside] = -1
-        pos, neg = sample(labels, cfg.batch_per_image, cfg.positive_fraction, generator)
+        pos, neg = sample(labels, cfg.rpn_batch_per_image, cfg.rpn_positive_fraction, generator)
         idx = torch.cat([pos, neg])
         n_sampled += idx.numel()
         obj_logits.append(objectness[i, idx])
@@ -108,21 +99,10 @@ def rpn_loss(
     n = max(n_sampled, 1)
     loss_obj = F.binary_cross_entropy_with_logits(torch.cat(obj_logits), torch.cat(obj_targets), reduction="sum") / n
     if reg_pred:
-        loss_box = F.smooth_l1_loss(torch.cat(reg_pred), torch.cat(reg_targets), beta=cfg.beta, reduction="sum") / n
+        loss_box = F.smooth_l1_loss(torch.cat(reg_pred), torch.cat(reg_targets), beta=cfg.rpn_beta, reduction="sum") / n
     else:
         loss_box = deltas.sum() * 0
     return loss_obj, loss_box
-
-
-@dataclass
-class BoxLossConfig:
-    """The box head's training settings."""
-
-    fg_iou: float = 0.5
-    bg_iou: float = 0.5
-    batch_per_image: int = 512
-    positive_fraction: float = 0.25
-    beta: float = 1.0
 
 
 @dataclass
@@ -142,7 +122,7 @@ def sample_rois(
     gt_labels: list[torch.Tensor],
     gt_attributes: list[torch.Tensor],
     coder: BoxCoder,
-    cfg: BoxLossConfig,
+    cfg: TrainConfig,
     generator: Optional[torch.Generator] = None,
 ) -> SampledROIs:
     """Add the ground truth to the proposals, match, sample, and compute the targets."""
@@ -150,13 +130,13 @@ def sample_rois(
     for props, gt, gl, ga in zip(proposals, gt_boxes, gt_labels, gt_attributes):
         cand = torch.cat([props, gt]) if len(gt) else props
         if len(gt):
-            m = match(box_iou(gt, cand), cfg.fg_iou, cfg.bg_iou, False)
+            m = match(box_iou(gt, cand), cfg.roi_fg_iou, cfg.roi_bg_iou, False)
             lab = torch.where(m >= 0, gl[m.clamp(min=0)], torch.zeros_like(m))
             lab[m == BETWEEN] = -1
         else:
             m = torch.full((len(cand),), BELOW, dtype=torch.long, device=cand.device)
             lab = torch.zeros_like(m)
-        pos, neg = sample(lab, cfg.batch_per_image, cfg.positive_fraction, generator)
+        pos, neg = sample(lab, cfg.roi_batch_per_image, cfg.roi_positive_fraction, generator)
         idx = torch.cat([pos, neg])
         b = cand[idx]
         boxes.append(b)
@@ -177,19 +157,7 @@ def sample_rois(
     return SampledROIs(boxes, labels_t, torch.cat(regs), labels_t > 0, torch.cat(attrs))
 
 
-@dataclass
-class LossConfig:
-    """The training-time settings of ``AttrRCNN.forward`` with targets: the RPN's and the box head's
-    matching and sampling, the proposals kept for the box head, and the attribute loss's weight."""
-
-    rpn: RPNLossConfig = field(default_factory=RPNLossConfig)
-    box: BoxLossConfig = field(default_factory=BoxLossConfig)
-    pre_nms_top_n: int = 2000
-    post_nms_top_n: int = 300
-    attribute_weight: float = 0.5
-
-
-def box_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: SampledROIs, cfg: BoxLossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def box_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: SampledROIs, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(classification loss, box regression loss)`` of the sampled proposals."""
     loss_cls = F.cross_entropy(class_logits, rois.labels)
     pos = torch.nonzero(rois.positive).squeeze(1)
@@ -200,7 +168,7 @@ def box_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: Sampled
         pred = per_class[pos, 1]
     else:
         pred = per_class[pos, rois.labels[pos]]
-    loss_box = F.smooth_l1_loss(pred, rois.regression[pos], beta=cfg.beta, reduction="sum") / rois.labels.numel()
+    loss_box = F.smooth_l1_loss(pred, rois.regression[pos], beta=cfg.roi_beta, reduction="sum") / rois.labels.numel()
     return loss_cls, loss_box
 
 

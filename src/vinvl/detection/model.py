@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DetectorConfig
+from ..config import DetectorConfig, TrainConfig
 from .attributes import AttributeHead, select_attributes
 from .backbone import Backbone, backbone_builder
 from .box_coder import BoxCoder, clip_boxes
-from .losses import LossConfig, SampledROIs, attribute_loss, box_loss, sample_rois
+from .losses import SampledROIs, attribute_loss, box_loss, sample_rois
 from .postprocess import keep_every_box, select_detections
 from .roi_heads import BoxHead, BoxPredictor, Res5FeatureExtractor, ROIHeads
 from .rpn import RPN
@@ -87,17 +87,17 @@ class AttrRCNN(nn.Module):
     head, proposal selection, pooling and predictors run the same code in both.
     """
 
-    def __init__(self, cfg: DetectorConfig, loss_config: Optional[LossConfig] = None, *,
+    def __init__(self, cfg: DetectorConfig, train_config: Optional[TrainConfig] = None, *,
                  parts: Optional[DetectorParts] = None) -> None:
-        """The detector of ``cfg`` from ``parts`` (default: :func:`build_parts` of ``cfg``); ``loss_config`` holds the
-        training-time settings of :meth:`forward` with targets."""
+        """The detector of ``cfg`` from ``parts`` (default: :func:`build_parts` of ``cfg``); ``train_config`` holds the
+        training-time settings of :meth:`forward` with targets (sampling, proposals, losses; default: the defaults)."""
         super().__init__()
         parts = parts if parts is not None else build_parts(cfg)
         if (parts.attribute is not None) != cfg.attributes.enabled:
             raise ValueError(f"attributes.enabled is {cfg.attributes.enabled} but the parts "
                              f"{'have' if parts.attribute is not None else 'lack'} an attribute head")
         self.cfg = cfg
-        self.loss_config = loss_config if loss_config is not None else LossConfig()
+        self.train_config = train_config if train_config is not None else TrainConfig()
         self.backbone = parts.backbone
         self.rpn = parts.rpn
         self.roi_heads = parts.roi_heads
@@ -128,7 +128,7 @@ class AttrRCNN(nn.Module):
     ) -> tuple[list[RawDetections], dict[str, torch.Tensor]]:
         """``(detections, losses)`` of a ``[B, 3, H, W]`` batch whose images have the given (resized)
         ``(h, w)`` sizes. Without ``targets``: detections (under no-grad), no losses; with one
-        :class:`Target` per image: the training losses (``loss_config``; sampling draws from
+        :class:`Target` per image: the training losses (``train_config``; sampling draws from
         ``generator``), no detections. ``boxes`` (inference only: ``[N_i, 4]`` xyxy per image in
         resized-image pixels) are the proposals instead of the RPN's (the original's RPN.FORCE_BOXES)."""
         training = targets is not None
@@ -139,7 +139,7 @@ class AttrRCNN(nn.Module):
                 raise ValueError(f"{len(images)} images but {n} {what}")
         if training and boxes is not None:
             raise ValueError("given boxes are for inference; training samples its proposals from the RPN")
-        lc = self.loss_config
+        tc = self.train_config
         with contextlib.nullcontext() if training else torch.no_grad():
             c4 = self.backbone(images)
             losses: dict[str, torch.Tensor] = {}
@@ -147,11 +147,11 @@ class AttrRCNN(nn.Module):
                 gt_boxes = [t.boxes for t in targets]
                 objectness, rpn_deltas = self.rpn.head(c4)
                 losses["loss_objectness"], losses["loss_rpn_box_reg"] = self.rpn.loss(
-                    objectness, rpn_deltas, gt_boxes, sizes, lc.rpn, generator
+                    objectness, rpn_deltas, gt_boxes, sizes, tc, generator
                 )
                 with torch.no_grad():  # proposals are not differentiated through
                     proposals = self.rpn.select(
-                        objectness.detach(), rpn_deltas.detach(), sizes, lc.pre_nms_top_n, lc.post_nms_top_n
+                        objectness.detach(), rpn_deltas.detach(), sizes, tc.rpn_pre_nms_top_n, tc.rpn_post_nms_top_n
                     )
             elif boxes is not None:
                 # The original skips the RPN entirely; the given boxes carry no objectness.
@@ -163,7 +163,7 @@ class AttrRCNN(nn.Module):
             if training:
                 rois = sample_rois(
                     boxes, gt_boxes, [t.labels for t in targets], [t.attributes for t in targets],
-                    self.box_coder, lc.box, generator,
+                    self.box_coder, tc, generator,
                 )
                 boxes = rois.boxes
             pooled = self._pool(c4, boxes)
@@ -184,13 +184,13 @@ class AttrRCNN(nn.Module):
     def _head_losses(
         self, pooled: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, rois: SampledROIs
     ) -> dict[str, torch.Tensor]:
-        lc = self.loss_config
-        out = dict(zip(("loss_classifier", "loss_box_reg"), box_loss(logits, deltas, rois, lc.box)))
+        tc = self.train_config
+        out = dict(zip(("loss_classifier", "loss_box_reg"), box_loss(logits, deltas, rois, tc)))
         if self.attribute is not None:
             # Trained on the positive samples with their true class, as the original does.
             pos = torch.nonzero(rois.positive).squeeze(1)
             attr_logits = self.attribute.predictor(pooled[pos], rois.labels[pos])
-            out["loss_attribute"] = lc.attribute_weight * attribute_loss(attr_logits, rois.attributes[pos])
+            out["loss_attribute"] = tc.attribute_loss_weight * attribute_loss(attr_logits, rois.attributes[pos])
         return out
 
     def _detections(

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from ..config import RPNConfig
+from ..config import RPNConfig, TrainConfig
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder, box_sizes, clip_boxes
-from .losses import RPNLossConfig, rpn_loss
+from .losses import rpn_loss
 
 
 class RPNHead(nn.Module):
@@ -59,7 +59,7 @@ class RPN(nn.Module):
         deltas: torch.Tensor,
         gt_boxes: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
-        cfg: RPNLossConfig,
+        cfg: TrainConfig,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(objectness loss, box loss)`` of the head's outputs against each image's ground-truth boxes."""

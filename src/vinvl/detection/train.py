@@ -1,77 +1,52 @@
-"""Training AttrRCNN on a TSV dataset (image TSV + label TSV), from scratch or fine-tuning a checkpoint.
+"""Training AttrRCNN on a TSV dataset (image TSV + label TSV), from scratch or fine-tuning a checkpoint: the
+detector as a task of the training engine (:class:`DetectorTask`, run by :class:`vinvl.training.engine.Engine`).
 
-The data layout is the original's (:mod:`.dataset`): a dataset yaml naming ``img``
-(``key \\t base64``), ``label`` (``key \\t [{"rect", "class", "attributes"}]``) and ``labelmap``.
-Inputs are resized as at test time and flipped horizontally at random. The model is the inference
-model and its one forward pass gives the losses; from scratch its frozen BNs can be trained as
-ordinary batch norms (``trainable_bn``) and are folded back into frozen statistics in every
-checkpoint, so checkpoints always have the layout ``Detector.from_checkpoint`` (and the original)
-reads.
+The data layout is the original's (:mod:`.dataset`): a dataset yaml naming ``img`` (``key \\t base64``), ``label``
+(``key \\t [{"rect", "class", "attributes"}]``) and ``labelmap``. Inputs are resized as at test time and flipped
+horizontally at random (each image's flip seeded by seed, epoch and index; each micro-batch's proposal sampling by
+seed and the micro-batch's number in the run, so any split over processes samples the same and a resumed run
+repeats it). The model is the inference model and its one forward pass gives the losses; its settings are one
+:class:`~vinvl.config.TrainConfig`. From scratch its frozen BNs can be trained as ordinary batch norms
+(``trainable_bn``), folded back into frozen statistics in every checkpoint's weights, so the weights always have
+the layout ``Detector.from_pretrained`` (and the original) reads.
+
+A run folder: ``checkpoint-N/`` (``model.pth`` = ``{'model': state_dict}`` in the released layout, ``labelmap.json``,
+``training_args.json``, with ``trainable_bn`` the unfolded ``training_model.pth``, and the engine's
+``training_state.pt``), ``log.jsonl``, and at the end ``model_final.pth`` (the last checkpoint's ``model.pth``) and
+``labelmap.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
-import sys
-import time
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write, atomic_write_json
-from ..config import DetectorConfig
+from ..config import DetectorConfig, InputConfig, TrainConfig, detector_preset
+from ..config.original import apply_set_options
 from ..errors import VinvlError
-from ..state_dict import read_torch
+from ..training.engine import Engine, warmup_schedule
+from ..training.runtime import stderr_log
+from ..training.task import Batch, Figures, StepContext
 from .checkpoint import load_into, read_checkpoint
-from .dataset import DetectionDataset, collate
-from .losses import BoxLossConfig, LossConfig, RPNLossConfig
+from .dataset import DetectionDataset, Sample, collate
 from .model import AttrRCNN
 
+__all__ = ["DetectionDataset", "DetectionExamples", "DetectorTask", "TrainConfig", "export_state_dict",
+           "load_for_finetuning", "train", "use_trainable_bn"]
+
 PathLike = Union[str, os.PathLike]
-
-
-@dataclass
-class TrainConfig:
-    """Solver and sampling settings (the original's SOLVER.* and training-time RPN/ROI settings)."""
-
-    iterations: int = 3000
-    images_per_batch: int = 2
-    base_lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 200
-    warmup_factor: float = 1.0 / 3
-    steps: tuple[float, ...] = (0.75, 0.92)
-    gamma: float = 0.1
-    rpn_pre_nms_top_n: int = 2000
-    rpn_post_nms_top_n: int = 300
-    rpn_batch_per_image: int = 256
-    roi_batch_per_image: int = 128
-    roi_positive_fraction: float = 0.25
-    attribute_loss_weight: float = 0.5
-    hflip: float = 0.5
-    trainable_bn: bool = False
-    checkpoint_every: int = 500
-    log_every: int = 20
-    seed: int = 0
-    max_grad_norm: Optional[float] = 10.0
-
-    def loss_config(self) -> LossConfig:
-        """The model's training-time settings (sampling, training proposals, attribute weight) of these."""
-        return LossConfig(
-            rpn=RPNLossConfig(batch_per_image=self.rpn_batch_per_image),
-            box=BoxLossConfig(batch_per_image=self.roi_batch_per_image, positive_fraction=self.roi_positive_fraction),
-            pre_nms_top_n=self.rpn_pre_nms_top_n,
-            post_nms_top_n=self.rpn_post_nms_top_n,
-            attribute_weight=self.attribute_loss_weight,
-        )
+WEIGHTS = "model.pth"  # a checkpoint's weights, released layout
+TRAINING_WEIGHTS = "training_model.pth"  # with trainable BNs: the unfolded model, for an exact resume
+FINAL = "model_final.pth"
 
 
 def use_trainable_bn(model: nn.Module) -> nn.Module:
@@ -122,100 +97,145 @@ def load_for_finetuning(model: AttrRCNN, path: PathLike) -> list[str]:
     return fresh
 
 
-def _lr_factor(it: int, tc: TrainConfig) -> float:
-    warm = tc.warmup_factor + (1 - tc.warmup_factor) * it / tc.warmup_iters if it < tc.warmup_iters else 1.0
-    drops = sum(1 for s in tc.steps if it >= int(s * tc.iterations))
-    return warm * tc.gamma**drops
+class DetectionExamples:
+    """The training images of a dataset as the engine reads them: ``example(i, epoch)`` is image ``i`` resized,
+    flipped with probability ``hflip`` by a draw seeded by ``(seed, epoch, i)``."""
+
+    def __init__(self, data: DetectionDataset, input_cfg: InputConfig, seed: int, hflip: float) -> None:
+        self.data, self.input_cfg, self.seed, self.hflip = data, input_cfg, seed, hflip
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def example(self, i: int, epoch: int) -> Sample:
+        """Image ``i`` of ``epoch``, as the model trains on it."""
+        flip = random.Random(f"{self.seed}/flip/{epoch}/{i}").random() < self.hflip
+        return self.data.sample(i, self.input_cfg, flip)
 
 
-def _batches(n: int, per_batch: int, seed: int, start_epoch: int = 0) -> Iterator[list[int]]:
-    epoch = start_epoch
-    while True:
-        order = list(range(n))
-        random.Random(seed * 100003 + epoch).shuffle(order)
-        for i in range(0, n - per_batch + 1 if n >= per_batch else 1, per_batch):
-            yield order[i : i + per_batch]
-        epoch += 1
+class DetectorTask:
+    """The detector as a task of the training engine (:class:`vinvl.training.task.TrainingTask`): the dataset's
+    images, AttrRCNN (fresh, fine-tuned from ``init`` or resumed), SGD with the warm-up multi-step schedule, the
+    forward's losses, and COCO AP50 on ``eval_dataset`` at each save."""
+
+    ddp_forward = True  # the losses come out of the model's forward
+    unused_parameters = False  # every loss reaches every head, with zero weight when it has no sample
+
+    def __init__(self, cfg: DetectorConfig, dataset: PathLike, options: TrainConfig, init: Optional[PathLike] = None,
+                 eval_dataset: Optional[PathLike] = None, log: Optional[Callable[[str], None]] = None) -> None:
+        """``cfg``: the architecture (its class and attribute counts follow the dataset's label map)."""
+        self.options, self.init, self.eval_dataset = options.check(), init, eval_dataset
+        rank0 = int(os.environ.get("RANK", "0")) == 0  # the other processes of a torchrun run say nothing
+        self.log = (log or stderr_log) if rank0 else (lambda m: None)
+        self.data = DetectionDataset(dataset)
+        lm = self.data.labelmap
+        if lm.num_classes != cfg.box_head.num_classes:
+            cfg = cfg.replace(num_classes=lm.num_classes)
+        if cfg.attributes.enabled and lm.attributes is not None and lm.num_attributes != cfg.attributes.num_attributes:
+            cfg = cfg.replace(num_attributes=lm.num_attributes)
+        self.cfg = cfg
+
+    # -- data
+    def train_set(self) -> DetectionExamples:
+        """The dataset's images, flipped at random."""
+        return DetectionExamples(self.data, self.cfg.input, self.options.seed, self.options.hflip)
+
+    def collate(self, examples: Sequence[Sample]) -> Batch:
+        """Images zero-padded into one tensor, their sizes and targets (moved to the device by :meth:`loss`)."""
+        images, sizes, targets = collate(examples)
+        return {"images": images, "sizes": sizes, "targets": targets}
+
+    # -- model and optimiser
+    def build_model(self, resume_from: Optional[Path]) -> nn.Module:
+        """AttrRCNN of the configuration: fresh, with ``init``'s weights where their shapes fit, or ``resume_from``'s."""
+        model = AttrRCNN(self.cfg, self.options)
+        if self.init is not None and resume_from is None:
+            fresh = load_for_finetuning(model, self.init)
+            self.log(f"fine-tuning from {self.init}; re-initialised: {', '.join(fresh) or 'nothing'}")
+        if self.options.trainable_bn:
+            use_trainable_bn(model)
+        if resume_from is not None:
+            if self.options.trainable_bn:  # the folded weights cannot give back the BNs' own statistics exactly
+                model.load_state_dict(read_checkpoint(resume_from / TRAINING_WEIGHTS))
+            else:
+                load_into(model, read_checkpoint(resume_from / WEIGHTS), str(resume_from / WEIGHTS))
+        return model
+
+    def optimizer(self, model: nn.Module, total: int, fused: bool) -> tuple[torch.optim.Optimizer, Any]:
+        """SGD with momentum and weight decay; warm-up from ``warmup_factor``, then x ``gamma`` at each of ``lr_steps``."""
+        o = self.options
+        sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.learning_rate,
+                              momentum=o.momentum, weight_decay=o.weight_decay)
+        return sgd, warmup_schedule(sgd, total, o.warmup_steps, "steps", o.warmup_factor, o.lr_steps, o.gamma)
+
+    # -- loss
+    def loss(self, module: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, Figures]:
+        """The sum of the forward's losses (each one logged); non-finite is one error."""
+        # Seeded by the micro-batch's number in the run: the same samples for any split over processes, on resume too.
+        seed = random.Random(f"{self.options.seed}/sample/{ctx.micro_index}").getrandbits(63)
+        targets = [t.to(ctx.device) for t in batch["targets"]]
+        _, losses = module(batch["images"], batch["sizes"], targets, generator=torch.Generator().manual_seed(seed))
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise VinvlError(f"step {ctx.step + 1}: the loss is {total.item()}; lower the learning rate")
+        return total, losses
+
+    # -- evaluate
+    def evaluate(self, model: nn.Module) -> Optional[dict[str, Any]]:
+        """COCO box AP (``score``: AP50) and attribute accuracy on ``eval_dataset``, or None without one."""
+        if self.eval_dataset is None:
+            return None
+        from .detector import Detector
+        from .evaluate import evaluate
+
+        device = next(model.parameters()).device
+        detector = Detector.from_checkpoint({"model": export_state_dict(model)}, preset=self.cfg,
+                                            labelmap=self.data.labelmap, device=device)
+        metrics = evaluate(detector, self.eval_dataset, original=False)
+        return {"score": metrics["AP50"], **metrics}
+
+    # -- what a checkpoint carries
+    def save_checkpoint(self, model: nn.Module, folder: Path, args: dict[str, Any]) -> None:
+        """``model.pth`` (released layout), ``labelmap.json``, ``training_args.json`` (and the unfolded model with
+        trainable BNs)."""
+        weights = {"model": export_state_dict(model)}
+        atomic_write(folder / WEIGHTS, lambda tmp: torch.save(weights, tmp))
+        if self.options.trainable_bn:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            atomic_write(folder / TRAINING_WEIGHTS, lambda tmp: torch.save(state, tmp))
+        self.data.labelmap.save_vg_json(folder / "labelmap.json")
+        atomic_write_json(folder / "training_args.json", args, indent=1)
+
+    def settings(self) -> dict[str, Any]:
+        """The architecture, the data and the starting checkpoint."""
+        return {"detector": dataclasses.asdict(self.cfg), "dataset": str(self.data.path),
+                "init": None if self.init is None else str(self.init),
+                "eval_dataset": None if self.eval_dataset is None else str(self.eval_dataset)}
 
 
 def train(
-    cfg: DetectorConfig,
+    cfg: Union[str, DetectorConfig],
     dataset: PathLike,
     out_dir: PathLike,
-    tc: TrainConfig = TrainConfig(),
+    options: Optional[TrainConfig] = None,
     init: Optional[PathLike] = None,
     resume: bool = False,
-    device: str = "cpu",
-    log: Any = None,
+    eval_dataset: Optional[PathLike] = None,
+    settings: Sequence[str] = (),
+    log: Optional[Callable[[str], None]] = None,
+    callbacks: Sequence[Callable[[int], None]] = (),
 ) -> Path:
-    """Train and write ``out_dir/model_final.pth`` (+ periodic ``model_NNNNNNN.pth``, ``labelmap.json``, log)."""
+    """Train ``cfg`` (a configuration or a preset's name, with ``settings``: ``--set KEY=VALUE`` strings) on
+    ``dataset`` (``resume``: from ``out_dir``'s newest complete checkpoint, exactly) and return
+    ``out_dir/model_final.pth``, the last checkpoint's weights in the released layout (``labelmap.json`` beside it).
+    ``callbacks`` are the engine's (called with the steps done after each step)."""
+    options = options if options is not None else TrainConfig()
+    cfg = apply_set_options(detector_preset(cfg) if isinstance(cfg, str) else cfg, settings)
+    task = DetectorTask(cfg, dataset, options, init=init, eval_dataset=eval_dataset, log=log)
+    engine = Engine(task, options, out_dir, log=log, callbacks=callbacks)
+    last = engine.train(resume=resume)
     out = Path(out_dir)
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    ds = DetectionDataset(dataset)
-    if ds.labelmap.num_classes != cfg.box_head.num_classes:
-        cfg = cfg.replace(num_classes=ds.labelmap.num_classes)
-    if cfg.attributes.enabled and ds.labelmap.attributes is not None and ds.labelmap.num_attributes != cfg.attributes.num_attributes:
-        cfg = cfg.replace(num_attributes=ds.labelmap.num_attributes)
-    torch.manual_seed(tc.seed)
-    model = AttrRCNN(cfg, tc.loss_config())
-    if init is not None:
-        fresh = load_for_finetuning(model, init)
-        log(f"fine-tuning from {init}; re-initialised: {', '.join(fresh) or 'nothing'}")
-    if tc.trainable_bn:
-        use_trainable_bn(model)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=tc.base_lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    out.mkdir(parents=True, exist_ok=True)  # only once the dataset, settings and --init have been read
-    start = 0
-    state_path = out / "last_checkpoint.pth"
-    if resume and state_path.exists():
-        st = read_torch(state_path, str(state_path), map_location=device)
-        model.load_state_dict(st["training_model"])
-        opt.load_state_dict(st["optimizer"])
-        start = int(st["iteration"])
-        log(f"resumed at iteration {start}")
-    ds.labelmap.save_vg_json(out / "labelmap.json")
-    atomic_write_json(out / "config.json", {"detector": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}, indent=1)
-    gen = torch.Generator().manual_seed(tc.seed + start)
-    rng = random.Random(tc.seed + start)
-    batches = _batches(len(ds), min(tc.images_per_batch, len(ds)), tc.seed, start_epoch=start * tc.images_per_batch // max(len(ds), 1))
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    for it in range(start, tc.iterations):
-        for g in opt.param_groups:
-            g["lr"] = tc.base_lr * _lr_factor(it, tc)
-        samples = [ds.sample(i, cfg.input, rng.random() < tc.hflip) for i in next(batches)]
-        images, sizes, targets = collate(samples, device)
-        _, losses = model(images, sizes, targets, generator=gen)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise VinvlError(f"iteration {it}: the loss is {total.item()}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if tc.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        opt.step()
-        row = {k: v.item() for k, v in losses.items()} | {"loss": total.item(), "iteration": it + 1}
-        history.append(row)
-        if (it + 1) % tc.log_every == 0 or it + 1 == tc.iterations:
-            recent = history[-tc.log_every :]
-            mean = {k: sum(r[k] for r in recent) / len(recent) for k in row if k != "iteration"}
-            el = time.perf_counter() - t0
-            log(f"iter {it + 1}/{tc.iterations}  loss {mean['loss']:.3f}  " +
-                "  ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "loss") +
-                f"  lr {opt.param_groups[0]['lr']:.4f}  {el / (it + 1 - start):.2f} s/it")
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(mean | {"iteration": it + 1, "seconds": round(el, 1)}) + "\n")
-        if (it + 1) % tc.checkpoint_every == 0 or it + 1 == tc.iterations:
-            _save(model, opt, it + 1, out, final=it + 1 == tc.iterations)
-    return out / "model_final.pth"
-
-
-def _save(model: nn.Module, opt: torch.optim.Optimizer, iteration: int, out: Path, final: bool) -> None:
-    def atomic(obj: Any, path: Path) -> None:
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-    exported = {"model": export_state_dict(model), "iteration": iteration}
-    atomic(exported, out / ("model_final.pth" if final else f"model_{iteration:07d}.pth"))
-    atomic({"training_model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": iteration}, out / "last_checkpoint.pth")
+    if engine.runtime.rank == 0:
+        atomic_write(out / FINAL, lambda tmp: shutil.copyfile(last / WEIGHTS, tmp))
+        task.data.labelmap.save_vg_json(out / "labelmap.json")
+    return out / FINAL

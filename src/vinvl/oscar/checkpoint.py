@@ -24,6 +24,7 @@ from ..registry import checkpoint_path, is_checkpoint_name
 from ..safe_pickle import load_training_args, safe_loads
 from ..state_dict import key_list, load_strict, read_torch, read_weights
 from ..textio import read_json
+from ..training.checkpoints import natural_key
 from .configuration import OscarConfig
 from .options import TrainingSettings
 
@@ -57,18 +58,13 @@ def read_config(folder: Path, config_cls: Any) -> Any:
     return _config(str(path), read_json(path, dict), config_cls)
 
 
-def _natural(name: str) -> list:
-    """Sort key putting ``checkpoint-10`` after ``checkpoint-9``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict, Any]:
     """A released ``.zip``: the folder inside holding ``pytorch_model.bin`` (the newest ``checkpoint-N`` if several)."""
     with zipfile.ZipFile(path) as z:
         bins = [n for n in z.namelist() if n.endswith("pytorch_model.bin")]
         if not bins:
             raise VinvlError(f"{path}: no pytorch_model.bin inside")
-        bins.sort(key=_natural)
+        bins.sort(key=natural_key)
         member = bins[-1]
         folder = member[: -len("pytorch_model.bin")]
         if config is None:
@@ -262,7 +258,7 @@ def training_settings(checkpoint: PathLike) -> TrainingSettings:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             for file in ("training_args.json", "training_args.bin"):
-                members = sorted((n for n in names if n.endswith(file)), key=_natural)
+                members = sorted((n for n in names if n.endswith(file)), key=natural_key)
                 if members:
                     name = f"{path}:{members[-1]}"
                     if file.endswith(".json"):
@@ -286,12 +282,6 @@ def _namespace_dict(obj: Any, name: str) -> dict:
     raise VinvlError(f"{name}: expected a saved argparse.Namespace, found {type(obj).__name__}")
 
 
-def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
-    """The newest complete ``checkpoint-N/`` of a run folder (one with its ``training_state.pt``), or ``None``."""
-    done = sorted(Path(out_dir).glob("checkpoint-*/training_state.pt"), key=lambda p: _natural(p.parent.name))
-    return done[-1].parent if done else None
-
-
 def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
     """``training_args.json`` (vinvl reads it first) and ``training_args.bin``, the pickled ``argparse.Namespace``
     the original's scripts save and read back (its captioning evaluation needs it), of plain values only."""
@@ -299,16 +289,6 @@ def write_training_args(folder: PathLike, args: dict[str, Any]) -> None:
     folder = Path(folder)
     atomic_write(folder / "training_args.bin", lambda tmp: torch.save(argparse.Namespace(**plain), tmp))
     atomic_write_text(folder / "training_args.json", json.dumps(plain, indent=1))
-
-
-def load_training_state(folder: PathLike) -> dict:
-    """A checkpoint's ``training_state.pt`` (optimizer, scheduler, step, random states), to resume; one error
-    naming it if unreadable."""
-    path = Path(folder) / "training_state.pt"
-    state = read_torch(path, str(path))
-    if not isinstance(state, dict) or not {"optimizer", "scheduler", "step"} <= set(state):
-        raise VinvlError(f"{path}: not a training state (optimizer, scheduler, step)")
-    return state
 
 
 def config_file(path: Optional[PathLike]) -> Any:

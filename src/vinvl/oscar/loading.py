@@ -19,9 +19,9 @@ from typing import Any, Callable, Generic, Optional, TypeVar, Union
 from torch import nn
 
 from ..errors import VinvlError
+from ..training.runtime import Device, as_device, stderr_log
 from .checkpoint import load_for_task, require_checkpoint, training_settings
 from .options import TrainingOptions, TrainingSettings, restore
-from .runtime import Device, as_device, stderr_log
 from .tensorize import load_tokenizer
 
 PathLike = Union[str, os.PathLike]

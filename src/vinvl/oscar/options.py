@@ -1,12 +1,10 @@
 """Every Oscar+ task's options and their defaults, in one place (importable without torch: the CLI reads them),
 and the one rule that merges them with the settings a checkpoint was trained with (:func:`restore`).
 
-:class:`TrainingOptions` are the options of any training run (the :class:`~vinvl.oscar.training.Trainer`'s:
-batching, optimiser, schedule, step count, saving, logging, device, precision); each task's class adds its
+:class:`TrainingOptions` are the options of any Oscar+ training run (the training engine's, :mod:`vinvl.training.options`:
+batching, step count, saving, logging, device, precision; and AdamW's and the schedule's); each task's class adds its
 own fields and overrides only the defaults that differ, which are the original's model-zoo commands.
-The "not set" values are one rule everywhere: ``max_steps`` 0 lets ``num_train_epochs`` decide;
-``save_steps`` N > 0 saves every N steps, 0 at the end of every epoch, -1 only at the last step (the last
-step is always saved); ``log_steps`` 0 logs only the last step.
+The "not set" values (``max_steps`` 0, ``save_steps`` 0 and -1, ``log_steps`` 0) are the engine's one rule.
 
 **The merge rule.** Each options class names the settings that describe the inputs its model was trained on
 (``RESTORED``: sequence lengths, tags on or off, ...). Wherever a checkpoint's model is fed such inputs
@@ -18,14 +16,13 @@ set (:meth:`TrainingOptions.explicit`: constructor arguments and later assignmen
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 from ..errors import VinvlError
+from ..training.options import EngineOptions
 
 SCHEDULERS = ("linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_HELP = "fp32, bf16 or fp16 autocast (fp16 training with a gradient scaler)."
 
 T = TypeVar("T", bound="TrainingOptions")
 A = TypeVar("A")
@@ -68,51 +65,27 @@ def merge_settings(explicit: Mapping[str, Any], recorded: Mapping[str, Any], def
 
 
 @dataclass
-class TrainingOptions:
-    """The options of any training run (the original ``run_*.py`` flags of the same names)."""
+class TrainingOptions(EngineOptions):
+    """The options of any Oscar+ training run (the original ``run_*.py`` flags of the same names): the engine's
+    (:class:`vinvl.training.options.EngineOptions`, whose defaults are these runs') and AdamW's, the schedule's
+    decay and the evaluation's batch."""
 
     RESTORED: ClassVar[tuple[str, ...]] = ()  # the settings a checkpoint's recorded value fills (see :func:`restore`)
 
-    batch_size: int = 32  # examples per micro-batch per process (--per_gpu_train_batch_size)
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.05
     adam_epsilon: float = 1e-8
-    warmup_steps: int = 0
     scheduler: str = "linear"  # after warm-up: linear decay to 0 at the last step, or constant
-    num_train_epochs: float = 1.0
-    max_steps: int = 0  # > 0 overrides num_train_epochs
-    max_grad_norm: float = 1.0  # <= 0: no clipping
-    seed: int = 88
-    save_steps: int = 0  # > 0 every N steps, 0 every epoch, -1 only the last step
-    log_steps: int = 20  # 0: only the last step
     eval_batch_size: int = 64
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)
 
     def check(self) -> "TrainingOptions":
         """One error naming the option for a value no run can use (the CLI checks these ranges while parsing)."""
-        positive = ("batch_size", "gradient_accumulation_steps", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise VinvlError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        for name in ("learning_rate", "weight_decay", "adam_epsilon", "warmup_steps", "max_steps", "log_steps"):
-            if getattr(self, name) < 0:
-                raise VinvlError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
-        if self.save_steps < -1:
-            raise VinvlError(f"--save-steps {self.save_steps}: N > 0 (every N steps), 0 (every epoch) or -1 (last only)")
-        if self.max_steps == 0 and not self.num_train_epochs > 0:
-            raise VinvlError(f"--num-train-epochs {self.num_train_epochs}: must be > 0 when --max-steps is 0")
+        super().check()
+        if self.eval_batch_size < 1:
+            raise VinvlError(f"--eval-batch-size {self.eval_batch_size}: must be at least 1")
+        if self.adam_epsilon < 0:
+            raise VinvlError(f"--adam-epsilon {self.adam_epsilon}: must not be negative")
         if self.scheduler not in SCHEDULERS:
             raise VinvlError(f"--scheduler {self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
-        if self.precision not in PRECISIONS:
-            raise VinvlError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        check_device(self.device)
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every option by name (what a checkpoint's ``training_args`` records)."""
-        return asdict(self)
 
     # Which values the caller set is kept beside the fields (not one of them: it is no option and is never
     # recorded). The dataclass __init__ assigning the defaults is not the caller, so tracking starts after it.
@@ -134,13 +107,6 @@ class TrainingOptions:
     def explicit(self) -> frozenset[str]:
         """The options the caller set (constructor arguments, later assignments): no checkpoint value replaces them."""
         return self._explicit & {f.name for f in fields(self)}
-
-
-def check_device(name: str) -> str:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; one error naming ``--device`` otherwise."""
-    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
-        return name
-    raise VinvlError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def option_defaults(cls: type) -> dict[str, Any]:

@@ -6,7 +6,8 @@ random choices seeded by the example's own ``(seed, epoch, i)``), :meth:`Task.co
 :meth:`Task.evaluate` (run at each save; a dict with ``score``), :meth:`Task.predict` (what the model says of
 images and texts), :meth:`Task.save_files` (its files in each checkpoint) and :meth:`Task.settings` (what
 ``training_args`` records besides the options). The model is built once, the same way for every task, through
-the one loader (:class:`vinvl.oscar.loading.OscarCheckpoint`).
+the one loader (:class:`vinvl.oscar.loading.OscarCheckpoint`); the optimiser (:meth:`Task.optimizer`) and the
+checkpoint's layout (:meth:`Task.save_checkpoint`: the original's) are the same for every task.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import torch
 from torch import nn
 
 from ...errors import VinvlError
-from ..checkpoint import load_for_task
+from ...training.runtime import stderr_log
+from ..checkpoint import load_for_task, write_training_args
 from ..data.regions import Key, RegionSource
 from ..loading import OscarCheckpoint
 from ..metrics.qa import accuracy
 from ..options import TrainingOptions
-from ..runtime import stderr_log
 from ..task import Batch, ExampleSet, Figures, Result, StepContext
 from ..tensorize import load_tokenizer
+from ..training import make_optimizer
 
 __all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
 
@@ -94,6 +96,10 @@ class Task:
         """Checks and adjustments after the weights are in (a fresh model, a starting or a resumed checkpoint)."""
         return model
 
+    def optimizer(self, model: nn.Module, total: int, fused: bool) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW and its warm-up schedule (:func:`vinvl.oscar.training.make_optimizer`) over ``total`` steps."""
+        return make_optimizer(model, self.options, total, fused)
+
     def loss(self, module: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, Figures]:
         """(loss, figures to log) of a micro-batch; ``module`` may be the data-parallel wrapper."""
         out = module(**batch)
@@ -110,6 +116,12 @@ class Task:
     def predict(self, model: nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str]) -> Result:
         """What ``model`` says of images ``keys`` of ``regions`` and of ``texts``."""
         raise VinvlError(f"{type(self).__name__} predicts nothing")
+
+    def save_checkpoint(self, model: nn.Module, folder: Path, args: dict[str, Any]) -> None:
+        """The original's layout (weights, config, vocabulary), ``training_args`` and the task's own files."""
+        model.save_original(folder, tokenizer=self.tokenizer)
+        write_training_args(folder, args)
+        self.save_files(folder)
 
     def save_files(self, folder: Path) -> None:
         """The task's own files in a checkpoint folder (e.g. ``answers.json``)."""

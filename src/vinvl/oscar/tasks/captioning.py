@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
+from ...training.checkpoints import latest_checkpoint
+from ...training.runtime import Device, autocast
 from .. import transformers_adapter as hf
-from ..checkpoint import latest_checkpoint, training_settings
+from ..checkpoint import training_settings
 from ..data.captions import CaptionData
 from ..data.regions import Key, RegionSource
 from ..generate import generate, sample
@@ -35,7 +37,6 @@ from ..loading import OscarCheckpoint
 from ..metrics.caption import CiderD, coco_caption_metrics, wrap_for_reward
 from ..modeling import OscarForCaptioning
 from ..options import CaptionOptions, DecodeOptions, TrainingSettings, restore
-from ..runtime import Device, autocast
 from ..tensorize import CaptionTensorizer
 from ..training import Trainer
 from .base import Task, stack, task_tokenizer

@@ -15,12 +15,12 @@ from torch import nn
 
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
+from ...training.runtime import as_device, autocast
 from ..data.qa import AnswerVocab, QADataset, load_qa_split
 from ..data.regions import Key, RegionSource
 from ..loading import OscarCheckpoint, check_lengths
 from ..modeling import OscarForSequenceClassification
 from ..options import ClassificationOptions
-from ..runtime import as_device, autocast
 from ..tensorize import ClassificationTensorizer
 from ..training import Trainer
 from .base import Task, accuracy, predict_logits

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ...atomic import atomic_write
 from ...errors import VinvlError
+from ...training.runtime import Device, autocast, stderr_log
 from .. import transformers_adapter as hf
 from ..data.regions import RegionSource
 from ..data.retrieval import Key, RetrievalSplit, RetrievalTrainSet, load_split, open_images
@@ -36,7 +37,6 @@ from ..loading import from_pretrained
 from ..metrics.retrieval import fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
-from ..runtime import Device, autocast, stderr_log
 from ..tensorize import RetrievalTensorizer, pad_regions
 from ..training import Trainer
 from .base import Task, task_tokenizer

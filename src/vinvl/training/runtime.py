@@ -1,10 +1,11 @@
-"""Where an Oscar+ command runs: the device (:func:`resolve_device`, one rule for every command), the processes of
-a ``torchrun`` run (:class:`Runtime`), the precision (:func:`autocast`) and the progress log (:func:`stderr_log`).
+"""Where a training run or an Oscar+ command runs: the device (:func:`resolve_device`, one rule for every command),
+the processes of a ``torchrun`` run (:class:`Runtime`), the precision (:func:`autocast`) and the progress log
+(:func:`stderr_log`).
 
 The device rule: ``auto`` (every command's default, training and inference alike) is CUDA when present, else the
 CPU; ``cpu``, ``cuda``, ``cuda:N`` as named (a CUDA device on a machine without one is one error naming
 ``--device``); under ``torchrun`` each process takes ``cuda:LOCAL_RANK``. The precision vocabulary is
-:data:`vinvl.oscar.options.PRECISIONS`: ``fp32`` (the default: the original's numbers), ``bf16``, ``fp16``.
+:data:`vinvl.training.options.PRECISIONS`: ``fp32`` (the default: the original's numbers), ``bf16``, ``fp16``.
 """
 
 from __future__ import annotations
