@@ -22,8 +22,8 @@ BOTH_SIDES = ["vinvl.regions", "vinvl.caption", "vinvl.cli", "vinvl.__main__"]
 LAYERS: list[tuple[str, list[str]]] = [
     ("file formats", FORMATS),
     ("the transfer engine", ["vinvl.download"]),
-    ("released assets, the detector's configuration and the training options",
-     ["vinvl.registry", "vinvl.config", "vinvl.training.options"]),
+    ("released assets, the detector's configuration, the training options and the number formats",
+     ["vinvl.registry", "vinvl.config", "vinvl.training.options", "vinvl.dtypes"]),
     ("tools over files", ["vinvl.draw", "vinvl.corpus", "vinvl.datasets"]),
     ("the training engine (both halves train through it)", ["vinvl.training"]),
     ("the detector and Oscar+ (rule 3 keeps them apart)", ["vinvl.detection", "vinvl.oscar"]),

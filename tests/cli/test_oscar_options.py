@@ -166,3 +166,53 @@ def test_the_oscar_command_modules_form_a_tree() -> None:
         return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in imports[a])
 
     assert [n for n in names if reaches(n, n)] == []
+
+
+def _all_commands():  # type: ignore[no-untyped-def]
+    def walk(cmd, path):  # type: ignore[no-untyped-def]
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            if hasattr(sub, "commands"):
+                yield from walk(sub, (*path, name))
+            else:
+                yield (*path, name), sub
+
+    return list(walk(typer.main.get_command(app), ()))
+
+
+def test_one_dtype_vocabulary_for_every_command() -> None:
+    """Every command that takes a number format calls it --dtype, with the values of vinvl.dtypes (the detector's
+    inference adds auto), fp32 by default; none takes --precision any more."""
+    from vinvl.dtypes import DTYPE_CHOICES, DTYPES
+
+    with_dtype = {}
+    for path, cmd in _all_commands():
+        flags = {f: p for p in cmd.params for f in p.opts}
+        assert "--precision" not in flags, path
+        if "--dtype" in flags:
+            p = flags["--dtype"]
+            assert p.default == "fp32", path
+            ok = [v for v in ("fp32", "bf16", "fp16", "auto", "fp8") if _accepts(p, v)]
+            assert ok in (list(DTYPES), [*DTYPES, "auto"]) and set(ok) <= set(DTYPE_CHOICES), (path, ok)
+            with_dtype[" ".join(path)] = ok
+    for name in ("extract", "caption", "detector train", "oscar caption train", "oscar caption eval",
+                 "oscar retrieval eval", "oscar vqa train", "oscar pretrain"):
+        assert name in with_dtype, name
+    assert "auto" in with_dtype["extract"] and "auto" not in with_dtype["detector train"]
+
+
+def _accepts(param, value: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        param.callback(None, param, value) if param.callback else None
+    except (typer.BadParameter, Exception):  # noqa: BLE001 - any refusal
+        return False
+    return True
+
+
+@pytest.mark.parametrize("command", [["oscar", "caption", "train", "d.yaml", "-o", "o"],
+                                     ["oscar", "retrieval", "eval", "ckpt", "data", "-o", "o"],
+                                     ["detector", "train", "d.yaml", "-o", "o"]])
+def test_the_old_precision_spelling_is_refused_with_a_hint(command: list, capsys: pytest.CaptureFixture) -> None:
+    """`--precision bf16` (the spelling before 2026-12-07) is one line naming --dtype, exit 2, nothing run."""
+    assert main([*command, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision was renamed --dtype" in err, err

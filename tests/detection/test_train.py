@@ -246,3 +246,14 @@ def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(shapes: Path,
     for i, st in sa["optimizer"]["state"].items():
         assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][i]["momentum_buffer"])
     assert log_figures(a) == log_figures(b)
+
+
+def test_a_run_folder_of_the_old_loop_is_refused_on_resume(tmp_path: Path) -> None:
+    """`--resume` on a folder the detector's own loop wrote (last_checkpoint.pth, no checkpoint-N/) is one line
+    naming the file and the way on, before any data is read (that loop's state cannot resume exactly)."""
+    from vinvl.detection.train import train
+    from vinvl.errors import VinvlError
+
+    (tmp_path / "last_checkpoint.pth").write_bytes(b"old")
+    with pytest.raises(VinvlError, match=r"last_checkpoint\.pth: a run of vinvl detector train before .* --init"):
+        train("tiny", tmp_path / "missing.yaml", tmp_path, resume=True)

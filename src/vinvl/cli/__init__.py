@@ -13,6 +13,7 @@ import typer
 
 from .. import __version__
 from ..atomic import UNWRITABLE, os_error_line
+from ..dtypes import RENAMED_OPTIONS
 from ..errors import VinvlError, cli_warnings, one_line
 from . import caption as _caption
 from . import corpus as _corpus
@@ -94,6 +95,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                 and type(e).__name__ != "MissingParameter":
             name = "/".join(param.opts) if param.param_type_name == "option" else str(param.name).upper()
             message = f"{name}: {e.message}"
+        elif type(e).__name__ == "NoSuchOption" and getattr(e, "option_name", None) in RENAMED_OPTIONS:
+            message = (f"{ctx.command_path}: " if ctx is not None else "") + \
+                f"{e.option_name} was renamed {RENAMED_OPTIONS[e.option_name]} (the same values)"
         else:
             message = (f"{ctx.command_path}: " if ctx is not None else "") + e.format_message()
         print(f"error: {one_line(message)}{hint}", file=sys.stderr)

@@ -11,8 +11,7 @@ import typer
 from ..atomic import atomic_write_text
 from ..config import TrainConfig
 from ..errors import VinvlError
-from ..training.options import PRECISION_HELP, PRECISIONS
-from .options import device_option, one_of, output_file, output_folder
+from .options import device_option, dtype_option, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
                   no_args_is_help=True)
@@ -39,7 +38,7 @@ def train(
     seed: int = typer.Option(_T.seed, "--seed", min=0, help="Seed of initialisation, data order, flips and sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     device: Optional[str] = device_option(" (under torchrun each process takes cuda:LOCAL_RANK)"),
-    precision: str = typer.Option(_T.precision, "--precision", help=PRECISION_HELP, callback=one_of(*PRECISIONS)),
+    precision: str = dtype_option(detector=False),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest complete checkpoint-N, exactly as the uninterrupted run."),
     checkpoint_every: int = typer.Option(_T.save_steps, "--checkpoint-every", min=1, help="Iterations between checkpoints (and the last)."),
     log_every: int = typer.Option(_T.log_steps, "--log-every", min=1, help="Iterations between log lines (and the last)."),

@@ -18,7 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.models import DefaultPlaceholder
 
 from ..atomic import UNWRITABLE, os_error_line
-from ..config import DTYPE_CHOICES
+from ..dtypes import DETECTOR_DTYPE_HELP, DTYPE_CHOICES, DTYPE_HELP, DTYPES
 from ..errors import FaultError, VinvlError
 from ..training.options import check_device
 
@@ -183,7 +183,7 @@ def write_faults(kept: str = "nothing was written under its final name") -> Iter
         raise FaultError(f"{os_error_line(e)}; {kept}") from None
 
 
-# -- the detector commands' numerics: declared once for extract, caption and detector train|eval ------------------
+# -- --device and --dtype: declared once for every command (the Oscar+ table takes the same policy and vocabulary) ------------------
 DEVICE_POLICY = "auto (the default: CUDA when present, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -192,8 +192,8 @@ def device_option(also: str = "") -> Any:
     return typer.Option(None, "--device", help=f"{DEVICE_POLICY}{also}.", callback=device_or_auto)
 
 
-def dtype_option() -> Any:
-    """The detector commands' ``--dtype``: the detector's numerics (vinvl.config.DTYPE_CHOICES), fp32 by default."""
-    return typer.Option("fp32", "--dtype", help="The detector's numerics: fp32 (default: the original's numbers), auto "
-                        "(bf16 where this CPU/GPU has native bf16, else fp32: by capability, never by a timing), or "
-                        "bf16/fp16 autocast (faster, with drift: docs/performance.md).", callback=one_of(*DTYPE_CHOICES))
+def dtype_option(detector: bool = True) -> Any:
+    """``--dtype`` (the one vocabulary, vinvl.dtypes), fp32 by default; the detector's inference also takes auto."""
+    if detector:
+        return typer.Option("fp32", "--dtype", help=DETECTOR_DTYPE_HELP, callback=one_of(*DTYPE_CHOICES))
+    return typer.Option("fp32", "--dtype", help=DTYPE_HELP, callback=one_of(*DTYPES))

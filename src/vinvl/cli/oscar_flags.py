@@ -24,7 +24,7 @@ from click.core import ParameterSource
 
 from ..errors import VinvlError
 from ..oscar import options as O
-from ..training.options import PRECISION_HELP, PRECISIONS
+from ..dtypes import DTYPE_HELP, DTYPES
 from .options import DEVICE_POLICY, device_or_auto, one_of, output_folder
 
 REQUIRED = object()  # no default: the option must be given
@@ -108,7 +108,7 @@ OPTIONS: dict[str, Opt] = {
     # -- the run -----------------------------------------------------------------------------------------
     "device": _o("--device", type=str, default="auto", callback=device_or_auto,
                  help=f"{DEVICE_POLICY}; under torchrun each process takes cuda:LOCAL_RANK."),
-    "precision": _o("--precision", type=str, default="fp32", choices=PRECISIONS, help=PRECISION_HELP),
+    "precision": _o("--dtype", type=str, default="fp32", choices=DTYPES, help=DTYPE_HELP),
     "batch_size": _o("--batch-size", min=1, help="Training examples per micro-batch per process "
                      "(--per_gpu_train_batch_size; retrieval: matched pairs, each adding an unmatched one; SCST: images)."),
     "gradient_accumulation_steps": _o("--gradient-accumulation-steps", min=1, help="Micro-batches per optimizer step."),

@@ -1,8 +1,7 @@
 """Typed configuration of vinvl's models, the presets built from it, and the detector's training settings."""
 
+from ..dtypes import DTYPE_CHOICES, DTYPES  # the number formats' one vocabulary, re-exported for the detector
 from .detector import (
-    DTYPE_CHOICES,
-    DTYPES,
     AttributeConfig,
     BackboneConfig,
     BoxHeadConfig,

@@ -14,10 +14,6 @@ from typing import Any, Literal
 
 from ..errors import VinvlError
 
-# The detector's numerics, by name: one vocabulary for the library (vinvl.detection.numerics) and for the
-# detector commands' --dtype (vinvl.cli.options); torch-free so that the command line can check it.
-DTYPES = ("fp32", "bf16", "fp16")
-DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from ..atomic import atomic_write, atomic_write_json
 from ..config import DetectorConfig, InputConfig, TrainConfig, detector_preset
 from ..config.original import apply_set_options
 from ..errors import VinvlError
+from ..training.checkpoints import latest_checkpoint
 from ..training.engine import Engine, warmup_schedule
 from ..training.runtime import stderr_log
 from ..training.task import Batch, Figures, StepContext
@@ -230,6 +231,10 @@ def train(
     ``out_dir/model_final.pth``, the last checkpoint's weights in the released layout (``labelmap.json`` beside it).
     ``callbacks`` are the engine's (called with the steps done after each step)."""
     options = options if options is not None else TrainConfig()
+    old = Path(out_dir) / "last_checkpoint.pth"  # what the detector's own loop wrote before the training engine
+    if resume and old.is_file() and latest_checkpoint(out_dir) is None:
+        raise VinvlError(f"{old}: a run of vinvl detector train before 2026-12-07, which cannot be resumed exactly; "
+                         f"train again into another folder, or start from its weights with --init {old}")
     cfg = apply_set_options(detector_preset(cfg) if isinstance(cfg, str) else cfg, settings)
     task = DetectorTask(cfg, dataset, options, init=init, eval_dataset=eval_dataset, log=log)
     engine = Engine(task, options, out_dir, log=log, callbacks=callbacks)

@@ -276,6 +276,8 @@ class Engine:
         per_step = opts.batch_size * rt.world * opts.gradient_accumulation_steps
         total, per_epoch = total_steps(n, opts, rt.world)
         last = latest_checkpoint(self.out) if resume else None
+        if resume and last is None:
+            say(f"--resume: no complete checkpoint-N/ in {self.out} yet; starting at step 0")
         seed_everything(opts.seed)  # fresh heads, dropout and sampling start from the seed, as the original's set_seed
         model = task.build_model(last).to(rt.device)
         self.model, self.runtime = model, rt  # what callbacks may look at

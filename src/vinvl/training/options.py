@@ -1,5 +1,5 @@
-"""The options of any training run through the engine (:class:`EngineOptions`), and the vocabularies of its device
-and precision; importable without torch (the CLI and the configurations of both halves read them).
+"""The options of any training run through the engine (:class:`EngineOptions`), and the grammar of its device (the precision's
+vocabulary is vinvl.dtypes); importable without torch (the CLI and the configurations of both halves read them).
 
 The "not set" values are one rule for every task: ``max_steps`` 0 lets ``num_train_epochs`` decide; ``save_steps``
 N > 0 saves every N steps, 0 at the end of every epoch, -1 only at the last step (the last step is always saved);
@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..dtypes import DTYPES
 from ..errors import VinvlError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_HELP = "fp32, bf16 or fp16 autocast (fp16 training with a gradient scaler)."
 
 
 def check_device(name: str) -> str:
@@ -56,8 +54,8 @@ class EngineOptions:
             raise VinvlError(f"--save-steps {self.save_steps}: N > 0 (every N steps), 0 (every epoch) or -1 (last only)")
         if self.max_steps == 0 and not self.num_train_epochs > 0:
             raise VinvlError(f"--num-train-epochs {self.num_train_epochs}: must be > 0 when --max-steps is 0")
-        if self.precision not in PRECISIONS:
-            raise VinvlError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision not in DTYPES:
+            raise VinvlError(f"--dtype {self.precision!r}: expected one of {', '.join(DTYPES)}")
         check_device(self.device)
         return self
 

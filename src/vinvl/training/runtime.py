@@ -5,7 +5,7 @@ the processes of a ``torchrun`` run (:class:`Runtime`), the precision (:func:`au
 The device rule: ``auto`` (every command's default, training and inference alike) is CUDA when present, else the
 CPU; ``cpu``, ``cuda``, ``cuda:N`` as named (a CUDA device on a machine without one is one error naming
 ``--device``); under ``torchrun`` each process takes ``cuda:LOCAL_RANK``. The precision vocabulary is
-:data:`vinvl.training.options.PRECISIONS`: ``fp32`` (the default: the original's numbers), ``bf16``, ``fp16``.
+:data:`vinvl.dtypes.DTYPES`: ``fp32`` (the default: the original's numbers), ``bf16``, ``fp16``.
 """
 
 from __future__ import annotations
