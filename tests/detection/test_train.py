@@ -91,7 +91,9 @@ def test_the_detector_is_a_task_of_the_engine(shapes: Path) -> None:
     task = DetectorTask(detector_preset("tiny"), shapes / "dataset.yaml", TrainConfig(warmup_steps=10))
     opt, schedule = task.optimizer(torch.nn.Linear(2, 2), total=100, fused=False)
     assert isinstance(opt, torch.optim.SGD)
-    assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
+    weights, biases = opt.param_groups
+    assert weights["momentum"] == biases["momentum"] == 0.9 and weights["weight_decay"] == biases["weight_decay"] == 1e-4
+    assert weights["initial_lr"] == biases["initial_lr"] == 0.02  # the recipe: biases as the weights
     lrs = []
     for _ in range(100):
         lrs.append(schedule.get_last_lr()[0])
@@ -257,3 +259,55 @@ def test_a_run_folder_of_the_old_loop_is_refused_on_resume(tmp_path: Path) -> No
     (tmp_path / "last_checkpoint.pth").write_bytes(b"old")
     with pytest.raises(VinvlError, match=r"last_checkpoint\.pth: a run of vinvl detector train before .* --init"):
         train("tiny", tmp_path / "missing.yaml", tmp_path, resume=True)
+
+
+def _original_lr(base: float, s: int, milestones: list, gamma: float, factor: float, warmup: int, method: str) -> float:
+    """maskrcnn-benchmark's WarmupMultiStepLR.get_lr at last_epoch ``s``, written out from its code."""
+    import bisect
+
+    warm = 1.0
+    if s < warmup:
+        warm = factor if method == "constant" else factor * (1 - s / warmup) + s / warmup
+    return base * warm * gamma ** bisect.bisect_right(milestones, s)
+
+
+@pytest.mark.parametrize("method", ["linear", "constant"])
+def test_the_original_solver_schedule_and_bias_groups(shapes: Path, method: str) -> None:
+    """SOLVER.STEPS (absolute, a step from which the rate drops: bisect_right), WARMUP_FACTOR/ITERS/METHOD, GAMMA,
+    BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS give, at every step, the rates the original's make_optimizer +
+    WarmupMultiStepLR give (its formulas written out above), for weights and biases apart."""
+    o = TrainConfig(learning_rate=0.01, warmup_steps=7, warmup_factor=0.25, warmup_method=method, lr_steps=(5, 20, 20, 31),
+                    gamma=0.5, bias_lr_factor=2.0, weight_decay=5e-4, weight_decay_bias=0.0, max_steps=40)
+    task = DetectorTask(detector_preset("tiny"), shapes / "dataset.yaml", o)
+    opt, schedule = task.optimizer(torch.nn.Linear(2, 2), total=40, fused=False)
+    weights, biases = opt.param_groups
+    assert (weights["weight_decay"], biases["weight_decay"]) == (5e-4, 0.0)
+    for s in range(40):
+        w, b = schedule.get_last_lr()
+        assert w == pytest.approx(_original_lr(0.01, s, [5, 20, 20, 31], 0.5, 0.25, 7, method), rel=1e-12), s
+        assert b == pytest.approx(_original_lr(0.02, s, [5, 20, 20, 31], 0.5, 0.25, 7, method), rel=1e-12), s
+        opt.step()
+        schedule.step()
+    assert TrainConfig().milestones(3000) == (2250, 2760)  # vinvl's recipe: 75% and 92%
+
+
+def test_frozen_stages_and_training_sizes(shapes: Path) -> None:
+    """FREEZE_CONV_BODY_AT k: the stem and layer1 .. layer{k-1} get no gradient (the rest does); MIN_SIZE_TRAIN with
+    several sizes draws one per image and epoch (seeded, so a resumed run draws the same), MAX_SIZE_TRAIN caps."""
+    from vinvl.detection.train import freeze_stages
+    from vinvl.detection.model import AttrRCNN
+
+    model = AttrRCNN(detector_preset("tiny"))
+    freeze_stages(model, 2)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.body.stem.", "backbone.body.layer1.")) for n in frozen)
+    assert any(n.startswith("backbone.body.layer1.") for n in frozen)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone.body.layer2."))
+    o = TrainConfig(min_size_train=(64, 96, 128), max_size_train=150)
+    task = DetectorTask(detector_preset("tiny"), shapes / "dataset.yaml", o)
+    data = task.train_set()
+    sizes = [data.example(i, e).size for i in range(len(data)) for e in range(3)]
+    assert all(min(s) in (64, 96, 128) or max(s) >= 149 for s in sizes), sizes  # a shorter side drawn, or capped
+    assert len({min(s) for s in sizes if min(s) in (64, 96, 128)}) > 1
+    assert data.example(2, 1).size == data.example(2, 1).size
+    assert max(max(data.example(i, 0).size) for i in range(len(data))) <= 150

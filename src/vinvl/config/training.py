@@ -10,6 +10,7 @@ original's ``*_TRAIN`` settings are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import VinvlError
 from ..training.options import EngineOptions
@@ -18,8 +19,10 @@ from ..training.options import EngineOptions
 @dataclass
 class TrainConfig(EngineOptions):
     """The detector's training run: engine options (batch = images per micro-batch per process), SGD with
-    momentum, warm-up then x ``gamma`` at each fraction ``lr_steps`` of ``max_steps``, horizontal flips, and the
-    RPN's and the box head's matching, sampling and losses."""
+    momentum (biases at ``bias_lr_factor`` x the rate, ``weight_decay_bias``), warm-up then x ``gamma`` at each step
+    of ``lr_steps``, the training sizes and horizontal flips, the frozen stages, and the RPN's and the box head's
+    matching, sampling and losses. The defaults are vinvl's recipe (docs/models.md); the original's yaml maps onto
+    the same fields (``vinvl.config.original.to_training``: SOLVER.*, INPUT.*_TRAIN, the sampling keys)."""
 
     # -- the engine's options, the detector's defaults
     batch_size: int = 2  # images per micro-batch per process
@@ -32,11 +35,18 @@ class TrainConfig(EngineOptions):
     save_steps: int = 500
     # -- the schedule (maskrcnn-benchmark's WarmupMultiStepLR) and SGD
     momentum: float = 0.9
-    warmup_factor: float = 1.0 / 3  # the learning rate's factor at step 0, rising linearly to 1 at warmup_steps
-    lr_steps: tuple[float, ...] = (0.75, 0.92)  # fractions of max_steps where the rate is multiplied by gamma
+    warmup_factor: float = 1.0 / 3  # the learning rate's factor at step 0 (SOLVER.WARMUP_FACTOR)
+    warmup_method: str = "linear"  # linear: the factor rises to 1 at warmup_steps; constant: it stays until then
+    lr_steps: tuple[int, ...] = ()  # steps from which the rate is x gamma once more (SOLVER.STEPS); (): 75% and 92%
     gamma: float = 0.1
+    bias_lr_factor: float = 1.0  # biases' learning rate = learning_rate x this (SOLVER.BIAS_LR_FACTOR)
+    weight_decay_bias: Optional[float] = None  # biases' weight decay (SOLVER.WEIGHT_DECAY_BIAS); None: weight_decay
+    ims_per_batch: int = 0  # images per step over every process (SOLVER.IMS_PER_BATCH); 0: batch_size x processes
     # -- the data and the model's batch norms
+    min_size_train: tuple[int, ...] = ()  # shorter side, one drawn per image (INPUT.MIN_SIZE_TRAIN); (): the test size
+    max_size_train: int = 0  # longer side at most (INPUT.MAX_SIZE_TRAIN); 0: the test size
     hflip: float = 0.5  # probability of a horizontal flip
+    freeze_at: int = 0  # the stem (1) and the stages below layer k (k > 1) get no gradient (FREEZE_CONV_BODY_AT)
     trainable_bn: bool = False  # frozen BNs trained as batch norms (from scratch), folded back on every save
     # -- RPN: anchors matched at IoU fg/bg (each box also takes its best anchors), anchors crossing the border by
     #    more than straddle_thresh ignored; batch_per_image sampled, at most positive_fraction of them positive;
@@ -73,6 +83,30 @@ class TrainConfig(EngineOptions):
                 raise VinvlError(f"{name} {getattr(self, name)}: must not be negative")
         if self.rpn_bg_iou > self.rpn_fg_iou or self.roi_bg_iou > self.roi_fg_iou:
             raise VinvlError("a background IoU threshold above its foreground one (rpn_bg_iou, roi_bg_iou)")
-        if any(not 0.0 < s < 1.0 for s in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
-            raise VinvlError(f"lr_steps {self.lr_steps}: increasing fractions of max_steps, each in (0, 1)")
+        if list(self.lr_steps) != sorted(self.lr_steps) or any(s < 0 for s in self.lr_steps):
+            raise VinvlError(f"lr_steps {self.lr_steps}: increasing step numbers (SOLVER.STEPS)")
+        if self.warmup_method not in ("linear", "constant"):
+            raise VinvlError(f"warmup_method {self.warmup_method!r}: linear or constant (SOLVER.WARMUP_METHOD)")
+        for name in ("bias_lr_factor", "ims_per_batch", "max_size_train", "freeze_at"):
+            if getattr(self, name) < 0:
+                raise VinvlError(f"{name} {getattr(self, name)}: must not be negative")
+        if self.freeze_at > 4:
+            raise VinvlError(f"freeze_at {self.freeze_at}: 0 (nothing), 1 (the stem) .. 4 (the stem and layer1-3)")
+        if any(m < 1 for m in self.min_size_train):
+            raise VinvlError(f"min_size_train {self.min_size_train}: sizes of at least 1")
         return self
+
+    def milestones(self, total: int) -> tuple[int, ...]:
+        """The steps from which the rate drops by ``gamma`` once more: ``lr_steps``, else 75% and 92% of the run's
+        ``total`` steps."""
+        return tuple(self.lr_steps) or (int(0.75 * total), int(0.92 * total))
+
+    def images_per_process(self, world: int) -> int:
+        """Images per micro-batch of each of ``world`` processes: ``ims_per_batch`` split evenly (as the original's
+        data loader asserts), else ``batch_size``."""
+        if not self.ims_per_batch:
+            return self.batch_size
+        if self.ims_per_batch % (world * self.gradient_accumulation_steps):
+            raise VinvlError(f"SOLVER.IMS_PER_BATCH {self.ims_per_batch} is not divisible by the {world} process(es)"
+                             f" x {self.gradient_accumulation_steps} accumulation step(s)")
+        return self.ims_per_batch // (world * self.gradient_accumulation_steps)

@@ -66,6 +66,18 @@ def use_trainable_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+def freeze_stages(model: nn.Module, freeze_at: int) -> None:
+    """No gradient for the backbone's stem (``freeze_at`` >= 1) and its layer1 .. layer{freeze_at - 1}, as
+    maskrcnn-benchmark's MODEL.BACKBONE.FREEZE_CONV_BODY_AT."""
+    body = model.backbone.body if hasattr(model.backbone, "body") else model.backbone
+    for k in range(freeze_at):
+        stage = getattr(body, "stem" if k == 0 else f"layer{k}", None)
+        if stage is None:
+            raise VinvlError(f"freeze_at {freeze_at}: the backbone has no {'stem' if k == 0 else f'layer{k}'}")
+        for p in stage.parameters():
+            p.requires_grad_(False)
+
+
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The inference layout: BatchNorm2d folded into frozen-BN buffers (eps 0), plus the attribute head's
     copy of the res5 weights, as the original's checkpoints hold them."""
@@ -99,11 +111,16 @@ def load_for_finetuning(model: AttrRCNN, path: PathLike) -> list[str]:
 
 
 class DetectionExamples:
-    """The training images of a dataset as the engine reads them: ``example(i, epoch)`` is image ``i`` resized,
-    flipped with probability ``hflip`` by a draw seeded by ``(seed, epoch, i)``."""
+    """The training images of a dataset as the engine reads them: ``example(i, epoch)`` is image ``i`` resized (its
+    shorter side one of ``min_sizes``, drawn per image as the original's RandomResize), flipped with probability
+    ``hflip``; both draws seeded by ``(seed, epoch, i)``."""
 
-    def __init__(self, data: DetectionDataset, input_cfg: InputConfig, seed: int, hflip: float) -> None:
+    def __init__(self, data: DetectionDataset, input_cfg: InputConfig, seed: int, hflip: float,
+                 min_sizes: Sequence[int] = (), max_size: int = 0) -> None:
+        """``min_sizes`` () and ``max_size`` 0: ``input_cfg``'s (the test sizes)."""
         self.data, self.input_cfg, self.seed, self.hflip = data, input_cfg, seed, hflip
+        self.min_sizes = tuple(min_sizes) or (input_cfg.min_size,)
+        self.max_size = max_size or input_cfg.max_size
 
     def __len__(self) -> int:
         return len(self.data)
@@ -111,7 +128,12 @@ class DetectionExamples:
     def example(self, i: int, epoch: int) -> Sample:
         """Image ``i`` of ``epoch``, as the model trains on it."""
         flip = random.Random(f"{self.seed}/flip/{epoch}/{i}").random() < self.hflip
-        return self.data.sample(i, self.input_cfg, flip)
+        size = self.min_sizes[0] if len(self.min_sizes) == 1 else \
+            random.Random(f"{self.seed}/size/{epoch}/{i}").choice(self.min_sizes)
+        cfg = self.input_cfg
+        if (size, self.max_size) != (cfg.min_size, cfg.max_size):
+            cfg = dataclasses.replace(cfg, min_size=size, max_size=self.max_size)
+        return self.data.sample(i, cfg, flip)
 
 
 class DetectorTask:
@@ -139,7 +161,8 @@ class DetectorTask:
     # -- data
     def train_set(self) -> DetectionExamples:
         """The dataset's images, flipped at random."""
-        return DetectionExamples(self.data, self.cfg.input, self.options.seed, self.options.hflip)
+        o = self.options
+        return DetectionExamples(self.data, self.cfg.input, o.seed, o.hflip, o.min_size_train, o.max_size_train)
 
     def collate(self, examples: Sequence[Sample]) -> Batch:
         """Images zero-padded into one tensor, their sizes and targets (moved to the device by :meth:`loss`)."""
@@ -155,6 +178,7 @@ class DetectorTask:
             self.log(f"fine-tuning from {self.init}; re-initialised: {', '.join(fresh) or 'nothing'}")
         if self.options.trainable_bn:
             use_trainable_bn(model)
+        freeze_stages(model, self.options.freeze_at)
         if resume_from is not None:
             if self.options.trainable_bn:  # the folded weights cannot give back the BNs' own statistics exactly
                 model.load_state_dict(read_checkpoint(resume_from / TRAINING_WEIGHTS))
@@ -163,11 +187,18 @@ class DetectorTask:
         return model
 
     def optimizer(self, model: nn.Module, total: int, fused: bool) -> tuple[torch.optim.Optimizer, Any]:
-        """SGD with momentum and weight decay; warm-up from ``warmup_factor``, then x ``gamma`` at each of ``lr_steps``."""
+        """SGD with momentum and weight decay, biases at their own rate and decay (maskrcnn-benchmark's
+        make_optimizer); warm-up from ``warmup_factor``, then x ``gamma`` at each of the milestones."""
         o = self.options
-        sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.learning_rate,
-                              momentum=o.momentum, weight_decay=o.weight_decay)
-        return sgd, warmup_schedule(sgd, total, o.warmup_steps, "steps", o.warmup_factor, o.lr_steps, o.gamma)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        bias_decay = o.weight_decay if o.weight_decay_bias is None else o.weight_decay_bias
+        groups = [{"params": [p for n, p in named if "bias" not in n], "lr": o.learning_rate,
+                   "weight_decay": o.weight_decay},
+                  {"params": [p for n, p in named if "bias" in n], "lr": o.learning_rate * o.bias_lr_factor,
+                   "weight_decay": bias_decay}]
+        sgd = torch.optim.SGD([g for g in groups if g["params"]], lr=o.learning_rate, momentum=o.momentum)
+        return sgd, warmup_schedule(sgd, total, o.warmup_steps, "steps", o.warmup_factor, o.milestones(total), o.gamma,
+                                    o.warmup_method)
 
     # -- loss
     def loss(self, module: nn.Module, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, Figures]:
@@ -236,6 +267,9 @@ def train(
         raise VinvlError(f"{old}: a run of vinvl detector train before 2026-12-07, which cannot be resumed exactly; "
                          f"train again into another folder, or start from its weights with --init {old}")
     cfg = apply_set_options(detector_preset(cfg) if isinstance(cfg, str) else cfg, settings)
+    if options.ims_per_batch:  # the original's global batch, split over torchrun's processes
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        options = dataclasses.replace(options, batch_size=options.images_per_process(world))
     task = DetectorTask(cfg, dataset, options, init=init, eval_dataset=eval_dataset, log=log)
     engine = Engine(task, options, out_dir, log=log, callbacks=callbacks)
     last = engine.train(resume=resume)

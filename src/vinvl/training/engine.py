@@ -25,6 +25,7 @@ save; it writes the model's files into each checkpoint. The engine owns everythi
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import json
@@ -140,19 +141,24 @@ DECAYS = ("linear", "constant", "steps")
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_steps: int, decay: str = "linear",
-                    warmup_factor: float = 0.0, milestones: Sequence[float] = (), gamma: float = 0.1) -> Any:
-    """The learning rate of step ``s`` (0-based) as a factor of the base rate: a linear warm-up from ``warmup_factor``
-    over ``warmup_steps``, then ``linear`` decay to 0 at step ``total``, ``constant``, or ``steps``: x ``gamma`` at
-    each fraction of ``total`` in ``milestones`` (maskrcnn-benchmark's WarmupMultiStepLR, whose warm-up factor
-    multiplies the decay's, where the other two replace it)."""
+                    warmup_factor: float = 0.0, milestones: Sequence[int] = (), gamma: float = 0.1,
+                    warmup_method: str = "linear") -> Any:
+    """The learning rate of step ``s`` (0-based) as a factor of each group's base rate: a warm-up from
+    ``warmup_factor`` over ``warmup_steps`` (``linear``: rising to 1; ``constant``: staying), then ``linear`` decay to
+    0 at step ``total``, ``constant``, or ``steps``: x ``gamma`` for each milestone <= s (maskrcnn-benchmark's
+    WarmupMultiStepLR, whose warm-up factor multiplies the decay's, where the other two replace it)."""
     if decay not in DECAYS:
         raise VinvlError(f"learning-rate decay {decay!r}: expected one of {', '.join(DECAYS)}")
-    drops_at = [int(m * total) for m in milestones]
+    drops_at = sorted(int(m) for m in milestones)
 
     def factor(s: int) -> float:
-        warm = warmup_factor + (1 - warmup_factor) * s / warmup_steps if s < warmup_steps else 1.0
+        if s < warmup_steps:
+            warm = warmup_factor if warmup_method == "constant" else \
+                warmup_factor * (1 - s / warmup_steps) + s / warmup_steps
+        else:
+            warm = 1.0
         if decay == "steps":
-            return warm * gamma ** sum(1 for d in drops_at if s >= d)
+            return warm * gamma ** bisect.bisect_right(drops_at, s)
         if s < warmup_steps:
             return warm
         if decay == "constant":
