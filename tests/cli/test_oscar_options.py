@@ -216,3 +216,22 @@ def test_the_old_precision_spelling_is_refused_with_a_hint(command: list, capsys
     assert main([*command, "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--precision was renamed --dtype" in err, err
+
+
+def test_only_the_flags_on_the_line_are_explicit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The merge rule's "the user's explicit value" is what the command line gave, read from the running command's
+    context (typer's own copy of click included): a flag left at its default is not explicit."""
+    import vinvl.oscar.tasks.captioning as captioning
+
+    seen = {}
+
+    def fake_train(data, out, opts, **kw):  # type: ignore[no-untyped-def]
+        seen["explicit"] = opts.explicit()
+        return out
+
+    monkeypatch.setattr(captioning, "train", fake_train)
+    monkeypatch.setattr("vinvl.oscar.data.captions.CaptionData", lambda *a, **k: None)
+    assert main(["oscar", "caption", "train", str(tmp_path / "train.yaml"), "-o", str(tmp_path / "run"),
+                 "--learning-rate", "1e-4", "--max-seq-length", "40"]) == 0
+    assert {"learning_rate", "max_seq_length"} <= seen["explicit"]
+    assert not seen["explicit"] & {"batch_size", "weight_decay", "seed", "max_img_seq_length", "num_train_epochs"}

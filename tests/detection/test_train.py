@@ -311,3 +311,76 @@ def test_frozen_stages_and_training_sizes(shapes: Path) -> None:
     assert len({min(s) for s in sizes if min(s) in (64, 96, 128)}) > 1
     assert data.example(2, 1).size == data.example(2, 1).size
     assert max(max(data.example(i, 0).size) for i in range(len(data))) <= 150
+
+
+ORIGINAL_TRAINING = """\
+MODEL:
+  META_ARCHITECTURE: "AttrRCNN"
+  BACKBONE: {{CONV_BODY: "R-50-C4", FREEZE_CONV_BODY_AT: 2}}
+  RESNETS: {{STEM_OUT_CHANNELS: 8, RES2_OUT_CHANNELS: 16, NUM_GROUPS: 2, WIDTH_PER_GROUP: 8,
+            BACKBONE_OUT_CHANNELS: 64, STRIDE_IN_1X1: False}}
+  RPN: {{PRE_NMS_TOP_N_TRAIN: 200, POST_NMS_TOP_N_TRAIN: 30, BATCH_SIZE_PER_IMAGE: 64}}
+  ROI_HEADS: {{BATCH_SIZE_PER_IMAGE: 16}}
+  ROI_BOX_HEAD: {{NUM_CLASSES: {classes}}}
+  ROI_ATTRIBUTE_HEAD: {{NUM_ATTRIBUTES: {attributes}}}
+  ATTRIBUTE_ON: True
+  DEVICE: cpu
+INPUT: {{MIN_SIZE_TRAIN: [80, 96], MAX_SIZE_TRAIN: 128, MIN_SIZE_TEST: 96, MAX_SIZE_TEST: 128}}
+DATA_DIR: "{data}"
+DATASETS: {{TRAIN: ["dataset.yaml"]}}
+SOLVER: {{BASE_LR: 0.005, MAX_ITER: 4, STEPS: [3], WARMUP_ITERS: 2, IMS_PER_BATCH: 1, CHECKPOINT_PERIOD: 2}}
+OUTPUT_DIR: "{out}"
+"""
+
+
+def _original_yaml(shapes: Path, tmp_path: Path, **change: int) -> Path:
+    from vinvl.labelmap import LabelMap
+
+    lm = LabelMap.load(shapes / "labelmap.json")
+    values = {"classes": lm.num_classes, "attributes": lm.num_attributes, "data": shapes, "out": tmp_path / "run",
+              **change}
+    path = tmp_path / "train.yaml"
+    path.write_text(ORIGINAL_TRAINING.format(**values))
+    return path
+
+
+def test_the_original_form_trains_as_train_sg_net(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`vinvl detector train --config-file F.yaml KEY VALUE` (tools/train_sg_net.py's form): the yaml's SOLVER keys, the
+    training sizes, the frozen stages and the sampling keys become the run's settings (recorded), OUTPUT_DIR is the
+    run folder, CHECKPOINT_PERIOD the checkpoints; the stem and layer1 (FREEZE_CONV_BODY_AT 2) do not move while
+    layer2 does; no gradient clipping, as make_optimizer."""
+    yaml_path = _original_yaml(shapes, tmp_path)
+    code = main(["detector", "train", "--config-file", str(yaml_path), "SOLVER.BIAS_LR_FACTOR", "3", "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    assert (run / "model_final.pth").is_file() and (run / "checkpoint-2").is_dir() and (run / "checkpoint-4").is_dir()
+    args = json.loads((run / "checkpoint-4/training_args.json").read_text())
+    want = {"learning_rate": 0.005, "lr_steps": [3], "warmup_steps": 2, "bias_lr_factor": 3, "weight_decay": 5e-4,
+            "weight_decay_bias": 0, "max_steps": 4, "save_steps": 2, "freeze_at": 2, "max_grad_norm": 0.0,
+            "min_size_train": [80, 96], "max_size_train": 128, "rpn_post_nms_top_n": 30, "rpn_batch_per_image": 64,
+            "roi_batch_per_image": 16, "batch_size": 1, "ims_per_batch": 1, "momentum": 0.9, "seed": 1000}
+    assert {k: args[k] for k in want} == want
+    w2, w4 = weights(run / "checkpoint-2/model.pth"), weights(run / "checkpoint-4/model.pth")
+    stem = [k for k in w2 if k.startswith(("backbone.body.stem.", "backbone.body.layer1.")) and k.endswith("weight")]
+    layer2 = [k for k in w2 if k.startswith("backbone.body.layer2.") and "conv" in k]
+    assert stem and all(torch.equal(w2[k], w4[k]) for k in stem)
+    assert layer2 and any(not torch.equal(w2[k], w4[k]) for k in layer2)
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["INPUT.BRIGHTNESS", "0.2"], "INPUT.BRIGHTNESS 0.2 is not supported for training"),
+    (["DATASETS.TRAIN", "('a.yaml', 'b.yaml')"], "DATASETS.TRAIN"),
+    (["SOLVER.TEST_PERIOD", "3"], "SOLVER.TEST_PERIOD 3"),
+    (["SOLVER.IMS_PER_BATCH", "2"], "DATALOADER.ASPECT_RATIO_GROUPING True"),
+    (["SOLVER.WARMUP_METHOD", "'cosine'"], "warmup_method 'cosine'"),
+    (["MODEL.ROI_BOX_HEAD.NUM_CLASSES", "9"], "MODEL.ROI_BOX_HEAD.NUM_CLASSES 9: the label map"),
+    (["--lr", "0.1"], "--lr: the original form takes its settings"),
+])
+def test_the_original_form_refuses_by_name(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list,
+                                           named: str) -> None:
+    """What vinvl cannot honour is one line naming the key (or the native option), exit 2, before any step."""
+    yaml_path = _original_yaml(shapes, tmp_path)
+    assert main(["detector", "train", "--config-file", str(yaml_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+    assert not (tmp_path / "run" / "checkpoint-2").exists()

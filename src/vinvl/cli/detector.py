@@ -11,7 +11,7 @@ import typer
 from ..atomic import atomic_write_text
 from ..config import TrainConfig
 from ..errors import VinvlError
-from .options import device_option, dtype_option, output_file, output_folder
+from .options import device_option, dtype_option, given_on_command_line, output_file, output_folder
 
 app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image TSV + label TSV + label map).",
                   no_args_is_help=True)
@@ -20,10 +20,16 @@ app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image T
 _T = TrainConfig  # the defaults below are the training configuration's, so they are stated once
 
 
+NATIVE_ONLY = ("preset", "init", "iterations", "batch_size", "accumulation", "lr", "warmup", "rois", "positive_fraction",
+               "set_", "trainable_bn", "seed", "precision", "checkpoint_every", "log_every", "eval_data")
+
+
 @app.command("train")
 def train(
-    dataset: Path = typer.Argument(..., help="Dataset yaml naming img, label and labelmap."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder: checkpoint-N/, model_final.pth, labelmap.json, logs.", callback=output_folder),
+    ctx: typer.Context,
+    args: Optional[List[str]] = typer.Argument(None, metavar="DATA.yaml | KEY VALUE ...", help="Dataset yaml naming img, label and labelmap; with --config-file, the original's KEY VALUE pairs."),
+    config_file: Optional[Path] = typer.Option(None, "--config-file", help="The original's yaml, as tools/train_sg_net.py takes it (SOLVER.*, INPUT.*_TRAIN, DATASETS.TRAIN, ...: each key honoured or refused by name, docs/original-config.md)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder: checkpoint-N/, model_final.pth, labelmap.json, logs (the original form: OUTPUT_DIR unless given).", callback=output_folder),
     preset: str = typer.Option("shapes_demo", "--preset", help="Architecture preset (classes/attributes follow the label map)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to fine-tune (predictors of other shapes re-initialised)."),
     iterations: int = typer.Option(_T.max_steps, "--iterations", min=1, help="Optimizer steps (SGD iterations)."),
@@ -37,7 +43,7 @@ def train(
     trainable_bn: bool = typer.Option(_T.trainable_bn, "--trainable-bn", help="Train the BNs (from scratch); folded into frozen BN on save."),
     seed: int = typer.Option(_T.seed, "--seed", min=0, help="Seed of initialisation, data order, flips and sampling."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    device: Optional[str] = device_option(" (under torchrun each process takes cuda:LOCAL_RANK)"),
+    device: Optional[str] = device_option(" (under torchrun each process takes cuda:LOCAL_RANK; the original form: MODEL.DEVICE unless given)"),
     precision: str = dtype_option(detector=False),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's newest complete checkpoint-N, exactly as the uninterrupted run."),
     checkpoint_every: int = typer.Option(_T.save_steps, "--checkpoint-every", min=1, help="Iterations between checkpoints (and the last)."),
@@ -45,19 +51,31 @@ def train(
     eval_data: Optional[Path] = typer.Option(None, "--eval", help="Dataset yaml to evaluate at each checkpoint (eval_logs.json: COCO AP50 as the score)."),
 ) -> None:
     """Train (or fine-tune) AttrRCNN through the training engine (torchrun for several processes); writes
-    OUT/model_final.pth in the released checkpoints' layout."""
-    from ..detection.train import train as run_train
-
+    OUT/model_final.pth in the released checkpoints' layout. The original form (--config-file F.yaml KEY VALUE ...)
+    trains as tools/train_sg_net.py configures it."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    if config_file is not None:
+        given = sorted(given_on_command_line(ctx, NATIVE_ONLY))
+        if given:
+            flags = next(o.opts[-1] for o in ctx.command.params if o.name == given[0])
+            raise VinvlError(f"{flags}: the original form takes its settings from --config-file and KEY VALUE pairs")
+        from ..detection.train import train_original
+
+        typer.echo(f"{train_original(config_file, list(args or []), out_dir=out, device=device, resume=resume)}")
+        return
+    if len(args or []) != 1 or out is None:
+        raise VinvlError("give one DATA.yaml and -o OUT (or the original form: --config-file F.yaml [KEY VALUE ...])")
+    from ..detection.train import train as run_train
+
     options = TrainConfig(max_steps=iterations, batch_size=batch_size, gradient_accumulation_steps=accumulation,
                           learning_rate=lr, warmup_steps=warmup, roi_batch_per_image=rois,
                           roi_positive_fraction=positive_fraction, trainable_bn=trainable_bn, seed=seed,
                           device=device or "auto", precision=precision, save_steps=checkpoint_every,
                           log_steps=log_every)
-    path = run_train(preset, dataset, out, options, init=init, resume=resume, eval_dataset=eval_data,
+    path = run_train(preset, Path(args[0]), out, options, init=init, resume=resume, eval_dataset=eval_data,
                      settings=set_ or [])
     typer.echo(f"{path}")
 

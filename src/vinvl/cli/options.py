@@ -197,3 +197,13 @@ def dtype_option(detector: bool = True) -> Any:
     if detector:
         return typer.Option("fp32", "--dtype", help=DETECTOR_DTYPE_HELP, callback=one_of(*DTYPE_CHOICES))
     return typer.Option("fp32", "--dtype", help=DTYPE_HELP, callback=one_of(*DTYPES))
+
+
+def given_on_command_line(ctx: Any, names: Sequence[str]) -> frozenset[str]:
+    """Which of ``names`` the command line (or the environment) set, as opposed to their defaults (all of them
+    without a context: a direct call)."""
+    if ctx is None:
+        return frozenset(names)
+    # by name: typer may carry its own copy of click, whose enum is another class than click's
+    return frozenset(n for n in names if getattr(ctx.get_parameter_source(n), "name", "DEFAULT")
+                     not in ("DEFAULT", "DEFAULT_MAP"))

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Optional, Sequence
 
-import click
 import typer
-from click.core import ParameterSource
 
 from ..errors import VinvlError
 from ..oscar import options as O
 from ..dtypes import DTYPE_HELP, DTYPES
-from .options import DEVICE_POLICY, device_or_auto, one_of, output_folder
+from .options import DEVICE_POLICY, device_or_auto, given_on_command_line, one_of, output_folder
 
 REQUIRED = object()  # no default: the option must be given
 RESTORED = object()  # default: the value the checkpoint was trained with, else the task's
@@ -236,9 +234,14 @@ def takes(*names: str, defaults: Any = None, restored: Sequence[str] = (), **fix
                                   **({} if default is REQUIRED else {"default": default}))
             params.append(p)
             ann[name] = annotation
+        # typer hands the running command's context to a parameter of this type: it tells what the line gave
+        params.append(inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+        ann[CONTEXT] = typer.Context
+
         @functools.wraps(fn)
         def wrapper(**kw: Any) -> Any:
-            given = Given({n: kw.pop(n) for n in names if n in kw}, explicit=_given_on_command_line(names))
+            ctx = kw.pop(CONTEXT, None)
+            given = Given({n: kw.pop(n) for n in names if n in kw}, explicit=given_on_command_line(ctx, names))
             return fn(**kw, given=given)
 
         wrapper.__signature__ = inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params])
@@ -295,13 +298,7 @@ class Given(dict):
         self.explicit = frozenset(explicit)
 
 
-def _given_on_command_line(names: Sequence[str]) -> frozenset[str]:
-    """Which of ``names`` the running command's line (or environment) set, as opposed to their defaults."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return frozenset(names)
-    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
-    return frozenset(n for n in names if ctx.get_parameter_source(n) not in defaults)
+CONTEXT = "vinvl_context"  # the parameter of every `takes` command that receives typer's context
 
 
 # the option groups several commands take

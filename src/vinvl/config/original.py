@@ -34,6 +34,7 @@ from .detector import (
     PostprocessConfig,
     RPNConfig,
 )
+from .training import TrainConfig
 
 # ResNet C4 bodies: blocks of layer1-3 and of the res5 head.
 # MODEL.BACKBONE.CONV_BODY -> (vinvl's backbone name, blocks per stage).
@@ -426,8 +427,10 @@ class OriginalRun:
     aspect_ratio_grouping: bool = True
 
 
-def _check_supported(cfg: dict[str, Any], source: str) -> None:
+def _check_supported(cfg: dict[str, Any], source: str, skip: Sequence[str] = ()) -> None:
     for key, rule in REFUSED.items():
+        if key in skip:
+            continue
         value = get(cfg, key)
         if not (rule.accepts(value, cfg) if rule.accepts else value == _default(key)):
             raise ConfigError(f"{source}: {key} {value!r} is not supported ({rule.why})")
@@ -471,6 +474,10 @@ def _check_subset(cfg: dict[str, Any], source: str) -> None:
 def to_run(cfg: dict[str, Any], source: str = "config") -> OriginalRun:
     """Map a merged original config onto vinvl's typed detector config and run settings."""
     _check_supported(cfg, source)
+    return _run_of(cfg, source)
+
+
+def _run_of(cfg: dict[str, Any], source: str) -> OriginalRun:
     g = lambda key: get(cfg, key)  # noqa: E731
     body, blocks = _BODIES[g("MODEL.BACKBONE.CONV_BODY")]
     backbone = BackboneConfig(
@@ -571,6 +578,175 @@ def load_original(config_file: Optional[Union[str, os.PathLike]] = None, opts: S
     return cfg, to_run(cfg, source if not opts else f"{source} + options")
 
 
+# -- training (`vinvl detector train --config-file`, as tools/train_sg_net.py) ---------------------------------
+# How a key acts when training, where that differs from extraction: read into the TrainConfig (or the run), or
+# without effect on training; every other key acts as in extraction (the model's architecture and its test-time
+# settings, used by the evaluation at each save). train_sg_net.py builds make_optimizer (SGD: SOLVER.OPTIMIZER and
+# CLIP_GRADIENTS are make_optimizer_d2's, for ViL backbones only), WarmupMultiStepLR and do_train.
+TRAINING: dict[str, str] = {
+    "DATASETS.TRAIN": "the training dataset yaml (the path as given when it is a file, else under DATA_DIR); one",
+    "DATASETS.FACTORY_TRAIN": "no effect: the dataset class reading the training yaml; every TSV dataset takes the "
+    "images, labels and label map from the yaml's img/label/labelmap files, which vinvl reads itself",
+    "MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN": "no effect: FPN only (the C4 RPN keeps MODEL.RPN.POST_NMS_TOP_N_TRAIN per "
+    "image)",
+    "DATASETS.LABELMAP_FILE": "no effect: the training yaml's `labelmap` is the label map, as in the original's TSV "
+    "datasets (LABELMAP_FILE is read by its test step)",
+    "DATASETS.TEST": "with SOLVER.TEST_PERIOD: the first one is evaluated at each checkpoint (`--eval`)",
+    "MODEL.WEIGHT": "`--init` (a checkpoint file; catalog:// names are refused)",
+    "MODEL.DEVICE": "`device` (`--device` wins)",
+    "OUTPUT_DIR": "the run folder (`-o` wins)",
+    "LOG_LOSS_PERIOD": "`TrainConfig.log_steps`",
+    "DTYPE": "no effect: train_sg_net.py never reads it (mixed precision is SOLVER.USE_AMP)",
+    "SOLVER.BASE_LR": "`TrainConfig.learning_rate`",
+    "SOLVER.BIAS_LR_FACTOR": "`TrainConfig.bias_lr_factor`",
+    "SOLVER.WEIGHT_DECAY": "`TrainConfig.weight_decay`",
+    "SOLVER.WEIGHT_DECAY_BIAS": "`TrainConfig.weight_decay_bias`",
+    "SOLVER.MOMENTUM": "`TrainConfig.momentum`",
+    "SOLVER.GAMMA": "`TrainConfig.gamma`",
+    "SOLVER.STEPS": "`TrainConfig.lr_steps` (absolute steps)",
+    "SOLVER.MAX_ITER": "`TrainConfig.max_steps`",
+    "SOLVER.WARMUP_FACTOR": "`TrainConfig.warmup_factor`",
+    "SOLVER.WARMUP_ITERS": "`TrainConfig.warmup_steps`",
+    "SOLVER.WARMUP_METHOD": "`TrainConfig.warmup_method` (linear or constant)",
+    "SOLVER.IMS_PER_BATCH": "`TrainConfig.ims_per_batch`: images per step over every process (each takes its share)",
+    "SOLVER.CHECKPOINT_PERIOD": "`TrainConfig.save_steps` (and the last step, as the original's model_final)",
+    "SOLVER.TEST_PERIOD": "0: no evaluation while training; CHECKPOINT_PERIOD: DATASETS.TEST[0] at each checkpoint",
+    "SOLVER.USE_AMP": "`TrainConfig.precision` fp16 (autocast + gradient scaler, as the original's torch.cuda.amp)",
+    "SOLVER.OPTIMIZER": "no effect: make_optimizer (C4 bodies) is SGD whatever it says",
+    "SOLVER.CLIP_GRADIENTS.ENABLED": "no effect: make_optimizer (C4 bodies) never clips (`max_grad_norm` 0)",
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "no effect: make_optimizer (C4 bodies) never clips",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": "no effect: make_optimizer (C4 bodies) never clips",
+    "SOLVER.CLIP_GRADIENTS.NORM_TYPE": "no effect: make_optimizer (C4 bodies) never clips",
+    "INPUT.MIN_SIZE_TRAIN": "`TrainConfig.min_size_train` (one drawn per image)",
+    "INPUT.MAX_SIZE_TRAIN": "`TrainConfig.max_size_train`",
+    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN": "`TrainConfig.hflip`",
+    "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": "`TrainConfig.freeze_at`",
+    "MODEL.RPN.PRE_NMS_TOP_N_TRAIN": "`TrainConfig.rpn_pre_nms_top_n`",
+    "MODEL.RPN.POST_NMS_TOP_N_TRAIN": "`TrainConfig.rpn_post_nms_top_n`",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": "`TrainConfig.rpn_batch_per_image`",
+    "MODEL.RPN.POSITIVE_FRACTION": "`TrainConfig.rpn_positive_fraction`",
+    "MODEL.RPN.FG_IOU_THRESHOLD": "`TrainConfig.rpn_fg_iou`",
+    "MODEL.RPN.BG_IOU_THRESHOLD": "`TrainConfig.rpn_bg_iou`",
+    "MODEL.RPN.STRADDLE_THRESH": "`TrainConfig.rpn_straddle_thresh`",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "`TrainConfig.roi_batch_per_image`",
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": "`TrainConfig.roi_positive_fraction`",
+    "MODEL.ROI_HEADS.FG_IOU_THRESHOLD": "`TrainConfig.roi_fg_iou`",
+    "MODEL.ROI_HEADS.BG_IOU_THRESHOLD": "`TrainConfig.roi_bg_iou`",
+    "MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT": "`TrainConfig.attribute_loss_weight`",
+    "MODEL.ROI_BOX_HEAD.NUM_CLASSES": "`box_head.num_classes`: must be the training label map's classes + 1",
+    "MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES": "`attributes.num_attributes`: must be the label map's attributes + 1",
+}
+_NO_JITTER = "vinvl does not implement colour jitter"
+TRAINING_REFUSED: dict[str, Refused] = {
+    "INPUT.VERTICAL_FLIP_PROB_TRAIN": Refused("vinvl does not implement vertical flips", "0", lambda v, cfg: v == 0),
+    "INPUT.BRIGHTNESS": Refused(_NO_JITTER, "0", lambda v, cfg: v == 0),
+    "INPUT.CONTRAST": Refused(_NO_JITTER, "0", lambda v, cfg: v == 0),
+    "INPUT.SATURATION": Refused(_NO_JITTER, "0", lambda v, cfg: v == 0),
+    "INPUT.HUE": Refused(_NO_JITTER, "0", lambda v, cfg: v == 0),
+    "SOLVER.TEST_PERIOD": Refused("vinvl evaluates at the checkpoints", "0 or SOLVER.CHECKPOINT_PERIOD",
+                                  lambda v, cfg: v <= 0 or v == get(cfg, "SOLVER.CHECKPOINT_PERIOD")),
+    "DATASETS.TRAIN": Refused("vinvl trains on one dataset yaml (no concatenation)", "one yaml",
+                              lambda v, cfg: len(v) == 1),
+    "DATALOADER.ASPECT_RATIO_GROUPING": Refused(
+        "vinvl does not group training batches by aspect ratio", "False, or SOLVER.IMS_PER_BATCH 1 (nothing to group)",
+        lambda v, cfg: not v or get(cfg, "SOLVER.IMS_PER_BATCH") == 1),
+}
+TRAINING_REFUSED.update({k: REFUSED[k] for k in REFUSED if k != "DTYPE"})  # the architecture's refusals hold too
+
+
+def training_key_class(key: str) -> tuple[str, str]:
+    """How an original key acts in training: ``("mapped" | "no effect" | "refused", where or why)``."""
+    if key in TRAINING_REFUSED and key not in REFUSED:
+        rule = TRAINING_REFUSED[key]
+        extra = f"; {TRAINING[key]}" if key in TRAINING else ""
+        return "refused", f"{rule.why}; accepted: {rule.accepted}{extra}"
+    if key in TRAINING:
+        why = TRAINING[key]
+        return ("no effect", why[len("no effect: "):]) if why.startswith("no effect: ") else ("mapped", why)
+    return key_class(key)
+
+
+def training_key_table() -> str:
+    """The markdown table of the keys that act otherwise in training than in extraction."""
+    rows = ["| Key | Default | In training | Where it goes / why |", "|---|---|---|---|"]
+    for key, value in _defaults_flat().items():
+        if key in TRAINING or (key in TRAINING_REFUSED and key not in REFUSED):
+            kind, why = training_key_class(key)
+            rows.append(f"| `{key}` | `{_show(value)}` | {kind} | {why.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True)
+class OriginalTraining:
+    """What an original config asks of a training run (tools/train_sg_net.py), in vinvl's terms."""
+
+    detector: DetectorConfig
+    options: TrainConfig
+    dataset: str  # the training dataset yaml
+    init: Optional[str]  # MODEL.WEIGHT
+    output_dir: str
+    eval_dataset: Optional[str]  # DATASETS.TEST[0] when SOLVER.TEST_PERIOD evaluates
+
+
+def _dataset_file(data_dir: str, name: str) -> str:
+    # The original's config_dataset_file: the path as given when it is a file, else under DATA_DIR.
+    return name if os.path.isfile(name) else os.path.join(data_dir, name)
+
+
+def to_training(cfg: dict[str, Any], source: str = "config") -> OriginalTraining:
+    """Map a merged original config onto vinvl's typed detector config and training settings, refusing by name
+    what vinvl cannot honour."""
+    for key, rule in TRAINING_REFUSED.items():
+        value = get(cfg, key)
+        if not (rule.accepts(value, cfg) if rule.accepts else value == _default(key)):
+            raise ConfigError(f"{source}: {key} {value!r} is not supported for training ({rule.why})")
+    _check_supported(cfg, source, skip=("DTYPE",))
+    run = _run_of(cfg, source)
+    g = lambda key: get(cfg, key)  # noqa: E731
+    weight = g("MODEL.WEIGHT") or None
+    if weight and weight.startswith("catalog://"):
+        raise ConfigError(f"{source}: MODEL.WEIGHT {weight!r}: catalog names are not supported; give the file")
+    data_dir = g("DATA_DIR")
+    per_step = g("SOLVER.IMS_PER_BATCH")
+    options = TrainConfig(
+        batch_size=per_step, ims_per_batch=per_step, learning_rate=g("SOLVER.BASE_LR"),
+        weight_decay=g("SOLVER.WEIGHT_DECAY"), weight_decay_bias=g("SOLVER.WEIGHT_DECAY_BIAS"),
+        bias_lr_factor=g("SOLVER.BIAS_LR_FACTOR"), momentum=g("SOLVER.MOMENTUM"), gamma=g("SOLVER.GAMMA"),
+        lr_steps=tuple(g("SOLVER.STEPS")), max_steps=g("SOLVER.MAX_ITER"), warmup_factor=g("SOLVER.WARMUP_FACTOR"),
+        warmup_steps=g("SOLVER.WARMUP_ITERS"), warmup_method=g("SOLVER.WARMUP_METHOD"),
+        save_steps=g("SOLVER.CHECKPOINT_PERIOD"), log_steps=g("LOG_LOSS_PERIOD"), max_grad_norm=0.0,
+        precision="fp16" if g("SOLVER.USE_AMP") else "fp32", seed=1000, device=run.device,
+        min_size_train=tuple(g("INPUT.MIN_SIZE_TRAIN")), max_size_train=g("INPUT.MAX_SIZE_TRAIN"),
+        hflip=g("INPUT.HORIZONTAL_FLIP_PROB_TRAIN"), freeze_at=max(0, g("MODEL.BACKBONE.FREEZE_CONV_BODY_AT")),
+        rpn_pre_nms_top_n=g("MODEL.RPN.PRE_NMS_TOP_N_TRAIN"), rpn_post_nms_top_n=g("MODEL.RPN.POST_NMS_TOP_N_TRAIN"),
+        rpn_batch_per_image=g("MODEL.RPN.BATCH_SIZE_PER_IMAGE"), rpn_positive_fraction=g("MODEL.RPN.POSITIVE_FRACTION"),
+        rpn_fg_iou=g("MODEL.RPN.FG_IOU_THRESHOLD"), rpn_bg_iou=g("MODEL.RPN.BG_IOU_THRESHOLD"),
+        rpn_straddle_thresh=g("MODEL.RPN.STRADDLE_THRESH"),
+        roi_batch_per_image=g("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"),
+        roi_positive_fraction=g("MODEL.ROI_HEADS.POSITIVE_FRACTION"), roi_fg_iou=g("MODEL.ROI_HEADS.FG_IOU_THRESHOLD"),
+        roi_bg_iou=g("MODEL.ROI_HEADS.BG_IOU_THRESHOLD"), attribute_loss_weight=g("MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT"),
+    )
+    try:
+        options.check()
+    except VinvlError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    tests = list(g("DATASETS.TEST"))
+    evaluate = g("SOLVER.TEST_PERIOD") > 0
+    if evaluate and not tests:
+        raise ConfigError(f"{source}: SOLVER.TEST_PERIOD {g('SOLVER.TEST_PERIOD')} needs DATASETS.TEST")
+    return OriginalTraining(
+        detector=run.detector, options=options, dataset=_dataset_file(data_dir, g("DATASETS.TRAIN")[0]), init=weight,
+        output_dir=g("OUTPUT_DIR"), eval_dataset=_dataset_file(data_dir, tests[0]) if evaluate else None)
+
+
+def load_original_training(config_file: Union[str, os.PathLike], opts: Sequence[str] = ()) -> OriginalTraining:
+    """Defaults, then ``config_file``, then ``KEY VALUE`` ``opts`` (as the original merges them), for training."""
+    cfg = original_defaults()
+    merge_yaml(cfg, config_file)
+    merge_opts(cfg, list(opts))
+    return to_training(cfg, f"{config_file} + options" if opts else str(config_file))
+
+
 def typed_override(cfg: DetectorConfig, key: str, value: str) -> DetectorConfig:
     """Apply one native ``--set`` (``nms_filter=2``) or original key (``MODEL.ROI_HEADS.NMS_FILTER=2``)."""
     if "." in key and key.upper() == key:
@@ -618,6 +794,13 @@ __all__ = [
     "key_class",
     "key_table",
     "load_original",
+    "load_original_training",
+    "OriginalTraining",
+    "TRAINING",
+    "TRAINING_REFUSED",
+    "to_training",
+    "training_key_class",
+    "training_key_table",
     "merge_opts",
     "merge_yaml",
     "original_defaults",

@@ -31,7 +31,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write, atomic_write_json
 from ..config import DetectorConfig, InputConfig, TrainConfig, detector_preset
-from ..config.original import apply_set_options
+from ..config.original import apply_set_options, load_original_training
 from ..errors import VinvlError
 from ..training.checkpoints import latest_checkpoint
 from ..training.engine import Engine, warmup_schedule
@@ -42,7 +42,7 @@ from .dataset import DetectionDataset, Sample, collate
 from .model import AttrRCNN
 
 __all__ = ["DetectionDataset", "DetectionExamples", "DetectorTask", "TrainConfig", "export_state_dict",
-           "load_for_finetuning", "train", "use_trainable_bn"]
+           "freeze_stages", "load_for_finetuning", "train", "train_original", "use_trainable_bn"]
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS = "model.pth"  # a checkpoint's weights, released layout
@@ -145,16 +145,26 @@ class DetectorTask:
     unused_parameters = False  # every loss reaches every head, with zero weight when it has no sample
 
     def __init__(self, cfg: DetectorConfig, dataset: PathLike, options: TrainConfig, init: Optional[PathLike] = None,
-                 eval_dataset: Optional[PathLike] = None, log: Optional[Callable[[str], None]] = None) -> None:
-        """``cfg``: the architecture (its class and attribute counts follow the dataset's label map)."""
+                 eval_dataset: Optional[PathLike] = None, log: Optional[Callable[[str], None]] = None,
+                 fit_labelmap: bool = True) -> None:
+        """``cfg``: the architecture (``fit_labelmap``: its class and attribute counts follow the dataset's label map;
+        otherwise they must equal it)."""
         self.options, self.init, self.eval_dataset = options.check(), init, eval_dataset
         rank0 = int(os.environ.get("RANK", "0")) == 0  # the other processes of a torchrun run say nothing
         self.log = (log or stderr_log) if rank0 else (lambda m: None)
         self.data = DetectionDataset(dataset)
         lm = self.data.labelmap
-        if lm.num_classes != cfg.box_head.num_classes:
+        classes = lm.num_classes != cfg.box_head.num_classes
+        attributes = (cfg.attributes.enabled and lm.attributes is not None
+                      and lm.num_attributes != cfg.attributes.num_attributes)
+        if not fit_labelmap and (classes or attributes):  # the original's config fixes the heads' sizes
+            key, have, want = (("MODEL.ROI_BOX_HEAD.NUM_CLASSES", cfg.box_head.num_classes, lm.num_classes) if classes
+                               else ("MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES", cfg.attributes.num_attributes,
+                                     lm.num_attributes))
+            raise VinvlError(f"{key} {have}: the label map of {dataset} has {want - 1} (+ background): set {key} {want}")
+        if classes:
             cfg = cfg.replace(num_classes=lm.num_classes)
-        if cfg.attributes.enabled and lm.attributes is not None and lm.num_attributes != cfg.attributes.num_attributes:
+        if attributes:
             cfg = cfg.replace(num_attributes=lm.num_attributes)
         self.cfg = cfg
 
@@ -256,11 +266,13 @@ def train(
     settings: Sequence[str] = (),
     log: Optional[Callable[[str], None]] = None,
     callbacks: Sequence[Callable[[int], None]] = (),
+    fit_labelmap: bool = True,
 ) -> Path:
     """Train ``cfg`` (a configuration or a preset's name, with ``settings``: ``--set KEY=VALUE`` strings) on
     ``dataset`` (``resume``: from ``out_dir``'s newest complete checkpoint, exactly) and return
     ``out_dir/model_final.pth``, the last checkpoint's weights in the released layout (``labelmap.json`` beside it).
-    ``callbacks`` are the engine's (called with the steps done after each step)."""
+    ``callbacks`` are the engine's (called with the steps done after each step); ``fit_labelmap``: the heads'
+    sizes follow the dataset's label map (else they must equal it)."""
     options = options if options is not None else TrainConfig()
     old = Path(out_dir) / "last_checkpoint.pth"  # what the detector's own loop wrote before the training engine
     if resume and old.is_file() and latest_checkpoint(out_dir) is None:
@@ -270,7 +282,7 @@ def train(
     if options.ims_per_batch:  # the original's global batch, split over torchrun's processes
         world = int(os.environ.get("WORLD_SIZE", "1"))
         options = dataclasses.replace(options, batch_size=options.images_per_process(world))
-    task = DetectorTask(cfg, dataset, options, init=init, eval_dataset=eval_dataset, log=log)
+    task = DetectorTask(cfg, dataset, options, init=init, eval_dataset=eval_dataset, log=log, fit_labelmap=fit_labelmap)
     engine = Engine(task, options, out_dir, log=log, callbacks=callbacks)
     last = engine.train(resume=resume)
     out = Path(out_dir)
@@ -278,3 +290,16 @@ def train(
         atomic_write(out / FINAL, lambda tmp: shutil.copyfile(last / WEIGHTS, tmp))
         task.data.labelmap.save_vg_json(out / "labelmap.json")
     return out / FINAL
+
+
+def train_original(config_file: PathLike, opts: Sequence[str] = (), out_dir: Optional[PathLike] = None,
+                   device: Optional[str] = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
+                   callbacks: Sequence[Callable[[int], None]] = ()) -> Path:
+    """``tools/train_sg_net.py --config-file F KEY VALUE ...`` in vinvl: the original's yaml and options read by
+    :func:`vinvl.config.original.load_original_training` (every key honoured or refused by name), then :func:`train`
+    (``out_dir`` and ``device``, when given, win over OUTPUT_DIR and MODEL.DEVICE)."""
+    run = load_original_training(config_file, opts)
+    options = run.options if device is None else dataclasses.replace(run.options, device=device)
+    out = Path(out_dir) if out_dir is not None else Path(run.output_dir)
+    return train(run.detector, run.dataset, out, options, init=run.init, resume=resume, eval_dataset=run.eval_dataset,
+                 log=log, callbacks=callbacks, fit_labelmap=False)
