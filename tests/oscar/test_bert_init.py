@@ -354,3 +354,25 @@ def test_registry_entry_is_pinned() -> None:
         from vinvl.caption import captioner_path
 
         captioner_path("bert-base-uncased")
+
+
+def test_the_originals_checkpoints_trained_from_bert_load(tmp_path: Path) -> None:
+    """The original saves no use_img_layernorm in a config it never set it on (captioning from plain BERT: the
+    released NoCaps captioners), and built no image LayerNorm: such a folder or zip loads strictly, without one."""
+    import zipfile
+
+    from tests.oscar.model_tester import tiny_config
+    from vinvl.oscar import OscarForCaptioning
+    from vinvl.oscar.loading import OscarCheckpoint
+
+    folder = tmp_path / "nocaps_base_xe/checkpoint-1"
+    OscarForCaptioning(tiny_config(vocab_size=40, img_feature_dim=10, use_img_layernorm=0)).save_original(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["use_img_layernorm"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with zipfile.ZipFile(tmp_path / "nocaps_base_xe.zip", "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f"nocaps_base_xe/checkpoint-1/{f.name}")
+    for source in (folder, tmp_path / "nocaps_base_xe.zip"):
+        model = OscarCheckpoint.open(source).model(OscarForCaptioning)
+        assert not model.config.use_img_layernorm and not hasattr(model.bert, "LayerNorm")
