@@ -33,9 +33,9 @@ def captioner_path(model: str, *, sas: Optional[str] = None, quiet: bool = False
     """A captioner folder: ``model`` as a path when it exists, else a registry name fetched when missing."""
     if Path(model).exists():
         return Path(model)
-    if not is_checkpoint_name(model):
-        raise VinvlError(f"--model {model!r}: no such checkpoint folder or registry name; captioners: "
-                         f"{', '.join(names('captioner'))}")
+    if not is_checkpoint_name(model) or model in names("bert"):
+        what = "a plain BERT, not a captioner" if model in names("bert") else "no such checkpoint folder or registry name"
+        raise VinvlError(f"--model {model!r}: {what}; captioners: {', '.join(names('captioner'))}")
     return checkpoint_path(model, sas=sas, quiet=quiet)
 
 

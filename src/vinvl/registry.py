@@ -58,7 +58,8 @@ from .errors import VinvlError, single_spaced
 
 SOURCE_KINDS = ("hf", "azure", "https")
 ASSET_KINDS = ("file", "folder", "zip")
-ENTRY_KINDS = ("detector", "captioner", "checkpoint", "features", "corpus")
+ENTRY_KINDS = ("detector", "captioner", "checkpoint", "bert", "features", "corpus")
+CHECKPOINT_KINDS = ("captioner", "checkpoint", "bert")  # what the Oscar+ loader opens by name
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -333,7 +334,23 @@ def _checkpoints() -> list[Entry]:
     return out
 
 
-REGISTRY: dict[str, Entry] = {e.name: e for e in _detectors() + _captioners() + _features() + _corpora() + _checkpoints()}
+# Plain BERT, where the original's recipes start from it (--model_name_or_path bert-base-uncased: NoCaps captioning,
+# which allows no image-caption data but COCO's, and Oscar+ pretraining). The commit is the hub repo's (formerly
+# "bert-base-uncased") that its public listings and cache snapshots show holding these files; pytorch_model.bin is
+# the file the original's from_pretrained reads (its old LayerNorm names gamma/beta included).
+_HF_BERT = ("google-bert/bert-base-uncased", "86b5e0934494bd15c9632b12f734a8a67f723594")
+BERT_FILES = (("pytorch_model.bin", "440 MB"), ("config.json", "small"), ("vocab.txt", "232 kB"))
+
+
+def _berts() -> list[Entry]:
+    name, t = "bert-base-uncased", "checkpoints/bert-base-uncased"
+    what = "BERT-base uncased, the plain BERT the NoCaps captioning recipe and Oscar+ pretraining start from (--init)"
+    return [Entry(name, "bert", what, tuple(Asset(name, "file", f, (hf(*_HF_BERT, f),), size, f"{f} of {name}", t)
+                                            for f, size in BERT_FILES))]
+
+
+REGISTRY: dict[str, Entry] = {e.name: e for e in _detectors() + _captioners() + _features() + _corpora() + _checkpoints()
+                              + _berts()}
 DEFAULT_DETECTOR = "vinvl_vg_x152c4"
 DEMO_DETECTOR = "shapes_demo"
 DEFAULT_CAPTIONER = "vinvl-base-image-captioning"
@@ -858,13 +875,13 @@ def default_detector() -> tuple[str, str]:
 
 
 def checkpoint_path(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> Path:
-    """The local folder (or zip) of a captioner or Oscar+ checkpoint ``name``, fetched first when missing."""
+    """The local folder (or zip) of a captioner, Oscar+ or plain BERT checkpoint ``name``, fetched first when missing."""
     e = entry(name)
-    if e.kind not in ("captioner", "checkpoint"):
+    if e.kind not in CHECKPOINT_KINDS:
         raise VinvlError(f"{name} is a {e.kind}, not an Oscar+ checkpoint")
     ensure(name, download=download, sas=sas, quiet=quiet)
     path = e.assets[0].local_path()
-    if e.kind == "captioner":
+    if e.kind in ("captioner", "bert"):
         return e.folder()
     if (path / "pytorch_model.bin").is_file() or list(path.glob("checkpoint-*")):
         return path
@@ -875,9 +892,9 @@ def checkpoint_path(name: str, *, download: bool = True, sas: Optional[str] = No
 
 
 def is_checkpoint_name(value: str) -> bool:
-    """Whether ``value`` names a captioner or Oscar+ checkpoint in the registry."""
+    """Whether ``value`` names a captioner, Oscar+ or plain BERT checkpoint in the registry (what ``--init`` takes)."""
     e = REGISTRY.get(value)
-    return e is not None and e.kind in ("captioner", "checkpoint")
+    return e is not None and e.kind in CHECKPOINT_KINDS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -61,22 +62,28 @@ def _config(dim: int, dropout: float):  # type: ignore[no-untyped-def]
 
 def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int = 1, dropout: float = 0.1,
         resume: bool = False, callbacks: tuple = (), device: str = "cpu", precision: str = "fp32",
-        max_steps: int = MAX_STEPS, save_steps: int = SAVE_STEPS, log_steps: int = 2) -> Path:
-    """Train ``task`` on the tiny data for ``max_steps`` steps, saving every ``save_steps``; returns the last checkpoint."""
+        max_steps: int = MAX_STEPS, save_steps: int = SAVE_STEPS, log_steps: int = 2, init: Optional[Path] = None,
+        log: Optional[Callable[[str], None]] = None, **options: Any) -> Path:
+    """Train ``task`` on the tiny data for ``max_steps`` steps, saving every ``save_steps``; returns the last checkpoint.
+    ``init``: a checkpoint to start from (its vocabulary) instead of a fresh tiny model; ``options``: more of the
+    task's options (or other values of the common ones)."""
     from vinvl.oscar import options as O
     from vinvl.oscar.tasks.base import task_tokenizer
 
-    quiet = lambda m: None  # noqa: E731
-    common = dict(batch_size=batch_size, gradient_accumulation_steps=accumulation, learning_rate=1e-3, warmup_steps=2,
-                  max_steps=max_steps, save_steps=save_steps, log_steps=log_steps, seed=3, device=device,
-                  precision=precision)
-    kw = dict(resume=resume, log=quiet, callbacks=callbacks)
+    common = {**dict(batch_size=batch_size, gradient_accumulation_steps=accumulation, learning_rate=1e-3,
+                     warmup_steps=2, max_steps=max_steps, save_steps=save_steps, log_steps=log_steps, seed=3,
+                     device=device, precision=precision), **options}
+    kw = dict(resume=resume, log=log or (lambda m: None), callbacks=callbacks)
+
+    def fresh(dim: int) -> Any:  # the fresh model's config, or none when starting from init
+        return _config(dim, dropout) if init is None else None
+
     if task == "pretrain":
         from vinvl.oscar.tasks.pretrain import pretrain
 
-        cfg = _config(2054, dropout)
-        opts = O.PretrainOptions(**common, max_seq_length=24, max_img_seq_length=4)
-        return pretrain(data / "corpus/corpus.yaml", data / "corpus", out, cfg, opts, **kw)
+        opts = O.PretrainOptions(**{"max_seq_length": 24, "max_img_seq_length": 4, **common})
+        vocab = data / "corpus" if init is None else None
+        return pretrain(data / "corpus/corpus.yaml", vocab, out, fresh(2054), opts, init=init, **kw)
     if task in ("vqa", "gqa"):
         from vinvl.oscar.data.qa import AnswerVocab
         from vinvl.oscar.tasks import gqa, vqa
@@ -85,30 +92,34 @@ def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int
         qa = data / "qa"
         opts = cls(**common, max_seq_length=12, max_img_seq_length=3, drop_out=dropout, eval_batch_size=8)
         vocab = AnswerVocab.from_files(qa / "ans2label.pkl", qa / "label2ans.pkl")
-        return mod.train(qa / "train.json", qa / "features", vocab, out, opts, task_tokenizer(qa, None),
-                         model_config=_config(48, dropout), eval_file=qa / "val.json", **kw)
+        tok = task_tokenizer(qa if init is None else None, init)
+        return mod.train(qa / "train.json", qa / "features", vocab, out, opts, tok, init=init,
+                         model_config=fresh(48), eval_file=qa / "val.json", **kw)
     if task == "nlvr2":
         from vinvl.oscar.tasks import nlvr2
 
         d = data / "nlvr2"
         opts = O.NLVR2Options(**common, max_seq_length=10, max_img_seq_length=2, drop_out=dropout)
-        return nlvr2.train(d / "train.json", d / "features", out, opts, task_tokenizer(d, None),
-                           model_config=_config(48, dropout), eval_file=d / "val.json", **kw)
+        tok = task_tokenizer(d if init is None else None, init)
+        return nlvr2.train(d / "train.json", d / "features", out, opts, tok, init=init, model_config=fresh(48),
+                           eval_file=d / "val.json", **kw)
     if task == "retrieval":
         from vinvl.oscar.tasks.retrieval import train
 
         opts = O.RetrievalOptions(**common, max_seq_length=20, max_img_seq_length=4, drop_out=dropout)
-        return train(data / "ir", out, opts, vocab=data / "ir/vocab.txt", model_config=_config(32, dropout), **kw)
+        vocab = data / "ir/vocab.txt" if init is None else None
+        return train(data / "ir", out, opts, init=init, vocab=vocab, model_config=fresh(32), **kw)
     from vinvl.oscar.data.captions import CaptionData
     from vinvl.oscar.tasks.captioning import train as caption_train
 
     lengths = dict(max_seq_length=16, max_seq_a_length=12, max_img_seq_length=4, drop_out=dropout)
     if task == "caption":
         opts = O.CaptionOptions(**common, **lengths)
-        return caption_train(CaptionData(data / "cap/split.yaml"), out, opts, vocab=data / "cap_vocab",
-                             model_config=_config(64, dropout), **kw)
+        vocab = data / "cap_vocab" if init is None else None
+        return caption_train(CaptionData(data / "cap/split.yaml"), out, opts, init=init, vocab=vocab,
+                             model_config=fresh(64), **kw)
     opts = O.CaptionOptions(**common, **lengths, scst=True, max_gen_length=8, sc_train_sample_n=3)
-    return caption_train(CaptionData(data / "cap/split.yaml"), out, opts, init=data / "scst_start", **kw)
+    return caption_train(CaptionData(data / "cap/split.yaml"), out, opts, init=init or data / "scst_start", **kw)
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -70,7 +70,9 @@ OPTIONS: dict[str, Opt] = {
               help="Output folder (made if needed; an existing file is refused)."),
     "init": _o("--init", type=OPTIONAL_PATH, help="Checkpoint to start from: a folder, a run folder (its newest "
                "checkpoint-N) or a .zip of a pretrained or fine-tuned Oscar+ (its encoder is required; head weights "
-               "that fit are kept, the others get BERT's initialisation)."),
+               "that fit are kept, the others get BERT's initialisation); or a plain BERT folder (config.json, "
+               "pytorch_model.bin or model.safetensors, vocab.txt) or bert-base-uncased: its weights, the image "
+               "embedding and heads newly initialised as the original does (one line names them)."),
     "vocab": _o("--vocab", type=OPTIONAL_PATH, help="vocab.txt (or a folder holding one); default: --init's."),
     "config": _o("--config", type=OPTIONAL_PATH, help="config.json of a fresh model (without --init; default: BERT-base)."),
     "features": _o("--features", type=OPTIONAL_PATH, help="Region features of every split read: a features folder "

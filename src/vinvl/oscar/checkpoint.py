@@ -50,12 +50,20 @@ def _config(path: str, data: dict, config_cls: Any) -> Any:
         raise VinvlError(f"{path}: not a model config ({e})") from None
 
 
+def _checkpoint_config(path: str, data: dict, config_cls: Any) -> Any:
+    """A checkpoint's config. One without ``use_img_layernorm`` is one the original built no image LayerNorm for
+    (``BertImgModel`` asks ``hasattr(config, 'use_img_layernorm')``): a model its captioning, VQA, GQA or NLVR2
+    script trained from plain BERT, such as the released NoCaps captioners; OscarConfig's default (1) is for new
+    models."""
+    return _config(path, data if "use_img_layernorm" in data else {**data, "use_img_layernorm": 0}, config_cls)
+
+
 def read_config(folder: Path, config_cls: Any) -> Any:
     """The folder's ``config.json`` as ``config_cls`` (an OscarConfig)."""
     path = folder / "config.json"
     if not path.is_file():
         raise VinvlError(f"{folder}: no config.json; pass config=")
-    return _config(str(path), read_json(path, dict), config_cls)
+    return _checkpoint_config(str(path), read_json(path, dict), config_cls)
 
 
 def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict, Any]:
@@ -71,7 +79,7 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
             if folder + "config.json" not in z.namelist():
                 raise VinvlError(f"{path}: no config.json beside {member}")
             name = f"{path}:{folder}config.json"
-            config = _config(name, read_json(name, dict, z.read(folder + "config.json")), config_cls)
+            config = _checkpoint_config(name, read_json(name, dict, z.read(folder + "config.json")), config_cls)
         return read_torch(io.BytesIO(z.read(member)), f"{path}:{member}"), config
 
 

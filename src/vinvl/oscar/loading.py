@@ -7,6 +7,8 @@ load). From it come the tokenizer, the options merged by the one rule (:func:`vi
 the caller's explicit value, else the checkpoint's, else the default) and the model of a task head: strictly
 for inference (:meth:`OscarCheckpoint.model`), or as the start of a training run (:meth:`OscarCheckpoint.start`:
 the encoder required, the head's weights where they fit). :func:`from_pretrained` does all three at once.
+A plain BERT checkpoint (``bert-base-uncased``) opens the same way and starts a training run as the original's
+``from_pretrained`` starts one (:mod:`vinvl.oscar.bert_start`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from ..errors import VinvlError
 from ..training.runtime import Device, as_device, stderr_log
+from .bert_start import is_bert_folder, start_from_bert
 from .checkpoint import load_for_task, require_checkpoint, training_settings
 from .options import TrainingOptions, TrainingSettings, restore
 from .tensorize import load_tokenizer
@@ -66,19 +69,38 @@ class OscarCheckpoint:
         lower = self.settings.typed("do_lower_case", True) if do_lower_case is None else do_lower_case
         return load_tokenizer(self.path, do_lower_case=lower)
 
+    @property
+    def is_bert(self) -> bool:
+        """Whether this is a plain BERT checkpoint (a folder whose config.json has no Oscar+ field)."""
+        return is_bert_folder(self.path)
+
     def model(self, head: type[M], device: Device = "cpu", max_seq_length: Optional[int] = None) -> M:
         """The ``head`` model (an Oscar+ model class) with every weight of the checkpoint (strict), in eval mode on
         ``device``; ``max_seq_length`` is checked against its position table."""
-        model = head.from_original(self.path).to(as_device(device)).eval()  # type: ignore[attr-defined]
+        try:
+            model = head.from_original(self.path).to(as_device(device)).eval()  # type: ignore[attr-defined]
+        except VinvlError:
+            if self.is_bert:
+                raise VinvlError(f"{self.path} is a plain BERT checkpoint, not a trained Oscar+ model: train one "
+                                 "from it (--init)") from None
+            raise
         if max_seq_length is not None:
             check_lengths(model, max_seq_length)
         return model
 
     def start(self, head: type[M], overrides: Optional[dict[str, Any]] = None,
-              log: Callable[[str], None] = stderr_log) -> M:
+              log: Callable[[str], None] = stderr_log, bert: Optional[dict[str, Any]] = None) -> M:
         """The ``head`` model a training run starts from: the encoder required, head weights kept where their name
         and shape fit, ``overrides`` (num_labels, dropout, ...) set on the config first
-        (:func:`vinvl.oscar.checkpoint.load_for_task`)."""
+        (:func:`vinvl.oscar.checkpoint.load_for_task`). From a plain BERT checkpoint: ``bert`` (the Oscar+ fields
+        a BERT config lacks: region width, image LayerNorm, ...) and ``overrides`` set on its config, its weights
+        where they fit, the rest newly initialised, and one line saying which
+        (:func:`vinvl.oscar.bert_start.start_from_bert`)."""
+        if self.is_bert:
+            started = start_from_bert(head, self.path, {**(bert or {}), **(overrides or {})})
+            if started is not None:
+                log(started.line())
+                return started.model  # type: ignore[return-value]
         return load_for_task(head, self.path, None, overrides, log)  # type: ignore[return-value]
 
 

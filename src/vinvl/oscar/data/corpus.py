@@ -138,6 +138,11 @@ class CorpusDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def dim(self) -> int:
+        """The regions' width (of the first feature folder read)."""
+        return next(iter(self._stores.values())).dim
+
     def regions(self, i: int) -> Any:
         """Row ``i``'s image's ``[N, dim]`` region features."""
         dataset, chunk, key = self.rows[i].feature

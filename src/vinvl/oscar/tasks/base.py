@@ -33,6 +33,7 @@ from ..training import make_optimizer
 __all__ = ["ExampleSet", "Task", "accuracy", "predict_logits", "stack", "stderr_log", "task_tokenizer"]
 
 PathLike = Union[str, os.PathLike]
+DEFAULT_REGION_DIM = 2054  # the original's --img_feature_dim default: the VinVL detector's region width
 
 
 def stack(examples: Sequence[dict[str, torch.Tensor]]) -> Batch:
@@ -77,15 +78,28 @@ class Task:
         """Config fields the task's options set on the model (num_labels, dropout, classifier, ...)."""
         return {}
 
+    def region_dim(self) -> Optional[int]:
+        """The width of the training split's regions, where the task has one (None: it has none yet)."""
+        return None
+
+    def bert_overrides(self) -> dict[str, Any]:
+        """The Oscar+ fields a plain BERT checkpoint's config lacks, as the original's script sets them before
+        ``from_pretrained`` (on top of them, :meth:`model_overrides`): the region width (its ``--img_feature_dim``:
+        the training regions' width here, its default 2054 where the task has none) and no image LayerNorm
+        (``run_captioning.py``, ``run_vqa.py``, ``run_gqa.py`` and ``run_nlvr.py`` set no ``use_img_layernorm``, so
+        their ``BertImgModel`` has none)."""
+        return {"img_feature_dim": self.region_dim() or DEFAULT_REGION_DIM, "use_img_layernorm": 0}
+
     def build_model(self, resume_from: Optional[Path]) -> nn.Module:
         """The model to train: the newest checkpoint's when resuming, else the starting checkpoint's (through the
-        one loader), else a fresh one from the config."""
+        one loader: an Oscar+ checkpoint, or a plain BERT one with :meth:`bert_overrides`), else a fresh one from
+        the config."""
         overrides = self.model_overrides()
         if resume_from is not None:
             model = OscarCheckpoint.open(resume_from).model(self.model_class)
         elif self.init is not None:
-            model = OscarCheckpoint.open(self.init, "initial checkpoint (--init)").start(self.model_class, overrides,
-                                                                                         self.log)
+            model = OscarCheckpoint.open(self.init, "initial checkpoint (--init)").start(
+                self.model_class, overrides, self.log, bert=self.bert_overrides())
         else:
             if self.tokenizer is not None:  # a fresh model: the vocabulary's size
                 overrides = {"vocab_size": len(self.tokenizer), **overrides}

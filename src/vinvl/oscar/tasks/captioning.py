@@ -202,6 +202,9 @@ class CaptionTask(Task):
         # --drop_out sets hidden_dropout_prob, not the attention dropout
         return {"hidden_dropout_prob": self.options.drop_out, "tie_weights": self.options.tie_weights}
 
+    def region_dim(self) -> Optional[int]:
+        return self.data.dim if self.data is not None else None
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if model.config.img_feature_dim != self.data.dim:
             raise VinvlError(f"{self.data.name}: regions are {self.data.dim}-d but the model takes "

@@ -104,6 +104,10 @@ class ClassificationTask(Task):
         return {"num_labels": self.num_labels, "hidden_dropout_prob": o.drop_out, "loss_type": o.loss_type,
                 "classifier": o.classifier, "cls_hidden_scale": o.cls_hidden_scale}
 
+    def region_dim(self) -> Optional[int]:
+        regions = getattr(self.examples, "regions", None)
+        return regions.dim if regions is not None else None
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         check_lengths(model, self.options.max_seq_length)
         return model

@@ -37,6 +37,15 @@ class PretrainTask(Task):
     def model_overrides(self) -> dict[str, Any]:
         return {} if self.init is not None else {"num_contrast_classes": self.options.num_contrast_classes}
 
+    def region_dim(self) -> Optional[int]:
+        return self.corpus.dim
+
+    def bert_overrides(self) -> dict[str, Any]:
+        # run_oscarplus_pretrain.py: the model zoo's command passes --use_img_layernorm 1 (its default 0) and the
+        # default --img_layer_norm_eps 1e-12; the contrastive head's classes follow --texta_false_prob
+        return {**super().bert_overrides(), "use_img_layernorm": 1, "img_layer_norm_eps": 1e-12,
+                "num_contrast_classes": self.options.num_contrast_classes}
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         source = self.init or "the model"
         if model.config.num_contrast_classes != self.options.num_contrast_classes:

@@ -275,6 +275,13 @@ class RetrievalTask(Task):
         o = self.options
         return {"num_labels": o.num_labels, "loss_type": o.loss_type, "hidden_dropout_prob": o.drop_out}
 
+    def region_dim(self) -> Optional[int]:
+        return self.examples.split.images.dim if self.examples is not None else None
+
+    def bert_overrides(self) -> dict[str, Any]:
+        # run_retrieval.py sets --use_img_layernorm (default 1) and --img_layer_norm_eps (1e-12) on every config
+        return {**super().bert_overrides(), "use_img_layernorm": 1, "img_layer_norm_eps": 1e-12}
+
     def figures(self, out: Any, batch: dict) -> dict:
         logits = out.logits.detach()
         pred = logits.argmax(-1) if logits.shape[1] > 1 else (logits[:, 0] >= 0).long()
