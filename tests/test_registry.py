@@ -9,21 +9,24 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.hub_server import HubServer, Repo
 from tests.azurite import Azurite, azurite, container_sas, downloader  # noqa: F401  (the Azurite fixture)
 from vinvl import registry
+from vinvl.atomic import commit
 from vinvl.cli import main
-from vinvl.download import RemoteError
+from vinvl.download import Downloader, RemoteError, Result
 from vinvl.errors import VinvlError
 
 VG = registry.entry("vinvl_vg_x152c4")
@@ -509,6 +512,71 @@ def test_https_source(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.REGISTRY, e.name, e)
     done = registry.fetch(e.name, quiet=True, downloader=downloader(range_size=CHUNK))
     assert done[0].result.files[0].read_bytes() == VG_WEIGHTS
+
+
+class LocalFolder(registry.SourceKind):
+    """A toy kind of source, defined here and nowhere else: files of a local folder, ``local:///ABSOLUTE/PATH``."""
+
+    def fetch(self, src: registry.Source, asset: registry.Asset, dest: Path, dl: Downloader, *, sas: Optional[str],
+              quiet: bool, dry_run: bool, exclude: Sequence[str]) -> Result:
+        """A copy of the file, under a temporary name until complete."""
+        size = self.probe(src, asset, dl, sas=sas)
+        final = dest / asset.filename
+        if not dry_run:
+            dest.mkdir(parents=True, exist_ok=True)
+            part = final.with_name(final.name + ".part")
+            shutil.copyfile(urlsplit(src.url).path, part)
+            commit(part, final)
+        return Result(dest, [final], [size])
+
+    def probe(self, src: registry.Source, asset: registry.Asset, dl: Downloader, *,
+              sas: Optional[str]) -> Optional[int]:
+        """The file's size; a missing file answers as a 404 would."""
+        path = Path(urlsplit(src.url).path)
+        if not path.is_file():
+            raise RemoteError(f"{path}: no such file", 404)
+        return path.stat().st_size
+
+    def missing_advice(self, src: registry.Source) -> str:
+        """A missing file is for the user to copy."""
+        return "the local folder lacks it: copy it there"
+
+
+def test_a_new_kind_of_source_is_one_class_and_one_entry(tmp_path: Path, quick: None, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # Registered, the toy kind serves fetch (after a failing source), --check, --list and the advice, with no edit
+    # to the registry's code or the CLI; unregistered, a source of that kind is refused by name.
+    monkeypatch.setenv("VINVL_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(registry.SOURCE_KINDS, "local", LocalFolder())
+    (tmp_path / "shelf").mkdir()
+    (tmp_path / "shelf" / "weights.pth").write_bytes(b"from the shelf")
+    dead = registry.Source("https", url=f"http://127.0.0.1:{_free_port()}/weights.pth")  # nothing listens there
+    local = registry.Source("local", url=f"local://{tmp_path}/shelf/weights.pth")
+    e = _entry("on_the_shelf", dead, local)
+    monkeypatch.setitem(registry.REGISTRY, e.name, e)
+
+    done = registry.fetch(e.name, quiet=True)
+    assert done[0].source == local and done[0].result.files[0].read_bytes() == b"from the shelf"
+    assert local.label() == f"local local://{tmp_path}/shelf/weights.pth" and local.address() == local.url
+    assert main(["download", e.name, "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert f"({local.label()})" in capsys.readouterr().out
+    assert (tmp_path / "again" / "weights.pth").read_bytes() == b"from the shelf"
+
+    rows = registry.check([e.name], timeout=1.0)
+    assert [(r.source.kind, r.status, r.size) for r in rows] == [("https", "unreachable", None),
+                                                                 ("local", "reachable", 14)]
+    assert main(["download", "--list"]) == 0
+    assert any(re.fullmatch(r"\s+weights\.pth\s+local\s+-\s+\?", line) for line in capsys.readouterr().out.splitlines())
+
+    (tmp_path / "shelf" / "weights.pth").unlink()
+    with pytest.raises(RemoteError) as info:
+        registry.fetch(e.name, tmp_path / "third", quiet=True)
+    _one_line(str(info.value))
+    assert f"{local.label()}: " in str(info.value) and "the local folder lacks it: copy it there" in str(info.value)
+
+    monkeypatch.delitem(registry.SOURCE_KINDS, "local")
+    with pytest.raises(VinvlError, match="unknown source kind 'local'; known: hf, azure, https"):
+        registry.fetch(e.name, tmp_path / "fourth", quiet=True)
 
 
 # ---------------------------------------------------------------------------------------------

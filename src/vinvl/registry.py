@@ -2,7 +2,9 @@
 
 An :class:`Entry` is a name (``vinvl_vg_x152c4``, ``vinvl-base-image-captioning``, ``coco2014_test``)
 grouping the :class:`Asset` s one job needs: its detector preset where it is a detector, and for each
-file, folder or zip the ordered :class:`Source` s it can come from, tried in that order:
+file, folder or zip the ordered :class:`Source` s it can come from, tried in that order. A source's kind
+is a key of :data:`SOURCE_KINDS`, whose :class:`SourceKind` names, fetches and probes it and says what to
+do when it fails:
 
 - ``hf``: a Hugging Face Hub repo file at a revision pinned to a commit (``main`` only where no
   commit id is publicly known), fetched through ``huggingface_hub`` (its cache, resume, ETag,
@@ -32,12 +34,13 @@ import re
 import shutil
 import sys
 import threading
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
 from .atomic import commit, make_folders
@@ -56,7 +59,6 @@ from .download import (
 )
 from .errors import VinvlError, single_spaced
 
-SOURCE_KINDS = ("hf", "azure", "https")
 ASSET_KINDS = ("file", "folder", "zip")
 ENTRY_KINDS = ("detector", "captioner", "checkpoint", "bert", "features", "corpus")
 CHECKPOINT_KINDS = ("captioner", "checkpoint", "bert")  # what the Oscar+ loader opens by name
@@ -68,7 +70,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 class Source:
     """One place an asset can come from: ``hf`` (repo, revision, path), ``azure`` or ``https`` (url)."""
 
-    kind: str
+    kind: str  # a key of SOURCE_KINDS
     url: str = ""
     repo: str = ""
     revision: str = ""
@@ -81,19 +83,21 @@ class Source:
         """True when an hf source's revision is a full commit id (not a moving branch)."""
         return bool(_COMMIT.fullmatch(self.revision))
 
+    @property
+    def handler(self) -> "SourceKind":
+        """The :class:`SourceKind` registered in :data:`SOURCE_KINDS` under this source's kind."""
+        try:
+            return SOURCE_KINDS[self.kind]
+        except KeyError:
+            raise VinvlError(f"unknown source kind {self.kind!r}; known: {', '.join(SOURCE_KINDS)}") from None
+
     def address(self, endpoint: Optional[str] = None) -> str:
         """The URL this source is read from (an hf source's ``resolve`` URL on ``endpoint``)."""
-        if self.kind != "hf":
-            return self.url
-        base = (endpoint or hf_endpoint()).rstrip("/")
-        return f"{base}/{self.repo}/resolve/{quote(self.revision, safe='')}/{quote(self.path)}"
+        return self.handler.address(self, endpoint)
 
     def label(self) -> str:
         """A short name for messages and tables: ``hf REPO@REV/PATH`` or ``azure URL``."""
-        if self.kind == "hf":
-            rev = self.revision[:7] if self.pinned else self.revision
-            return f"hf {self.repo}@{rev}/{self.path}"
-        return f"{self.kind} {self.url}"
+        return self.handler.label(self)
 
 
 def hf(repo: str, revision: str, path: str, *, size: Optional[int] = None, sha256: Optional[str] = None) -> Source:
@@ -424,7 +428,7 @@ def find_by_url(url: str) -> Optional[tuple[Asset, Source]]:
     for e in REGISTRY.values():
         for a in e.assets:
             for s in a.sources:
-                if s.kind != "hf" and s.url == bare:
+                if s.url and s.url == bare:  # an hf source has no url: it is found by name
                     return a, s
     return None
 
@@ -673,67 +677,200 @@ def _fetch_hf(src: Source, asset: Asset, dest: Path, dl: Downloader, *, quiet: b
     raise AssertionError("unreachable")
 
 
-def _fetch_url(src: Source, asset: Asset, dest: Path, dl: Any, *, sas: Optional[str], dry_run: bool,
-               exclude: Sequence[str]) -> Any:
-    """An ``azure`` or ``https`` source through the engine (files, folders, zips)."""
-    url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
+def _registry_check(src: Source, asset: Asset) -> Optional[Callable[[Path], Optional[str]]]:
+    """The registry's own size and sha256 check of a file from ``src``; None where it states neither (or a folder).
+
+    The engine runs it before the final name, like the server's MD5.
+    """
+    if asset.kind == "folder" or not (src.sha256 or src.size is not None):
+        return None
+
     def registry_check(part: Path) -> Optional[str]:
         return _problem(part, etag=None, sha256=src.sha256, size=src.size, what=src.label())
 
-    # The registry's own size and sha256 are checked before the final name, like the server's MD5.
-    verify = registry_check if asset.kind != "folder" and (src.sha256 or src.size is not None) else None
-    if src.kind == "azure":
-        return dl.download(url, dest, kind=asset.kind, filename=asset.filename or None, verify=verify,
-                           exclude=tuple(asset.exclude) + tuple(exclude), dry_run=dry_run, label=asset.name)
-    rf = dl.stat_url(url, asset.filename)
-    rf.verify = verify
-    if dry_run:
-        return Result(dest, [dest / asset.filename], [rf.size])
-    try:
-        res = dl.fetch([(rf, dest / asset.filename)], dest, asset.name)
-    except OSError as e:  # network errors are RemoteErrors by now: this is the local disk
-        raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
-    if asset.kind == "zip":
-        res.unpacked = unpack_zip(dest / asset.filename)
-    return res
+    return registry_check
 
 
-def _advice(src: Source, e: BaseException) -> str:
-    """What to do about one source's failure, from what actually happened (never "check the network" after an
-    answer)."""
-    hub = src.kind == "hf"
-    if isinstance(e, VerificationError):
-        return "its copy did not match its checksum and was deleted: run the command again"
-    if not isinstance(e, RemoteError):
-        return f"it failed ({type(e).__name__}): run the command again"
-    if e.unreachable:
-        return ("check the network (HF_ENDPOINT for a mirror of the hub; vinvl download --check shows every source)"
-                if hub else "check the network (vinvl download --check shows every source)")
-    if e.status in ACCESS_DENIED:
-        return ("it refused the read: a gated or private repo needs HF_TOKEN (or `hf auth login`)" if hub else
-                "a read SAS from the authors is needed (--sas or VINVL_AZURE_SAS)")
-    if e.status == 404:
-        return (f"it answered HTTP 404 at revision {src.revision} (is HF_ENDPOINT a mirror without it?)" if hub
-                else "it answered HTTP 404: the file is not there")
-    if e.fault or e.status is not None:
-        return f"it answered but the transfer failed ({e.reason}): run the command again later (it resumes)"
-    if hub and hf_offline():
-        return "HF_HUB_OFFLINE is set: unset it to let vinvl ask the hub"
-    return "run the command again"
+# ---------------------------------------------------------------------------------------------
+# Source kinds: a kind is one SourceKind class and one entry in SOURCE_KINDS; nothing else names a kind.
+
+
+class SourceKind(ABC):
+    """What one kind of :class:`Source` does: its address and label, how it is fetched and probed, what to advise.
+
+    The defaults serve a source read from its plain ``url``; a kind overrides what differs.
+    """
+
+    unreachable_advice = "check the network (vinvl download --check shows every source)"
+    # What a refusal means for the release's storage (no SAS); https sources have always been told the same.
+    denied_advice = "a read SAS from the authors is needed (--sas or VINVL_AZURE_SAS)"
+
+    def address(self, src: Source, endpoint: Optional[str] = None) -> str:
+        """The URL ``src`` is read from (``endpoint``: the hub's, for a kind served by one)."""
+        return src.url
+
+    def label(self, src: Source) -> str:
+        """A short name of ``src`` for messages and tables: ``KIND URL``."""
+        return f"{src.kind} {src.url}"
+
+    def account(self, url: str) -> str:
+        """What tells this kind's sources apart in ``vinvl download --list`` (the host's first label), or ""."""
+        return (urlsplit(url).hostname or "").split(".")[0]
+
+    @abstractmethod
+    def fetch(self, src: Source, asset: Asset, dest: Path, dl: Downloader, *, sas: Optional[str], quiet: bool,
+              dry_run: bool, exclude: Sequence[str]) -> Result:
+        """``asset`` from ``src`` into ``dest`` (``dry_run``: only what would come); a failure the next source may
+        mend raises :class:`RemoteError` or :class:`VerificationError`, one it cannot a :class:`VinvlError`."""
+
+    @abstractmethod
+    def probe(self, src: Source, asset: Asset, dl: Downloader, *, sas: Optional[str]) -> Optional[int]:
+        """Ask ``src`` for ``asset`` without downloading it: its size in bytes where stated; a refusal raises."""
+
+    def offline(self) -> Optional[str]:
+        """The setting that forbids asking this kind now (``--check`` reports ``offline`` naming it), else None."""
+        return None
+
+    def advice(self, src: Source, e: BaseException) -> str:
+        """What to do about ``src``'s failure ``e``, from what happened (never "check the network" after an answer)."""
+        if isinstance(e, VerificationError):
+            return "its copy did not match its checksum and was deleted: run the command again"
+        if not isinstance(e, RemoteError):
+            return f"it failed ({type(e).__name__}): run the command again"
+        if e.unreachable:
+            return self.unreachable_advice
+        if e.status in ACCESS_DENIED:
+            return self.denied_advice
+        if e.status == 404:
+            return self.missing_advice(src)
+        if e.fault or e.status is not None:
+            return f"it answered but the transfer failed ({e.reason}): run the command again later (it resumes)"
+        return self.unanswered_advice(src)
+
+    def missing_advice(self, src: Source) -> str:
+        """The advice after an HTTP 404 from ``src``."""
+        return "it answered HTTP 404: the file is not there"
+
+    def unanswered_advice(self, src: Source) -> str:
+        """The advice after a failure of ``src`` with neither an answer nor a network error."""
+        return "run the command again"
+
+    def way_out(self, failed: Sequence[tuple[Source, BaseException]]) -> Optional[str]:
+        """Where else to turn once every source failed, from this kind's failures (never none); None: nothing to add."""
+        return None
+
+
+class HfKind(SourceKind):
+    """``hf``: a Hugging Face Hub repo file at a pinned revision, found through ``huggingface_hub``, moved by the
+    engine."""
+
+    unreachable_advice = ("check the network (HF_ENDPOINT for a mirror of the hub; "
+                          "vinvl download --check shows every source)")
+    denied_advice = "it refused the read: a gated or private repo needs HF_TOKEN (or `hf auth login`)"
+
+    def address(self, src: Source, endpoint: Optional[str] = None) -> str:
+        """The file's ``resolve`` URL on ``endpoint`` (default: :func:`hf_endpoint`)."""
+        base = (endpoint or hf_endpoint()).rstrip("/")
+        return f"{base}/{src.repo}/resolve/{quote(src.revision, safe='')}/{quote(src.path)}"
+
+    def label(self, src: Source) -> str:
+        """``hf REPO@REV/PATH``, a pinned commit abbreviated as git does."""
+        rev = src.revision[:7] if src.pinned else src.revision
+        return f"{src.kind} {src.repo}@{rev}/{src.path}"
+
+    def account(self, url: str) -> str:
+        """Nothing: the entry's own line names the hub repo."""
+        return ""
+
+    def fetch(self, src: Source, asset: Asset, dest: Path, dl: Downloader, *, sas: Optional[str], quiet: bool,
+              dry_run: bool, exclude: Sequence[str]) -> Result:
+        """The hub cache's copy, else the hub's file through the engine (:func:`_fetch_hf`)."""
+        return _fetch_hf(src, asset, dest, dl, quiet=quiet, dry_run=dry_run)
+
+    def probe(self, src: Source, asset: Asset, dl: Downloader, *, sas: Optional[str]) -> Optional[int]:
+        """The hub's metadata HEAD: the file's size."""
+        return hub_metadata(src, dl, quiet=True).size
+
+    def offline(self) -> Optional[str]:
+        """``HF_HUB_OFFLINE`` when it (or ``TRANSFORMERS_OFFLINE``) is set."""
+        return "HF_HUB_OFFLINE" if hf_offline() else None
+
+    def missing_advice(self, src: Source) -> str:
+        """A 404 names the revision: a mirror may lack the pinned commit."""
+        return f"it answered HTTP 404 at revision {src.revision} (is HF_ENDPOINT a mirror without it?)"
+
+    def unanswered_advice(self, src: Source) -> str:
+        """``HF_HUB_OFFLINE`` kept the hub from being asked, or: run again."""
+        if hf_offline():
+            return "HF_HUB_OFFLINE is set: unset it to let vinvl ask the hub"
+        return super().unanswered_advice(src)
+
+    def way_out(self, failed: Sequence[tuple[Source, BaseException]]) -> Optional[str]:
+        """The first failed hub mirror has the file: what to do about its failure."""
+        s, e = failed[0]
+        return f"the Hugging Face mirror {s.repo} has it: {self.advice(s, e)}"
+
+
+class AzureKind(SourceKind):
+    """``azure``: a blob, a folder (every blob under a prefix) or a zip of the original release; a read SAS from
+    ``--sas`` or ``VINVL_AZURE_SAS`` is added to the URL."""
+
+    def fetch(self, src: Source, asset: Asset, dest: Path, dl: Downloader, *, sas: Optional[str], quiet: bool,
+              dry_run: bool, exclude: Sequence[str]) -> Result:
+        """The file, folder or zip through the engine, its listing and its excludes."""
+        return dl.download(_with_sas(src.url, sas), dest, kind=asset.kind, filename=asset.filename or None,
+                           verify=_registry_check(src, asset), exclude=tuple(asset.exclude) + tuple(exclude),
+                           dry_run=dry_run, label=asset.name)
+
+    def probe(self, src: Source, asset: Asset, dl: Downloader, *, sas: Optional[str]) -> Optional[int]:
+        """A HEAD of the blob, or one listing entry of the folder."""
+        return dl.probe(_with_sas(src.url, sas), asset.kind)
+
+    def way_out(self, failed: Sequence[tuple[Source, BaseException]]) -> Optional[str]:
+        """A refused read: no public mirror is known, a SAS is."""
+        if any(isinstance(e, RemoteError) and e.status in ACCESS_DENIED for _, e in failed):
+            return f"no public mirror is known for it: {self.denied_advice}"
+        return None
+
+
+class HttpsKind(SourceKind):
+    """``https``: any other plain file (or zip) URL, through the engine."""
+
+    def fetch(self, src: Source, asset: Asset, dest: Path, dl: Downloader, *, sas: Optional[str], quiet: bool,
+              dry_run: bool, exclude: Sequence[str]) -> Result:
+        """One file through the engine (a zip unpacked after)."""
+        rf = dl.stat_url(src.url, asset.filename)
+        rf.verify = _registry_check(src, asset)
+        if dry_run:
+            return Result(dest, [dest / asset.filename], [rf.size])
+        try:
+            res = dl.fetch([(rf, dest / asset.filename)], dest, asset.name)
+        except OSError as e:  # network errors are RemoteErrors by now: this is the local disk
+            raise VinvlError(f"cannot write {e.filename or dest}: {e.strerror or e}") from None
+        if asset.kind == "zip":
+            res.unpacked = unpack_zip(dest / asset.filename)
+        return res
+
+    def probe(self, src: Source, asset: Asset, dl: Downloader, *, sas: Optional[str]) -> Optional[int]:
+        """A HEAD of the URL."""
+        return dl.stat_url(src.url, asset.filename or "x").size
+
+
+# The registered kinds; their order is also the order in which a kind is asked for a way out once every source
+# failed (the hub mirror's is the most useful).
+SOURCE_KINDS: dict[str, SourceKind] = {"hf": HfKind(), "azure": AzureKind(), "https": HttpsKind()}
 
 
 def _alternatives(asset: Asset, failed: Sequence[tuple[Source, BaseException]]) -> str:
+    """Once every source failed: the first way out a kind offers (in SOURCE_KINDS order), else the last advice."""
     where = asset.destination()
-    hub = [(s, e) for s, e in failed if s.kind == "hf"]
-    if hub:
-        s, e = hub[0]
-        return f"the Hugging Face mirror {s.repo} has it: {_advice(s, e)}, or put the file into {where}"
-    denied = any(s.kind == "azure" and isinstance(e, RemoteError) and e.status in ACCESS_DENIED for s, e in failed)
-    if denied:
-        return ("no public mirror is known for it: a read SAS from the authors is needed "
-                f"(--sas or VINVL_AZURE_SAS), or put the file into {where}")
+    for name, kind in SOURCE_KINDS.items():
+        mine = [(s, e) for s, e in failed if s.kind == name]
+        way = kind.way_out(mine) if mine else None
+        if way:
+            return f"{way}, or put the file into {where}"
     s, e = failed[-1]
-    return f"{_advice(s, e)}, or put the file into {where}"
+    return f"{s.handler.advice(s, e)}, or put the file into {where}"
 
 
 def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[str], quiet: bool, dry_run: bool,
@@ -748,10 +885,7 @@ def _fetch_asset(asset: Asset, out: Optional[Path], dl: Any, *, sas: Optional[st
     failed: list[tuple[Source, BaseException]] = []
     for src in asset.sources:
         try:
-            if src.kind == "hf":
-                res = _fetch_hf(src, asset, dest, dl, quiet=quiet, dry_run=dry_run)
-            else:
-                res = _fetch_url(src, asset, dest, dl, sas=sas, dry_run=dry_run, exclude=exclude)
+            res = src.handler.fetch(src, asset, dest, dl, sas=sas, quiet=quiet, dry_run=dry_run, exclude=exclude)
             return Fetched(asset, src, res)
         except (RemoteError, VerificationError) as e:
             failed.append((src, e))
@@ -951,15 +1085,12 @@ def _check_one(asset: Asset, src: Source, *, sas: Optional[str], timeout: float)
     # One retry with a short back-off: a busy answer (429/5xx) or a reset connection is not a verdict.
     dl = Downloader(attempts=2, connect_timeout=timeout, timeout=timeout, backoff=0.2, max_backoff=1.0, quiet=True)
     try:
-        if src.kind == "hf":
-            if hf_offline():
-                row.status, row.reason, row.detail = "offline", "HF_HUB_OFFLINE", "HF_HUB_OFFLINE is set"
-                return row
-            row.size = hub_metadata(src, dl, quiet=True).size
-        else:
-            url = _with_sas(src.url, sas) if src.kind == "azure" else src.url
-            row.size = (dl.stat_url(url, asset.filename or "x").size if src.kind == "https"
-                        else dl.probe(url, asset.kind))
+        kind = src.handler
+        setting = kind.offline()
+        if setting:
+            row.status, row.reason, row.detail = "offline", setting, f"{setting} is set"
+            return row
+        row.size = kind.probe(src, asset, dl, sas=sas)
         row.status = "reachable"
     except Exception as e:  # noqa: BLE001 - every failure becomes a row, never a traceback
         _classify(row, e)
@@ -997,9 +1128,10 @@ def check(selected: Optional[Sequence[str]] = None, *, sas: Optional[str] = None
 
 
 __all__ = [
-    "ASSET_KINDS", "Asset", "CHECK_STATES", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR", "DEMO_DETECTOR",
-    "DetectorFiles", "ENTRY_KINDS", "Entry", "Fetched", "NoSourceAnswered", "REGISTRY", "SOURCE_KINDS", "Source",
-    "azure", "azure_sas", "check", "checkpoint_path", "default_detector", "download", "ensure", "entry", "fetch",
-    "find_by_url", "hf", "hf_endpoint", "hf_offline", "hub_metadata", "is_checkpoint_name", "list_entries", "names",
-    "resolve_detector", "shipped_model_dir", "vinvl_home",
+    "ASSET_KINDS", "Asset", "AzureKind", "CHECK_STATES", "CheckRow", "DEFAULT_CAPTIONER", "DEFAULT_DETECTOR",
+    "DEMO_DETECTOR", "DetectorFiles", "ENTRY_KINDS", "Entry", "Fetched", "HfKind", "HttpsKind", "NoSourceAnswered",
+    "REGISTRY", "SOURCE_KINDS", "Source", "SourceKind", "azure", "azure_sas", "check", "checkpoint_path",
+    "default_detector", "download", "ensure", "entry", "fetch", "find_by_url", "hf", "hf_endpoint", "hf_offline",
+    "hub_metadata", "is_checkpoint_name", "list_entries", "names", "resolve_detector", "shipped_model_dir",
+    "vinvl_home",
 ]

@@ -129,12 +129,11 @@ def _print_list(format: str) -> None:
 
 
 def _where(row: dict[str, Any]) -> str:
-    # The hub source is the entry's repo; an Azure or https source is told apart by its account (host's first label).
-    if row["source"] == "hf":
-        return "hf"
-    from urllib.parse import urlsplit
+    # The kind, and what tells its sources apart where the entry's line does not (an Azure account, a host).
+    from ..registry import SOURCE_KINDS
 
-    return f"{row['source']} {urlsplit(row['url']).hostname.split('.')[0]}"
+    account = SOURCE_KINDS[row["source"]].account(row["url"])
+    return f"{row['source']} {account}" if account else row["source"]
 
 
 def _revision(rev: Optional[str]) -> str:
