@@ -290,7 +290,8 @@ CBS = ("cbs", "min_constraints", "cbs_group", "cbs_box", "cbs_constraint", "cbs_
 def cbs_options(given: dict[str, Any]) -> Optional[O.CBSOptions]:
     """The constrained beam search options with ``--cbs``, else None; a CBS option without ``--cbs`` is an error."""
     if not given.get("cbs"):
-        stray = [n for n in CBS[1:] if n in getattr(given, "explicit", ())]
+        defaults = O.option_defaults(O.CBSOptions)
+        stray = [n for n in CBS[1:] if given.get(n, defaults[n]) != defaults[n]]
         if stray:
             raise VinvlError(f"{OPTIONS[stray[0]].flags[0]} applies only with --cbs")
         return None
