@@ -439,3 +439,40 @@ def test_nocaps_image_ids(tmp_path: Path) -> None:
     info.write_text(json.dumps({"images": [{"id": "7", "file_name": "a.jpg"}]}))
     with pytest.raises(VinvlError, match="images\\[0\\] is not"):
         nocaps_image_ids(info, ["a"])
+
+
+def test_boxes_given_instead_of_a_box_file(ref: Path) -> None:
+    """A detector's own boxes (any case, tuples, numpy numbers) with the other three files: what `vinvl caption --cbs`
+    calls."""
+    from vinvl.oscar.tensorize import load_tokenizer
+
+    d = ref / "data"
+    opts = CBSOptions(cbs_constraint=d / "constraint2tokens.tsv", cbs_tokenforms=d / "tokenforms.tsv",
+                      cbs_hierarchy=d / "class_hierarchy.json")
+    boxes = {"photo": [{"class": "Umbrella", "conf": np.float32(0.8), "rect": (1, 2, 30, 40)},
+                       {"class": "Woman", "conf": 0.9, "rect": np.array([0.0, 0, 5, 5]).tolist()}]}
+    data = cbs.CBSData.open(opts, boxes=boxes)
+    got = data.image("photo", load_tokenizer(ref / "ckpt"))
+    assert got.names == ["umbrella"] and got.token_forms == [[[92], [93, 94]]]
+    assert data.image("other", load_tokenizer(ref / "ckpt")).names == []
+    one = cbs.constraints_for_boxes(boxes["photo"], data.hierarchy, data.forms, load_tokenizer(ref / "ckpt"))
+    assert (one.names, one.token_forms) == (got.names, got.token_forms)
+    with pytest.raises(FormatError, match="a box is not"):
+        cbs.CBSData.open(opts, boxes={"x": [{"class": "dog"}]})
+
+
+def test_predict_with_cbs(ref: Path, expected: dict, tmp_path: Path) -> None:
+    """The library's predict on a region source with the four files named: the same outputs as eval."""
+    from vinvl.oscar.data.captions import CaptionData
+    from vinvl.oscar.options import DecodeOptions
+    from vinvl.oscar.tasks.captioning import predict
+
+    d = ref / "data"
+    keys = ["nc0003", "nc0004", "nc0005"]  # groups of 2 from the first key: nc0004 starts from nc0003's first step
+    opts = CBSOptions(cbs_box=d / "cbs_boxes.tsv", cbs_constraint=d / "constraint2tokens.tsv",
+                      cbs_tokenforms=d / "tokenforms.tsv", cbs_hierarchy=d / "class_hierarchy.json")
+    path = predict(ref / "ckpt", CaptionData(d / "test.yaml"), keys, tmp_path, DecodeOptions(eval_batch_size=1), cbs=opts)
+    assert [r["caption"] for r in json.loads(path.read_text())] == [expected[k]["caption"] for k in keys]
+    rows = [line.split("\t") for line in (tmp_path / "predictions.tsv").read_text().splitlines()]
+    assert [(k, json.loads(v)[0]["caption"]) for k, v in rows] == [(k, expected[k]["caption"]) for k in keys]
+    assert (tmp_path / "constraints.tsv").is_file()

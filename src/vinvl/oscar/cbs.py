@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,17 +101,17 @@ def read_boxes(path: PathLike) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _box(b: Any, path: Path, line: int, key: str) -> dict[str, Any]:
-    ok = (isinstance(b, dict) and isinstance(b.get("class"), str) and _number(b.get("conf"))
-          and isinstance(b.get("rect"), list) and len(b["rect"]) == 4 and all(_number(v) for v in b["rect"]))
+def _box(b: Any, path: Path, line: Optional[int], key: str) -> dict[str, Any]:
+    ok = (isinstance(b, Mapping) and isinstance(b.get("class"), str) and _number(b.get("conf"))
+          and isinstance(b.get("rect"), (list, tuple)) and len(b["rect"]) == 4 and all(_number(v) for v in b["rect"]))
     if not ok:
         raise FormatError(f"a box is not {{\"class\": str, \"conf\": number, \"rect\": [x1, y1, x2, y2]}}: "
-                          f"{json.dumps(b)[:80]}", display_path(path), line, key)
+                          f"{str(b)[:80]}", display_path(path), line, key)
     return {"class": b["class"].lower(), "conf": float(b["conf"]), "rect": [float(v) for v in b["rect"]]}
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_forms(path: PathLike, what: str) -> dict[str, list[str]]:
@@ -256,26 +257,27 @@ def constraints_for_boxes(boxes: Sequence[Mapping[str, Any]], hierarchy: ClassHi
                           max_constraints: int = MAX_CONSTRAINTS, nms_threshold: float = NMS_THRESHOLD) -> ImageConstraints:
     """An image's constraints and their token forms from its boxes (``[{class, conf, rect}]``: a CBS box file's
     row, or a detector's own boxes), a hierarchy and the two form tables."""
-    clean = [{"class": str(b["class"]).lower(), "conf": float(b["conf"]), "rect": [float(v) for v in b["rect"]]}
-             for b in boxes]
+    clean = [_box(b, Path("boxes"), None, "") for b in boxes]
     steps = select_constraints(clean, hierarchy, max_constraints, nms_threshold)
     return ImageConstraints(steps.constraints, [forms.form_ids(c, tokenizer) for c in steps.constraints], steps)
 
 
 @dataclass
 class CBSFiles:
-    """The four CBS files: boxes, constraint2tokens, tokenforms, class hierarchy."""
+    """The four CBS files: boxes (None: the boxes come from elsewhere, e.g. a detector), constraint2tokens, tokenforms,
+    class hierarchy."""
 
-    box: Path
+    box: Optional[Path]
     constraint: Path
     tokenforms: Path
     hierarchy: Path
 
     @classmethod
-    def of(cls, options: CBSOptions, spec: Optional[DatasetSpec] = None) -> "CBSFiles":
+    def of(cls, options: CBSOptions, spec: Optional[DatasetSpec] = None, boxes: bool = True) -> "CBSFiles":
         """Each file as ``options`` name it (``--cbs-box`` ...), else as the split yaml ``spec`` does (``cbs_box``,
-        ``cbs_constraint``, ``cbs_tokenforms``, ``cbs_hierarchy``, by the yaml path rule); one missing is an error."""
-        found = []
+        ``cbs_constraint``, ``cbs_tokenforms``, ``cbs_hierarchy``, by the yaml path rule); one missing is an error
+        (the box file only when ``boxes``)."""
+        found: list[Optional[Path]] = []
         for name in ("cbs_box", "cbs_constraint", "cbs_tokenforms", "cbs_hierarchy"):
             given = getattr(options, name)
             flag = "--" + name.replace("_", "-")
@@ -285,44 +287,56 @@ class CBSFiles:
                     raise VinvlError(f"{flag} {display_path(path)}: no such file")
             elif spec is not None and name in spec:
                 path = spec.file(name)
+            elif name == "cbs_box" and not boxes:
+                path = None
             else:
                 where = f"{spec.path} names no '{name}'" if spec is not None else "no split yaml names it"
                 raise VinvlError(f"constrained beam search needs the {name[4:]} file: {where}; give {flag}")
             found.append(path)
-        return cls(*found)
+        return cls(*found)  # type: ignore[arg-type]
 
 
 @dataclass
 class CBSData:
-    """The CBS files read: each image's boxes, the hierarchy and the word forms, and how CBS decodes."""
+    """What CBS decodes with: each image's boxes, the hierarchy and the word forms, and its options."""
 
-    files: CBSFiles
     boxes: dict[str, list[dict[str, Any]]]
     hierarchy: ClassHierarchy
     forms: WordForms
     options: CBSOptions = field(default_factory=CBSOptions)
+    box_source: str = "the boxes"  # what errors about an image's boxes name
 
     @classmethod
-    def read(cls, files: CBSFiles, options: CBSOptions = CBSOptions()) -> "CBSData":
-        """Read the four files (one-line errors naming a file and line)."""
-        return cls(files, read_boxes(files.box), ClassHierarchy.read(files.hierarchy),
-                   WordForms.read(files.constraint, files.tokenforms), options)
+    def read(cls, files: CBSFiles, options: CBSOptions = CBSOptions(),
+             boxes: Optional[Mapping[Any, Sequence[Mapping[str, Any]]]] = None, box_source: str = "the detector's boxes"
+             ) -> "CBSData":
+        """Read the files (one-line errors naming a file and line); ``boxes`` (by image key, ``[{class, conf, rect}]``,
+        e.g. a detector's own) instead of a box file."""
+        if boxes is None:
+            if files.box is None:
+                raise VinvlError("constrained beam search needs boxes: give a box file (--cbs-box)")
+            found, box_source = read_boxes(files.box), display_path(files.box)
+        else:
+            found = {str(k): [_box(b, Path(box_source), None, str(k)) for b in v] for k, v in boxes.items()}
+        return cls(found, ClassHierarchy.read(files.hierarchy), WordForms.read(files.constraint, files.tokenforms),
+                   options, box_source)
 
     @classmethod
-    def open(cls, options: CBSOptions, spec: Optional[DatasetSpec] = None) -> "CBSData":
-        """The files ``options`` or the split yaml ``spec`` name (:meth:`CBSFiles.of`), read."""
-        return cls.read(CBSFiles.of(options, spec), options)
+    def open(cls, options: CBSOptions, spec: Optional[DatasetSpec] = None,
+             boxes: Optional[Mapping[Any, Sequence[Mapping[str, Any]]]] = None) -> "CBSData":
+        """The files ``options`` or the split yaml ``spec`` name (:meth:`CBSFiles.of`), read; ``boxes``: as :meth:`read`."""
+        return cls.read(CBSFiles.of(options, spec, boxes=boxes is None), options, boxes)
 
     def steps(self, key: Any) -> ConstraintSteps:
-        """The constraint filter on image ``key``'s boxes (none when the box file has no row for it, as the
-        original); errors name the image."""
+        """The constraint filter on image ``key``'s boxes (none when there is no row for it, as the original); errors
+        name the image."""
         try:
             steps = select_constraints(self.boxes.get(str(key), []), self.hierarchy, self.options.max_constraints,
                                        self.options.nms_threshold)
             for c in steps.constraints:
                 self.forms.tokens(c)
         except VinvlError as e:
-            raise VinvlError(f"image {str(key)!r} of {display_path(self.files.box)}: {e}") from None
+            raise VinvlError(f"image {str(key)!r} of {self.box_source}: {e}") from None
         return steps
 
     def check(self, keys: Iterable[Any]) -> None:
