@@ -121,7 +121,7 @@ def read_forms(path: PathLike, what: str) -> dict[str, list[str]]:
     for n, line in _lines(path, what):
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0] or not all(parts[1].split(",")):
-            raise FormatError(f"expected 'word<TAB>form1,form2,...'", display_path(path), n)
+            raise FormatError("expected 'word<TAB>form1,form2,...'", display_path(path), n)
         out[parts[0]] = parts[1].split(",")
     return out
 

@@ -12,6 +12,9 @@ log-probability still counts; a hypothesis scores ``sum(log p) / length ** lengt
 regions, feeding only ``[last token, MASK]`` per step, and reorders the whole history by beam
 each step, so it gives the uncached result (the original's cached beam search reordered only
 the newest entries and drifts; see ../shared/reference/oscar/README.md).
+
+:func:`generate_constrained` is the original's constrained beam search (NoCaps; :mod:`vinvl.oscar.cbs`) through
+the same step, cached or not, with ``beams x FSM states`` rows per image.
 """
 
 from __future__ import annotations
