@@ -256,15 +256,17 @@ def test_valid_states_and_the_choice() -> None:
     logprobs[0, 1, 0] = -6.0
     beams[0, 2, 0, :2] = torch.tensor([9, 9])  # 2 tokens: -3.0 / 3 = -1.0, a tie: the first state wins
     logprobs[0, 2, 0] = -3.0
-    beams[0, 3, 0, :3] = torch.tensor([9, 9, 9])  # 3 tokens: -2.8 / 4 = -0.7, but needs 2 constraints
+    beams[0, 3, 0, :3] = torch.tensor([9, 9, 9])  # 3 tokens: -2.8 / 4 = -0.7, the best
     logprobs[0, 3, 0] = -2.8
     beams[0, 0, 0, :1] = 9
     logprobs[0, 0, 0] = -0.1  # state 0 satisfies none
     out = cbs.CBSOutput(beams, logprobs)
     ids, score, states = cbs.select_best(out, [2], 1, eos)
     assert states == [3] and abs(float(score[0]) + 0.7) < 1e-6
-    ids, score, states = cbs.select_best(cbs.CBSOutput(beams, logprobs.index_fill(1, torch.tensor([3]), -50.0)), [2], 1, eos)
+    worse = cbs.CBSOutput(beams, logprobs.index_fill(1, torch.tensor([3]), -50.0))  # state 3 now the worst
+    ids, score, states = cbs.select_best(worse, [2], 1, eos)
     assert states == [1] and float(score[0]) == -1.0 and ids[0].tolist() == [9, 9, 9, 9, 9, eos]
+    assert cbs.select_best(worse, [2], 2, eos)[2] == [3]  # at least 2: state 3 alone is valid
     assert cbs.select_best(out, [0], 2, eos)[2] == [0]
 
 
