@@ -179,6 +179,26 @@ OPTIONS: dict[str, Opt] = {
     "spice": _o("--spice/--no-spice", type=Optional[bool], help="SPICE too (default: when its CoreNLP jars are "
                 "installed, else reported 'unavailable')."),
     "metrics": _o("--metrics/--no-metrics", type=bool, default=True, help="Score against the split's captions."),
+    # -- constrained beam search (NoCaps) ----------------------------------------------------------------
+    "cbs": _o("--cbs", type=bool, default=False, help="Constrained beam search (the original's --use_cbs, NoCaps): "
+              "each image's detected classes become words the caption must contain; also writes OUT/predictions.tsv "
+              "(the original's prediction file) and OUT/constraints.tsv."),
+    "min_constraints": _o("--min-constraints", min=0, help="With --cbs: captions hold at least this many of the image's "
+                          "constraints (all when it has fewer; --min_constraints_to_satisfy)."),
+    "cbs_group": _o("--cbs-group", min=1, help="With --cbs: the original scores the first word of every image of a "
+                    "batch with the batch's first image, so its captions depend on --per_gpu_eval_batch_size (2 in its "
+                    "NoCaps command): images go this many at a time to match (1: each image its own)."),
+    "cbs_box": _o("--cbs-box", type=OPTIONAL_PATH, help="With --cbs: boxes per image (key TAB [{class, conf, rect}]); "
+                  "default: the split yaml's cbs_box."),
+    "cbs_constraint": _o("--cbs-constraint", type=OPTIONAL_PATH, help="With --cbs: each word's word pieces (word TAB "
+                         "piece1,piece2); default: the split yaml's cbs_constraint."),
+    "cbs_tokenforms": _o("--cbs-tokenforms", type=OPTIONAL_PATH, help="With --cbs: each word piece's forms (piece TAB "
+                         "form1,form2); default: the split yaml's cbs_tokenforms."),
+    "cbs_hierarchy": _o("--cbs-hierarchy", type=OPTIONAL_PATH, help="With --cbs: the Open Images class hierarchy json; "
+                        "default: the split yaml's cbs_hierarchy."),
+    "nocaps_image_info": _o("--nocaps-image-info", type=OPTIONAL_PATH, help="nocaps_val_image_info.json (or test's): "
+                            "also write OUT/nocaps_submission.json for EvalAI ([{image_id, caption}], the ids by image "
+                            "file name)."),
     # -- retrieval ---------------------------------------------------------------------------------------
     "folds": _o("--folds", min=1, default=1, help="Also average R@K over this many image folds (5 on the 5K keys: COCO 1K)."),
     "two_stage": _o("--two-stage", min=0, default=0, help="k > 0: the full model scores only each image's and each "
@@ -267,6 +287,20 @@ def options_of(cls: type, given: dict[str, Any]) -> Any:
 def fields_of(cls: type, exclude: Sequence[str] = ()) -> list[str]:
     """The option names of an options class's fields (all of them :data:`OPTIONS`), less ``exclude``."""
     return [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+
+
+CBS = ("cbs", "min_constraints", "cbs_group", "cbs_box", "cbs_constraint", "cbs_tokenforms", "cbs_hierarchy")
+
+
+def cbs_options(given: dict[str, Any]) -> Optional[O.CBSOptions]:
+    """The constrained beam search options with ``--cbs``, else None; a CBS option without ``--cbs`` is an error."""
+    if not given.get("cbs"):
+        defaults = O.option_defaults(O.CBSOptions)
+        stray = [n for n in CBS[1:] if given.get(n, defaults[n]) != defaults[n]]
+        if stray:
+            raise VinvlError(f"{OPTIONS[stray[0]].flags[0]} applies only with --cbs")
+        return None
+    return options_of(O.CBSOptions, given)
 
 
 def eval_split(value: Optional[str]) -> Optional[str]:

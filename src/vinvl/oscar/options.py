@@ -17,6 +17,7 @@ set (:meth:`TrainingOptions.explicit`: constructor arguments and later assignmen
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 from ..errors import VinvlError
@@ -223,6 +224,27 @@ class DecodeOptions:
     repetition_penalty: float = 1.0
     eval_batch_size: int = 16
     use_cache: bool = True
+
+
+@dataclass
+class CBSOptions:
+    """Constrained beam search (the original's ``--use_cbs``, NoCaps; :mod:`vinvl.oscar.cbs`): captions with at least
+    ``min_constraints`` of each image's constraints (all of them when it has fewer; the original's
+    ``--min_constraints_to_satisfy``), at most ``max_constraints`` given, the hierarchy NMS at ``nms_threshold``.
+    ``cbs_group``: the original scores the first step of every image of a batch with the batch's first image, so its
+    captions depend on its ``--per_gpu_eval_batch_size`` (2 in its NoCaps command); images are taken ``cbs_group`` at a
+    time in the split's order to match it, whatever the batch (1: each image its own). The four files: the boxes,
+    constraint2tokens, tokenforms and class hierarchy (None: the split yaml's ``cbs_box``, ``cbs_constraint``,
+    ``cbs_tokenforms``, ``cbs_hierarchy``)."""
+
+    min_constraints: int = 2
+    cbs_group: int = 2
+    max_constraints: int = 3
+    nms_threshold: float = 0.85
+    cbs_box: Optional[Path] = None
+    cbs_constraint: Optional[Path] = None
+    cbs_tokenforms: Optional[Path] = None
+    cbs_hierarchy: Optional[Path] = None
 
 
 # -- VQA, GQA, NLVR2 ------------------------------------------------------------------------------------
