@@ -1084,7 +1084,7 @@ def _inner_checkpoint(name: str, root: Path, folder: str) -> Path:
     hits = [f for f in folders if f.relative_to(root).parts[-len(want):] == want]
     if len(hits) == 1:
         return hits[0]
-    listing = ", ".join(f.relative_to(root).as_posix() for f in folders) or "none"
+    listing = ", ".join(f.relative_to(root).as_posix() for f in (hits or folders)) or "none"
     if not hits:
         raise VinvlError(f"{name}/{folder}: no checkpoint folder {folder!r} in {root}; its checkpoint folders: {listing}")
     raise VinvlError(f"{name}/{folder}: several checkpoint folders end so ({listing}): give more of the path")
