@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import VinvlError
+from ..training.checkpoints import natural_key
 
 PathLike = Union[str, os.PathLike]
 
@@ -41,7 +42,8 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
     try:
         if path.suffix == ".zip" and path.is_file():
             with zipfile.ZipFile(path) as z:
-                members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
+                # the newest checkpoint folder's, as the weights (ep_107_1192087 after ep_67_588997)
+                members = sorted((n for n in z.namelist() if n.endswith("vocab.txt")), key=natural_key)
                 if not members:
                     raise VinvlError(f"{path}: no vocab.txt inside")
                 name = f"{path}:{members[-1]}"
