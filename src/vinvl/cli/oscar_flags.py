@@ -138,6 +138,12 @@ OPTIONS: dict[str, Opt] = {
     "num_labels": _o("--num-labels", min=1, max=2, help="2: softmax classifier (the original's default); 1: regression."),
     "captions_per_image": _o("--captions-per-image", min=1, help="Captions read per image "
                              "(--num_captions_per_img_train / _val)."),
+    "od_label_type": _o("--od-label-type", type=str, choices=O.OD_LABEL_TYPES, help="The tags of .pt features: the "
+                        "{split}_{type}_labels.pt beside them; a features folder's tags are its label.tsv or "
+                        "predictions.tsv, taken with vg only."),
+    "att_mask_type": _o("--att-mask-type", type=str, choices=O.ATT_MASK_TYPES, help="Attention over caption (C), "
+                        "tags (L) and regions (R): CLR all; CL, CR, LR: each part attends to itself and only the two "
+                        "named to each other."),
     "use_label_seq": _o("--use-label-seq/--no-label-seq", type=bool, help="Each image's tags after the sentence "
                         "(off in the model zoo)."),
     # -- pretraining -------------------------------------------------------------------------------------
@@ -207,6 +213,9 @@ OPTIONS: dict[str, Opt] = {
                       "without the regions; embed: cosine of mean-pooled caption and image embeddings (cheaper, weaker)."),
     "compare_full": _o("--compare-full", type=bool, default=False, help="With --two-stage: also the full matrix, and "
                        "the recall lost."),
+    "caption_index": _o("--caption-index", type=OPTIONAL_PATH, help="Score only each image's candidates listed "
+                        "in this file (--eval_caption_index_file, e.g. minival_caption_indexs_top20.pt; in DATA_DIR or a "
+                        "path; train: of --eval-split): image->text R@K among them."),
     "save_scores": _o("--save-scores", type=bool, default=False, help="Also write OUT/scores.pt (scores, image_keys, "
                       "caption_to_image)."),
     "image": _o("--image", type=Optional[list[str]], help="Image key (repeatable; default: every image)."),

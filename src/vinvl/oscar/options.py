@@ -24,6 +24,17 @@ from ..errors import VinvlError
 from ..training.options import EngineOptions
 
 SCHEDULERS = ("linear", "constant")
+# run_retrieval.py's --att_mask_type over [caption | labels (tags) | regions]: CLR full attention; a pair: each part
+# attends to itself, and only the two parts named attend to each other
+ATT_MASK_TYPES = ("CLR", "CL", "CR", "LR")
+OD_LABEL_TYPES = ("vg", "gt", "oid")  # run_retrieval.py's --od_label_type: {split}_{type}_labels.pt of .pt features
+
+
+def check_att_mask_type(value: str) -> str:
+    """``value`` if it is one of :data:`ATT_MASK_TYPES`, else one error naming ``--att-mask-type``."""
+    if value not in ATT_MASK_TYPES:
+        raise VinvlError(f"--att-mask-type {value!r}: expected one of {', '.join(ATT_MASK_TYPES)}")
+    return value
 
 T = TypeVar("T", bound="TrainingOptions")
 A = TypeVar("A")
@@ -162,7 +173,10 @@ class PretrainOptions(TrainingOptions):
 class RetrievalOptions(TrainingOptions):
     """Image-text retrieval (``run_retrieval.py``)."""
 
-    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "add_od_labels")
+    # the original restores od_label_type too; att_mask_type it does not (a CL model evaluated without
+    # --att_mask_type CL runs with full attention there), but the mask is part of the inputs the model was trained on
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "add_od_labels", "od_label_type",
+                                           "att_mask_type")
 
     learning_rate: float = 2e-5
     num_train_epochs: float = 20.0
@@ -174,6 +188,16 @@ class RetrievalOptions(TrainingOptions):
     num_labels: int = 2
     loss_type: str = "sfmx"
     drop_out: float = 0.1
+    od_label_type: str = "vg"  # which {split}_{type}_labels.pt holds the tags of .pt features
+    att_mask_type: str = "CLR"
+
+    def check(self) -> "RetrievalOptions":
+        """One error naming the option for a value no run can use."""
+        super().check()
+        check_att_mask_type(self.att_mask_type)
+        if self.od_label_type not in OD_LABEL_TYPES:
+            raise VinvlError(f"--od-label-type {self.od_label_type!r}: expected one of {', '.join(OD_LABEL_TYPES)}")
+        return self
 
 
 # -- captioning ------------------------------------------------------------------------------------------
