@@ -69,26 +69,27 @@ def _answer(task_cls: Any, options_cls: type, checkpoint: Path, images: list[Pat
 
 # -- VQA ------------------------------------------------------------------------------------------
 @vqa_app.command("train")
-@takes(*TRAIN_FILES, "txt_data_dir", "label_file", "label2ans", "data_label_type", *fields_of(VQAOptions),
-       defaults=VQAOptions, eval_split="val")
+@takes(*TRAIN_FILES, "txt_data_dir", "label_file", "label2ans", "data_label_type", "use_vg", "use_vg_dev",
+       *fields_of(VQAOptions), defaults=VQAOptions, eval_split="val")
 def vqa_train(data_dir: Path = typer.Argument(..., help="The VQA data folder (questions *_qla_mrcnn.json, features "
                                               "*.pt, answer pickles)."), given: Any = None) -> None:
     """Fine-tune Oscar+ for VQA (soft-score BCE) into OUT/checkpoint-N (original layout + answers.json)."""
     from ..oscar.tasks import vqa
 
     answers = _vocab(vqa.VQATask, given, data_dir)
-    tq, tf = vqa.split_files(data_dir, given["train_split"], given["data_label_type"], given["txt_data_dir"])
+    files = dict(label_type=given["data_label_type"], txt_data_dir=given["txt_data_dir"], use_vg_dev=given["use_vg_dev"])
+    tq, tf = vqa.split_files(data_dir, given["train_split"], use_vg=given["use_vg"], **files)
     eq = ef = None
     if eval_split(given["eval_split"]):
-        eq, ef = vqa.split_files(data_dir, given["eval_split"], given["data_label_type"], given["txt_data_dir"])
+        eq, ef = vqa.split_files(data_dir, given["eval_split"], **files)
     features = given["features"]
     _train(vqa.train, VQAOptions, given, train_file=tq, train_features=features or tf, vocab=answers, out_dir=given["out"],
            eval_file=eq, eval_features=features or ef)
 
 
 @vqa_app.command("eval")
-@takes("out", "split", "txt_data_dir", "data_label_type", "label_file", "label2ans", "features", *LENGTHS, *RUN,
-       defaults=VQAOptions, restored=LENGTHS, split="val")
+@takes("out", "split", "txt_data_dir", "data_label_type", "use_vg_dev", "label_file", "label2ans", "features",
+       *LENGTHS, *RUN, defaults=VQAOptions, restored=LENGTHS, split="val")
 def vqa_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The VQA data folder."),
@@ -98,7 +99,8 @@ def vqa_eval(
     OUT/{split}_results.json ([{question_id, answer}], the evaluation server's format)."""
     from ..oscar.tasks import vqa
 
-    qfile, ffile = vqa.split_files(data_dir, given["split"], given["data_label_type"], given["txt_data_dir"])
+    qfile, ffile = vqa.split_files(data_dir, given["split"], given["data_label_type"], given["txt_data_dir"],
+                                   use_vg_dev=given["use_vg_dev"])
     _evaluate(vqa.VQATask, VQAOptions, checkpoint, qfile, given["features"] or ffile, given, data_dir)
 
 
