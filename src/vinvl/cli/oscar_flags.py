@@ -156,6 +156,9 @@ OPTIONS: dict[str, Opt] = {
                              "(--num_captions_per_img_train / _val)."),
     "use_label_seq": _o("--use-label-seq/--no-label-seq", type=bool, help="Each image's tags after the sentence "
                         "(off in the model zoo)."),
+    "use_pair": _o("--use-pair/--no-pair", type=bool, help="The pair model (the original's --use_pair, the model "
+                   "zoo's: each image its own sequence, the two pooled outputs concatenated into the classifier), or "
+                   "one sequence over both images' regions (its default without --use_pair)."),
     # -- pretraining -------------------------------------------------------------------------------------
     "mask_prob": _o("--mask-prob", type=float, min=0, max=1, help="Share of text tokens masked for MLM."),
     "texta_false_prob": _o("--texta-false-prob", type=float, min=0, max=0.5, help="Share of examples whose text_a is "

@@ -16,8 +16,8 @@ from .oscar_flags import DETECTOR, LENGTHS, RUN, TRAIN_FILES, detect, detector, 
 
 vqa_app = typer.Typer(help="VQA 2.0 (run_vqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
 gqa_app = typer.Typer(help="GQA (run_gqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
-nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py --use_pair): train, evaluate, judge sentences about image pairs.",
-                        no_args_is_help=True)
+nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py, the pair model or the non-pair one): train, evaluate, judge "
+                        "sentences about image pairs.", no_args_is_help=True)
 
 
 # -- what the commands share: turning their arguments into the library's ----------------------------------------
@@ -172,7 +172,8 @@ def gqa_predict(
        eval_data_type="all")
 def nlvr2_train(data_dir: Path = typer.Argument(..., help="The NLVR2 data folder (nlvr2_*.json, "
                                                 "nlvr2_img_frcnn_feats.pt)."), given: Any = None) -> None:
-    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier) for NLVR2 into OUT/checkpoint-N."""
+    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier; --no-pair: one sequence over both
+    images) for NLVR2 into OUT/checkpoint-N."""
     from ..oscar.tasks import nlvr2
 
     features = given["features"] or data_dir / nlvr2.FEATURES_FILE
@@ -183,8 +184,8 @@ def nlvr2_train(data_dir: Path = typer.Argument(..., help="The NLVR2 data folder
 
 
 @nlvr2_app.command("eval")
-@takes("out", "split", "eval_data_type", "use_label_seq", "features", *LENGTHS, *RUN, defaults=NLVR2Options,
-       restored=(*LENGTHS, "use_label_seq"), split="test1", eval_data_type="all")
+@takes("out", "split", "eval_data_type", "use_label_seq", "use_pair", "features", *LENGTHS, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq", "use_pair"), split="test1", eval_data_type="all")
 def nlvr2_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The NLVR2 data folder."),
@@ -199,8 +200,8 @@ def nlvr2_eval(
 
 
 @nlvr2_app.command("predict")
-@takes("sentence", "out", "use_label_seq", *LENGTHS, *DETECTOR, *RUN, defaults=NLVR2Options,
-       restored=(*LENGTHS, "use_label_seq"))
+@takes("sentence", "out", "use_label_seq", "use_pair", *LENGTHS, *DETECTOR, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq", "use_pair"))
 def nlvr2_predict(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
     left: Path = typer.Argument(..., help="Left image."),

@@ -294,8 +294,8 @@ class GQAOptions(ClassificationOptions):
 
 @dataclass
 class NLVR2Options(ClassificationOptions):
-    """NLVR2 (``--use_pair``), the model zoo's base command: seq 55, 40 regions per image, batch 72, lr 3e-5,
-    20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
+    """NLVR2, the model zoo's base command (``--use_pair``: the pair model): seq 55, 40 regions per image, batch 72,
+    lr 3e-5, 20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
 
     batch_size: int = 72
     learning_rate: float = 3e-5
@@ -307,8 +307,9 @@ class NLVR2Options(ClassificationOptions):
     classifier: str = "mlp"
     loss_type: str = "xe"
     use_label_seq: bool = False  # each image's tags after the sentence (off in the model zoo)
+    use_pair: bool = True  # --use_pair: the pair model; False: one sequence over both images (the original's default)
 
-    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq")
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq", "use_pair")
 
 
 TASK_OPTIONS: dict[str, type] = {
