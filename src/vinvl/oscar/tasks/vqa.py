@@ -55,7 +55,8 @@ def split_files(data_dir: PathLike, split: str, label_type: str = "mask", txt_da
     (its features then default to ``{stem}_img_frcnn_feats.pt`` beside it). As ``run_vqa.py``: ``use_vg`` reads the
     train split's questions from ``train2014_vg_qla_mrcnn.json`` (VQA train + Visual Genome QA, one file);
     ``use_vg_dev`` the val split's from ``vg_qla_mrcnn.json`` and every split's features from
-    ``train+val_img_frcnn_feats.pt``; both only with ``label_type`` mask (the original ignores them otherwise)."""
+    ``train+val_img_frcnn_feats.pt``; both only with ``label_type`` mask and ``use_vg`` only for the train split (the
+    original ignores them otherwise; here that is one error)."""
     if (use_vg or use_vg_dev) and label_type != "mask":
         flag = "--use-vg" if use_vg else "--use-vg-dev"
         raise VinvlError(f"{flag} reads the VG files *_qla_mrcnn.json: only with --data-label-type mask, "
