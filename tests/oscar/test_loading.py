@@ -27,7 +27,7 @@ from vinvl.oscar import options as O
 from vinvl.oscar.options import TrainingSettings, restore
 
 RECORDED = TrainingSettings({"max_seq_length": 24, "max_img_seq_length": 3, "add_od_labels": False,
-                             "use_label_seq": True, "max_seq_a_length": 11, "do_lower_case": False,
+                             "use_label_seq": True, "use_pair": False, "max_seq_a_length": 11, "do_lower_case": False,
                              "od_label_type": "oid", "att_mask_type": "CL"}, "args.json")
 TASKS = [O.PretrainOptions, O.RetrievalOptions, O.CaptionOptions, O.VQAOptions, O.GQAOptions, O.NLVR2Options]
 

@@ -101,6 +101,13 @@ OPTIONS: dict[str, Opt] = {
                           help="GQA training questions: all or bal (the model zoo trains on all)."),
     "eval_data_type": _o("--eval-data-type", type=str, choices=("all", "bal", "unbal"),
                          help="The evaluation split's type: all, bal or unbal (NLVR2)."),
+    "use_vg": _o("--use-vg", type=bool, default=False, help="Read the training questions from "
+                 "train2014_vg_qla_mrcnn.json (VQA train with Visual Genome's QA in one file, as the original reads it) "
+                 "instead of train2014_qla_mrcnn.json: the original's --use_vg (with --train-split train, "
+                 "--data-label-type mask)."),
+    "use_vg_dev": _o("--use-vg-dev", type=bool, default=False, help="The val split is Visual Genome's QA "
+                     "(vg_qla_mrcnn.json) and every split's features are train+val_img_frcnn_feats.pt: the original's "
+                     "--use_vg_dev (with --data-label-type mask)."),
     "keys": _o("--keys", type=OPTIONAL_PATH, help="Image ids to evaluate on, e.g. test_img_keys.tsv (COCO 5K) or "
                "test_img_keys_1k.tsv (in DATA_DIR or a path); default: every image of the split."),
     "name": _o("--name", type=str, default=REQUIRED, help="Split name: NAME.yaml, NAME.feature.tsv, NAME.label.tsv, "
@@ -124,6 +131,9 @@ OPTIONS: dict[str, Opt] = {
     "seed": _o("--seed", min=0, help="Seed of the initialisation, the data order and every example's random choices."),
     "save_steps": _o("--save-steps", min=-1, help="Save (and evaluate) every N steps; 0: every epoch; -1: only the last "
                      "step (the last step is always saved)."),
+    "save_after_epoch": _o("--save-after-epoch", min=-1, help="The saves of epochs 0..N (0-based) write no checkpoint "
+                           "(they still evaluate into eval_logs.json; the last step's is written): the original's "
+                           "--save_after_epoch; -1: every save writes one."),
     "log_steps": _o("--log-steps", min=0, help="Log the mean figures every N steps (0: only the last step)."),
     # -- inputs and model --------------------------------------------------------------------------------
     "max_seq_length": _o("--max-seq-length", min=4, max=4096, help="Text tokens, special tokens included (padded)."),
@@ -131,6 +141,12 @@ OPTIONS: dict[str, Opt] = {
     "add_od_labels": _o("--add-od-labels/--no-add-od-labels", type=bool, help="The image's tags after the text."),
     "drop_out": _o("--drop-out", type=float, min=0, max=1, help="Hidden dropout (the original's --drop_out; attention "
                    "dropout keeps the config's)."),
+    "adjust_dp": _o("--adjust-dp", type=bool, help="From epoch 3 (0-based) the dropout of the classifier's input, "
+                    "the image embedding and the word embeddings is 0.3 (the original's --adjust_dp; the encoder "
+                    "layers keep --drop-out)."),
+    "adjust_loss_epoch": _o("--adjust-loss-epoch", type=Optional[int], min=0, help="From this epoch (0-based) the loss "
+                            "is bce whatever --loss-type (the original's --adjust_loss --adjust_loss_epoch N; its -1 is "
+                            "0 here); default: never."),
     "classifier": _o("--classifier", type=str, choices=("linear", "mlp"), help="The classifier over the pooled output."),
     "cls_hidden_scale": _o("--cls-hidden-scale", min=1, max=64, help="MLP classifier width, in hidden sizes."),
     "loss_type": _o("--loss-type", type=str, choices=("bce", "xe", "sfmx", "kl"), help="bce (VQA's soft scores), "
@@ -146,6 +162,9 @@ OPTIONS: dict[str, Opt] = {
                         "named to each other."),
     "use_label_seq": _o("--use-label-seq/--no-label-seq", type=bool, help="Each image's tags after the sentence "
                         "(off in the model zoo)."),
+    "use_pair": _o("--use-pair/--no-pair", type=bool, help="The pair model (the original's --use_pair, the model "
+                   "zoo's: each image its own sequence, the two pooled outputs concatenated into the classifier), or "
+                   "one sequence over both images' regions (its default without --use_pair)."),
     # -- pretraining -------------------------------------------------------------------------------------
     "mask_prob": _o("--mask-prob", type=float, min=0, max=1, help="Share of text tokens masked for MLM."),
     "texta_false_prob": _o("--texta-false-prob", type=float, min=0, max=0.5, help="Share of examples whose text_a is "

@@ -289,10 +289,41 @@ class ClassificationOptions(TrainingOptions):
     loss_type: str = "bce"
 
 
+ADJUST_DP_EPOCH, ADJUST_DP = 3, 0.3  # run_vqa.py --adjust_dp: from epoch 3 (0-based) these dropouts are 0.3
+
+
 @dataclass
 class VQAOptions(ClassificationOptions):
     """VQA 2.0, the model zoo's base command: seq 128, 50 regions, batch 32, lr 5e-5, 25 epochs, dropout 0.3,
-    weight decay 0.05, BCE, linear classifier."""
+    weight decay 0.05, BCE, linear classifier; and ``run_vqa.py``'s schedule options (off by default, as there)."""
+
+    adjust_dp: bool = False  # --adjust_dp: from epoch ADJUST_DP_EPOCH the head's and embeddings' dropout is ADJUST_DP
+    adjust_loss_epoch: Optional[int] = None  # --adjust_loss --adjust_loss_epoch N: bce from epoch N; None: never
+    save_after_epoch: int = -1  # --save_after_epoch N: no checkpoint is written in epochs 0..N (the last step's is)
+
+    def check(self) -> "VQAOptions":
+        """The common checks, and one error naming the option for a schedule option no run can use."""
+        super().check()
+        if self.adjust_loss_epoch is not None and self.adjust_loss_epoch < 0:
+            raise VinvlError(f"--adjust-loss-epoch {self.adjust_loss_epoch}: must not be negative (0: from the start)")
+        if self.save_after_epoch < -1:
+            raise VinvlError(f"--save-after-epoch {self.save_after_epoch}: must be -1 (every save) or an epoch")
+        return self
+
+    def loss_type_at(self, epoch: int) -> str:
+        """The loss of a step in ``epoch`` (0-based): ``bce`` from ``adjust_loss_epoch`` on, else ``loss_type``
+        (``run_vqa.py`` sets ``model.loss_type = 'bce'`` at the start of each epoch >= ``--adjust_loss_epoch``)."""
+        return "bce" if self.adjust_loss_epoch is not None and epoch >= self.adjust_loss_epoch else self.loss_type
+
+    def dropout_at(self, epoch: int) -> float:
+        """The dropout of the classifier's input, the image embedding and the word embeddings in ``epoch``:
+        ``ADJUST_DP`` from ``ADJUST_DP_EPOCH`` on with ``adjust_dp``, else ``drop_out`` (the encoder layers keep it)."""
+        return ADJUST_DP if self.adjust_dp and epoch >= ADJUST_DP_EPOCH else self.drop_out
+
+    def writes_checkpoint(self, step: int, per_epoch: int) -> bool:
+        """``run_vqa.py`` saves at the end of epoch e only if e > ``save_after_epoch``: a save after step ``step``
+        (1-based) falls in epoch ``(step - 1) // per_epoch``."""
+        return (step - 1) // per_epoch > self.save_after_epoch
 
 
 @dataclass
@@ -309,8 +340,8 @@ class GQAOptions(ClassificationOptions):
 
 @dataclass
 class NLVR2Options(ClassificationOptions):
-    """NLVR2 (``--use_pair``), the model zoo's base command: seq 55, 40 regions per image, batch 72, lr 3e-5,
-    20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
+    """NLVR2, the model zoo's base command (``--use_pair``: the pair model): seq 55, 40 regions per image, batch 72,
+    lr 3e-5, 20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
 
     batch_size: int = 72
     learning_rate: float = 3e-5
@@ -322,8 +353,9 @@ class NLVR2Options(ClassificationOptions):
     classifier: str = "mlp"
     loss_type: str = "xe"
     use_label_seq: bool = False  # each image's tags after the sentence (off in the model zoo)
+    use_pair: bool = True  # --use_pair: the pair model; False: one sequence over both images (the original's default)
 
-    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq")
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq", "use_pair")
 
 
 TASK_OPTIONS: dict[str, type] = {

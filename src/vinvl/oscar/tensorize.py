@@ -94,12 +94,15 @@ class ClassificationTensorizer:
         self.max_seq_length = max_seq_length
         self.max_img_seq_length = max_img_seq_length
 
-    def __call__(self, text_a: str, text_b: Optional[str], img_feats) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``token_type_ids``, ``attention_mask`` (text + regions) and ``img_feats``."""
+    def __call__(self, text_a: str, text_b: Optional[str], img_feats, with_b: Optional[bool] = None
+                 ) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``token_type_ids``, ``attention_mask`` (text + regions) and ``img_feats``. ``with_b``:
+        whether the original takes its text_b branch (``if example.text_b``), which cuts the pair to
+        ``max_seq_length - 3`` even where text_b yields no token (NLVR2's tag dict); default: ``text_b`` is non-empty."""
         t = self.tok
         a = t.tokenize(text_a)
         b = t.tokenize(text_b) if text_b else []
-        if b:
+        if bool(text_b) if with_b is None else with_b:
             truncate_pair(a, b, self.max_seq_length - 3)
         else:
             a = a[: self.max_seq_length - 2]
