@@ -192,3 +192,61 @@ def test_captioner_files_are_checked_before_any_image(tmp_path: Path) -> None:
         check_captioner_files(tmp_path)
     (tmp_path / "vocab.txt").write_text("[PAD]\n")
     check_captioner_files(tmp_path)
+
+
+HIERARCHY = {"LabelName": "Entity", "Subcategory": [{"LabelName": "Shape", "Subcategory": [
+    {"LabelName": "Round shape", "Subcategory": [{"LabelName": "Circle"}]}, {"LabelName": "Square"},
+    {"LabelName": "Triangle"}, {"LabelName": "Star"}, {"LabelName": "Diamond"}]}]}
+
+
+def test_caption_cbs_novel_objects_from_the_detector(hub: HubServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """`vinvl caption --cbs`: the detector's own boxes become each image's constraints (the classes a class map names,
+    renamed to the hierarchy's), word pieces from the captioner's tokenizer; every caption holds its image's
+    constraints (at least --min-constraints of them) and OUT/constraints.tsv says which; `caption predict --cbs`
+    gives the same captions. A class map the detector's label map does not cover, or --cbs without the hierarchy,
+    is one line."""
+    hierarchy = tmp_path / "hierarchy.json"
+    hierarchy.write_text(json.dumps(HIERARCHY))
+    class_map = tmp_path / "oi_map.json"
+    class_map.write_text(json.dumps({"Circle": "circle", "Square": 2, "Star": "star"}))  # names or indices
+    regions = tmp_path / "regions"
+    out = tmp_path / "results.json"
+    args = ["caption", str(IMAGES), "--detector", "shapes_demo", "--device", "cpu", "--quiet", "--cbs",
+            "--cbs-hierarchy", str(hierarchy), "--cbs-class-map", str(class_map), "--min-constraints", "1",
+            "--regions", str(regions)]
+    assert main([*args, "-o", str(out)]) == 0, capsys.readouterr().err
+    captions = {r["image_id"]: r["caption"] for r in json.loads(out.read_text())}
+    from vinvl.oscar.data.regions import RegionStore
+
+    store = RegionStore(regions / "regions")
+    lines = (regions / "constraints.tsv").read_text().splitlines()
+    chosen = {k: json.loads(v) for k, v in (line.split("\t") for line in lines)}
+    assert set(chosen) == set(captions) == {"shapes_a", "shapes_b", "shapes_c"}
+    mapped = {"circle": "circle", "square": "square", "star": "star"}
+    for key, constraints in chosen.items():
+        detected = {o["class"] for o in store.objects(key)}
+        assert set(constraints) <= {mapped[c] for c in detected if c in mapped}
+        assert len(constraints) == len({mapped[c] for c in detected if c in mapped} & set(constraints))
+        if constraints:
+            assert any(c in captions[key].split() for c in constraints), (key, constraints, captions[key])
+    assert any(chosen.values())  # the demo's photos hold mapped shapes
+    # caption predict takes the same detector boxes and map
+    assert main(["oscar", "caption", "predict", "vinvl-base-image-captioning", str(IMAGES), "-o", str(tmp_path / "p"),
+                 "--detector", "shapes_demo", "--device", "cpu", "--cbs", "--cbs-hierarchy", str(hierarchy),
+                 "--cbs-class-map", str(class_map), "--min-constraints", "1"]) == 0, capsys.readouterr().err
+    pred = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert {r["image_id"]: r["caption"] for r in pred} == captions
+    capsys.readouterr()
+    # one-line refusals, before any work
+    bad_map = tmp_path / "bad_map.json"
+    bad_map.write_text(json.dumps({"Circle": 4000}))
+    for extra, message in ((["--cbs-class-map", str(bad_map)], "does not cover the class map"),):
+        assert main(["caption", str(IMAGES), "--detector", "shapes_demo", "--device", "cpu", "--quiet", "--cbs",
+                     "--cbs-hierarchy", str(hierarchy), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main(["caption", str(IMAGES), "--detector", "shapes_demo", "--cbs"]) == 2
+    assert "--cbs needs --cbs-hierarchy" in capsys.readouterr().err
+    assert main(["caption", str(IMAGES), "--detector", "shapes_demo", "--cbs-hierarchy", str(hierarchy)]) == 2
+    assert "apply only with --cbs" in capsys.readouterr().err

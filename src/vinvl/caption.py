@@ -22,7 +22,7 @@ from .config import DetectorConfig, detector_preset
 from .config.pretrained import resolve_pretrained
 from .errors import VinvlError
 from .given_boxes import read_given_boxes
-from .oscar.options import DecodeOptions
+from .oscar.options import CBSOptions, DecodeOptions
 from .registry import DEFAULT_CAPTIONER, DEFAULT_DETECTOR, checkpoint_path, is_checkpoint_name, names
 from .textio import read_json
 
@@ -86,17 +86,34 @@ def caption(
     quiet: bool = False,
     boxes: Optional[PathLike] = None,
     dtype: str = "fp32",
+    cbs: Optional[CBSOptions] = None,
+    cbs_class_map: Optional[PathLike] = None,
 ) -> list[tuple[str, str]]:
     """``(image key, caption)`` for every readable image of ``images`` (files, folders, lists), in input order.
 
     The detector runs into ``work_dir`` (kept, and reused when complete) or a temporary folder, in ``dtype``
-    (fp32: the original's numbers); ``boxes`` (a boxes file) gives the regions instead of the detector's.
+    (fp32: the original's numbers); ``boxes`` (a boxes file) gives the regions instead of the detector's. ``cbs``:
+    constrained beam search (novel-object captions, as NoCaps'), its constraints from the detector's own boxes
+    (``cbs_class_map``, e.g. ``oi_vgoiv6_class2ind.json``, maps the hierarchy's classes to the detector's) and the
+    Open Images class hierarchy ``cbs.cbs_hierarchy``; word pieces from the captioner's tokenizer unless
+    ``cbs.cbs_constraint`` names a table, word forms from ``cbs.cbs_tokenforms`` when given.
     """
     if not images:
         raise VinvlError("no images given")
     missing = [str(p) for p in images if not Path(p).exists()]
     if missing:
         raise VinvlError(f"{missing[0]}: no such image file or folder")
+    if cbs is not None:
+        if cbs.cbs_hierarchy is None:
+            raise VinvlError("--cbs needs --cbs-hierarchy (the Open Images class hierarchy json)")
+        if cbs.cbs_box is not None:
+            raise VinvlError("--cbs-box: vinvl caption takes the detector's own boxes (caption predict takes a box file)")
+        for flag, path in (("--cbs-hierarchy", cbs.cbs_hierarchy), ("--cbs-class-map", cbs_class_map),
+                           ("--cbs-constraint", cbs.cbs_constraint), ("--cbs-tokenforms", cbs.cbs_tokenforms)):
+            if path is not None and not Path(path).is_file():
+                raise VinvlError(f"{flag} {path}: no such file")
+    elif cbs_class_map is not None:
+        raise VinvlError("--cbs-class-map applies only with --cbs")
     if boxes is not None:
         read_given_boxes(boxes)  # a bad boxes file stops before any model is fetched
     # Both models are fetched (and their fit checked) before any image is processed, and before torch is imported.
@@ -114,14 +131,15 @@ def caption(
     from .oscar.configuration import OscarConfig
     from .oscar.tasks.captioning import predict
     from .training.runtime import resolve_device
-    from .regions import regions_for_images
+    from .regions import constraint_classes, regions_for_images
 
     read_config(ckpt, OscarConfig)  # the whole config.json is a model config (one line naming it if not)
+    classes = constraint_classes(cbs_class_map, found) if cbs_class_map is not None else None
     dev = resolve_device(device or "auto")
     with tempfile.TemporaryDirectory(prefix="vinvl-caption-") as tmp:
         out = Path(work_dir) if work_dir is not None else Path(tmp)
         keys, store = regions_for_images(list(images), out / "regions", model=found, device=str(dev), quiet=quiet,
                                          boxes=boxes, dtype=dtype)
-        path = predict(ckpt, store, keys, out, dcfg, device=dev)
+        path = predict(ckpt, store, keys, out, dcfg, device=dev, cbs=cbs, cbs_classes=classes)
         rows = json.loads(path.read_text(encoding="utf-8"))
     return [(str(r["image_id"]), str(r["caption"])) for r in rows]

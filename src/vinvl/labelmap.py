@@ -278,3 +278,13 @@ class VocabularyMap:
     def target_name(self, name: str) -> str:
         """Target class name of source class ``name``."""
         return self.target.class_name(self.map_name(name))
+
+    def source_names(self) -> dict[str, str]:
+        """Each target class some source class maps to -> that source class's name (where several map to one, the
+        one spelled as the target class, ignoring case, else the first in the map's order)."""
+        out: dict[str, str] = {}
+        for name, idx in self._to_target.items():
+            target = self.target.class_name(idx)
+            if target not in out or (name.lower() == target.lower() and out[target].lower() != target.lower()):
+                out[target] = name
+        return out

@@ -12,8 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from .config.pretrained import resolve_pretrained
 from .detection import PretrainedFiles
+from .errors import FormatError, VinvlError
 from .extract import collect_inputs, plan_extraction, run_extraction
+from .labelmap import LabelMap, VocabularyMap
 from .oscar.data.regions import RegionStore
 from .tsv import read_key_index
 
@@ -63,3 +66,23 @@ def regions_for_images(
 def image_keys(images: Sequence[PathLike]) -> dict[str, str]:
     """The key ``vinvl extract`` gives each image path (as :func:`regions_for_images` names them)."""
     return {str(p): collect_inputs([p])[0].key for p in images}
+
+
+def constraint_classes(class_map: PathLike, model: Union[None, str, PretrainedFiles] = None,
+                       weights: Optional[PathLike] = None, labelmap: Optional[PathLike] = None) -> dict[str, str]:
+    """For constrained beam search on new photos: the detector's class name -> the constraint vocabulary's (Open
+    Images', whose hierarchy CBS reads), from a ``source class -> detector class`` map such as the FourSets release's
+    ``oi_vgoiv6_class2ind.json``. The detector is resolved as :func:`regions_for_images` resolves it; a label map that
+    does not cover the map's classes is one error naming both."""
+    found = model if isinstance(model, PretrainedFiles) else resolve_pretrained(
+        weights if weights is not None else model, labelmap=labelmap)
+    lm = found.labelmap
+    if lm is None:
+        raise VinvlError(f"{class_map}: the detector has no label map to map its classes with")
+    lm = lm if isinstance(lm, LabelMap) else LabelMap.load(lm)
+    try:
+        return VocabularyMap.load(class_map, lm).source_names()
+    except FormatError as e:
+        raise VinvlError(f"the detector's label map ({lm.source or 'given'}, {lm.num_classes - 1} classes) does not "
+                         f"cover the class map: {e}") from None
+

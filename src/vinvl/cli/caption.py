@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..atomic import atomic_write_json
+from ..errors import VinvlError
 from .options import device_option, dtype_option, output_file, output_folder
 
 HELP = """Caption photos: detect regions and tags, then decode a caption for each.
@@ -39,14 +40,33 @@ def caption(
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Given boxes per image (as `vinvl extract --boxes`): "
                                          "caption these regions instead of detected ones."),
     dtype: str = dtype_option(),
+    cbs: bool = typer.Option(False, "--cbs", help="Constrained beam search (novel objects, as NoCaps): the detector's "
+                             "classes become words the caption must contain (needs --cbs-hierarchy)."),
+    cbs_hierarchy: Optional[Path] = typer.Option(None, "--cbs-hierarchy", help="With --cbs: the Open Images class "
+                                                 "hierarchy json ({LabelName, Subcategory})."),
+    cbs_class_map: Optional[Path] = typer.Option(None, "--cbs-class-map", help="With --cbs: the hierarchy's classes -> "
+                                                 "the detector's (e.g. oi_vgoiv6_class2ind.json for the FourSets "
+                                                 "detector); only mapped classes become constraints."),
+    cbs_constraint: Optional[Path] = typer.Option(None, "--cbs-constraint", help="With --cbs: word TAB pieces (default: "
+                                                  "the captioner's tokenizer)."),
+    cbs_tokenforms: Optional[Path] = typer.Option(None, "--cbs-tokenforms", help="With --cbs: piece TAB forms (e.g. "
+                                                  "dog,dogs; default: each piece itself)."),
+    min_constraints: int = typer.Option(2, "--min-constraints", min=0, help="With --cbs: constraints each caption "
+                                        "holds at least (all when fewer)."),
     sas: Optional[str] = typer.Option(None, "--sas", help="Read SAS for Azure sources (default: $VINVL_AZURE_SAS)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Photos to captions: key<TAB>caption per image, or -o results.json."""
     from ..caption import caption as run
+    from ..oscar.options import CBSOptions
 
+    if not cbs and (cbs_hierarchy or cbs_constraint or cbs_tokenforms or min_constraints != 2):
+        raise VinvlError("--cbs-hierarchy, --cbs-constraint, --cbs-tokenforms and --min-constraints apply only with --cbs")
+    options = CBSOptions(min_constraints=min_constraints, cbs_hierarchy=cbs_hierarchy, cbs_constraint=cbs_constraint,
+                         cbs_tokenforms=cbs_tokenforms) if cbs else None
     rows = run(images, model=model, detector=detector, num_beams=num_beams, max_gen_length=max_gen_length,
-               batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet, boxes=boxes, dtype=dtype)
+               batch_size=batch_size, device=device, work_dir=regions, sas=sas, quiet=quiet, boxes=boxes, dtype=dtype,
+               cbs=options, cbs_class_map=cbs_class_map)
     if out is not None:
         atomic_write_json(out, [{"image_id": k, "caption": c} for k, c in rows], indent=1)
         typer.echo(f"{out}: {len(rows)} captions", err=True)

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..oscar.options import CaptionOptions, CBSOptions, DecodeOptions, option_defaults
-from .oscar_flags import CBS, DETECTOR, cbs_options, detector, eval_split, fields_of, options_of, takes
+from .oscar_flags import CBS, DETECTOR, cbs_classes, cbs_options, detector, eval_split, fields_of, options_of, takes
 
 app = typer.Typer(help="Oscar+ image captioning: XE/SCST training, COCO-metric evaluation, captions for images.",
                   no_args_is_help=True)
@@ -56,7 +56,7 @@ def evaluate(
 
 
 @app.command("predict")
-@takes("out", *DETECTOR, *DECODING, "device", "precision", *CBS,
+@takes("out", *DETECTOR, *DECODING, "device", "precision", *CBS, "cbs_class_map",
        defaults={**option_defaults(DecodeOptions), **option_defaults(CBSOptions)})
 def predict(
     checkpoint: Path = typer.Argument(..., help="Captioning checkpoint (folder, run folder or released zip)."),
@@ -64,11 +64,13 @@ def predict(
     given: Any = None,
 ) -> None:
     """Captions for images end to end: the detector's regions and tags (OUT/regions), then beam search;
-    writes OUT/results.json. --cbs: constrained beam search with the four --cbs-* files (boxes keyed by image key)."""
+    writes OUT/results.json. --cbs: constrained beam search; its boxes are --cbs-box's (keyed by image key), else the
+    detector's own (--cbs-class-map: mapped to the hierarchy's classes); only --cbs-hierarchy is then needed."""
     from ..oscar.tasks.captioning import predict_images
 
     path = predict_images(checkpoint, detector(images, given), given["out"], options_of(DecodeOptions, given),
-                          device=given["device"], precision=given["precision"], cbs=cbs_options(given))
+                          device=given["device"], precision=given["precision"], cbs=cbs_options(given),
+                          cbs_classes=cbs_classes(given))
     typer.echo(str(path))
 
 

@@ -221,6 +221,9 @@ OPTIONS: dict[str, Opt] = {
                          "form1,form2); default: the split yaml's cbs_tokenforms."),
     "cbs_hierarchy": _o("--cbs-hierarchy", type=OPTIONAL_PATH, help="With --cbs: the Open Images class hierarchy json; "
                         "default: the split yaml's cbs_hierarchy."),
+    "cbs_class_map": _o("--cbs-class-map", type=OPTIONAL_PATH, help="With --cbs and no --cbs-box (the detector's own "
+                        "boxes): a map of the hierarchy's classes to the detector's (e.g. the FourSets release's "
+                        "oi_vgoiv6_class2ind.json): only the boxes of mapped classes, renamed, become constraints."),
     "nocaps_image_info": _o("--nocaps-image-info", type=OPTIONAL_PATH, help="nocaps_val_image_info.json (or test's): "
                             "also write OUT/nocaps_submission.json for EvalAI ([{image_id, caption}], the ids by image "
                             "file name)."),
@@ -329,6 +332,20 @@ def cbs_options(given: dict[str, Any]) -> Optional[O.CBSOptions]:
             raise VinvlError(f"{OPTIONS[stray[0]].flags[0]} applies only with --cbs")
         return None
     return options_of(O.CBSOptions, given)
+
+
+def cbs_classes(given: dict[str, Any]) -> Optional[dict[str, str]]:
+    """``--cbs-class-map`` resolved against the detector's label map (the detector's class -> the hierarchy's), or
+    None; the map without --cbs, or with a box file, is an error."""
+    path = given.get("cbs_class_map")
+    if path is None:
+        return None
+    if not given.get("cbs") or given.get("cbs_box") is not None:
+        raise VinvlError("--cbs-class-map applies only with --cbs and the detector's own boxes (no --cbs-box)")
+    from ..regions import constraint_classes
+
+    return constraint_classes(path, model=given.get("detector"), weights=given.get("detector_weights"),
+                              labelmap=given.get("labelmap"))
 
 
 def eval_split(value: Optional[str]) -> Optional[str]:

@@ -219,18 +219,25 @@ class WordForms:
         """The two tables, and the file names errors give."""
         self.pieces, self.forms = dict(constraint2tokens), dict(tokenforms)
         self.constraint_source, self.forms_source = constraint_source, forms_source
+        # Without a constraint2tokens file (new photos): a word's pieces are the captioner's tokenizer's.
+        self.split: Optional[Callable[[str], list[str]]] = None
 
     @classmethod
-    def read(cls, constraint2tokens: PathLike, tokenforms: PathLike) -> "WordForms":
-        """The tables of a ``cbs_constraint`` and a ``cbs_tokenforms`` file."""
-        return cls(read_forms(constraint2tokens, "CBS constraint2tokens file"), read_forms(tokenforms, "CBS tokenforms file"),
-                   display_path(constraint2tokens), display_path(tokenforms))
+    def read(cls, constraint2tokens: Optional[PathLike], tokenforms: Optional[PathLike]) -> "WordForms":
+        """The tables of a ``cbs_constraint`` and a ``cbs_tokenforms`` file (None: an empty table: the pieces then
+        come from the tokenizer, :attr:`split`, and each piece is its only form)."""
+        pieces = read_forms(constraint2tokens, "CBS constraint2tokens file") if constraint2tokens is not None else {}
+        forms = read_forms(tokenforms, "CBS tokenforms file") if tokenforms is not None else {}
+        return cls(pieces, forms, display_path(constraint2tokens) if constraint2tokens is not None else
+                   "the captioner's tokenizer", display_path(tokenforms) if tokenforms is not None else "no tokenforms")
 
     def tokens(self, constraint: str, max_tokens: int = MAX_TOKENS) -> list[str]:
         """The word pieces of a constraint's words, the first ``max_tokens`` of them; a word without a row is an
         error naming the file and the word."""
         pieces: list[str] = []
         for word in constraint.split():
+            if word not in self.pieces and self.split is not None:
+                self.pieces[word] = list(self.split(word))
             if word not in self.pieces:
                 raise VinvlError(f"{self.constraint_source}: no row for the word {word!r} (of the constraint "
                                  f"{constraint!r}): every word of a constraint needs its word pieces there")
@@ -264,19 +271,19 @@ def constraints_for_boxes(boxes: Sequence[Mapping[str, Any]], hierarchy: ClassHi
 
 @dataclass
 class CBSFiles:
-    """The four CBS files: boxes (None: the boxes come from elsewhere, e.g. a detector), constraint2tokens, tokenforms,
-    class hierarchy."""
+    """The four CBS files: boxes (None: the boxes come from elsewhere, e.g. a detector), constraint2tokens and
+    tokenforms (None with a detector's boxes: the tokenizer's pieces, each its own form), class hierarchy."""
 
     box: Optional[Path]
-    constraint: Path
-    tokenforms: Path
+    constraint: Optional[Path]
+    tokenforms: Optional[Path]
     hierarchy: Path
 
     @classmethod
     def of(cls, options: CBSOptions, spec: Optional[DatasetSpec] = None, boxes: bool = True) -> "CBSFiles":
         """Each file as ``options`` name it (``--cbs-box`` ...), else as the split yaml ``spec`` does (``cbs_box``,
         ``cbs_constraint``, ``cbs_tokenforms``, ``cbs_hierarchy``, by the yaml path rule); one missing is an error
-        (the box file only when ``boxes``)."""
+        (only the hierarchy without ``boxes``: a detector's boxes of new photos)."""
         found: list[Optional[Path]] = []
         for name in ("cbs_box", "cbs_constraint", "cbs_tokenforms", "cbs_hierarchy"):
             given = getattr(options, name)
@@ -287,8 +294,8 @@ class CBSFiles:
                     raise VinvlError(f"{flag} {display_path(path)}: no such file")
             elif spec is not None and name in spec:
                 path = spec.file(name)
-            elif name == "cbs_box" and not boxes:
-                path = None
+            elif not boxes and name in ("cbs_box", "cbs_constraint", "cbs_tokenforms"):
+                path = None  # a detector's boxes (new photos): pieces from the tokenizer, each piece its own form
             else:
                 where = f"{spec.path} names no '{name}'" if spec is not None else "no split yaml names it"
                 raise VinvlError(f"constrained beam search needs the {name[4:]} file: {where}; give {flag}")
@@ -348,6 +355,28 @@ class CBSData:
         """The constraints of image ``key`` and their form ids."""
         steps = self.steps(key)
         return ImageConstraints(steps.constraints, [self.forms.form_ids(c, tokenizer) for c in steps.constraints], steps)
+
+
+def detected_boxes(regions: Any, keys: Iterable[Any], classes: Optional[Mapping[str, str]] = None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """Each image's CBS boxes from a detector's own output (a region store's label rows ``{class, conf, rect}``):
+    with ``classes`` (the detector's class name -> the constraint vocabulary's, e.g. Open Images' through
+    ``oi_vgoiv6_class2ind.json``) only the boxes of classes it maps, renamed; without it every box as it is."""
+    if not hasattr(regions, "objects"):
+        raise VinvlError("constrained beam search without a box file (--cbs-box) takes the detector's boxes, which "
+                         "these regions do not carry (a features folder with its label rows does)")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in keys:
+        rows = []
+        for o in regions.objects(key):
+            name = o.get("class")
+            if classes is not None:
+                name = classes.get(name)
+            if name is not None and "rect" in o and "conf" in o:  # class names lower-cased, as a box file's
+                rows.append(_box({"class": name, "conf": o["conf"], "rect": o["rect"]}, Path("the detector's boxes"),
+                                 None, str(key)))
+        out[str(key)] = rows
+    return out
 
 
 # -- the finite-state machine ----------------------------------------------------------------------------------
@@ -510,5 +539,6 @@ def select_best(out: CBSOutput, num_constraints: Sequence[int], min_constraints:
 __all__ = [
     "BLACKLIST", "CBSData", "CBSFiles", "CBSOutput", "ClassHierarchy", "ConstraintSteps",
     "ImageConstraints", "REPLACEMENTS", "WordForms", "build_fsm", "constrained_beam_search", "constraints_for_boxes",
+    "detected_boxes",
     "fsm_size", "hierarchy_nms", "read_boxes", "read_forms", "select_best", "select_constraints", "valid_states",
 ]

@@ -32,7 +32,7 @@ from ...training.checkpoints import latest_checkpoint
 from ...training.runtime import Device, autocast
 from .. import transformers_adapter as hf
 from ..checkpoint import training_settings
-from ..cbs import CBSData, build_fsm, fsm_size
+from ..cbs import CBSData, build_fsm, detected_boxes, fsm_size
 from ..data.captions import CaptionData, nocaps_image_ids
 from ..data.regions import Key, RegionSource
 from ..generate import generate, generate_constrained, sample
@@ -496,27 +496,36 @@ def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: 
 
 def predict(checkpoint: PathLike, regions: Any, keys: Sequence[str], out_dir: PathLike,
             dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", precision: str = "fp32",
-            cbs: Optional[CBSOptions] = None) -> Path:
+            cbs: Optional[CBSOptions] = None, cbs_classes: Optional[Mapping[str, str]] = None) -> Path:
     """Captions of images ``keys`` of a region source (e.g. what :func:`vinvl.regions.regions_for_images` made);
     writes ``out_dir/results.json`` ([{image_id, caption}], image_id = the image key) and returns it."""
-    return predict_images(checkpoint, lambda dev: (keys, regions), out_dir, dcfg, device, precision, cbs)
+    return predict_images(checkpoint, lambda dev: (keys, regions), out_dir, dcfg, device, precision, cbs, cbs_classes)
 
 
 def predict_images(checkpoint: PathLike, detect: Callable[[Any], tuple[Sequence[Key], RegionSource]],
                    out_dir: PathLike, dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu",
-                   precision: str = "fp32", cbs: Optional[CBSOptions] = None) -> Path:
+                   precision: str = "fp32", cbs: Optional[CBSOptions] = None,
+                   cbs_classes: Optional[Mapping[str, str]] = None) -> Path:
     """:meth:`CaptionTask.predict` of a checkpoint: the captioner loads first, then ``detect`` (device -> image
-    keys and their regions) runs; writes ``out_dir/results.json`` and returns it. ``cbs``: constrained beam search
-    with the four files it names (boxes keyed by the image keys), which also writes ``predictions.tsv`` and
-    ``constraints.tsv``."""
+    keys and their regions) runs; writes ``out_dir/results.json`` and returns it. ``cbs``: constrained beam search,
+    which also writes ``predictions.tsv`` and ``constraints.tsv``, with the boxes of its box file (keyed by the image
+    keys) or, without one, the detector's own (:func:`vinvl.oscar.cbs.detected_boxes`; ``cbs_classes`` maps their
+    classes to the hierarchy's vocabulary, e.g. Open Images'); without a constraint2tokens file a word's pieces are
+    the captioner's tokenizer's."""
     cbs_data = None
+    own_boxes = cbs is not None and cbs.cbs_box is None
     if cbs is not None:
         check_constrained(dcfg, cbs)
-        cbs_data = CBSData.open(cbs)
+        cbs_data = CBSData.open(cbs, boxes={} if own_boxes else None)
     model, tok, settings = load_captioner(checkpoint, device)
     dev = next(model.parameters()).device
+    if cbs_data is not None and cbs.cbs_constraint is None:
+        cbs_data.forms.split = tok.tokenize
     keys, regions = detect(dev)
     if cbs_data is not None:
+        if own_boxes:
+            cbs_data.boxes = detected_boxes(regions, keys, cbs_classes)
+            cbs_data.box_source = "the detector's boxes"
         cbs_data.check(keys)
     task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg, cbs=cbs_data)
     with autocast(dev, precision):
