@@ -154,6 +154,12 @@ class PretrainOptions(TrainingOptions):
     textb_sample_mode: int = 0
     num_contrast_classes: int = 3
     use_gtlabels: bool = True  # text_b from a label row's gt_objects when it has them (--use_gtlabels 1)
+    use_b: bool = True  # text_b in the input (--use_b 0: [CLS] text_a [SEP] + regions)
+    mask_loss_for_unmatched: bool = True  # MLM on a replacement text_b of another image too
+    chunk_start: Optional[int] = None  # with chunk_end: only chunks chunk_start .. chunk_end - 1 of chunked datasets
+    chunk_end: Optional[int] = None
+    extra_textb_sample_mode: int = 1  # the extra corpus's textb_sample_mode (the original's default 1)
+    extra_loss_weight: float = 0.0  # the extra corpus's loss weight; the main corpus's is 1 - it
 
 
 # -- retrieval -------------------------------------------------------------------------------------------
