@@ -267,3 +267,24 @@ def test_cli_extra_corpus(two: tuple[Path, Path], tmp_path: Path) -> None:
     assert main([*base, "-o", str(tmp_path / "x"), "--extra-loss-weight", "0.5"]) == 2
     assert main([*base, "-o", str(tmp_path / "x"), "--chunk-start", "1"]) == 2
     assert main([*base, "-o", str(tmp_path / "x"), "--no-use-b", "--texta-false-prob", "0", "--num-contrast-classes", "2"]) == 2
+
+
+# -- --drop_out, --do_lower_case ----------------------------------------------------------------------------------
+def test_dropout_and_lower_case(two: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_oscarplus_pretrain.py sets config.hidden_dropout_prob = --drop_out on the config it starts from (a fresh one or
+    the checkpoint's), the attention dropout left as it is; --do_lower_case reaches the tokenizer."""
+    main_yaml, _ = two
+    tok = load_tokenizer(main_yaml.parent)
+    fresh = PretrainTask(main_yaml, PretrainOptions(drop_out=0.3), tok, model_config=tiny()).build_model(None)
+    assert fresh.config.hidden_dropout_prob == 0.3 and fresh.config.attention_probs_dropout_prob == 0.0
+    OscarForPretraining(tiny()).save_original(tmp_path / "start", tokenizer=tok)
+    started = PretrainTask(main_yaml, PretrainOptions(drop_out=0.2), tok, init=tmp_path / "start").build_model(None)
+    assert started.config.hidden_dropout_prob == 0.2
+    import vinvl.oscar.tasks.pretrain as P
+
+    asked = []
+    monkeypatch.setattr(P, "task_tokenizer", lambda vocab, init, do_lower_case: asked.append(do_lower_case) or 1 / 0)
+    for case in (False, True):
+        with pytest.raises(ZeroDivisionError):
+            pretrain(main_yaml, main_yaml.parent, tmp_path / "x", options=PretrainOptions(do_lower_case=case))
+    assert asked == [False, True]

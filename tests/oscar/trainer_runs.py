@@ -87,7 +87,7 @@ def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int
         corpus = data / "corpus/corpus.yaml"
         extra = dict(extra_textb_sample_mode=2, extra_loss_weight=0.3, mask_loss_for_unmatched=False) \
             if task == "pretrain_extra" else {}
-        opts = O.PretrainOptions(**{"max_seq_length": 24, "max_img_seq_length": 4, **common, **extra})
+        opts = O.PretrainOptions(**{"max_seq_length": 24, "max_img_seq_length": 4, "drop_out": dropout, **common, **extra})
         vocab = data / "corpus" if init is None else None
         return pretrain(corpus, vocab, out, fresh(2054), opts, init=init, extra_corpus=corpus if extra else None, **kw)
     if task in ("vqa", "gqa"):

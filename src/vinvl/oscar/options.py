@@ -149,6 +149,8 @@ class PretrainOptions(TrainingOptions):
     save_steps: int = 500
     max_seq_length: int = 35
     max_img_seq_length: int = 50
+    drop_out: float = 0.1  # hidden dropout, set on the starting model's config as the original's --drop_out
+    do_lower_case: bool = True  # the model zoo's --do_lower_case (uncased BERT)
     mask_prob: float = 0.15
     texta_false_prob: float = 0.25
     textb_sample_mode: int = 0

@@ -65,7 +65,10 @@ class PretrainTask(Task):
         return self.extra
 
     def model_overrides(self) -> dict[str, Any]:
-        return {} if self.init is not None else {"num_contrast_classes": self.options.num_contrast_classes}
+        # run_oscarplus_pretrain.py sets --drop_out on whatever config it starts from; the head's classes are the
+        # starting checkpoint's (checked in prepare_model)
+        dropout = {"hidden_dropout_prob": self.options.drop_out}
+        return dropout if self.init is not None else {**dropout, "num_contrast_classes": self.options.num_contrast_classes}
 
     def region_dim(self) -> Optional[int]:
         return self.corpus.dim
@@ -108,7 +111,7 @@ def pretrain(corpus_yaml: PathLike, vocab: Optional[PathLike], out_dir: PathLike
     layout. ``vocab``: a vocab.txt (default: ``init``'s); ``extra_corpus``: a second corpus yaml each step also
     draws from (see the module); returns the last checkpoint folder."""
     options = (options or PretrainOptions()).check()
-    tok = task_tokenizer(vocab, init)
+    tok = task_tokenizer(vocab, init, do_lower_case=options.do_lower_case)
     task = PretrainTask(corpus_yaml, options, tok, init=init, model_config=model_config, data_dir=data_dir, log=log,
                         extra_corpus=extra_corpus)
     return Trainer(task, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
