@@ -288,3 +288,12 @@ def test_dropout_and_lower_case(two: tuple[Path, Path], tmp_path: Path, monkeypa
         with pytest.raises(ZeroDivisionError):
             pretrain(main_yaml, main_yaml.parent, tmp_path / "x", options=PretrainOptions(do_lower_case=case))
     assert asked == [False, True]
+
+
+def test_region_width_is_the_models(hand: Path, two: tuple[Path, Path]) -> None:
+    """The original's --img_feature_dim is the model's; a corpus of another width is one error, not a shape error."""
+    tok = load_tokenizer(hand.parent)
+    with pytest.raises(VinvlError, match=r"corpus.yaml: regions are 6-d but the model takes 2054-d"):
+        PretrainTask(hand, PretrainOptions(max_img_seq_length=3), tok, model_config=tiny()).build_model(None)
+    with pytest.raises(VinvlError, match="regions of width 2054, the corpus's 6"):
+        PretrainTask(hand, PretrainOptions(), tok, model_config=tiny(), extra_corpus=two[0])

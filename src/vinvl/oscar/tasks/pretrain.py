@@ -20,6 +20,7 @@ from ..modeling import OscarForPretraining
 from ..options import PretrainOptions
 from ..training import Trainer
 from .base import Task, accuracy, task_tokenizer
+from .classification import check_region_width
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,6 +87,7 @@ class PretrainTask(Task):
                              f"{self.options.num_contrast_classes} (--num-contrast-classes, --texta-false-prob)")
         if model.config.vocab_size < len(self.tokenizer):
             raise VinvlError(f"the vocabulary has {len(self.tokenizer)} words, more than the model's {model.config.vocab_size}")
+        check_region_width(model, self.corpus, str(self.corpus.path))  # (the extra corpus's width is the corpus's)
         return model
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any], ctx: Any) -> tuple[torch.Tensor, dict]:
