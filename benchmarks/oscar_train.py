@@ -10,7 +10,7 @@ not timed (allocator, kernels), the next ``--steps`` are, with the device synchr
 
     python benchmarks/oscar_train.py                       # CPU: batch 2, 1 + 1 steps per run (a few minutes)
     python benchmarks/oscar_train.py --device cuda         # GPU: batch 64, 5 + 20 steps per run
-    python benchmarks/oscar_train.py --tasks pretrain --precisions bf16 --batch-size 128 --steps 50
+    python benchmarks/oscar_train.py --tasks pretrain --dtypes bf16 --batch-size 128 --steps 50
 """
 
 from __future__ import annotations
@@ -43,6 +43,16 @@ def bert_base() -> OscarConfig:
                        intermediate_size=3072, max_position_embeddings=512, img_feature_dim=2054)
 
 
+def tiny() -> OscarConfig:
+    """A 2-layer, 64-wide model with the same vocabulary and regions: the steps of a run, in seconds (--size tiny,
+    for gpu_check.sh --dry-run); its figures say nothing of BERT-base's."""
+    return OscarConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=128, max_position_embeddings=512, img_feature_dim=2054)
+
+
+SIZES = {"base": bert_base, "tiny": tiny}
+
+
 class _Synthetic:
     """Random texts of the task's lengths through the real tensorizer; random 2054-d regions (50 per image)."""
 
@@ -68,8 +78,8 @@ class BenchPretrain(Task):
     model_class = OscarForPretraining
     loss = PretrainTask.loss
 
-    def __init__(self, options: PretrainOptions, tok: Any, n: int) -> None:
-        super().__init__(options, tok, model_config=bert_base(), log=lambda m: None)
+    def __init__(self, options: PretrainOptions, tok: Any, n: int, config: OscarConfig) -> None:
+        super().__init__(options, tok, model_config=config, log=lambda m: None)
         t = PretrainTensorizer(tok, 35, 50)
         self.data = _Synthetic(n, lambda rng, r: t(_text(rng, 12), _text(rng, 15), r, rng.randrange(3), rng))
 
@@ -83,8 +93,8 @@ class BenchCaption(Task):
     model_class = OscarForCaptioning
     unused_parameters = False
 
-    def __init__(self, options: CaptionOptions, tok: Any, n: int) -> None:
-        super().__init__(options, tok, model_config=bert_base(), log=lambda m: None)
+    def __init__(self, options: CaptionOptions, tok: Any, n: int, config: OscarConfig) -> None:
+        super().__init__(options, tok, model_config=config, log=lambda m: None)
         t = CaptionTensorizer(tok, 50, 70, 40)
         self.data = _Synthetic(n, lambda rng, r: t(_text(rng, 12), _text(rng, 15), r, rng=rng))
 
@@ -136,8 +146,9 @@ def run(kind: str, precision: str, device: torch.device, tok: Any, a: argparse.N
     common = dict(batch_size=a.batch_size, max_steps=a.warmup + a.steps, save_steps=-1, log_steps=0, learning_rate=1e-4,
                   device=str(device), precision=precision, seed=1)
     n = a.batch_size * (a.warmup + a.steps)
-    task = (BenchPretrain(PretrainOptions(**common), tok, n) if kind == "pretrain" else
-            BenchCaption(CaptionOptions(**common), tok, n))
+    config = SIZES[a.size]()
+    task = (BenchPretrain(PretrainOptions(**common), tok, n, config) if kind == "pretrain" else
+            BenchCaption(CaptionOptions(**common), tok, n, config))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     marks: dict[int, float] = {}
 
@@ -150,7 +161,7 @@ def run(kind: str, precision: str, device: torch.device, tok: Any, a: argparse.N
         Trainer(task, task.options, out, log=lambda m: None, callbacks=[mark]).train()
     seconds = marks[a.warmup + a.steps] - marks[a.warmup]
     flops = step_flops(task, a.batch_size, device, precision)
-    result = {"task": kind, "precision": precision, "device": str(device), "batch_size": a.batch_size,
+    result = {"task": kind, "dtype": precision, "size": a.size, "device": str(device), "batch_size": a.batch_size,
               "steps_timed": a.steps, "samples_per_second": round(a.batch_size * a.steps / seconds, 2),
               "step_seconds": round(seconds / a.steps, 4), "step_tflop": round(flops / 1e12, 3),
               "achieved_tflops": round(flops * a.steps / seconds / 1e12, 3)}
@@ -164,7 +175,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--tasks", default="pretrain,caption", help="pretrain and/or caption (default both)")
-    p.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (default both)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (default both)")
+    p.add_argument("--size", default="base", choices=sorted(SIZES), help="the model: BERT-base (default) or tiny")
     p.add_argument("--batch-size", type=int, help="examples per step (default 64 on a GPU, 2 on the CPU)")
     p.add_argument("--steps", type=int, help="timed steps (default 20 on a GPU, 1 on the CPU)")
     p.add_argument("--warmup", type=int, help="untimed first steps (default 5 on a GPU, 1 on the CPU)")
@@ -188,7 +200,7 @@ def main() -> int:
           file=sys.stderr)
     peaks: dict[str, float] = {}
     results = []
-    for precision in a.precisions.split(","):
+    for precision in a.dtypes.split(","):
         if not a.no_mfu:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             peaks[precision] = matmul_peak(device, dtype)
@@ -200,7 +212,7 @@ def main() -> int:
             results.append(r)
             print(json.dumps(r), flush=True)
     for kind in a.tasks.split(","):
-        by = {r["precision"]: r for r in results if r["task"] == kind}
+        by = {r["dtype"]: r for r in results if r["task"] == kind}
         if "fp32" in by and "bf16" in by:
             ratio = by["bf16"]["samples_per_second"] / by["fp32"]["samples_per_second"]
             print(f"{kind}: bf16 / fp32 = {ratio:.2f}x samples/s", file=sys.stderr)

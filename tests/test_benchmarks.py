@@ -76,3 +76,35 @@ def test_box_matching_is_one_to_one_by_highest_iou() -> None:
     assert np.isclose(c["cosine_min"], cos) and np.isclose(c["cosine_mean"], (1 + cos) / 2)
     none = compare(fa, _Dets(np.zeros((0, 4)), [], [], np.zeros((0, 4))))
     assert none["matched"] == 0 and none["kept"] == 0 and none["class_agreement"] is None
+
+
+def test_the_gpu_check_script_dry_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh --dry-run (the GPU check's steps on the CPU at tiny sizes) runs every step and writes
+    gpu_report.json with each step's exit code, the device and versions, and the figures of every run; an unknown
+    argument is refused (exit 2) and, without CUDA, so is the real run."""
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--dry-run"], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    report = json.loads((tmp_path / "out/gpu_report.json").read_text())
+    want = ["gpu_tests", "extract_fp32_b1", "extract_fp32_b2", "extract_bf16_b1", "extract_bf16_b2", "oscar_train"]
+    assert list(report["steps"]) == want and report["passed"] and report["dry_run"]
+    assert all(s["exit"] == 0 and (tmp_path / "out" / s["log"]).is_file() for s in report["steps"].values())
+    assert report["torch"] and report["device"].startswith("CPU")
+    for name in want[1:5]:
+        fig = report["figures"][name]
+        assert fig["images_per_second"] > 0 and fig["dtype"] == name.split("_")[1]
+    assert "drift" in json.dumps(report["figures"]["extract_bf16_b1"])
+    runs = report["figures"]["oscar_train"]
+    assert {(x["task"], x["dtype"]) for x in runs} == {(t, d) for t in ("pretrain", "caption") for d in ("fp32", "bf16")}
+    bad = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--fast"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown argument --fast" in bad.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        real = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh")], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert real.returncode == 2 and "no CUDA device" in real.stderr

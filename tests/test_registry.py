@@ -116,6 +116,31 @@ def test_registry_entries_are_well_formed() -> None:
     assert unpinned == {"vinvl-base-finetuned-hl-actions-image-captioning"}
 
 
+def test_the_oscar_v1_release_is_in_the_registry() -> None:
+    """microsoft/Oscar's DOWNLOAD.md (pretrained_models/$MODEL_NAME.zip) and every checkpoint zip of its MODEL_ZOO.md,
+    in the `oscar` container, each a zip fetched into checkpoints/NAME/ (loaded: tests/oscar/test_oscar_v1.py)."""
+    want = {
+        "oscar_base_vg_labels": "pretrained_models/base-vg-labels.zip",
+        "oscar_large_vg_labels": "pretrained_models/large-vg-labels.zip",
+        "oscar_base_oid_labels": "pretrained_models/base-oid-labels.zip",
+        "oscar_base_no_labels": "pretrained_models/base-no-labels.zip",
+        "oscar_vqa_base": "exp/vqa/base/vqa_base_best.zip",
+        "oscar_vqa_large": "exp/vqa/large/vqa_large_best.zip",
+        "oscar_gqa_base": "exp/gqa/base/gqa_base_best.zip",
+        "oscar_coco_ir_base": "exp/retrieval/base/checkpoint.zip",
+        "oscar_coco_ir_large": "exp/retrieval/large/checkpoint.zip",
+        "oscar_coco_captioning_base": "exp/coco_caption/base/checkpoint.zip",
+    }
+    assert [n for n in registry.REGISTRY if n.startswith("oscar_")] == list(want)
+    for name, path in want.items():
+        e = registry.entry(name)
+        (a,) = e.assets
+        assert e.kind == "checkpoint" and a.kind == "zip" and a.filename == path.rsplit("/", 1)[1], name
+        assert a.urls == [f"https://biglmdiag.blob.core.windows.net/oscar/{path}"] and a.target == f"checkpoints/{name}"
+        assert registry.is_checkpoint_name(name) and registry.split_checkpoint_name(f"{name}/ep_1/") == (name, "ep_1")
+    assert registry.split_checkpoint_name("vinvl_vg_x152c4/x") is None  # a detector is no checkpoint
+
+
 def test_list_shows_every_source(capsys: pytest.CaptureFixture) -> None:
     assert main(["download", "--list", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

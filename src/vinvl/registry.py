@@ -331,11 +331,45 @@ def _checkpoints() -> list[Entry]:
     ):
         name = stem if stem.startswith(("coco", "nocaps")) else f"captioning_{stem}"
         rows.append((name, f"image_captioning/{stem}.zip", "zip", what))
+    return _checkpoint_entries(_M, rows)
+
+
+def _checkpoint_entries(base: str, rows: Sequence[tuple[str, str, str, str]]) -> list[Entry]:
+    """One checkpoint entry per ``(name, path under base, zip or folder, description)``, fetched into
+    ``checkpoints/NAME/`` from Azure."""
     out = []
     for n, p, k, d in rows:
         fname = p.rstrip("/").rsplit("/", 1)[-1] if k == "zip" else ""
-        out.append(Entry(n, "checkpoint", d, (Asset(n, k, fname, (azure(_M + p),), "unknown", d, f"checkpoints/{n}"),)))
+        out.append(Entry(n, "checkpoint", d, (Asset(n, k, fname, (azure(base + p),), "unknown", d, f"checkpoints/{n}"),)))
     return out
+
+
+# Oscar (v1), microsoft/Oscar's first release: the pretrained models of its DOWNLOAD.md ("Pre-trained Models":
+# pretrained_models/$MODEL_NAME.zip) and the fine-tuned checkpoints of its MODEL_ZOO.md (exp/TASK/...zip), all in
+# the `oscar` container, the one the read SAS posted at the top of both files opens. A pretrained zip may hold
+# several checkpoint folders (MODEL_ZOO.md starts its commands from base-vg-labels/ep_67_588997 and /ep_107_1192087,
+# large-vg-labels/ep_7_816000, /ep_20_590000 and /ep_55_1617000): NAME/FOLDER picks one (checkpoint_path).
+_O = "https://biglmdiag.blob.core.windows.net/oscar/"
+OSCAR_V1_PRETRAINED: dict[str, str] = {
+    "base-vg-labels": "Oscar (v1) base pretrained, object tags of the Visual Genome detector",
+    "large-vg-labels": "Oscar (v1) large pretrained, object tags of the Visual Genome detector",
+    "base-oid-labels": "Oscar (v1) base pretrained, object tags of an Open Images V5 detector",
+    "base-no-labels": "Oscar (v1) base pretrained without object tags (the paper's baseline)",
+}
+OSCAR_V1_FINETUNED: tuple[tuple[str, str, str], ...] = (
+    ("oscar_vqa_base", "exp/vqa/base/vqa_base_best.zip", "Oscar (v1) base fine-tuned on VQA 2.0 (train split)"),
+    ("oscar_vqa_large", "exp/vqa/large/vqa_large_best.zip", "Oscar (v1) large fine-tuned on VQA 2.0 (train+val)"),
+    ("oscar_gqa_base", "exp/gqa/base/gqa_base_best.zip", "Oscar (v1) base fine-tuned on GQA"),
+    ("oscar_coco_ir_base", "exp/retrieval/base/checkpoint.zip", "Oscar (v1) base for COCO image-text retrieval"),
+    ("oscar_coco_ir_large", "exp/retrieval/large/checkpoint.zip", "Oscar (v1) large for COCO image-text retrieval"),
+    ("oscar_coco_captioning_base", "exp/coco_caption/base/checkpoint.zip",
+     "Oscar (v1) base for COCO captioning (the zoo does not say: cross-entropy or CIDEr stage)"),
+)
+
+
+def _oscar_v1() -> list[Entry]:
+    rows = [(f"oscar_{m.replace('-', '_')}", f"pretrained_models/{m}.zip", d) for m, d in OSCAR_V1_PRETRAINED.items()]
+    return _checkpoint_entries(_O, [(n, p, "zip", d) for n, p, d in rows + list(OSCAR_V1_FINETUNED)])
 
 
 # Plain BERT, where the original's recipes start from it (--model_name_or_path bert-base-uncased: NoCaps captioning,
@@ -354,7 +388,7 @@ def _berts() -> list[Entry]:
 
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in _detectors() + _captioners() + _features() + _corpora() + _checkpoints()
-                              + _berts()}
+                              + _oscar_v1() + _berts()}
 DEFAULT_DETECTOR = "vinvl_vg_x152c4"
 DEMO_DETECTOR = "shapes_demo"
 DEFAULT_CAPTIONER = "vinvl-base-image-captioning"
@@ -1008,27 +1042,58 @@ def default_detector() -> tuple[str, str]:
     )
 
 
+def split_checkpoint_name(value: str) -> Optional[tuple[str, str]]:
+    """``(name, folder)`` when ``value`` is a captioner, Oscar+ or plain BERT checkpoint's registry name, alone
+    (folder ``""``) or followed by ``/FOLDER``, one checkpoint folder among its files
+    (``oscar_base_vg_labels/ep_67_588997``); None otherwise."""
+    name, _, folder = str(value).partition("/")
+    e = REGISTRY.get(name)
+    if e is None or e.kind not in CHECKPOINT_KINDS:
+        return None
+    return name, folder.strip("/")
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def checkpoint_path(name: str, *, download: bool = True, sas: Optional[str] = None, quiet: bool = False) -> Path:
-    """The local folder (or zip) of a captioner, Oscar+ or plain BERT checkpoint ``name``, fetched first when missing."""
-    e = entry(name)
-    if e.kind not in CHECKPOINT_KINDS:
+    """The local folder (or zip) of a captioner, Oscar+ or plain BERT checkpoint ``name``, fetched first when missing;
+    ``NAME/FOLDER``: the checkpoint folder FOLDER (the end of its path) among NAME's files."""
+    found = split_checkpoint_name(name)
+    if found is None:
+        e = entry(name)
         raise VinvlError(f"{name} is a {e.kind}, not an Oscar+ checkpoint")
+    name, folder = found
+    e = entry(name)
     ensure(name, download=download, sas=sas, quiet=quiet)
-    path = e.assets[0].local_path()
-    if e.kind in ("captioner", "bert"):
-        return e.folder()
-    if (path / "pytorch_model.bin").is_file() or list(path.glob("checkpoint-*")):
+    path = e.folder() if e.kind in ("captioner", "bert") else e.assets[0].local_path()
+    if folder:
+        return _inner_checkpoint(name, path, folder)
+    if e.kind in ("captioner", "bert") or (path / "pytorch_model.bin").is_file() or list(path.glob("checkpoint-*")):
         return path
     # A released zip unpacks to a folder holding the checkpoint folder (or several): the newest one.
-    found = sorted(path.rglob("pytorch_model.bin"),
-                   key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
-    return found[-1].parent if found else path
+    found_bins = sorted(path.rglob("pytorch_model.bin"), key=_natural)
+    return found_bins[-1].parent if found_bins else path
+
+
+def _inner_checkpoint(name: str, root: Path, folder: str) -> Path:
+    """The one checkpoint folder (holding ``pytorch_model.bin``) under ``root`` whose path ends with ``folder``."""
+    folders = sorted({p.parent for p in root.rglob("pytorch_model.bin")}, key=_natural)
+    want = Path(folder).parts
+    hits = [f for f in folders if f.relative_to(root).parts[-len(want):] == want]
+    if len(hits) == 1:
+        return hits[0]
+    listing = ", ".join(f.relative_to(root).as_posix() for f in (hits or folders)) or "none"
+    if not hits:
+        raise VinvlError(f"{name}/{folder}: no checkpoint folder {folder!r} in {root}; its checkpoint folders: {listing}")
+    raise VinvlError(f"{name}/{folder}: several checkpoint folders end so ({listing}): give more of the path")
 
 
 def is_checkpoint_name(value: str) -> bool:
-    """Whether ``value`` names a captioner, Oscar+ or plain BERT checkpoint in the registry (what ``--init`` takes)."""
-    e = REGISTRY.get(value)
-    return e is not None and e.kind in CHECKPOINT_KINDS
+    """Whether ``value`` names a captioner, Oscar+ or plain BERT checkpoint in the registry, alone or as
+    ``NAME/FOLDER`` (what ``--init`` takes)."""
+    return split_checkpoint_name(value) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1133,5 +1198,5 @@ __all__ = [
     "REGISTRY", "SOURCE_KINDS", "Source", "SourceKind", "azure", "azure_sas", "check", "checkpoint_path",
     "default_detector", "download", "ensure", "entry", "fetch", "find_by_url", "hf", "hf_endpoint", "hf_offline",
     "hub_metadata", "is_checkpoint_name", "list_entries", "names", "resolve_detector", "shipped_model_dir",
-    "vinvl_home",
+    "split_checkpoint_name", "vinvl_home",
 ]

@@ -27,12 +27,15 @@ from vinvl.oscar import options as O
 from vinvl.oscar.options import TrainingSettings, restore
 
 RECORDED = TrainingSettings({"max_seq_length": 24, "max_img_seq_length": 3, "add_od_labels": False,
-                             "use_label_seq": True, "max_seq_a_length": 11, "do_lower_case": False}, "args.json")
+                             "use_label_seq": True, "use_pair": False, "max_seq_a_length": 11, "do_lower_case": False,
+                             "od_label_type": "oid", "att_mask_type": "CL"}, "args.json")
 TASKS = [O.PretrainOptions, O.RetrievalOptions, O.CaptionOptions, O.VQAOptions, O.GQAOptions, O.NLVR2Options]
 
 
 def _other(value: object) -> object:
     """A value of the same type that is neither ``value`` nor RECORDED's."""
+    if isinstance(value, str):
+        return value + "x"
     return (not value) if isinstance(value, bool) else value + 7
 
 
@@ -53,7 +56,8 @@ def test_the_merge_rule_for_every_task(cls: type) -> None:
     assert restore(cls(), {}) == default
     # a malformed record is an error naming its file, even where the caller's value wins
     for name in cls.RESTORED:
-        bad = TrainingSettings({name: "many"}, "ckpt/training_args.json")
+        bad = TrainingSettings({name: 7 if isinstance(getattr(default, name), str) else "many"},
+                               "ckpt/training_args.json")
         with pytest.raises(VinvlError, match=f"ckpt/training_args.json: {name} must be"):
             restore(cls(**{name: getattr(default, name)}), bad)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from ..oscar.options import CaptionOptions, DecodeOptions
-from .oscar_flags import DETECTOR, detector, eval_split, fields_of, options_of, takes
+from ..oscar.options import CaptionOptions, CBSOptions, DecodeOptions, option_defaults
+from .oscar_flags import CBS, DETECTOR, cbs_options, detector, eval_split, fields_of, options_of, takes
 
 app = typer.Typer(help="Oscar+ image captioning: XE/SCST training, COCO-metric evaluation, captions for images.",
                   no_args_is_help=True)
@@ -37,34 +37,38 @@ def train(split: Path = typer.Argument(..., help=_SPLIT_HELP), given: Any = None
 
 
 @app.command("eval")
-@takes("out", "captions", *DECODING, "spice", "metrics", "device", "precision", defaults=DecodeOptions)
+@takes("out", "captions", *DECODING, "spice", "metrics", "device", "precision", *CBS, "nocaps_image_info",
+       defaults={**option_defaults(DecodeOptions), **option_defaults(CBSOptions)})
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Captioning checkpoint (folder, run folder or released zip)."),
     split: Path = typer.Argument(..., help=_SPLIT_HELP),
     given: Any = None,
 ) -> None:
     """Beam-search captions for a split (OUT/results.json) and the COCO metrics (OUT/metrics.json: BLEU-1..4,
-    METEOR, ROUGE-L, CIDEr, SPICE)."""
+    METEOR, ROUGE-L, CIDEr, SPICE); --cbs: constrained beam search (NoCaps; OUT/predictions.tsv, OUT/constraints.tsv);
+    --nocaps-image-info: also OUT/nocaps_submission.json for EvalAI."""
     from ..oscar.tasks.captioning import evaluate as run
 
     report = run(checkpoint, split, given["out"], options_of(DecodeOptions, given), device=given["device"],
-                 spice=given["spice"], metrics=given["metrics"], precision=given["precision"], captions=given["captions"])
+                 spice=given["spice"], metrics=given["metrics"], precision=given["precision"], captions=given["captions"],
+                 cbs=cbs_options(given), nocaps_image_info=given["nocaps_image_info"])
     typer.echo(json.dumps(report, indent=1))
 
 
 @app.command("predict")
-@takes("out", *DETECTOR, *DECODING, "device", "precision", defaults=DecodeOptions)
+@takes("out", *DETECTOR, *DECODING, "device", "precision", *CBS,
+       defaults={**option_defaults(DecodeOptions), **option_defaults(CBSOptions)})
 def predict(
     checkpoint: Path = typer.Argument(..., help="Captioning checkpoint (folder, run folder or released zip)."),
     images: list[Path] = typer.Argument(..., help="Image files, folders or lists (what `vinvl extract` takes)."),
     given: Any = None,
 ) -> None:
     """Captions for images end to end: the detector's regions and tags (OUT/regions), then beam search;
-    writes OUT/results.json."""
+    writes OUT/results.json. --cbs: constrained beam search with the four --cbs-* files (boxes keyed by image key)."""
     from ..oscar.tasks.captioning import predict_images
 
     path = predict_images(checkpoint, detector(images, given), given["out"], options_of(DecodeOptions, given),
-                          device=given["device"], precision=given["precision"])
+                          device=given["device"], precision=given["precision"], cbs=cbs_options(given))
     typer.echo(str(path))
 
 

@@ -101,6 +101,13 @@ OPTIONS: dict[str, Opt] = {
                           help="GQA training questions: all or bal (the model zoo trains on all)."),
     "eval_data_type": _o("--eval-data-type", type=str, choices=("all", "bal", "unbal"),
                          help="The evaluation split's type: all, bal or unbal (NLVR2)."),
+    "use_vg": _o("--use-vg", type=bool, default=False, help="Read the training questions from "
+                 "train2014_vg_qla_mrcnn.json (VQA train with Visual Genome's QA in one file, as the original reads it) "
+                 "instead of train2014_qla_mrcnn.json: the original's --use_vg (with --train-split train, "
+                 "--data-label-type mask)."),
+    "use_vg_dev": _o("--use-vg-dev", type=bool, default=False, help="The val split is Visual Genome's QA "
+                     "(vg_qla_mrcnn.json) and every split's features are train+val_img_frcnn_feats.pt: the original's "
+                     "--use_vg_dev (with --data-label-type mask)."),
     "keys": _o("--keys", type=OPTIONAL_PATH, help="Image ids to evaluate on, e.g. test_img_keys.tsv (COCO 5K) or "
                "test_img_keys_1k.tsv (in DATA_DIR or a path); default: every image of the split."),
     "name": _o("--name", type=str, default=REQUIRED, help="Split name: NAME.yaml, NAME.feature.tsv, NAME.label.tsv, "
@@ -124,6 +131,9 @@ OPTIONS: dict[str, Opt] = {
     "seed": _o("--seed", min=0, help="Seed of the initialisation, the data order and every example's random choices."),
     "save_steps": _o("--save-steps", min=-1, help="Save (and evaluate) every N steps; 0: every epoch; -1: only the last "
                      "step (the last step is always saved)."),
+    "save_after_epoch": _o("--save-after-epoch", min=-1, help="The saves of epochs 0..N (0-based) write no checkpoint "
+                           "(they still evaluate into eval_logs.json; the last step's is written): the original's "
+                           "--save_after_epoch; -1: every save writes one."),
     "log_steps": _o("--log-steps", min=0, help="Log the mean figures every N steps (0: only the last step)."),
     # -- inputs and model --------------------------------------------------------------------------------
     "max_seq_length": _o("--max-seq-length", min=4, max=4096, help="Text tokens, special tokens included (padded)."),
@@ -131,6 +141,12 @@ OPTIONS: dict[str, Opt] = {
     "add_od_labels": _o("--add-od-labels/--no-add-od-labels", type=bool, help="The image's tags after the text."),
     "drop_out": _o("--drop-out", type=float, min=0, max=1, help="Hidden dropout (the original's --drop_out; attention "
                    "dropout keeps the config's)."),
+    "adjust_dp": _o("--adjust-dp", type=bool, help="From epoch 3 (0-based) the dropout of the classifier's input, "
+                    "the image embedding and the word embeddings is 0.3 (the original's --adjust_dp; the encoder "
+                    "layers keep --drop-out)."),
+    "adjust_loss_epoch": _o("--adjust-loss-epoch", type=Optional[int], min=0, help="From this epoch (0-based) the loss "
+                            "is bce whatever --loss-type (the original's --adjust_loss --adjust_loss_epoch N; its -1 is "
+                            "0 here); default: never."),
     "classifier": _o("--classifier", type=str, choices=("linear", "mlp"), help="The classifier over the pooled output."),
     "cls_hidden_scale": _o("--cls-hidden-scale", min=1, max=64, help="MLP classifier width, in hidden sizes."),
     "loss_type": _o("--loss-type", type=str, choices=("bce", "xe", "sfmx", "kl"), help="bce (VQA's soft scores), "
@@ -138,8 +154,17 @@ OPTIONS: dict[str, Opt] = {
     "num_labels": _o("--num-labels", min=1, max=2, help="2: softmax classifier (the original's default); 1: regression."),
     "captions_per_image": _o("--captions-per-image", min=1, help="Captions read per image "
                              "(--num_captions_per_img_train / _val)."),
+    "od_label_type": _o("--od-label-type", type=str, choices=O.OD_LABEL_TYPES, help="The tags of .pt features: the "
+                        "{split}_{type}_labels.pt beside them; a features folder's tags are its label.tsv or "
+                        "predictions.tsv, taken with vg only."),
+    "att_mask_type": _o("--att-mask-type", type=str, choices=O.ATT_MASK_TYPES, help="Attention over caption (C), "
+                        "tags (L) and regions (R): CLR all; CL, CR, LR: each part attends to itself and only the two "
+                        "named to each other."),
     "use_label_seq": _o("--use-label-seq/--no-label-seq", type=bool, help="Each image's tags after the sentence "
                         "(off in the model zoo)."),
+    "use_pair": _o("--use-pair/--no-pair", type=bool, help="The pair model (the original's --use_pair, the model "
+                   "zoo's: each image its own sequence, the two pooled outputs concatenated into the classifier), or "
+                   "one sequence over both images' regions (its default without --use_pair)."),
     # -- pretraining -------------------------------------------------------------------------------------
     "mask_prob": _o("--mask-prob", type=float, min=0, max=1, help="Share of text tokens masked for MLM."),
     "texta_false_prob": _o("--texta-false-prob", type=float, min=0, max=0.5, help="Share of examples whose text_a is "
@@ -196,6 +221,26 @@ OPTIONS: dict[str, Opt] = {
     "spice": _o("--spice/--no-spice", type=Optional[bool], help="SPICE too (default: when its CoreNLP jars are "
                 "installed, else reported 'unavailable')."),
     "metrics": _o("--metrics/--no-metrics", type=bool, default=True, help="Score against the split's captions."),
+    # -- constrained beam search (NoCaps) ----------------------------------------------------------------
+    "cbs": _o("--cbs", type=bool, default=False, help="Constrained beam search (the original's --use_cbs, NoCaps): "
+              "each image's detected classes become words the caption must contain; also writes OUT/predictions.tsv "
+              "(the original's prediction file) and OUT/constraints.tsv."),
+    "min_constraints": _o("--min-constraints", min=0, help="With --cbs: captions hold at least this many of the image's "
+                          "constraints (all when it has fewer; --min_constraints_to_satisfy)."),
+    "cbs_group": _o("--cbs-group", min=1, help="With --cbs: the original scores the first word of every image of a "
+                    "batch with the batch's first image, so its captions depend on --per_gpu_eval_batch_size (2 in its "
+                    "NoCaps command): images go this many at a time to match (1: each image its own)."),
+    "cbs_box": _o("--cbs-box", type=OPTIONAL_PATH, help="With --cbs: boxes per image (key TAB [{class, conf, rect}]); "
+                  "default: the split yaml's cbs_box."),
+    "cbs_constraint": _o("--cbs-constraint", type=OPTIONAL_PATH, help="With --cbs: each word's word pieces (word TAB "
+                         "piece1,piece2); default: the split yaml's cbs_constraint."),
+    "cbs_tokenforms": _o("--cbs-tokenforms", type=OPTIONAL_PATH, help="With --cbs: each word piece's forms (piece TAB "
+                         "form1,form2); default: the split yaml's cbs_tokenforms."),
+    "cbs_hierarchy": _o("--cbs-hierarchy", type=OPTIONAL_PATH, help="With --cbs: the Open Images class hierarchy json; "
+                        "default: the split yaml's cbs_hierarchy."),
+    "nocaps_image_info": _o("--nocaps-image-info", type=OPTIONAL_PATH, help="nocaps_val_image_info.json (or test's): "
+                            "also write OUT/nocaps_submission.json for EvalAI ([{image_id, caption}], the ids by image "
+                            "file name)."),
     # -- retrieval ---------------------------------------------------------------------------------------
     "folds": _o("--folds", min=1, default=1, help="Also average R@K over this many image folds (5 on the 5K keys: COCO 1K)."),
     "two_stage": _o("--two-stage", min=0, default=0, help="k > 0: the full model scores only each image's and each "
@@ -204,6 +249,9 @@ OPTIONS: dict[str, Opt] = {
                       "without the regions; embed: cosine of mean-pooled caption and image embeddings (cheaper, weaker)."),
     "compare_full": _o("--compare-full", type=bool, default=False, help="With --two-stage: also the full matrix, and "
                        "the recall lost."),
+    "caption_index": _o("--caption-index", type=OPTIONAL_PATH, help="Score only each image's candidates listed "
+                        "in this file (--eval_caption_index_file, e.g. minival_caption_indexs_top20.pt; in DATA_DIR or a "
+                        "path; train: of --eval-split): image->text R@K among them."),
     "save_scores": _o("--save-scores", type=bool, default=False, help="Also write OUT/scores.pt (scores, image_keys, "
                       "caption_to_image)."),
     "image": _o("--image", type=Optional[list[str]], help="Image key (repeatable; default: every image)."),
@@ -284,6 +332,20 @@ def options_of(cls: type, given: dict[str, Any]) -> Any:
 def fields_of(cls: type, exclude: Sequence[str] = ()) -> list[str]:
     """The option names of an options class's fields (all of them :data:`OPTIONS`), less ``exclude``."""
     return [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+
+
+CBS = ("cbs", "min_constraints", "cbs_group", "cbs_box", "cbs_constraint", "cbs_tokenforms", "cbs_hierarchy")
+
+
+def cbs_options(given: dict[str, Any]) -> Optional[O.CBSOptions]:
+    """The constrained beam search options with ``--cbs``, else None; a CBS option without ``--cbs`` is an error."""
+    if not given.get("cbs"):
+        defaults = O.option_defaults(O.CBSOptions)
+        stray = [n for n in CBS[1:] if given.get(n, defaults[n]) != defaults[n]]
+        if stray:
+            raise VinvlError(f"{OPTIONS[stray[0]].flags[0]} applies only with --cbs")
+        return None
+    return options_of(O.CBSOptions, given)
 
 
 def eval_split(value: Optional[str]) -> Optional[str]:

@@ -24,7 +24,7 @@ def _write(result: dict, out: Path, name: str) -> None:
 
 
 @retrieval_app.command("train")
-@takes("out", "init", "vocab", "config", "features", "train_split", "eval_split", "keys", "resume",
+@takes("out", "init", "vocab", "config", "features", "train_split", "eval_split", "keys", "caption_index", "resume",
        *fields_of(RetrievalOptions), defaults=RetrievalOptions)
 def train(
     data_dir: Path = typer.Argument(..., help="Folder with {split}_captions.pt (the released coco_ir)."),
@@ -37,22 +37,22 @@ def train(
 
     final = run(data_dir, given["out"], options_of(RetrievalOptions, given), init=given["init"], vocab=given["vocab"],
                 model_config=config_file(given["config"]), features=given["features"], split=given["train_split"],
-                eval_split=eval_split(given["eval_split"]), eval_keys=given["keys"], resume=given["resume"])
+                eval_split=eval_split(given["eval_split"]), eval_keys=given["keys"], resume=given["resume"],
+                caption_index=given["caption_index"])
     typer.echo(str(final))
 
 
 @retrieval_app.command("eval")
-@takes("out", "split", "keys", "features", "folds", "captions_per_image", "max_seq_length", "max_img_seq_length",
-       "add_od_labels", "eval_batch_size", "device", "precision", "two_stage", "first_stage", "compare_full",
-       "save_scores", defaults=RetrievalOptions, restored=("max_seq_length", "max_img_seq_length", "add_od_labels"),
-       split="test", eval_batch_size=256)
+@takes("out", "split", "keys", "caption_index", "features", "folds", "captions_per_image", *RetrievalOptions.RESTORED,
+       "eval_batch_size", "device", "precision", "two_stage", "first_stage", "compare_full", "save_scores",
+       defaults=RetrievalOptions, restored=RetrievalOptions.RESTORED, split="test", eval_batch_size=256)
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Retrieval checkpoint folder (or a run folder: its newest checkpoint-N)."),
     data_dir: Path = typer.Argument(..., help="Folder with {split}_captions.pt and the key lists."),
     given: Any = None,
 ) -> None:
-    """R@1/5/10 image->text and text->image from the full cross-encoder score matrix (--cross_image_eval):
-    OUT/metrics.json (and OUT/scores.pt)."""
+    """R@1/5/10 image->text and text->image from the full cross-encoder score matrix (--cross_image_eval), or
+    image->text among each image's --caption-index candidates: OUT/metrics.json (and OUT/scores.pt)."""
     from ..oscar.tasks.retrieval import evaluate as run
 
     out = Path(given["out"])
@@ -60,12 +60,13 @@ def evaluate(
                  options_of(RetrievalOptions, given), folds=given["folds"], batch_size=given["eval_batch_size"],
                  device=given["device"], precision=given["precision"], two_stage=given["two_stage"],
                  first_stage=given["first_stage"], compare_full=given["compare_full"],
-                 scores_out=out / "scores.pt" if given["save_scores"] else None)
+                 scores_out=out / "scores.pt" if given["save_scores"] else None, caption_index=given["caption_index"])
     _write(result, out, "metrics.json")
 
 
 @retrieval_app.command("rank")
-@takes("out", "image", "top", "eval_batch_size", "device", "precision", defaults=RetrievalOptions, eval_batch_size=256)
+@takes("out", "image", "top", *RetrievalOptions.RESTORED, "eval_batch_size", "device", "precision",
+       defaults=RetrievalOptions, restored=RetrievalOptions.RESTORED, eval_batch_size=256)
 def rank(
     checkpoint: Path = typer.Argument(..., help="Retrieval checkpoint folder (or a run folder)."),
     features: Path = typer.Argument(..., help="Region features of the images: a features folder (e.g. `vinvl extract` "
@@ -80,5 +81,5 @@ def rank(
 
     result = run(checkpoint, features, read_captions_file(captions), image_keys=given["image"] or None,
                  top=given["top"], batch_size=given["eval_batch_size"], device=given["device"],
-                 precision=given["precision"])
+                 precision=given["precision"], options=options_of(RetrievalOptions, given))
     _write(result, Path(given["out"]), "ranking.json")

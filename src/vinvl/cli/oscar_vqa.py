@@ -16,8 +16,8 @@ from .oscar_flags import DETECTOR, LENGTHS, RUN, TRAIN_FILES, detect, detector, 
 
 vqa_app = typer.Typer(help="VQA 2.0 (run_vqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
 gqa_app = typer.Typer(help="GQA (run_gqa.py): train, evaluate, answer questions about images.", no_args_is_help=True)
-nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py --use_pair): train, evaluate, judge sentences about image pairs.",
-                        no_args_is_help=True)
+nlvr2_app = typer.Typer(help="NLVR2 (run_nlvr.py, the pair model or the non-pair one): train, evaluate, judge "
+                        "sentences about image pairs.", no_args_is_help=True)
 
 
 # -- what the commands share: turning their arguments into the library's ----------------------------------------
@@ -69,26 +69,27 @@ def _answer(task_cls: Any, options_cls: type, checkpoint: Path, images: list[Pat
 
 # -- VQA ------------------------------------------------------------------------------------------
 @vqa_app.command("train")
-@takes(*TRAIN_FILES, "txt_data_dir", "label_file", "label2ans", "data_label_type", *fields_of(VQAOptions),
-       defaults=VQAOptions, eval_split="val")
+@takes(*TRAIN_FILES, "txt_data_dir", "label_file", "label2ans", "data_label_type", "use_vg", "use_vg_dev",
+       *fields_of(VQAOptions), defaults=VQAOptions, eval_split="val")
 def vqa_train(data_dir: Path = typer.Argument(..., help="The VQA data folder (questions *_qla_mrcnn.json, features "
                                               "*.pt, answer pickles)."), given: Any = None) -> None:
     """Fine-tune Oscar+ for VQA (soft-score BCE) into OUT/checkpoint-N (original layout + answers.json)."""
     from ..oscar.tasks import vqa
 
     answers = _vocab(vqa.VQATask, given, data_dir)
-    tq, tf = vqa.split_files(data_dir, given["train_split"], given["data_label_type"], given["txt_data_dir"])
+    files = dict(label_type=given["data_label_type"], txt_data_dir=given["txt_data_dir"], use_vg_dev=given["use_vg_dev"])
+    tq, tf = vqa.split_files(data_dir, given["train_split"], use_vg=given["use_vg"], **files)
     eq = ef = None
     if eval_split(given["eval_split"]):
-        eq, ef = vqa.split_files(data_dir, given["eval_split"], given["data_label_type"], given["txt_data_dir"])
+        eq, ef = vqa.split_files(data_dir, given["eval_split"], **files)
     features = given["features"]
     _train(vqa.train, VQAOptions, given, train_file=tq, train_features=features or tf, vocab=answers, out_dir=given["out"],
            eval_file=eq, eval_features=features or ef)
 
 
 @vqa_app.command("eval")
-@takes("out", "split", "txt_data_dir", "data_label_type", "label_file", "label2ans", "features", *LENGTHS, *RUN,
-       defaults=VQAOptions, restored=LENGTHS, split="val")
+@takes("out", "split", "txt_data_dir", "data_label_type", "use_vg_dev", "label_file", "label2ans", "features",
+       *LENGTHS, *RUN, defaults=VQAOptions, restored=LENGTHS, split="val")
 def vqa_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The VQA data folder."),
@@ -98,7 +99,8 @@ def vqa_eval(
     OUT/{split}_results.json ([{question_id, answer}], the evaluation server's format)."""
     from ..oscar.tasks import vqa
 
-    qfile, ffile = vqa.split_files(data_dir, given["split"], given["data_label_type"], given["txt_data_dir"])
+    qfile, ffile = vqa.split_files(data_dir, given["split"], given["data_label_type"], given["txt_data_dir"],
+                                   use_vg_dev=given["use_vg_dev"])
     _evaluate(vqa.VQATask, VQAOptions, checkpoint, qfile, given["features"] or ffile, given, data_dir)
 
 
@@ -170,7 +172,8 @@ def gqa_predict(
        eval_data_type="all")
 def nlvr2_train(data_dir: Path = typer.Argument(..., help="The NLVR2 data folder (nlvr2_*.json, "
                                                 "nlvr2_img_frcnn_feats.pt)."), given: Any = None) -> None:
-    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier) for NLVR2 into OUT/checkpoint-N."""
+    """Fine-tune the pair model (OscarForMultipleChoice, 2 choices, MLP classifier; --no-pair: one sequence over both
+    images) for NLVR2 into OUT/checkpoint-N."""
     from ..oscar.tasks import nlvr2
 
     features = given["features"] or data_dir / nlvr2.FEATURES_FILE
@@ -181,8 +184,8 @@ def nlvr2_train(data_dir: Path = typer.Argument(..., help="The NLVR2 data folder
 
 
 @nlvr2_app.command("eval")
-@takes("out", "split", "eval_data_type", "use_label_seq", "features", *LENGTHS, *RUN, defaults=NLVR2Options,
-       restored=(*LENGTHS, "use_label_seq"), split="test1", eval_data_type="all")
+@takes("out", "split", "eval_data_type", "use_label_seq", "use_pair", "features", *LENGTHS, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq", "use_pair"), split="test1", eval_data_type="all")
 def nlvr2_eval(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint (folder, run folder or best.zip)."),
     data_dir: Path = typer.Argument(..., help="The NLVR2 data folder."),
@@ -197,8 +200,8 @@ def nlvr2_eval(
 
 
 @nlvr2_app.command("predict")
-@takes("sentence", "out", "use_label_seq", *LENGTHS, *DETECTOR, *RUN, defaults=NLVR2Options,
-       restored=(*LENGTHS, "use_label_seq"))
+@takes("sentence", "out", "use_label_seq", "use_pair", *LENGTHS, *DETECTOR, *RUN, defaults=NLVR2Options,
+       restored=(*LENGTHS, "use_label_seq", "use_pair"))
 def nlvr2_predict(
     checkpoint: Path = typer.Argument(..., help="Fine-tuned checkpoint."),
     left: Path = typer.Argument(..., help="Left image."),

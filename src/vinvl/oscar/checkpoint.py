@@ -50,11 +50,19 @@ def _config(path: str, data: dict, config_cls: Any) -> Any:
         raise VinvlError(f"{path}: not a model config ({e})") from None
 
 
+# The original's discrete region codes (BertImgModel's code_embeddings): no released checkpoint uses them.
+DISCRETE_CODES = ("dis_code", "dis_code_t", "dis_code_scale")
+
+
 def _checkpoint_config(path: str, data: dict, config_cls: Any) -> Any:
     """A checkpoint's config. One without ``use_img_layernorm`` is one the original built no image LayerNorm for
-    (``BertImgModel`` asks ``hasattr(config, 'use_img_layernorm')``): a model its captioning, VQA, GQA or NLVR2
-    script trained from plain BERT, such as the released NoCaps captioners; OscarConfig's default (1) is for new
-    models."""
+    (``BertImgModel`` asks ``hasattr(config, 'use_img_layernorm')``): every Oscar (v1) checkpoint, whose code had no
+    such field, and a model the captioning, VQA, GQA or NLVR2 script trained from plain BERT, such as the released
+    NoCaps captioners; OscarConfig's default (1) is for new models. Other fields of old configs (``code_voc``,
+    ``finetuning_task``, ...) are kept and unused; discrete region codes are refused by name."""
+    if data.get("img_feature_type") in DISCRETE_CODES:
+        raise VinvlError(f"{path}: img_feature_type {data['img_feature_type']!r} (the original's discrete region "
+                         "codes) is not supported: vinvl's models take region feature vectors")
     return _config(path, data if "use_img_layernorm" in data else {**data, "use_img_layernorm": 0}, config_cls)
 
 
@@ -85,12 +93,14 @@ def _from_zip(path: Path, config: Optional[Any], config_cls: Any) -> tuple[dict,
 
 def resolve_checkpoint(source: PathLike) -> Path:
     """A checkpoint folder or zip as given; a run folder (no ``pytorch_model.bin`` of its own): its newest
-    ``checkpoint-N/``; a registry name (``vinvl-base-image-captioning``, ``vqa_base``) where no such path
+    ``checkpoint-N/``; a registry name (``vinvl-base-image-captioning``, ``vqa_base``; ``NAME/FOLDER`` for one
+    checkpoint folder of a zip holding several: ``oscar_base_vg_labels/ep_67_588997``) where no such path
     exists: its folder in ``VINVL_HOME``, fetched when missing (:func:`vinvl.registry.checkpoint_path`)."""
     path = Path(source)
-    if not path.exists():
-        if is_checkpoint_name(str(source)):
-            path = checkpoint_path(str(source))
+    # NAME/FOLDER is a registry name only where no local NAME exists (a missing checkpoint-N of a local run folder
+    # of that name is no reason to download anything).
+    if not path.exists() and is_checkpoint_name(str(source)) and not Path(str(source).split("/", 1)[0]).exists():
+        path = checkpoint_path(str(source))
     if path.is_dir() and not (path / "pytorch_model.bin").exists():
         ckpts = sorted(path.glob("checkpoint-*/pytorch_model.bin"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
         if ckpts:

@@ -12,15 +12,19 @@ log-probability still counts; a hypothesis scores ``sum(log p) / length ** lengt
 regions, feeding only ``[last token, MASK]`` per step, and reorders the whole history by beam
 each step, so it gives the uncached result (the original's cached beam search reordered only
 the newest entries and drifts; see ../shared/reference/oscar/README.md).
+
+:func:`generate_constrained` is the original's constrained beam search (NoCaps; :mod:`vinvl.oscar.cbs`) through
+the same step, cached or not, with ``beams x FSM states`` rows per image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from . import cbs
 from . import transformers_adapter as hf
 from .modeling import OscarForCaptioning, additive_mask
 
@@ -33,6 +37,14 @@ class DecodeOutput:
     token_ids: torch.Tensor
     logprobs: torch.Tensor
     steps: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class ConstrainedOutput(DecodeOutput):
+    """:class:`DecodeOutput` of constrained beam search, with the state each caption ended in and every state's beams."""
+
+    states: list[int] = field(default_factory=list)
+    beams: Optional[cbs.CBSOutput] = None
 
 
 def _cut_mask(mask: torch.Tensor, length: int, text_len: int) -> torch.Tensor:
@@ -49,7 +61,8 @@ def _penalise(logits: torch.Tensor, prefix: torch.Tensor, penalty: float) -> tor
 
 
 class _Cache:
-    """Per-layer keys/values of the generated text tokens; the regions' are computed once."""
+    """Per-layer keys/values of the generated text tokens; the regions' are computed once (once per image with
+    ``rows_per_image``: the inputs are per image, and each image's rows stay its own when reordered)."""
 
     def __init__(
         self,
@@ -57,8 +70,10 @@ class _Cache:
         img_feats: torch.Tensor,
         region_mask: torch.Tensor,
         tags: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        rows_per_image: int = 1,
     ) -> None:
         self.model = model
+        self.rows_per_image = rows_per_image
         bert = model.bert
         img = bert.img_embedding(img_feats)
         if bert.config.use_img_layernorm:
@@ -96,6 +111,8 @@ class _Cache:
             k_hist = k_new[:, :, :1] if hist is None else torch.cat([hist[0], k_new[:, :, :1]], dim=2)
             v_hist = v_new[:, :, :1] if hist is None else torch.cat([hist[1], v_new[:, :, :1]], dim=2)
             rk, rv = self.region_kv[i]
+            if self.rows_per_image > 1:
+                rk, rv = rk.repeat_interleave(self.rows_per_image, 0), rv.repeat_interleave(self.rows_per_image, 0)
             rk = rk.expand(len(x), -1, -1, -1) if rk.shape[0] != len(x) else rk
             rv = rv.expand(len(x), -1, -1, -1) if rv.shape[0] != len(x) else rv
             k = torch.cat([k_hist, k_new[:, :, 1:], rk], dim=2)
@@ -107,7 +124,58 @@ class _Cache:
     def reorder(self, index: torch.Tensor) -> None:
         """Follow the beams: the whole history, not only the newest entries."""
         self.text_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.text_kv]
+        if self.rows_per_image > 1:
+            return
         self.region_kv = [(k[index] if k.shape[0] > 1 else k, v[index] if v.shape[0] > 1 else v) for k, v in self.region_kv]
+
+
+class _Stepper:
+    """One decoding step for rows of prefixes (``[CLS]`` + tokens so far): ``prefix + [MASK]`` (+ the tags) through the
+    model, or through the cache; returns the input and its text logits. ``rows_per_image``: the inputs are per image,
+    each the source of that many consecutive rows."""
+
+    def __init__(self, model: OscarForCaptioning, feats: torch.Tensor, mask: torch.Tensor, max_length: int,
+                 mask_token_id: int, tag_ids: Optional[torch.Tensor], tag_pos: Optional[torch.Tensor], use_cache: bool,
+                 rows_per_image: int = 1) -> None:
+        self.model, self.T, self.mask_token_id, self.n = model, max_length, mask_token_id, rows_per_image
+        self.cache = None
+        if use_cache:
+            self.cache = _Cache(model, feats, mask[:, max_length:, max_length:],
+                                None if tag_ids is None else (tag_ids, tag_pos), rows_per_image)
+        elif rows_per_image > 1:  # the model runs on every row
+            feats, mask = feats.repeat_interleave(rows_per_image, 0), mask.repeat_interleave(rows_per_image, 0)
+            if tag_ids is not None:
+                tag_ids, tag_pos = tag_ids.repeat_interleave(rows_per_image, 0), tag_pos.repeat_interleave(rows_per_image, 0)
+        self.feats, self.mask, self.tag_ids, self.tag_pos = feats, mask, tag_ids, tag_pos
+
+    def __call__(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        N, L, dev = seqs.shape[0], seqs.shape[1] + 1, seqs.device
+        inp = torch.cat([seqs, torch.full((N, 1), self.mask_token_id, dtype=torch.long, device=dev)], dim=1)
+        cut = _cut_mask(self.mask, L, self.T)
+        if self.cache is None:
+            pos = torch.arange(L, device=dev)[None].expand(N, L)
+            types = torch.zeros_like(inp)
+            full = inp
+            if self.tag_ids is not None:
+                full = torch.cat([inp, self.tag_ids], dim=1)
+                pos = torch.cat([pos, self.tag_pos], dim=1)
+                types = torch.cat([types, torch.ones_like(self.tag_ids)], dim=1)
+            out = self.model(full, types, cut, self.feats, position_ids=pos)
+            return inp, out.logits[:, :L]
+        rows = cut[:, L - 2 : L] if L >= 2 else cut[:, :L]
+        if self.n > 1:
+            rows = rows.repeat_interleave(self.n, 0)
+        hidden = self.cache.step(inp[:, -2:], torch.arange(L - 2, L, device=dev)[None].expand(N, 2), rows)
+        return inp, self.model.cls(hidden)
+
+    def next_logits(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The next token's logits ``[N, V]`` after each row's prefix."""
+        return self(seqs)[1][:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row ``i`` continues row ``rows[i]``."""
+        if self.cache is not None:
+            self.cache.reorder(rows)
 
 
 @torch.no_grad()
@@ -153,27 +221,11 @@ def generate(
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     steps: list[dict[str, torch.Tensor]] = []
-    cache = _Cache(model, feats, mask[:, T:, T:], None if tag_ids is None else (tag_ids, tag_pos)) if use_cache else None
+    stepper = _Stepper(model, feats, mask, T, mask_token_id, tag_ids, tag_pos, use_cache)
     for t in range(T - 1):
         L = t + 2
-        inp = torch.cat([seqs, torch.full((B * K, 1), mask_token_id, dtype=torch.long, device=dev)], dim=1)
-        if cache is None:
-            pos = torch.arange(L, device=dev)[None].expand(B * K, L)
-            types = torch.zeros_like(inp)
-            full = inp
-            if tag_ids is not None:
-                full = torch.cat([inp, tag_ids], dim=1)
-                pos = torch.cat([pos, tag_pos], dim=1)
-                types = torch.cat([types, torch.ones_like(tag_ids)], dim=1)
-            out = model(full, types, _cut_mask(mask, L, T), feats, position_ids=pos)
-            logits = out.logits[:, :L]
-            step_logits = logits[:, -1]
-        else:
-            cut = _cut_mask(mask, L, T)
-            rows = cut[:, L - 2 : L] if L >= 2 else cut[:, :L]
-            hidden = cache.step(inp[:, -2:], torch.arange(L - 2, L, device=dev)[None].expand(B * K, 2), rows)
-            logits = model.cls(hidden)
-            step_logits = logits[:, -1]
+        inp, logits = stepper(seqs)
+        step_logits = logits[:, -1]
         if record_steps:
             steps.append({"input_ids": inp, "class_logits": logits})
         logp = F.log_softmax(_penalise(step_logits, seqs, repetition_penalty), dim=-1)
@@ -216,8 +268,7 @@ def generate(
         rows = torch.tensor(src_rows, device=dev)
         seqs = torch.cat([seqs[rows], torch.stack(new_seqs)[:, None]], dim=1)
         scores = new_scores
-        if cache is not None:
-            cache.reorder(rows)
+        stepper.reorder(rows)
         if bool(done.all()):
             break
     ids = torch.full((B, num_return_sequences, T), pad_token_id, dtype=torch.long, device=dev)
@@ -228,6 +279,45 @@ def generate(
             ids[b, r, : len(seq)] = seq
             lp[b, r] = s
     return DecodeOutput(ids, lp, steps)
+
+
+@torch.no_grad()
+def generate_constrained(
+    model: OscarForCaptioning,
+    img_feats: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_length: int,
+    fsm: torch.Tensor,
+    num_constraints: Sequence[int],
+    num_beams: int = 5,
+    min_constraints: int = 2,
+    bos_token_id: int = 2,
+    eos_token_id: int = 3,
+    mask_token_id: int = 4,
+    pad_token_id: int = 0,
+    use_cache: bool = False,
+    od_label_ids: Optional[torch.Tensor] = None,
+    od_position_start: Optional[int] = None,
+    first_step_group: Optional[int] = None,
+) -> ConstrainedOutput:
+    """Constrained beam search (:mod:`vinvl.oscar.cbs`) over ``fsm [B, S, S, V]`` (each image's constraints), inputs as
+    :func:`generate`: the best caption with at least ``min(num_constraints, min_constraints)`` constraints, ``[B, 1,
+    max_length]`` (``max_length - 1`` tokens, then ``[SEP]``), its score (sum of log-probs / (tokens + 1)), and the
+    state it ended in, the beams of every state. ``first_step_group``: as :func:`~vinvl.oscar.cbs.constrained_beam_search`."""
+    model.eval()
+    B, dev = img_feats.shape[0], img_feats.device
+    S = fsm.shape[1]
+    tag_ids = tag_pos = None
+    if od_label_ids is not None:
+        tag_ids = od_label_ids.to(dev)
+        start = max_length if od_position_start is None else od_position_start
+        tag_pos = torch.arange(start, start + tag_ids.shape[1], device=dev)[None].expand(B, -1)
+    stepper = _Stepper(model, img_feats, attention_mask.to(dev), max_length, mask_token_id, tag_ids, tag_pos, use_cache,
+                       rows_per_image=S * num_beams)
+    out = cbs.constrained_beam_search(stepper.next_logits, stepper.reorder, fsm.to(dev), num_beams, max_length,
+                                      bos_token_id, eos_token_id, first_step_group)
+    ids, scores, states = cbs.select_best(out, num_constraints, min_constraints, eos_token_id)
+    return ConstrainedOutput(ids[:, None], scores[:, None], states=states, beams=out)
 
 
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -185,12 +185,15 @@ def _classifier(config: OscarConfig, in_dim: int, multiple_choice: bool = False)
     return nn.Sequential(*layers)
 
 
-def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: OscarConfig) -> torch.Tensor:
+def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: OscarConfig,
+                         loss_type: Optional[str] = None) -> torch.Tensor:
+    """The original's ImageBert* losses; ``loss_type`` (default the config's) as its ``model.loss_type``."""
+    loss_type = loss_type or config.loss_type
     if config.num_labels == 1:
         return F.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
-    if config.loss_type == "bce":
+    if loss_type == "bce":
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * labels.shape[1]
-    if config.loss_type == "kl":
+    if loss_type == "kl":
         return F.kl_div(F.log_softmax(logits, dim=-1), labels.to(logits.dtype), reduction="batchmean")
     return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
 
@@ -203,11 +206,14 @@ class OscarForSequenceClassification(_OscarHead):
         self.classifier = _classifier(config, config.hidden_size)
         self.post_init()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None, **kw) -> OscarOutput:
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, img_feats=None, labels=None,
+                loss_type: Optional[str] = None, **kw) -> OscarOutput:
+        """Logits over the labels, and with ``labels`` the loss: ``loss_type`` (bce, kl, xe), default the config's
+        (``run_vqa.py --adjust_loss`` switches it during training, as its ``model.loss_type``)."""
         out = self.bert(input_ids, token_type_ids, attention_mask, img_feats, **kw)
         out.logits = self.classifier(self.dropout(out.pooled_output))
         if labels is not None:
-            out.loss = _classification_loss(out.logits, labels, self.config)
+            out.loss = _classification_loss(out.logits, labels, self.config, loss_type)
         return out
 
 

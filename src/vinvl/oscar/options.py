@@ -17,12 +17,24 @@ set (:meth:`TrainingOptions.explicit`: constructor arguments and later assignmen
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 from ..errors import VinvlError
 from ..training.options import EngineOptions
 
 SCHEDULERS = ("linear", "constant")
+# run_retrieval.py's --att_mask_type over [caption | labels (tags) | regions]: CLR full attention; a pair: each part
+# attends to itself, and only the two parts named attend to each other
+ATT_MASK_TYPES = ("CLR", "CL", "CR", "LR")
+OD_LABEL_TYPES = ("vg", "gt", "oid")  # run_retrieval.py's --od_label_type: {split}_{type}_labels.pt of .pt features
+
+
+def check_att_mask_type(value: str) -> str:
+    """``value`` if it is one of :data:`ATT_MASK_TYPES`, else one error naming ``--att-mask-type``."""
+    if value not in ATT_MASK_TYPES:
+        raise VinvlError(f"--att-mask-type {value!r}: expected one of {', '.join(ATT_MASK_TYPES)}")
+    return value
 
 T = TypeVar("T", bound="TrainingOptions")
 A = TypeVar("A")
@@ -169,7 +181,10 @@ class PretrainOptions(TrainingOptions):
 class RetrievalOptions(TrainingOptions):
     """Image-text retrieval (``run_retrieval.py``)."""
 
-    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "add_od_labels")
+    # the original restores od_label_type too; att_mask_type it does not (a CL model evaluated without
+    # --att_mask_type CL runs with full attention there), but the mask is part of the inputs the model was trained on
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "add_od_labels", "od_label_type",
+                                           "att_mask_type")
 
     learning_rate: float = 2e-5
     num_train_epochs: float = 20.0
@@ -181,6 +196,16 @@ class RetrievalOptions(TrainingOptions):
     num_labels: int = 2
     loss_type: str = "sfmx"
     drop_out: float = 0.1
+    od_label_type: str = "vg"  # which {split}_{type}_labels.pt holds the tags of .pt features
+    att_mask_type: str = "CLR"
+
+    def check(self) -> "RetrievalOptions":
+        """One error naming the option for a value no run can use."""
+        super().check()
+        check_att_mask_type(self.att_mask_type)
+        if self.od_label_type not in OD_LABEL_TYPES:
+            raise VinvlError(f"--od-label-type {self.od_label_type!r}: expected one of {', '.join(OD_LABEL_TYPES)}")
+        return self
 
 
 # -- captioning ------------------------------------------------------------------------------------------
@@ -233,6 +258,27 @@ class DecodeOptions:
     use_cache: bool = True
 
 
+@dataclass
+class CBSOptions:
+    """Constrained beam search (the original's ``--use_cbs``, NoCaps; :mod:`vinvl.oscar.cbs`): captions with at least
+    ``min_constraints`` of each image's constraints (all of them when it has fewer; the original's
+    ``--min_constraints_to_satisfy``), at most ``max_constraints`` given, the hierarchy NMS at ``nms_threshold``.
+    ``cbs_group``: the original scores the first step of every image of a batch with the batch's first image, so its
+    captions depend on its ``--per_gpu_eval_batch_size`` (2 in its NoCaps command); images are taken ``cbs_group`` at a
+    time in the split's order to match it, whatever the batch (1: each image its own). The four files: the boxes,
+    constraint2tokens, tokenforms and class hierarchy (None: the split yaml's ``cbs_box``, ``cbs_constraint``,
+    ``cbs_tokenforms``, ``cbs_hierarchy``)."""
+
+    min_constraints: int = 2
+    cbs_group: int = 2
+    max_constraints: int = 3
+    nms_threshold: float = 0.85
+    cbs_box: Optional[Path] = None
+    cbs_constraint: Optional[Path] = None
+    cbs_tokenforms: Optional[Path] = None
+    cbs_hierarchy: Optional[Path] = None
+
+
 # -- VQA, GQA, NLVR2 ------------------------------------------------------------------------------------
 @dataclass
 class ClassificationOptions(TrainingOptions):
@@ -251,10 +297,41 @@ class ClassificationOptions(TrainingOptions):
     loss_type: str = "bce"
 
 
+ADJUST_DP_EPOCH, ADJUST_DP = 3, 0.3  # run_vqa.py --adjust_dp: from epoch 3 (0-based) these dropouts are 0.3
+
+
 @dataclass
 class VQAOptions(ClassificationOptions):
     """VQA 2.0, the model zoo's base command: seq 128, 50 regions, batch 32, lr 5e-5, 25 epochs, dropout 0.3,
-    weight decay 0.05, BCE, linear classifier."""
+    weight decay 0.05, BCE, linear classifier; and ``run_vqa.py``'s schedule options (off by default, as there)."""
+
+    adjust_dp: bool = False  # --adjust_dp: from epoch ADJUST_DP_EPOCH the head's and embeddings' dropout is ADJUST_DP
+    adjust_loss_epoch: Optional[int] = None  # --adjust_loss --adjust_loss_epoch N: bce from epoch N; None: never
+    save_after_epoch: int = -1  # --save_after_epoch N: no checkpoint is written in epochs 0..N (the last step's is)
+
+    def check(self) -> "VQAOptions":
+        """The common checks, and one error naming the option for a schedule option no run can use."""
+        super().check()
+        if self.adjust_loss_epoch is not None and self.adjust_loss_epoch < 0:
+            raise VinvlError(f"--adjust-loss-epoch {self.adjust_loss_epoch}: must not be negative (0: from the start)")
+        if self.save_after_epoch < -1:
+            raise VinvlError(f"--save-after-epoch {self.save_after_epoch}: must be -1 (every save) or an epoch")
+        return self
+
+    def loss_type_at(self, epoch: int) -> str:
+        """The loss of a step in ``epoch`` (0-based): ``bce`` from ``adjust_loss_epoch`` on, else ``loss_type``
+        (``run_vqa.py`` sets ``model.loss_type = 'bce'`` at the start of each epoch >= ``--adjust_loss_epoch``)."""
+        return "bce" if self.adjust_loss_epoch is not None and epoch >= self.adjust_loss_epoch else self.loss_type
+
+    def dropout_at(self, epoch: int) -> float:
+        """The dropout of the classifier's input, the image embedding and the word embeddings in ``epoch``:
+        ``ADJUST_DP`` from ``ADJUST_DP_EPOCH`` on with ``adjust_dp``, else ``drop_out`` (the encoder layers keep it)."""
+        return ADJUST_DP if self.adjust_dp and epoch >= ADJUST_DP_EPOCH else self.drop_out
+
+    def writes_checkpoint(self, step: int, per_epoch: int) -> bool:
+        """``run_vqa.py`` saves at the end of epoch e only if e > ``save_after_epoch``: a save after step ``step``
+        (1-based) falls in epoch ``(step - 1) // per_epoch``."""
+        return (step - 1) // per_epoch > self.save_after_epoch
 
 
 @dataclass
@@ -271,8 +348,8 @@ class GQAOptions(ClassificationOptions):
 
 @dataclass
 class NLVR2Options(ClassificationOptions):
-    """NLVR2 (``--use_pair``), the model zoo's base command: seq 55, 40 regions per image, batch 72, lr 3e-5,
-    20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
+    """NLVR2, the model zoo's base command (``--use_pair``: the pair model): seq 55, 40 regions per image, batch 72,
+    lr 3e-5, 20 epochs, 10000 warm-up steps, cross-entropy, MLP classifier."""
 
     batch_size: int = 72
     learning_rate: float = 3e-5
@@ -284,8 +361,9 @@ class NLVR2Options(ClassificationOptions):
     classifier: str = "mlp"
     loss_type: str = "xe"
     use_label_seq: bool = False  # each image's tags after the sentence (off in the model zoo)
+    use_pair: bool = True  # --use_pair: the pair model; False: one sequence over both images (the original's default)
 
-    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq")
+    RESTORED: ClassVar[tuple[str, ...]] = ("max_seq_length", "max_img_seq_length", "use_label_seq", "use_pair")
 
 
 TASK_OPTIONS: dict[str, type] = {

@@ -11,7 +11,7 @@
   or at given positions; decoding inputs are ``[CLS] [MASK]... [SEP]`` with every caption
   position masked.
 - :class:`RetrievalTensorizer` (``run_retrieval.py``): the caption cut to ``max_seq_length - 2`` first, the
-  tags fill what is left.
+  tags fill what is left; the mask of ``--att_mask_type`` (:func:`block_mask`): CLR a 1-D mask, CL/CR/LR 2-D.
 - :class:`PretrainTensorizer` (``oscar_tsv.py``): ``[CLS] text_a [SEP] text_b [SEP]`` (or ``[CLS] text_a [SEP]``) with
   BERT's MLM masking.
 
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import VinvlError
+from ..training.checkpoints import natural_key
+from .options import check_att_mask_type
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,7 +44,8 @@ def load_tokenizer(vocab: PathLike, do_lower_case: bool = True):
     try:
         if path.suffix == ".zip" and path.is_file():
             with zipfile.ZipFile(path) as z:
-                members = sorted(n for n in z.namelist() if n.endswith("vocab.txt"))
+                # the newest checkpoint folder's, as the weights (ep_107_1192087 after ep_67_588997)
+                members = sorted((n for n in z.namelist() if n.endswith("vocab.txt")), key=natural_key)
                 if not members:
                     raise VinvlError(f"{path}: no vocab.txt inside")
                 name = f"{path}:{members[-1]}"
@@ -92,12 +95,15 @@ class ClassificationTensorizer:
         self.max_seq_length = max_seq_length
         self.max_img_seq_length = max_img_seq_length
 
-    def __call__(self, text_a: str, text_b: Optional[str], img_feats) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``token_type_ids``, ``attention_mask`` (text + regions) and ``img_feats``."""
+    def __call__(self, text_a: str, text_b: Optional[str], img_feats, with_b: Optional[bool] = None
+                 ) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``token_type_ids``, ``attention_mask`` (text + regions) and ``img_feats``. ``with_b``:
+        whether the original takes its text_b branch (``if example.text_b``), which cuts the pair to
+        ``max_seq_length - 3`` even where text_b yields no token (NLVR2's tag dict); default: ``text_b`` is non-empty."""
         t = self.tok
         a = t.tokenize(text_a)
         b = t.tokenize(text_b) if text_b else []
-        if b:
+        if bool(text_b) if with_b is None else with_b:
             truncate_pair(a, b, self.max_seq_length - 3)
         else:
             a = a[: self.max_seq_length - 2]
@@ -235,16 +241,35 @@ class CaptionTensorizer:
         }
 
 
+CAPTION, LABELS, REGIONS, PADDING = 0, 1, 2, -1  # the parts of a retrieval input (block ids of block_mask)
+
+
+def block_mask(blocks: torch.Tensor, att_mask_type: str) -> torch.Tensor:
+    """``[..., N]`` part ids (:data:`CAPTION`, :data:`LABELS`, :data:`REGIONS`, :data:`PADDING`) -> the
+    ``[..., N, N]`` 0/1 mask of ``run_retrieval.py``'s 2-D ``att_mask_type``: every part attends to itself, and the
+    two parts the type names (``CL``, ``CR``, ``LR``; ``CLR`` all three) to each other; padding rows and columns 0."""
+    check_att_mask_type(att_mask_type)
+    allowed = torch.eye(3, dtype=torch.bool, device=blocks.device)
+    parts = ["CLR".index(c) for c in att_mask_type]
+    for a in parts:
+        for b in parts:
+            allowed[a, b] = True
+    q, k = blocks[..., :, None], blocks[..., None, :]
+    real = (q >= 0) & (k >= 0)
+    return (real & allowed[q.clamp(min=0), k.clamp(min=0)]).long()
+
+
 class RetrievalTensorizer:
     """Token ids of captions and tags, and the model inputs of a pair as ``run_retrieval.py`` builds them."""
 
     def __init__(self, tokenizer, max_seq_length: int = 70, max_img_seq_length: int = 50,
-                 add_od_labels: bool = True) -> None:
-        """``tokenizer``: from :func:`load_tokenizer`."""
+                 add_od_labels: bool = True, att_mask_type: str = "CLR") -> None:
+        """``tokenizer``: from :func:`load_tokenizer`; ``att_mask_type``: the original's ``--att_mask_type``."""
         self.tok = tokenizer
         self.max_seq = max_seq_length
         self.max_img = max_img_seq_length
         self.add_od_labels = add_od_labels
+        self.att_mask_type = check_att_mask_type(att_mask_type)
 
     def ids(self, text: str) -> list[int]:
         """Word-piece ids of ``text`` (no special tokens)."""
@@ -264,14 +289,21 @@ class RetrievalTensorizer:
         return ids, types
 
     def pair(self, caption: Sequence[int], tags: Sequence[int], regions) -> dict[str, torch.Tensor]:
-        """One pair's padded inputs: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``img_feats``."""
+        """One pair's padded inputs: ``input_ids``, ``token_type_ids``, ``attention_mask`` (``[max_seq +
+        max_img]``, or ``[max_seq + max_img]^2`` for CL/CR/LR), ``img_feats``."""
         ids, types = self.compose(caption, tags)
         pad = self.max_seq - len(ids)
         feats, n_img = pad_regions(regions, self.max_img)
+        if self.att_mask_type == "CLR":
+            mask = torch.tensor([1] * len(ids) + [0] * pad + [1] * n_img + [0] * (self.max_img - n_img))
+        else:
+            # the token types are the parts: 0 for [CLS] caption [SEP] (the original's seq_a), 1 for tags [SEP]
+            parts = types + [PADDING] * pad + [REGIONS] * n_img + [PADDING] * (self.max_img - n_img)
+            mask = block_mask(torch.tensor(parts), self.att_mask_type)
         return {
             "input_ids": torch.tensor(ids + [self.tok.pad_token_id] * pad),
             "token_type_ids": torch.tensor(types + [0] * pad),
-            "attention_mask": torch.tensor([1] * len(ids) + [0] * pad + [1] * n_img + [0] * (self.max_img - n_img)),
+            "attention_mask": mask,
             "img_feats": feats,
         }
 

@@ -23,7 +23,8 @@ save; it writes the model's files into each checkpoint. The engine owns everythi
 - **checkpoints** ``checkpoint-N/``: the task's files (the weights, ``training_args``), evaluation at each save
   (``eval_results.json``, ``eval_logs.json``), and ``training_state.pt`` last (its presence marks the checkpoint
   complete): optimizer, schedule, scaler, step and every process's random states (CPU, CUDA, Python, numpy), so
-  ``resume`` continues bit for bit as the uninterrupted run, dropout and sampling included.
+  ``resume`` continues bit for bit as the uninterrupted run, dropout and sampling included. A save the options
+  hold back (``EngineOptions.writes_checkpoint``: VQA's ``save_after_epoch``) evaluates and writes nothing else.
 """
 
 from __future__ import annotations
@@ -402,7 +403,10 @@ class Engine:
                 if (self.opts.log_steps > 0 and run.step % self.opts.log_steps == 0) or run.step == run.total:
                     self._log_window(run, lr, bar)
                 if self._saves_at(run.step, run.total, run.per_epoch):
-                    folder = self._save(run)
+                    if run.step == run.total or self.opts.writes_checkpoint(run.step, run.per_epoch):
+                        folder = self._save(run)
+                    else:  # a save the options hold back: its evaluation only (no resume point)
+                        self._evaluate_only(run)
                 for cb in self.callbacks:
                     cb(run.step)
         finally:
@@ -520,8 +524,16 @@ class Engine:
         rt.barrier()
         return folder
 
-    def _evaluate(self, run: _Run, folder: Path) -> None:
-        """The task's evaluation at a save (random states untouched): ``eval_results.json``, ``eval_logs.json``."""
+    def _evaluate_only(self, run: _Run) -> None:
+        """A save whose checkpoint is held back (:meth:`EngineOptions.writes_checkpoint`): the evaluation into
+        ``eval_logs.json`` on rank 0, as at a save, and no checkpoint."""
+        if run.rt.rank == 0:
+            self._evaluate(run, None)
+        run.rt.barrier()
+
+    def _evaluate(self, run: _Run, folder: Optional[Path]) -> None:
+        """The task's evaluation at a save (random states untouched): ``eval_results.json`` (in ``folder``, where a
+        checkpoint is written), ``eval_logs.json``."""
         model, rt = run.model, run.rt
         was_training = model.training
         model.eval()
@@ -530,7 +542,8 @@ class Engine:
         model.train(was_training)
         if result is None:
             return
-        atomic_write_json(folder / "eval_results.json", result, indent=1)
+        if folder is not None:
+            atomic_write_json(folder / "eval_results.json", result, indent=1)
         path = self.out / "eval_logs.json"
         logs = read_json(path, list) if path.is_file() else []
         best = max([e["eval_score"] for e in logs] + [result["score"]])

@@ -59,6 +59,12 @@ class EngineOptions:
         check_device(self.device)
         return self
 
+    def writes_checkpoint(self, step: int, per_epoch: int) -> bool:
+        """Whether a save after optimizer step ``step`` (``per_epoch`` steps an epoch) writes its checkpoint; where it
+        does not, the save only evaluates. Always, unless a task's options hold checkpoints back (VQA's
+        ``save_after_epoch``); the last step's checkpoint is written whatever this says."""
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         """Every option by name (what a checkpoint's ``training_args`` records)."""
         return asdict(self)

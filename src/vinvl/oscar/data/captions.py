@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from ...atomic import atomic_write_json
 from ...dataset_spec import DatasetSpec
 from ...errors import VinvlError
 from ...features import format_caption_features_row
-from ...textio import read_json
+from ...textio import display_path, read_json
 from ...tsv import TSVWriter
 from ...yamlio import write_yaml
 from .regions import RegionStore
@@ -50,11 +50,12 @@ class CaptionData:
         src = Path(source)
         self.name = str(src)
         caption_file: Optional[Path] = Path(captions) if captions else None
+        self.spec: Optional[DatasetSpec] = None  # the split yaml, read (None: a feature folder)
         if src.is_dir():
             self.store = RegionStore(src)
             self.keys = self.store.keys()
         elif src.is_file():
-            spec = DatasetSpec(src, "captioning yaml", needs=("feature",), hint=" (and 'label', 'caption')")
+            spec = self.spec = DatasetSpec(src, "captioning yaml", needs=("feature",), hint=" (and 'label', 'caption')")
             feat, label = spec.file("feature"), spec.file("label")
             self.store = RegionStore(feat.parent, features=feat.name, labels=str(label) if label else None)
             if caption_file is None and "caption" in spec:
@@ -97,6 +98,32 @@ class CaptionData:
     def captioned_keys(self) -> list[str]:
         """Keys of the images with captions, in the split's order."""
         return [k for k in self.keys if k in self.refs]
+
+
+def nocaps_image_ids(info: PathLike, keys: Sequence[Any]) -> dict[Any, int]:
+    """The NoCaps image id of each image key, from a NoCaps image info json (COCO-style ``{"images": [{"id",
+    "file_name", ...}]}``): a key is an image's file name, with or without its extension, or its ``open_images_id`` (the
+    original's prediction keys); a key found nowhere is a one-line error naming the file and the key."""
+    data = read_json(info, expect=dict, what="NoCaps image info json")
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise VinvlError(f"{display_path(info)}: no 'images' list (a NoCaps image info json has one)")
+    ids: dict[str, int] = {}
+    for i, im in enumerate(images):
+        if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)):
+            raise VinvlError(f"{display_path(info)}: images[{i}] is not {{\"id\": int, \"file_name\": str, ...}}")
+        names = (im["file_name"], os.path.splitext(im["file_name"])[0], im.get("open_images_id"))
+        for name in names:
+            if isinstance(name, str):
+                ids.setdefault(name, im["id"])
+    out = {}
+    for key in keys:
+        name = str(key)
+        found = ids.get(name, ids.get(os.path.splitext(name)[0]))
+        if found is None:
+            raise VinvlError(f"{display_path(info)}: no image whose file name is {name!r} (with or without extension)")
+        out[key] = found
+    return out
 
 
 def write_caption_split(data: CaptionData, out_dir: PathLike, name: str) -> Path:

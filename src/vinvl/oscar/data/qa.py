@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ...atomic import atomic_write_json
@@ -188,11 +189,12 @@ def load_qa_split(
 
 
 class PairDataset:
-    """NLVR2 examples: ``[2, ...]`` inputs (one sequence per image) and the 0/1 label."""
+    """NLVR2 examples of the pair model (``--use_pair``): ``[2, ...]`` inputs (one sequence per image) and the 0/1
+    label."""
 
     def __init__(self, items: Sequence[dict], regions: Any, tokenizer: Any, cfg: ClassificationOptions,
                  use_label_seq: bool = False, source: str = "<items>") -> None:
-        """``use_label_seq``: put each image's tags (``o[side]``) after the sentence (off in the model zoo commands)."""
+        """``use_label_seq``: put each image's tags (``o[side]``) after the sentence (off in the model zoo)."""
         self.items, self.regions, self.tok = list(items), regions, tokenizer
         self.tz = ClassificationTensorizer(tokenizer, cfg.max_seq_length, cfg.max_img_seq_length)
         self.use_label_seq, self.source = use_label_seq, source
@@ -210,17 +212,21 @@ class PairDataset:
             lab = {"true": 1, "false": 0}.get(lab.lower(), lab)
         return int(lab) if lab is not None else 0
 
+    def with_tags(self, i: int) -> bool:
+        """Whether item ``i`` takes the original's text_b branch: ``--use_label_seq`` and a tag dict ``o``."""
+        return self.use_label_seq and bool(self.items[i].get("o"))
+
     def example(self, i: int, epoch: int = 0) -> dict[str, torch.Tensor]:
         """Both images' sequences stacked on a choice axis, with ``labels``."""
         it = self.items[i]
-        text, n = str(it["q"]), self.tz.max_seq_length
+        text, n, with_b = str(it["q"]), self.tz.max_seq_length, self.with_tags(i)
         choices = []
         for side, key in it["img_id"].items():
-            tags = str((it.get("o") or {}).get(side) or "") if self.use_label_seq else ""
-            choices.append(self.tz(text, tags or None, self.regions.regions(key)))
+            tags = str((it.get("o") or {}).get(side) or "") if with_b else ""
+            choices.append(self.tz(text, tags, self.regions.regions(key), with_b=with_b))
             a = self.tok.tokenize(text)
             b = self.tok.tokenize(tags) if tags else []
-            if b:
+            if with_b:
                 truncate_pair(a, b, n - 3)
             else:
                 a = a[: n - 2]
@@ -231,11 +237,37 @@ class PairDataset:
         return x
 
 
+class JointPairDataset(PairDataset):
+    """NLVR2 examples of the original's non-pair model (``run_nlvr.py`` without ``--use_pair``, its
+    ``tensorize_example``): one sequence ``[CLS] sentence [SEP]`` (+ ``left tags + ' ' + right tags [SEP]`` with
+    ``--use_label_seq``) + the left image's regions then the right's, cut to ``2 x max_img_seq_length`` together (a
+    left image with more regions than that takes the right's room) and zero-padded to it; the 0/1 label."""
+
+    def __init__(self, items: Sequence[dict], regions: Any, tokenizer: Any, cfg: ClassificationOptions,
+                 use_label_seq: bool = False, source: str = "<items>") -> None:
+        """As :class:`PairDataset`; the two images' regions share ``2 x max_img_seq_length`` slots."""
+        super().__init__(items, regions, tokenizer, cfg, use_label_seq, source)
+        self.tz = ClassificationTensorizer(tokenizer, cfg.max_seq_length, 2 * cfg.max_img_seq_length)
+        for i, it in enumerate(self.items):
+            if set(it["img_id"]) != {"left", "right"}:
+                raise VinvlError(f"{source}: item {i}: img_id must be {{'left': id, 'right': id}}")
+
+    def example(self, i: int, epoch: int = 0) -> dict[str, torch.Tensor]:
+        """The one sequence over both images, with ``labels``."""
+        it = self.items[i]
+        o, with_b = it.get("o") or {}, self.with_tags(i)
+        tags = f"{o.get('left') or ''} {o.get('right') or ''}" if with_b else None
+        both = np.concatenate([np.asarray(self.regions.regions(it["img_id"][side])) for side in ("left", "right")])
+        x = self.tz(str(it["q"]), tags, both, with_b=with_b)
+        x["labels"] = torch.tensor(self.label(i))
+        return x
 
 
 def load_pair_split(path: PathLike, features: Any, tokenizer: Any, cfg: ClassificationOptions,
-                    use_label_seq: bool = False) -> PairDataset:
-    """An NLVR2 split's pair dataset; ``features`` a path (folder, TSV or .pt) or an open region source."""
+                    use_label_seq: bool = False, use_pair: bool = True) -> PairDataset:
+    """An NLVR2 split's dataset (``use_pair``: the pair model's, else the non-pair model's); ``features`` a path
+    (folder, TSV or .pt) or an open region source."""
     items = read_json_list(path, ("q", "img_id"))
     regions = open_regions(features) if isinstance(features, (str, os.PathLike)) else features
-    return PairDataset(items, regions, tokenizer, cfg, use_label_seq, source=str(path))
+    cls = PairDataset if use_pair else JointPairDataset
+    return cls(items, regions, tokenizer, cfg, use_label_seq, source=str(path))

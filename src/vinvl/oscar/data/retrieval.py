@@ -9,13 +9,17 @@ the values sometimes JSON strings) and the evaluation key lists ``test_img_keys_
 - or the first Oscar release's tensors: ``{split}_img_{type}_feats.pt`` (``{image id: [N, 2054]}``)
   with tags in ``{split}_{od_label_type}_labels.pt`` (a string or a list of ``{"class": ...}``);
 
-both through :func:`vinvl.oscar.data.regions.open_regions`. :class:`RetrievalTrainSet` makes the original's
-training pairs.
+both through :func:`vinvl.oscar.data.regions.open_regions`. An evaluation may be restricted to the candidates of a
+caption index (the original's ``--eval_caption_index_file``, e.g. ``minival_caption_indexs_top20.pt``): a
+``torch.save``d dict ``{image id: [[image id, caption index], ...]}`` (the values sometimes JSON strings), per image
+the captions to rank for it, each named by its image and its position in that image's caption list.
+:class:`RetrievalTrainSet` makes the original's training pairs.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import random
 from dataclasses import dataclass
@@ -92,32 +96,44 @@ def read_captions_file(path: PathLike) -> list[str]:
 
 def open_images(
     features: Optional[PathLike], data_dir: Optional[PathLike] = None, split: str = "test",
-    img_feature_type: str = "frcnn", od_label_type: str = "vg",
+    img_feature_type: str = "frcnn", od_label_type: str = "vg", tags: bool = False,
 ) -> RegionSource:
     """The image source: a feature folder or its ``features.tsv`` (``--img_feat_file``), a ``.pt`` file (tags from
     ``{split}_{od_label_type}_labels.pt`` beside it), or by default ``data_dir``'s ``features.tsv`` or
-    ``{split}_img_{type}_feats.pt``."""
+    ``{split}_img_{type}_feats.pt``. ``tags`` (the tags are read: ``add_od_labels``): a ``.pt`` source without its
+    labels file, or a feature folder with an ``od_label_type`` other than vg, is one error naming the option."""
     if features is None:
         if data_dir is None:
             raise VinvlError("give the region features (a feature folder, features.tsv or a .pt file)")
         d = Path(data_dir)
-        if (d / "features.tsv").is_file():
-            return open_regions(d)
         features = d / f"{split}_img_{img_feature_type}_feats.pt"
-        if not features.is_file():
+        if (d / "features.tsv").is_file():
+            features = d
+        elif not features.is_file():
             raise VinvlError(f"{d}: neither features.tsv nor {features.name}; give the features with --features")
     path = Path(features)
     labels = path.parent / f"{split}_{od_label_type}_labels.pt"
+    if tags and path.suffix == ".pt" and not labels.is_file():
+        raise VinvlError(f"{display_path(labels)}: no such labels file (the tags of {path.name} for --od-label-type "
+                         f"{od_label_type}; --no-add-od-labels to go without)")
+    if tags and path.suffix != ".pt" and od_label_type != "vg":
+        # VinVL's script reads a feature folder's predictions.tsv whatever the type; refused rather than ignored
+        raise VinvlError(f"--od-label-type {od_label_type}: only .pt features have a labels file per type "
+                         f"({split}_{od_label_type}_labels.pt); the tags of {display_path(path)} are its label.tsv or "
+                         "predictions.tsv (--od-label-type vg)")
     return open_regions(path, labels if path.suffix == ".pt" and labels.is_file() else None)
 
 
 @dataclass
 class RetrievalSplit:
-    """One split: image ids in order, each image's captions (the first ``captions_per_image``), the image source."""
+    """One split: image ids in order, each image's captions (the first ``captions_per_image``; all of them with a
+    caption index), the image source, and with a caption index each image's candidates (indices into
+    :meth:`flat_captions`, in the file's order)."""
 
     keys: list[Key]
     captions: dict[Key, list[str]]
     images: RegionSource
+    candidates: Optional[list[list[int]]] = None
 
     def flat_captions(self) -> tuple[list[str], list[int]]:
         """Every caption in image order, and the index (into ``keys``) of the image each describes."""
@@ -128,24 +144,81 @@ class RetrievalSplit:
         return texts, owner
 
 
+def _in_data_dir(data_dir: Path, name: PathLike) -> Path:
+    """A file given by name in ``data_dir`` (as the original joins it) or by its own path."""
+    path = Path(name)
+    return data_dir / path if not path.is_file() and (data_dir / path).is_file() else path
+
+
+def _candidate(c: Any, position: dict[str, int]) -> tuple[Optional[int], Optional[int]]:
+    """A candidate ``[image id, caption index]``'s image position in the split and caption index (None: not one)."""
+    if not isinstance(c, (list, tuple)) or len(c) != 2 or isinstance(c[1], bool):
+        return None, None
+    try:
+        cap = operator.index(c[1])  # an int, or a numpy integer
+    except TypeError:
+        return None, None
+    return position.get(str(c[0])), cap
+
+
+def read_caption_index(path: PathLike, keys: Sequence[Key], captions: dict[Key, list[str]]) -> list[list[int]]:
+    """Each image's candidates of a caption index file (``--eval_caption_index_file``) as indices into the captions
+    of ``keys`` in order (every caption of each image); an image without candidates, or a candidate whose image is
+    not among ``keys`` or whose caption index is past that image's captions, is one error naming the file."""
+    path = Path(path)
+    data = _load_pt(path)
+    if not isinstance(data, dict):
+        raise VinvlError(f"{display_path(path)}: expected a dict image id -> [[image id, caption index], ...]")
+    by_name = {str(k): v for k, v in data.items()}  # the ids may be ints in one file and strings in the other
+    position = {str(k): i for i, k in enumerate(keys)}
+    start = [0]
+    for k in keys:
+        start.append(start[-1] + len(captions[k]))
+    out = []
+    for k in keys:
+        if str(k) not in by_name:
+            raise VinvlError(f"{display_path(path)}: no candidates for image {k!r}")
+        cands = by_name[str(k)]
+        if isinstance(cands, str):
+            try:
+                cands = json.loads(cands)
+            except json.JSONDecodeError:
+                raise VinvlError(f"{display_path(path)}: image {k!r}: candidates are neither a list nor a JSON list") from None
+        if not isinstance(cands, (list, tuple)) or not cands:
+            raise VinvlError(f"{display_path(path)}: image {k!r}: expected a non-empty list of [image id, caption index]")
+        row = []
+        for c in cands:
+            j, cap = _candidate(c, position)
+            if j is None or cap is None or not 0 <= cap < len(captions[keys[j]]):
+                raise VinvlError(f"{display_path(path)}: image {k!r}: candidate {c!r} is not [image id, caption index] "
+                                 "of an image of the split (and of --keys) and one of its captions")
+            row.append(start[j] + cap)
+        out.append(row)
+    return out
+
+
 def load_split(
     data_dir: PathLike, split: str, features: Optional[PathLike] = None, keys_file: Optional[PathLike] = None,
     captions_per_image: int = 5, img_feature_type: str = "frcnn", od_label_type: str = "vg",
+    caption_index: Optional[PathLike] = None, tags: bool = False,
 ) -> RetrievalSplit:
-    """``{split}_captions.pt`` of ``data_dir``, restricted to ``keys_file`` (a name in ``data_dir`` or a path) when given."""
+    """``{split}_captions.pt`` of ``data_dir``, restricted to ``keys_file`` when given, with the candidates of
+    ``caption_index`` when given (each a name in ``data_dir`` or a path); ``tags``: see :func:`open_images`."""
     d = Path(data_dir)
     captions = load_captions(d / f"{split}_captions.pt")
     keys = list(captions)
     if keys_file is not None:
-        kf = Path(keys_file)
-        if not kf.is_file() and (d / kf).is_file():
-            kf = d / kf
+        kf = _in_data_dir(d, keys_file)
         keys = read_image_keys(kf, like=keys[0])
         missing = [k for k in keys if k not in captions]
         if missing:
             raise VinvlError(f"{kf}: image ids without captions in {split}_captions.pt: {missing[:5]}")
+    images = open_images(features, d, split, img_feature_type, od_label_type, tags)
+    if caption_index is not None:
+        # the candidates name captions by their place in each image's whole list, which the original never cuts
+        caps = {k: captions[k] for k in keys}
+        return RetrievalSplit(keys, caps, images, read_caption_index(_in_data_dir(d, caption_index), keys, caps))
     caps = {k: captions[k][:captions_per_image] for k in keys}
-    images = open_images(features, d, split, img_feature_type, od_label_type)
     return RetrievalSplit(keys, caps, images)
 
 

@@ -1,5 +1,6 @@
 """Retrieval metrics from a score matrix ``[images, captions]``: ranks both ways, R@K (the original's
-``evaluate`` layout) and their mean over image folds (COCO 1K = 5 folds of the 5K test)."""
+``evaluate`` layout) and their mean over image folds (COCO 1K = 5 folds of the 5K test); and image->text R@K over
+each image's own candidates (the original's ``--eval_caption_index_file`` evaluation)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,32 @@ def fold_recall(scores: torch.Tensor, caption_to_image: Sequence[int], folds: in
         cols = torch.nonzero((owner >= f * size) & (owner < (f + 1) * size)).flatten()
         parts.append(recall_at_k(scores[f * size : (f + 1) * size][:, cols], (owner[cols] - f * size).tolist()))
     return {d: {k: sum(p[d][k] for p in parts) / folds for k in parts[0][d]} for d in parts[0]}
+
+
+def candidate_ranks(scores: torch.Tensor, caption_to_image: Sequence[int], candidates: Sequence[Sequence[int]]
+                    ) -> torch.Tensor:
+    """0-based rank of each image's best-scored own caption among its ``candidates`` (caption indices, a caption
+    listed twice counted twice, as the original scores each entry); the number of candidates when none is its own
+    (the original's ``compute_ranks``). Ties count against the right answer, NaN scores rank last."""
+    s = torch.nan_to_num(scores.float(), nan=-math.inf)
+    owner = torch.as_tensor(list(caption_to_image), dtype=torch.long)
+    if len(candidates) != s.shape[0]:
+        raise VinvlError(f"{len(candidates)} candidate lists for {s.shape[0]} images")
+    ranks = torch.empty(len(candidates), dtype=torch.long)
+    for i, cand in enumerate(candidates):
+        idx = torch.as_tensor(list(cand), dtype=torch.long)
+        right = owner[idx] == i
+        if not right.any():
+            ranks[i] = len(idx)
+            continue
+        row = s[i, idx]
+        ranks[i] = ((row >= row[right].max()) & ~right).sum()
+    return ranks
+
+
+def candidate_recall(scores: torch.Tensor, caption_to_image: Sequence[int], candidates: Sequence[Sequence[int]],
+                     ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    """R@k image->text over each image's candidates (:func:`candidate_ranks`); the original reports no
+    text->image recall there (its lists are per image)."""
+    ranks = candidate_ranks(scores, caption_to_image, candidates)
+    return {"i2t_retrieval": {f"R@{k}": float((ranks < k).float().mean()) for k in ks}}

@@ -15,6 +15,7 @@ Evaluation decodes in the layout the checkpoint was trained with (:func:`decodin
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -26,17 +27,19 @@ import torch.nn.functional as F
 
 from ...atomic import atomic_write_json
 from ...errors import VinvlError
+from ...tsv import write_tsv
 from ...training.checkpoints import latest_checkpoint
 from ...training.runtime import Device, autocast
 from .. import transformers_adapter as hf
 from ..checkpoint import training_settings
-from ..data.captions import CaptionData
+from ..cbs import CBSData, build_fsm, fsm_size
+from ..data.captions import CaptionData, nocaps_image_ids
 from ..data.regions import Key, RegionSource
-from ..generate import generate, sample
+from ..generate import generate, generate_constrained, sample
 from ..loading import OscarCheckpoint
 from ..metrics.caption import CiderD, coco_caption_metrics, wrap_for_reward
 from ..modeling import OscarForCaptioning
-from ..options import CaptionOptions, DecodeOptions, TrainingSettings, restore
+from ..options import CaptionOptions, CBSOptions, DecodeOptions, TrainingSettings, restore
 from ..tensorize import CaptionTensorizer
 from ..training import Trainer
 from .base import Task, stack, task_tokenizer
@@ -162,11 +165,14 @@ class CaptionTask(Task):
     def __init__(self, data: Optional[CaptionData], options: CaptionOptions, tokenizer: Any,
                  init: Optional[PathLike] = None, model_config: Any = None, eval_data: Optional[CaptionData] = None,
                  start_settings: Optional[dict] = None, log: Optional[Callable[[str], None]] = None,
-                 trained: Optional[Mapping[str, Any]] = None, decode: DecodeOptions = DecodeOptions()) -> None:
+                 trained: Optional[Mapping[str, Any]] = None, decode: DecodeOptions = DecodeOptions(),
+                 cbs: Optional[CBSData] = None) -> None:
         """``data``: the training split (None: a task that only predicts); ``start_settings``: the layout SCST's
         starting checkpoint decodes in (:func:`trained_layout`); ``trained``: the settings a loaded model was
-        trained with (:func:`load_captioner`), which :meth:`predict` decodes in with ``decode``."""
+        trained with (:func:`load_captioner`), which :meth:`predict` decodes in with ``decode``, constrained by
+        ``cbs`` when given (:func:`constrained_captions`)."""
         super().__init__(options, tokenizer, init, model_config, log)
+        self.cbs = cbs
         if options.sc_baseline_type not in ("greedy", "sample"):
             raise VinvlError(f"--sc-baseline-type {options.sc_baseline_type!r}: expected greedy or sample")
         if options.scst and options.sc_baseline_type == "sample" and options.sc_train_sample_n < 2:
@@ -295,10 +301,14 @@ class CaptionTask(Task):
 
     def predict(self, model: torch.nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str] = ()
                 ) -> list[dict[str, Any]]:
-        """``[{image_id, caption}]`` of images ``keys`` (beam search with ``decode``; ``texts`` unused)."""
+        """``[{image_id, caption}]`` of images ``keys`` (beam search with ``decode``; ``texts`` unused); with CBS also
+        each caption's ``conf`` and the image's ``constraints``."""
         if regions.dim != model.config.img_feature_dim:
             raise VinvlError(f"the regions are {regions.dim}-d but the captioner takes {model.config.img_feature_dim}-d: "
                              "use the detector it was trained on")
+        if self.cbs is not None:
+            return constrained_captions(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode,
+                                        self.cbs)
         caps = caption_images(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode)
         return [{"image_id": k, "caption": c} for k, c in zip(keys, caps)]
 
@@ -386,21 +396,86 @@ def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], reg
     return out
 
 
+def check_constrained(dcfg: DecodeOptions, cbs: CBSOptions) -> None:
+    """Decoding options CBS cannot take are errors (the original's CBS applies no length or repetition penalty)."""
+    for name in ("length_penalty", "repetition_penalty"):
+        if getattr(dcfg, name) != 1.0:
+            raise VinvlError(f"--{name.replace('_', '-')}: constrained beam search (--cbs) applies none")
+    if cbs.min_constraints < 0 or cbs.cbs_group < 1 or not 0 < cbs.max_constraints <= 8:
+        raise VinvlError(f"CBS options out of range: --min-constraints {cbs.min_constraints} (>= 0), --cbs-group "
+                         f"{cbs.cbs_group} (>= 1), max_constraints {cbs.max_constraints} (1..8)")
+
+
+def constrained_captions(model: OscarForCaptioning, tok: Any, keys: Sequence[Key], regions: Any,
+                         settings: Mapping[str, Any], dcfg: DecodeOptions, cbs: CBSData) -> list[dict[str, Any]]:
+    """Constrained-beam-search captions (:mod:`vinvl.oscar.cbs`) of images ``keys``, in the layout the model was trained
+    with: ``[{image_id, caption, conf, constraints}]``, ``conf`` = exp(score) as the original's prediction file.
+    Images go ``cbs.options.cbs_group`` at a time as the original's batches; ``dcfg.eval_batch_size`` (rounded up to
+    whole groups) only sets how many decode together."""
+    check_constrained(dcfg, cbs.options)
+    images = [cbs.image(k, tok) for k in keys]
+    lay = decoding_layout(settings, dcfg.max_gen_length)
+    t = decode_tensorizer(tok, lay)
+    hf.use_attention(model.config, "sdpa")
+    dev = next(model.parameters()).device
+    V, group = model.config.vocab_size, cbs.options.cbs_group
+    S = max([fsm_size(im.token_forms, cbs.options.max_constraints) for im in images], default=0)
+    size = -(-dcfg.eval_batch_size // group) * group
+    out: list[dict[str, Any]] = []
+    for s in range(0, len(keys), size):
+        chunk, ims = keys[s : s + size], images[s : s + size]
+        batch = stack([t.decode_inputs(regions.tags(k) if lay.add_od_labels else None, regions.regions(k)) for k in chunk])
+        fsm = torch.stack([build_fsm(im.token_forms, V, S, cbs.options.max_constraints)[0] for im in ims])
+        res = generate_constrained(model, **decode_kwargs(batch, lay, dev), fsm=fsm, num_constraints=[len(im.names) for im in ims],
+                                   num_beams=dcfg.num_beams, min_constraints=cbs.options.min_constraints,
+                                   use_cache=dcfg.use_cache, first_step_group=group, **special_ids(tok))
+        confs = res.logprobs[:, 0].float().exp().tolist()
+        for k, cap, conf, im in zip(chunk, texts(tok, res.token_ids[:, 0]), confs, ims):
+            out.append({"image_id": k, "caption": cap, "conf": conf, "constraints": im.names})
+    return out
+
+
+def write_constrained(out_dir: PathLike, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """CBS outputs beside results.json: ``predictions.tsv`` (the original's prediction file: ``key \t [{"caption",
+    "conf"}]``) and ``constraints.tsv`` (``key \t ["class", ...]``, each image's constraints)."""
+    out = Path(out_dir)
+    preds = write_tsv(out / "predictions.tsv", [(str(r["image_id"]), json.dumps([{"caption": r["caption"], "conf": r["conf"]}]))
+                                              for r in rows], columns=2)
+    cons = write_tsv(out / "constraints.tsv", [(str(r["image_id"]), json.dumps(r["constraints"])) for r in rows], columns=2)
+    return {"predictions": str(preds), "constraints": str(cons)}
+
+
+def write_nocaps_submission(path: PathLike, rows: Sequence[Mapping[str, Any]], ids: Mapping[Any, int]) -> Path:
+    """The EvalAI NoCaps submission ``[{"image_id": int, "caption": str}]``, ids by image key (:func:`nocaps_image_ids`)."""
+    return atomic_write_json(path, [{"image_id": ids[r["image_id"]], "caption": r["caption"]} for r in rows], indent=1)
+
+
 def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: PathLike,
              dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", spice: Optional[bool] = None,
-             metrics: bool = True, precision: str = "fp32", captions: Optional[PathLike] = None) -> dict[str, Any]:
+             metrics: bool = True, precision: str = "fp32", captions: Optional[PathLike] = None,
+             cbs: Optional[CBSOptions] = None, nocaps_image_info: Optional[PathLike] = None) -> dict[str, Any]:
     """Caption the split's images (those with captions, else all) and score them: writes
     ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``. ``data``: a
-    split, or what :class:`CaptionData` opens (with ``captions``), read once the checkpoint is found."""
+    split, or what :class:`CaptionData` opens (with ``captions``), read once the checkpoint is found. ``cbs``:
+    constrained beam search (the split yaml's CBS files unless ``cbs`` names them), which also writes
+    ``predictions.tsv`` and ``constraints.tsv`` (:func:`write_constrained`); ``nocaps_image_info``: also the EvalAI
+    submission ``out_dir/nocaps_submission.json`` (:func:`write_nocaps_submission`). Every file is checked before
+    decoding starts."""
     ckpt = OscarCheckpoint.open(checkpoint)
     data = data if isinstance(data, CaptionData) else CaptionData(data, captions)
     keys = data.captioned_keys() or list(data.keys)
     if not keys:
         raise VinvlError(f"{data.name}: no images to caption")
+    cbs_data = None
+    if cbs is not None:
+        check_constrained(dcfg, cbs)
+        cbs_data = CBSData.open(cbs, data.spec)
+        cbs_data.check(keys)
+    nocaps_ids = nocaps_image_ids(nocaps_image_info, keys) if nocaps_image_info is not None else None
     model, tok, settings = load_captioner(ckpt, device)
     if model.config.img_feature_dim != data.dim:
         raise VinvlError(f"{data.name}: regions are {data.dim}-d but {checkpoint} takes {model.config.img_feature_dim}-d")
-    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg)
+    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg, cbs=cbs_data)
     with autocast(next(model.parameters()).device, precision):
         rows = task.predict(model, data, keys)
     caps = [r["caption"] for r in rows]
@@ -408,6 +483,10 @@ def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: 
     results = [{"image_id": data.image_ids.get(k, k), "caption": c} for k, c in zip(keys, caps)]
     atomic_write_json(out / "results.json", results, indent=1)
     report: dict[str, Any] = {"results": str(out / "results.json"), "images": len(keys)}
+    if cbs_data is not None:
+        report.update(write_constrained(out, rows))
+    if nocaps_ids is not None:
+        report["nocaps_submission"] = str(write_nocaps_submission(out / "nocaps_submission.json", rows, nocaps_ids))
     if metrics and data.refs:
         scores = coco_caption_metrics(data.refs, dict(zip(keys, caps)), spice=spice)
         atomic_write_json(out / "metrics.json", scores, indent=1)
@@ -416,30 +495,41 @@ def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: 
 
 
 def predict(checkpoint: PathLike, regions: Any, keys: Sequence[str], out_dir: PathLike,
-            dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", precision: str = "fp32") -> Path:
+            dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu", precision: str = "fp32",
+            cbs: Optional[CBSOptions] = None) -> Path:
     """Captions of images ``keys`` of a region source (e.g. what :func:`vinvl.regions.regions_for_images` made);
     writes ``out_dir/results.json`` ([{image_id, caption}], image_id = the image key) and returns it."""
-    return predict_images(checkpoint, lambda dev: (keys, regions), out_dir, dcfg, device, precision)
+    return predict_images(checkpoint, lambda dev: (keys, regions), out_dir, dcfg, device, precision, cbs)
 
 
 def predict_images(checkpoint: PathLike, detect: Callable[[Any], tuple[Sequence[Key], RegionSource]],
                    out_dir: PathLike, dcfg: DecodeOptions = DecodeOptions(), device: Device = "cpu",
-                   precision: str = "fp32") -> Path:
+                   precision: str = "fp32", cbs: Optional[CBSOptions] = None) -> Path:
     """:meth:`CaptionTask.predict` of a checkpoint: the captioner loads first, then ``detect`` (device -> image
-    keys and their regions) runs; writes ``out_dir/results.json`` and returns it."""
+    keys and their regions) runs; writes ``out_dir/results.json`` and returns it. ``cbs``: constrained beam search
+    with the four files it names (boxes keyed by the image keys), which also writes ``predictions.tsv`` and
+    ``constraints.tsv``."""
+    cbs_data = None
+    if cbs is not None:
+        check_constrained(dcfg, cbs)
+        cbs_data = CBSData.open(cbs)
     model, tok, settings = load_captioner(checkpoint, device)
     dev = next(model.parameters()).device
     keys, regions = detect(dev)
-    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg)
+    if cbs_data is not None:
+        cbs_data.check(keys)
+    task = CaptionTask(None, CaptionOptions(), tok, trained=settings, decode=dcfg, cbs=cbs_data)
     with autocast(dev, precision):
         rows = task.predict(model, regions, keys)
     path = Path(out_dir) / "results.json"
-    atomic_write_json(path, rows, indent=1)
+    atomic_write_json(path, [{"image_id": r["image_id"], "caption": r["caption"]} for r in rows], indent=1)
+    if cbs_data is not None:
+        write_constrained(out_dir, rows)
     return path
 
 
 __all__ = [
     "CaptionData", "CaptionTask", "DecodingLayout", "VINVL_CAPTION_RECIPE", "caption_images", "caption_loss",
-    "decoding_layout", "decoding_settings", "evaluate", "load_captioner", "predict", "predict_images", "train",
-    "trained_layout",
+    "check_constrained", "constrained_captions", "decoding_layout", "decoding_settings", "evaluate", "load_captioner",
+    "predict", "predict_images", "train", "trained_layout", "write_constrained", "write_nocaps_submission",
 ]

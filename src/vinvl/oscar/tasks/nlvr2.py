@@ -1,14 +1,17 @@
-"""NLVR2 (the original's ``run_nlvr.py --use_pair``): split names, accuracy, evaluation, training and judging
-sentences about image pairs.
+"""NLVR2 (the original's ``run_nlvr.py``): split names, accuracy, evaluation, training and judging sentences about
+image pairs, with either of its models.
 
 Data: ``nlvr2_{train,dev,test1}.json`` (``nlvr2_{balanced,unbalanced}_{dev,test1}.json`` for the
 ``bal``/``unbal`` evaluation types) items ``{q, label, img_id: {left, right}, o: {left, right}}``,
-regions from ``nlvr2_img_frcnn_feats.pt`` or any region source. The pair model
-(:class:`OscarForMultipleChoice`, ``num_choice`` 2): each image makes one sequence
+regions from ``nlvr2_img_frcnn_feats.pt`` or any region source. The pair model (``--use_pair``, the model zoo's
+and the released checkpoints': :class:`OscarForMultipleChoice`, ``num_choice`` 2): each image makes one sequence
 ``[CLS] sentence [SEP] (its tags [SEP] with --use_label_seq)`` + its regions; the two pooled outputs
-are concatenated into the classifier (the model zoo's ``mlp``, ``cls_hidden_scale`` 3 base / 2 large);
-softmax cross-entropy over {0: false, 1: true}; accuracy. As the original, the sentence's tokens are
-truncated in place, so the second image's sequence sees the sentence as the first one's truncation left it.
+are concatenated into the classifier (the model zoo's ``mlp``, ``cls_hidden_scale`` 3 base / 2 large). As the
+original, the sentence's tokens are truncated in place, so the second image's sequence sees the sentence as the
+first one's truncation left it. The non-pair model (``--no-pair``, the original's default without ``--use_pair``:
+:class:`OscarForSequenceClassification`): one sequence ``[CLS] sentence [SEP] (left tags + ' ' + right tags [SEP])``
++ both images' regions, ``2 x max_img_seq_length`` in all (:class:`~vinvl.oscar.data.qa.JointPairDataset`), its
+pooled output into the classifier. Both: softmax cross-entropy over {0: false, 1: true}; accuracy.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import torch
 from torch import nn
 
 from ...errors import VinvlError
-from ..data.qa import PairDataset, load_pair_split
+from ..data.qa import JointPairDataset, PairDataset, load_pair_split
 from ..data.regions import Key, RegionSource
-from ..modeling import OscarForMultipleChoice
+from ..modeling import OscarForMultipleChoice, OscarForSequenceClassification
 from ..options import NLVR2Options
 from .base import predict_logits
 from .classification import ClassificationTask, QAFiles, check_region_width, fine_tune
@@ -54,8 +57,9 @@ def split_file(data_dir: PathLike, split: str, data_type: str = "all") -> Path:
 
 
 def load_split(path: PathLike, features: Any, tokenizer: Any, options: NLVR2Options) -> PairDataset:
-    """A split's pair dataset; ``features`` a path (folder, TSV or .pt) or an open region source."""
-    return load_pair_split(path, features, tokenizer, options, options.use_label_seq)
+    """A split's dataset for the model ``options.use_pair`` names; ``features`` a path (folder, TSV or .pt) or an open
+    region source."""
+    return load_pair_split(path, features, tokenizer, options, options.use_label_seq, options.use_pair)
 
 
 def evaluate(model: torch.nn.Module, ds: PairDataset, batch_size: int = 64) -> tuple[dict[str, Any], list[dict]]:
@@ -77,18 +81,22 @@ def evaluate(model: torch.nn.Module, ds: PairDataset, batch_size: int = 64) -> t
 
 
 class NLVR2Task(ClassificationTask):
-    """NLVR2 fine-tuning: the pair model, 2 choices, cross-entropy over false/true; :meth:`predict` takes the image
-    keys in (left, right) pairs."""
+    """NLVR2 fine-tuning: the pair model (2 choices) or the non-pair one (``use_pair`` off), cross-entropy over
+    false/true; :meth:`predict` takes the image keys in (left, right) pairs."""
 
-    model_class = OscarForMultipleChoice
     options: NLVR2Options
+
+    @property
+    def model_class(self) -> type:  # type: ignore[override]
+        """The pair model, or the non-pair one (``run_nlvr.py``'s ``ImageBertForSequenceClassification``)."""
+        return OscarForMultipleChoice if self.options.use_pair else OscarForSequenceClassification
 
     @property
     def num_labels(self) -> int:
         return 2
 
     def model_overrides(self) -> dict[str, Any]:
-        return {**super().model_overrides(), "num_choice": 2}
+        return {**super().model_overrides(), "num_choice": 2}  # both models: run_nlvr.py sets it either way
 
     def load(self, path: PathLike, features: Any, test: Optional[bool] = None) -> PairDataset:
         return load_split(path, features, self.tokenizer, self.options)
@@ -107,7 +115,8 @@ def train(train_file: PathLike, train_features: Any, out_dir: PathLike, options:
           init: Optional[PathLike] = None, model_config: Any = None, eval_file: Optional[PathLike] = None,
           eval_features: Any = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
           callbacks: tuple = ()) -> Path:
-    """Fine-tune the pair model for NLVR2; returns the last ``checkpoint-N``."""
+    """Fine-tune the pair model (or with ``options.use_pair`` off the non-pair one) for NLVR2; returns the last
+    ``checkpoint-N``."""
     task = NLVR2Task(options, tokenizer, init=init, model_config=model_config, log=log)
     return fine_tune(task, QAFiles(train_file, train_features, eval_file, eval_features), out_dir, resume, log, callbacks)
 
@@ -118,7 +127,8 @@ def judge(model: torch.nn.Module, tokenizer: Any, regions: Any, pairs: Sequence[
     check_region_width(model, regions, "the regions")
     items = [{"q": s, "img_id": {"left": kl, "right": kr}, "o": {"left": regions.tags(kl), "right": regions.tags(kr)}}
              for kl, kr in pairs for s in sentences]
-    ds = PairDataset(items, regions, tokenizer, options, options.use_label_seq, source="the pairs")
+    cls = PairDataset if options.use_pair else JointPairDataset
+    ds = cls(items, regions, tokenizer, options, options.use_label_seq, source="the pairs")
     _, results = evaluate(model, ds, batch_size)
     return [{"left": it["img_id"]["left"], "right": it["img_id"]["right"], "sentence": it["q"],
              "prediction": bool(r["prediction"]), "prob_true": r["prob_true"]} for it, r in zip(items, results)]

@@ -12,8 +12,13 @@
   through the model (to float rounding): each image's regions go through ``img_embedding`` once and
   are shared by a batch of captions, captions are sorted by length so padding is short, regions
   are not padded, and the last layer runs only the ``[CLS]`` query (the classifier reads nothing else).
+  The CL/CR/LR attention masks (``--att_mask_type``) too: a padding position attends to nothing and nothing
+  attends to it, so leaving padding out changes no real position's output.
 - :func:`two_stage_scores`: a cheap first stage and the full model on the top candidates; R@K and folds in
   :mod:`vinvl.oscar.metrics.retrieval`.
+- A caption index (``--eval_caption_index_file``; :attr:`RetrievalSplit.candidates`): only each image's listed
+  candidates are scored, and image->text R@K is computed among them (:func:`candidate_scores`), as the original's
+  re-rank evaluation (its ``--evaluate_during_training`` on ``minival`` in the model zoo's commands).
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from .. import transformers_adapter as hf
 from ..data.regions import RegionSource
 from ..data.retrieval import Key, RetrievalSplit, RetrievalTrainSet, load_split, open_images
 from ..loading import from_pretrained
-from ..metrics.retrieval import fold_recall, recall_at_k
+from ..metrics.retrieval import candidate_recall, fold_recall, recall_at_k
 from ..modeling import OscarForSequenceClassification, additive_mask
 from ..options import RetrievalOptions
-from ..tensorize import RetrievalTensorizer, pad_regions
+from ..tensorize import PADDING, REGIONS, RetrievalTensorizer, block_mask, pad_regions
 from ..training import Trainer
 from .base import Task, task_tokenizer
 
@@ -163,12 +168,19 @@ class FastScorer:
                 pos = torch.arange(t, device=self.device)[None].expand(b, t)
                 text = bert.embeddings(input_ids=ids, token_type_ids=types, position_ids=pos)
                 x = torch.cat([text, img[None].expand(b, -1, -1).to(text.dtype)], dim=1)
-                keys = torch.cat([pos < n_text[:, None], torch.ones(b, n_img, dtype=torch.bool, device=self.device)], 1)
-                mask = additive_mask(keys, low if self.amp else x.dtype)
+                dtype = low if self.amp else x.dtype
+                if self.builder.att_mask_type == "CLR":
+                    keys = torch.cat([pos < n_text[:, None], torch.ones(b, n_img, dtype=torch.bool, device=self.device)], 1)
+                    mask = cls_mask = additive_mask(keys, dtype)
+                else:  # the token types are the caption and tag parts, as in RetrievalTensorizer.pair
+                    parts = torch.cat([torch.where(pos < n_text[:, None], types, PADDING),
+                                       torch.full((b, n_img), REGIONS, device=self.device)], 1)
+                    full = block_mask(parts, self.builder.att_mask_type)
+                    mask, cls_mask = additive_mask(full, dtype), additive_mask(full[:, 0], dtype)  # [CLS]'s row
                 layers = bert.encoder.layer
                 for layer in layers[:-1]:
                     x = hf.run_layer(layer, x, mask)
-                x = _cls_only_layer(layers[-1], x, mask, bert.config)
+                x = _cls_only_layer(layers[-1], x, cls_mask, bert.config)
                 out[idx] = positive_score(self.model.classifier(bert.pooler(x)))
         return out.cpu()
 
@@ -198,7 +210,10 @@ def embed(model: OscarForSequenceClassification, builder: RetrievalTensorizer, i
     def pool(items: list[dict[str, torch.Tensor]], with_img: bool) -> torch.Tensor:
         x = {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0]}
         o = bert(x["input_ids"], x["token_type_ids"], x["attention_mask"], x["img_feats"] if with_img else None)
-        m = x["attention_mask"][:, : o.sequence_output.shape[1]].unsqueeze(-1).float()
+        real = x["attention_mask"]
+        if real.dim() == 3:  # a CL/CR/LR mask: a position is real where it attends to itself
+            real = real.diagonal(dim1=1, dim2=2)
+        m = real[:, : o.sequence_output.shape[1]].unsqueeze(-1).float()
         return F.normalize((o.sequence_output * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).cpu()
 
     def text_only(cap: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -244,6 +259,22 @@ def two_stage_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequ
     return scorer.score_matrix(images, captions, subsets=subsets, progress=progress), int(pick.sum())
 
 
+def candidate_scores(scorer: FastScorer, images: Sequence[Image], captions: Sequence[Sequence[int]],
+                     candidates: Sequence[Sequence[int]], owner: Sequence[int],
+                     progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Scores of each image's ``candidates`` only (NaN elsewhere) and the image->text R@K among them, with the
+    number of pairs scored (the original's ``--eval_caption_index_file`` evaluation)."""
+    subsets = [torch.as_tensor(list(c), dtype=torch.long) for c in candidates]
+    scores = scorer.score_matrix(images, captions, subsets=subsets, progress=progress)
+    return scores, {**candidate_recall(scores, owner, candidates), "pairs_scored": sum(len(c) for c in candidates)}
+
+
+def tensorizer(tokenizer: Any, options: RetrievalOptions) -> RetrievalTensorizer:
+    """The input builder of ``options`` (lengths, tags, attention mask type)."""
+    return RetrievalTensorizer(tokenizer, options.max_seq_length, options.max_img_seq_length, options.add_od_labels,
+                               options.att_mask_type)
+
+
 # -- training -----------------------------------------------------------------------------------
 class RetrievalTask(Task):
     """Matched/unmatched classification of (caption, image) pairs; R@1 on ``eval_split`` at each save; the best
@@ -258,8 +289,7 @@ class RetrievalTask(Task):
         """``split``: the training split (None: a task that only predicts); ``top``: the results :meth:`predict`
         lists per query."""
         super().__init__(options, tokenizer, init, model_config, log)
-        self.builder = RetrievalTensorizer(tokenizer, options.max_seq_length, options.max_img_seq_length,
-                                           options.add_od_labels)
+        self.builder = tensorizer(tokenizer, options)
         self.examples = RetrievalTrainSet(split, self.builder, options.seed) if split is not None else None
         self.eval_split, self.top = eval_split, top
 
@@ -291,8 +321,12 @@ class RetrievalTask(Task):
         if self.eval_split is None:
             return None
         images, captions, owner = split_inputs(self.eval_split, self.builder)
-        scores = FastScorer(model, self.builder, batch_size=self.options.eval_batch_size).score_matrix(images, captions)
-        result: dict[str, Any] = recall_at_k(scores, owner)
+        scorer = FastScorer(model, self.builder, batch_size=self.options.eval_batch_size)
+        if self.eval_split.candidates is not None:
+            result = candidate_scores(scorer, images, captions, self.eval_split.candidates, owner)[1]
+            result["score"] = result["i2t_retrieval"]["R@1"]  # the original's best_score: image->text R@1
+            return result
+        result = recall_at_k(scorer.score_matrix(images, captions), owner)
         result["score"] = (result["i2t_retrieval"]["R@1"] + result["t2i_retrieval"]["R@1"]) / 2
         return result
 
@@ -318,15 +352,21 @@ def train(data_dir: PathLike, out_dir: PathLike, options: Optional[RetrievalOpti
           init: Optional[PathLike] = None, vocab: Optional[PathLike] = None, model_config: Any = None,
           features: Optional[PathLike] = None, split: str = "train", eval_split: Optional[str] = None,
           eval_keys: Optional[PathLike] = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
-          callbacks: tuple = ()) -> Path:
+          callbacks: tuple = (), caption_index: Optional[PathLike] = None) -> Path:
     """Fine-tune a retrieval classifier on ``data_dir``'s ``{split}_captions.pt`` + features (``eval_split``:
-    R@1 of that split, ``eval_keys`` its images, at each save); checkpoints ``out_dir/checkpoint-N/``; returns the last."""
+    R@1 of that split, ``eval_keys`` its images, ``caption_index`` its candidates, at each save); checkpoints
+    ``out_dir/checkpoint-N/``; returns the last."""
     options = (options or RetrievalOptions()).check()
+    if caption_index is not None and not eval_split:
+        raise VinvlError("--caption-index: it lists the candidates of the evaluation split; give --eval-split too")
     tok = task_tokenizer(vocab, init)
-    data = load_split(data_dir, split, features, captions_per_image=options.captions_per_image)
+    o = options
+    data = load_split(data_dir, split, features, captions_per_image=o.captions_per_image, od_label_type=o.od_label_type,
+                      tags=o.add_od_labels)
     held_out = None
     if eval_split:
-        held_out = load_split(data_dir, eval_split, features, eval_keys, options.captions_per_image)
+        held_out = load_split(data_dir, eval_split, features, eval_keys, o.captions_per_image,
+                              od_label_type=o.od_label_type, caption_index=caption_index, tags=o.add_od_labels)
     task = RetrievalTask(data, options, tok, init=init, model_config=model_config, eval_split=held_out, log=log)
     return Trainer(task, options, out_dir, log=log, callbacks=callbacks).train(resume=resume)
 
@@ -343,22 +383,40 @@ def evaluate(checkpoint: PathLike, data_dir: PathLike, split: str = "test", keys
              features: Optional[PathLike] = None, cfg: Optional[RetrievalOptions] = None, folds: int = 1,
              batch_size: int = 256, device: Device = "cpu", precision: str = "fp32", two_stage: int = 0,
              first_stage: str = "tags", compare_full: bool = False, scores_out: Optional[PathLike] = None,
-             log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+             log: Optional[Callable[[str], None]] = None, caption_index: Optional[PathLike] = None) -> dict[str, Any]:
     """R@1/5/10 both ways on ``split`` (``keys_file``: e.g. ``test_img_keys.tsv`` for COCO 5K), from
     the full score matrix; ``folds``: also the mean over that many image folds (5: COCO 1K);
     ``two_stage`` k > 0: the full model only on each side's top-k ``first_stage`` candidates
-    (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost). The input layout
-    (``RetrievalOptions.RESTORED``) follows the one rule: ``cfg``'s explicit values, else the checkpoint's."""
+    (:func:`first_stage_scores`; ``compare_full``: also the full matrix, and the recall lost); ``caption_index``
+    (the original's ``--eval_caption_index_file``): only each image's listed candidates, image->text R@K among them.
+    The input layout (``RetrievalOptions.RESTORED``) follows the one rule: ``cfg``'s explicit values, else the
+    checkpoint's."""
     log = log or stderr_log
+    clash = [flag for flag, on in (("--two-stage", two_stage), ("--folds", folds > 1), ("--compare-full", compare_full))
+             if on]
+    if caption_index is not None and clash:
+        # the original asserts the same against --cross_image_eval: the index replaces the full matrix these read
+        raise VinvlError(f"--caption-index: scores only its candidates, so {clash[0]} (over the full score matrix) "
+                         "does not apply")
     loaded = from_pretrained(checkpoint, OscarForSequenceClassification, cfg or RetrievalOptions(), device, log)
     model, tok, folder, cfg = loaded.model, loaded.tokenizer, loaded.checkpoint.path, loaded.options
-    data = load_split(data_dir, split, features, keys_file, cfg.captions_per_image)
-    builder = RetrievalTensorizer(tok, cfg.max_seq_length, cfg.max_img_seq_length, cfg.add_od_labels)
+    data = load_split(data_dir, split, features, keys_file, cfg.captions_per_image, od_label_type=cfg.od_label_type,
+                      caption_index=caption_index, tags=cfg.add_od_labels)
+    builder = tensorizer(tok, cfg)
     images, captions, owner = split_inputs(data, builder)
     scorer = FastScorer(model, builder, batch_size=batch_size, precision=precision)
     step = max(len(images) // 20, 1)
     progress = lambda i, n: log(f"scored {i}/{n} images") if i % step == 0 or i == n else None  # noqa: E731
     result: dict[str, Any] = {"checkpoint": str(folder), "split": split, "images": len(images), "captions": len(captions)}
+    if data.candidates is not None:
+        t0 = time.perf_counter()
+        scores, rec = candidate_scores(scorer, images, captions, data.candidates, owner, progress)
+        result.update(caption_index=str(caption_index), seconds=round(time.perf_counter() - t0, 2), **rec)
+        if scores_out is not None:
+            saved = {"scores": scores, "image_keys": list(data.keys), "caption_to_image": owner,
+                     "candidates": data.candidates}
+            atomic_write(scores_out, lambda tmp: torch.save(saved, tmp))
+        return result
     full = None
     if not two_stage or compare_full:
         t0 = time.perf_counter()
@@ -397,7 +455,7 @@ def rank(checkpoint: PathLike, features: PathLike, captions: Sequence[str], imag
     opts.eval_batch_size, opts.precision = batch_size, precision
     loaded = from_pretrained(checkpoint, OscarForSequenceClassification, opts, device, log or stderr_log)
     task = RetrievalTask(None, loaded.options, loaded.tokenizer, log=log, top=top)
-    src = open_images(features)
+    src = open_images(features, od_label_type=loaded.options.od_label_type, tags=loaded.options.add_od_labels)
     keys = list(image_keys) if image_keys is not None else src.keys()
     return task.predict(loaded.model, src, keys, captions)
 
@@ -412,5 +470,5 @@ def naive_vs_fast(model: OscarForSequenceClassification, builder: RetrievalTenso
 
 __all__ = [
     "RetrievalTask", "positive_score", "naive_scores", "FastScorer", "embed", "first_stage_scores", "two_stage_scores",
-    "train", "split_inputs", "evaluate", "rank", "naive_vs_fast",
+    "candidate_scores", "tensorizer", "train", "split_inputs", "evaluate", "rank", "naive_vs_fast",
 ]
