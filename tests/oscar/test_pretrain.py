@@ -50,7 +50,7 @@ def test_losses_go_down(corpus: Path, tmp_path: Path) -> None:
     contrastive loss falls well below the 1.04 of always answering the class frequencies (it needs the regions)."""
     torch.set_num_threads(2)
     cfg = PretrainOptions(max_seq_length=24, max_img_seq_length=6, batch_size=16, learning_rate=1e-3, warmup_steps=50,
-                         scheduler="constant", max_steps=1500, log_steps=100, save_steps=1500, seed=1)
+                         scheduler="constant", max_steps=1500, log_steps=100, save_steps=1500, seed=1, drop_out=0.0)
     pretrain(corpus, corpus.parent, tmp_path / "run", tiny(), cfg, log=lambda m: None)
     log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert len(log) == 15

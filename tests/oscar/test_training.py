@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.oscar.trainer_runs import MAX_STEPS, MEAN_OVER_EXAMPLES, SAVE_STEPS, TASKS, make_data, weights
+from tests.oscar.trainer_runs import DATA_PARALLEL_TASKS, MAX_STEPS, MEAN_OVER_EXAMPLES, SAVE_STEPS, TASKS, make_data, weights
 from tests.oscar.model_tester import tiny_config
 from tests.processes import run_module
 from vinvl.errors import VinvlError
@@ -163,7 +163,7 @@ def test_two_gloo_processes_equal_one(data: Path, tmp_path: Path) -> None:
     losses that are means over examples also 1 process x batch 8, to 5e-4 (float sums in another order, which AdamW's
     division by the root of the second moment magnifies where a gradient entry is near zero: measured up to 1.2e-4 on
     an AVX-512/AMX CPU, 1e-4 on an AVX-512 one; 8 AdamW steps of lr 1e-3 move the weights by up to 8e-3)."""
-    tasks = ",".join(TASKS)
+    tasks = ",".join(DATA_PARALLEL_TASKS)
     ddp = script(data, tmp_path / "ddp", "full", tasks, "--dropout", "0", world=2)
     assert ddp.returncode == 0, ddp.stderr[-5000:]
     acc = script(data, tmp_path / "acc", "full", tasks, "--dropout", "0", "--accumulation", "2")
@@ -171,7 +171,7 @@ def test_two_gloo_processes_equal_one(data: Path, tmp_path: Path) -> None:
     big = script(data, tmp_path / "big", "full", ",".join(MEAN_OVER_EXAMPLES), "--dropout", "0", "--batch-size", "8")
     assert big.returncode == 0, big.stderr[-3000:]
     worst: dict[tuple[str, str], float] = {}
-    for task in TASKS:
+    for task in DATA_PARALLEL_TASKS:
         wd = weights(tmp_path / "ddp" / task / f"checkpoint-{MAX_STEPS}")
         w0 = weights(tmp_path / "ddp" / task / f"checkpoint-{SAVE_STEPS}")
         assert max(float((wd[k] - w0[k]).abs().max()) for k in wd) > 1e-3  # the runs did move the weights

@@ -28,6 +28,9 @@ from tests.oscar.retrieval_synth import synthetic_retrieval
 
 
 TASKS = ("pretrain", "vqa", "gqa", "nlvr2", "retrieval", "caption", "scst")
+# pretraining with an extra corpus (here the same yaml, drawn in its own order and text_b mode): the engine's extra
+# set; its exact resume is tests/oscar/test_pretrain_options.py's, so only the data-parallel test runs it
+DATA_PARALLEL_TASKS = TASKS + ("pretrain_extra",)
 MEAN_OVER_EXAMPLES = ("vqa", "gqa", "nlvr2", "retrieval")  # losses that are means over a batch's examples
 MAX_STEPS, SAVE_STEPS = 8, 3
 
@@ -78,12 +81,15 @@ def run(task: str, data: Path, out: Path, batch_size: int = 4, accumulation: int
     def fresh(dim: int) -> Any:  # the fresh model's config, or none when starting from init
         return _config(dim, dropout) if init is None else None
 
-    if task == "pretrain":
+    if task in ("pretrain", "pretrain_extra"):
         from vinvl.oscar.tasks.pretrain import pretrain
 
-        opts = O.PretrainOptions(**{"max_seq_length": 24, "max_img_seq_length": 4, **common})
+        corpus = data / "corpus/corpus.yaml"
+        extra = dict(extra_textb_sample_mode=2, extra_loss_weight=0.3, mask_loss_for_unmatched=False) \
+            if task == "pretrain_extra" else {}
+        opts = O.PretrainOptions(**{"max_seq_length": 24, "max_img_seq_length": 4, "drop_out": dropout, **common, **extra})
         vocab = data / "corpus" if init is None else None
-        return pretrain(data / "corpus/corpus.yaml", vocab, out, fresh(2054), opts, init=init, **kw)
+        return pretrain(corpus, vocab, out, fresh(2054), opts, init=init, extra_corpus=corpus if extra else None, **kw)
     if task in ("vqa", "gqa"):
         from vinvl.oscar.data.qa import AnswerVocab
         from vinvl.oscar.tasks import gqa, vqa

@@ -19,7 +19,8 @@ app = typer.Typer(help="Oscar+ pretraining and downstream tasks.", no_args_is_he
 
 
 @app.command("pretrain")
-@takes("out", "vocab", "init", "config", "data_dir", "resume", *fields_of(PretrainOptions, exclude=("eval_batch_size",)),
+@takes("out", "vocab", "init", "config", "data_dir", "resume", "extra_corpus",
+       *fields_of(PretrainOptions, exclude=("eval_batch_size",)),
        defaults=PretrainOptions)
 def pretrain(
     corpus: Path = typer.Argument(..., help="Corpus yaml in the original layout (corpus, corpus_file, image_label_path, "
@@ -33,7 +34,7 @@ def pretrain(
 
     opts = options_of(PretrainOptions, given)
     final = run(corpus, given["vocab"], given["out"], config_file(given["config"]), opts, init=given["init"],
-                resume=given["resume"], data_dir=given["data_dir"])
+                resume=given["resume"], data_dir=given["data_dir"], extra_corpus=given["extra_corpus"])
     typer.echo(str(final))
 
 

@@ -174,6 +174,23 @@ OPTIONS: dict[str, Opt] = {
     "num_contrast_classes": _o("--num-contrast-classes", min=2, max=3, help="3 (Oscar+: 0 < texta-false-prob < 0.5) "
                                "or 2 (vanilla Oscar: texta-false-prob 0 or 0.5)."),
     "use_gtlabels": _o("--use-gtlabels/--no-gtlabels", type=bool, help="text_b from a label row's gt_objects when present."),
+    "use_b": _o("--use-b/--no-use-b", type=bool, help="text_b in the input; without it [CLS] text_a [SEP] + regions, "
+                "and a caption row's unmatched examples all replace text_a (the original's --use_b 0; 3 contrastive "
+                "classes unless --texta-false-prob 0.5)."),
+    "mask_loss_for_unmatched": _o("--mask-loss-for-unmatched/--no-mask-loss-for-unmatched", type=bool, help="MLM on a "
+                                  "replacement text_b of another image too (off: it is neither masked nor predicted; "
+                                  "the original's --mask_loss_for_unmatched 0)."),
+    "chunk_start": _o("--chunk-start", min=0, help="With --chunk-end: read only chunks chunk-start .. chunk-end - 1 of "
+                      "the chunked datasets (googlecc, sbu, oi, objects365, tagoi; every such chunk must be there); the "
+                      "original's --chunk_start_id."),
+    "chunk_end": _o("--chunk-end", min=1, help="The end (exclusive) of --chunk-start's chunks; the original's --chunk_end_id."),
+    "extra_corpus": _o("--extra-corpus", type=OPTIONAL_PATH, help="A second corpus yaml (the original's "
+                       "--extra_dataset_file): each micro-batch also takes --batch-size of its examples, in its own "
+                       "seeded order; the loss is (1 - w) x the corpus batch's + w x its (w: --extra-loss-weight)."),
+    "extra_textb_sample_mode": _o("--extra-textb-sample-mode", min=0, max=2, help="--textb-sample-mode of the extra "
+                                  "corpus (the original's --extra_textb_sample_mode)."),
+    "extra_loss_weight": _o("--extra-loss-weight", type=float, min=0, max=1, help="w: the extra corpus's loss weight, "
+                            "the corpus's 1 - w (the original's --extra_loss_weight; 0: the extra batches do not train)."),
     # -- captioning --------------------------------------------------------------------------------------
     "max_seq_a_length": _o("--max-seq-a-length", min=3, max=4096, help="Caption tokens, [CLS] and [SEP] included."),
     "max_masked_tokens": _o("--max-masked-tokens", min=1, help="At most this many caption tokens masked."),

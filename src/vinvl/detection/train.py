@@ -179,6 +179,10 @@ class DetectorTask:
         images, sizes, targets = collate(examples)
         return {"images": images, "sizes": sizes, "targets": targets}
 
+    def extra_set(self) -> None:
+        """No second example set."""
+        return None
+
     # -- model and optimiser
     def build_model(self, resume_from: Optional[Path]) -> nn.Module:
         """AttrRCNN of the configuration: fresh, with ``init``'s weights where their shapes fit, or ``resume_from``'s."""

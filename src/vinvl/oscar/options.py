@@ -161,11 +161,19 @@ class PretrainOptions(TrainingOptions):
     save_steps: int = 500
     max_seq_length: int = 35
     max_img_seq_length: int = 50
+    drop_out: float = 0.1  # hidden dropout, set on the starting model's config as the original's --drop_out
+    do_lower_case: bool = True  # the model zoo's --do_lower_case (uncased BERT)
     mask_prob: float = 0.15
     texta_false_prob: float = 0.25
     textb_sample_mode: int = 0
     num_contrast_classes: int = 3
     use_gtlabels: bool = True  # text_b from a label row's gt_objects when it has them (--use_gtlabels 1)
+    use_b: bool = True  # text_b in the input (--use_b 0: [CLS] text_a [SEP] + regions)
+    mask_loss_for_unmatched: bool = True  # MLM on a replacement text_b of another image too
+    chunk_start: Optional[int] = None  # with chunk_end: only chunks chunk_start .. chunk_end - 1 of chunked datasets
+    chunk_end: Optional[int] = None
+    extra_textb_sample_mode: int = 1  # the extra corpus's textb_sample_mode (the original's default 1)
+    extra_loss_weight: float = 0.0  # the extra corpus's loss weight; the main corpus's is 1 - it
 
 
 # -- retrieval -------------------------------------------------------------------------------------------

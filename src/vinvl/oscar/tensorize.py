@@ -12,7 +12,8 @@
   position masked.
 - :class:`RetrievalTensorizer` (``run_retrieval.py``): the caption cut to ``max_seq_length - 2`` first, the
   tags fill what is left; the mask of ``--att_mask_type`` (:func:`block_mask`): CLR a 1-D mask, CL/CR/LR 2-D.
-- :class:`PretrainTensorizer` (``oscar_tsv.py``): ``[CLS] text_a [SEP] text_b [SEP]`` with BERT's MLM masking.
+- :class:`PretrainTensorizer` (``oscar_tsv.py``): ``[CLS] text_a [SEP] text_b [SEP]`` (or ``[CLS] text_a [SEP]``) with
+  BERT's MLM masking.
 
 Tokens come from a fast BERT word-piece tokenizer built on the checkpoint's ``vocab.txt``.
 """
@@ -309,25 +310,33 @@ class RetrievalTensorizer:
 
 class PretrainTensorizer:
     """Pretraining inputs (``oscar_tsv.py``): ``[CLS] text_a [SEP] text_b [SEP]`` + regions, the pair cut to
-    ``max_seq_length - 3``; MLM masks each text token with ``mask_prob``: 80% ``[MASK]``, 10% a random token,
+    ``max_seq_length - 3`` (without text_b, the original's ``--use_b 0``: ``[CLS] text_a [SEP]``, text_a cut to
+    ``max_seq_length - 2``); MLM masks each text token with ``mask_prob``: 80% ``[MASK]``, 10% a random token,
     10% kept; labels -1 elsewhere (regions included)."""
 
     def __init__(self, tokenizer, max_seq_length: int = 35, max_img_seq_length: int = 50, mask_prob: float = 0.15) -> None:
         self.tok = tokenizer
         self.max_seq, self.max_img, self.mask_prob = max_seq_length, max_img_seq_length, mask_prob
 
-    def __call__(self, text_a: str, text_b: str, regions, label: int, rng: random.Random) -> dict[str, torch.Tensor]:
-        """The example's inputs, ``masked_lm_labels`` and ``next_sentence_label``; random choices from ``rng``."""
+    def __call__(self, text_a: str, text_b: Optional[str], regions, label: int, rng: random.Random,
+                 mask_b: bool = True) -> dict[str, torch.Tensor]:
+        """The example's inputs, ``masked_lm_labels`` and ``next_sentence_label``; random choices from ``rng``.
+        ``text_b`` None: no second segment; ``mask_b`` False: text_b is neither masked nor predicted (the
+        original's ``--mask_loss_for_unmatched 0`` on a text_b of another image)."""
         tok = self.tok
-        a, b = tok.tokenize(text_a), tok.tokenize(text_b)
-        truncate_pair(a, b, self.max_seq - 3)
-        tokens = [tok.cls_token] + a + [tok.sep_token] + b + [tok.sep_token]
-        types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        a, b = tok.tokenize(text_a), tok.tokenize(text_b) if text_b is not None else []
+        if b:  # the original's `if tokens_b`: an empty second text is no segment
+            truncate_pair(a, b, self.max_seq - 3)
+        else:
+            del a[self.max_seq - 2 :]
+        tokens = [tok.cls_token] + a + [tok.sep_token] + (b + [tok.sep_token] if b else [])
+        types = [0] * (len(a) + 2) + [1] * (len(tokens) - len(a) - 2)
         ids = tok.convert_tokens_to_ids(tokens)
         lm = [-1] * len(ids)
         special = {tok.cls_token_id, tok.sep_token_id}
+        first_b = len(a) + 2 if not mask_b else len(ids)  # positions from here are not masked
         for p, t in enumerate(ids):
-            if t in special or rng.random() >= self.mask_prob:
+            if t in special or p >= first_b or rng.random() >= self.mask_prob:
                 continue
             lm[p] = t
             u = rng.random()

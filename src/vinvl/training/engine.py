@@ -11,7 +11,10 @@ save; it writes the model's files into each checkpoint. The engine owns everythi
   ``(seed, epoch)``; optimizer step ``s`` takes the next ``batch_size x processes x accumulation`` examples,
   micro-batch ``j`` of process ``r`` being the ``(j x processes + r)``-th ``batch_size`` of them, so
   N processes with accumulation k see exactly the micro-batches of one process with accumulation N x k;
-  each example's random choices are seeded by ``(seed, epoch, index)`` (the tasks' ``example``);
+  each example's random choices are seeded by ``(seed, epoch, index)`` (the tasks' ``example``); a task's
+  **extra set** (:meth:`~vinvl.training.task.TrainingTask.extra_set`, Oscar+ pretraining's second corpus) is drawn
+  beside it the same way in its own order (its own epochs, seeded by ``(seed, "extra", epoch)``), each micro-batch
+  taking as many of its examples, handed to the loss as ``batch["extra"]``;
 - **precision**: ``fp32``, ``bf16`` or ``fp16`` autocast (fp16 with a gradient scaler);
 - gradient accumulation and clipping, one step count (:func:`total_steps`), the schedule's step, and the
   warm-up schedules the tasks' optimisers take (:func:`warmup_schedule`);
@@ -62,10 +65,11 @@ PathLike = Union[str, os.PathLike]
 
 
 # -- data order ---------------------------------------------------------------------------------------------
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of an epoch (seeded by ``(seed, epoch)``, so a resumed run repeats it)."""
+def epoch_order(n: int, seed: int, epoch: int, stream: str = "order") -> list[int]:
+    """The example order of an epoch (seeded by ``(seed, epoch)``, so a resumed run repeats it); ``stream``: another
+    name for an order independent of the first (the extra set's)."""
     order = list(range(n))
-    random.Random(f"{seed}/order/{epoch}").shuffle(order)
+    random.Random(f"{seed}/{stream}/{epoch}").shuffle(order)
     return order
 
 
@@ -83,10 +87,14 @@ def total_steps(n: int, opts: EngineOptions, world: int = 1) -> tuple[int, int]:
     return max(int(math.ceil(per_epoch * opts.num_train_epochs)), 1), per_epoch
 
 
-def step_examples(n: int, per_step: int, seed: int, step: int) -> tuple[int, list[int]]:
-    """``(epoch, example indices)`` of optimizer step ``step`` (0-based) when each step takes ``per_step``."""
+def step_examples(n: int, per_step: int, seed: int, step: int, stream: str = "order") -> tuple[int, list[int]]:
+    """``(epoch, example indices)`` of optimizer step ``step`` (0-based) when each step takes ``per_step``
+    (``stream``: as :func:`epoch_order`'s)."""
     epoch, within = divmod(step, n // per_step)
-    return epoch, epoch_order(n, seed, epoch)[within * per_step : (within + 1) * per_step]
+    return epoch, epoch_order(n, seed, epoch, stream)[within * per_step : (within + 1) * per_step]
+
+
+EXTRA = "extra"  # the extra set's order stream, and its micro-batch's key in the batch
 
 
 def micro_batch(indices: Sequence[int], batch_size: int, world: int, rank: int, j: int) -> list[int]:
@@ -212,10 +220,16 @@ class _Prefetch:
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
-    """The batch's tensors on ``device`` (pinned first on CUDA, so the copy overlaps); other values as they are."""
+    """The batch's tensors on ``device`` (pinned first on CUDA, so the copy overlaps), the extra set's micro-batch
+    too; other values as they are."""
     pin = device.type == "cuda"
-    return {k: (v.pin_memory().to(device, non_blocking=True) if pin else v.to(device)) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+
+    def move(k: str, v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.pin_memory().to(device, non_blocking=True) if pin else v.to(device)
+        return _to_device(v, device) if k == EXTRA and isinstance(v, dict) else v
+
+    return {k: move(k, v) for k, v in batch.items()}
 
 
 @dataclass
@@ -232,6 +246,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: Optional[Any]  # fp16's gradient scaler
+    extra: Optional[ExampleSet] = None  # the task's extra set, drawn beside the first
     step: int = 0  # optimizer steps done
     state: Optional[dict] = None  # the training state resumed from
     module: Optional[nn.Module] = None  # the model, or its data-parallel wrapper
@@ -282,6 +297,10 @@ class Engine:
         n = len(data)
         per_step = opts.batch_size * rt.world * opts.gradient_accumulation_steps
         total, per_epoch = total_steps(n, opts, rt.world)
+        extra = task.extra_set()
+        if extra is not None and len(extra) < per_step:
+            raise VinvlError(f"{len(extra)} extra training examples, fewer than one optimizer step takes ({per_step}: as "
+                             "many as of the training examples)")
         last = latest_checkpoint(self.out) if resume else None
         if resume and last is None:
             say(f"--resume: no complete checkpoint-N/ in {self.out} yet; starting at step 0")
@@ -290,7 +309,7 @@ class Engine:
         self.model, self.runtime = model, rt  # what callbacks may look at
         optimizer, schedule = task.optimizer(model, total, rt.device.type == "cuda")
         scaler = torch.amp.GradScaler(rt.device.type) if opts.precision == "fp16" else None
-        run = _Run(rt, data, n, per_step, total, per_epoch, model, optimizer, schedule, scaler)
+        run = _Run(rt, data, n, per_step, total, per_epoch, model, optimizer, schedule, scaler, extra)
         if last is not None:
             self._load_state(run, last)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +325,8 @@ class Engine:
         run.args = {**opts.to_dict(), **task.settings(), "max_steps": total, "steps_per_epoch": per_epoch,
                     "world_size": rt.world}
         model.train()
-        say(f"training {type(task).__name__}: {n} examples, {total} steps of {per_step} ({opts.batch_size} x "
+        more = f" (and {per_step} of {len(extra)} extra examples each step)" if extra is not None else ""
+        say(f"training {type(task).__name__}: {n} examples{more}, {total} steps of {per_step} ({opts.batch_size} x "
             f"{rt.world} process(es) x {opts.gradient_accumulation_steps}), {per_epoch} steps per epoch, on "
             f"{rt.device} in {opts.precision}")
         return run
@@ -347,12 +367,21 @@ class Engine:
             restore_rng(rngs[min(rt.rank, len(rngs) - 1)], rt.device)
 
     def _batches(self, run: _Run, s: int) -> tuple[int, list[Batch]]:
-        """Step ``s``'s epoch and this process's micro-batches (made in the prefetch thread)."""
+        """Step ``s``'s epoch and this process's micro-batches (made in the prefetch thread), each with the extra
+        set's micro-batch at the same place of that set's own order, when the task has one."""
         opts, rt = self.opts, run.rt
-        epoch, idx = step_examples(run.n, run.per_step, opts.seed, s)
-        return epoch, [self.task.collate([run.data.example(i, epoch)
-                                          for i in micro_batch(idx, opts.batch_size, rt.world, rt.rank, j)])
-                       for j in range(opts.gradient_accumulation_steps)]
+
+        def micro(data: ExampleSet, stream: str) -> tuple[int, list[Batch]]:
+            epoch, idx = step_examples(len(data), run.per_step, opts.seed, s, stream)
+            return epoch, [self.task.collate([data.example(i, epoch)
+                                              for i in micro_batch(idx, opts.batch_size, rt.world, rt.rank, j)])
+                           for j in range(opts.gradient_accumulation_steps)]
+
+        epoch, batches = micro(run.data, "order")
+        if run.extra is not None:
+            for batch, extra in zip(batches, micro(run.extra, EXTRA)[1]):
+                batch[EXTRA] = extra
+        return epoch, batches
 
     def _loop(self, run: _Run) -> Path:
         """Steps to the last one; logs, saves and callbacks at their steps; returns the last checkpoint folder."""

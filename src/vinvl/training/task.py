@@ -55,6 +55,11 @@ class TrainingTask(Protocol):
         """A micro-batch of examples."""
         ...
 
+    def extra_set(self) -> Optional[ExampleSet]:
+        """A second example set drawn beside the first (None: none): each micro-batch also takes ``batch_size`` of
+        its examples, in its own seeded order, collated into ``batch["extra"]``."""
+        ...
+
     # -- model and optimiser
     def build_model(self, resume_from: Optional[Path]) -> nn.Module:
         """The model to train: ``resume_from``'s when resuming, else from the starting checkpoint or a config."""

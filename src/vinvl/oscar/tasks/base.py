@@ -74,6 +74,10 @@ class Task:
         """A micro-batch of examples."""
         return stack(examples)
 
+    def extra_set(self) -> Optional[ExampleSet]:
+        """A second example set each micro-batch also draws from, into ``batch["extra"]`` (None: none)."""
+        return None
+
     def model_overrides(self) -> dict[str, Any]:
         """Config fields the task's options set on the model (num_labels, dropout, classifier, ...)."""
         return {}
