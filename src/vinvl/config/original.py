@@ -398,13 +398,18 @@ def _show(value: Any) -> str:
     return (text if len(text) <= 40 else text[:37] + "...").replace("|", "\\|")
 
 
+def _table(column: str, classify: Callable[[str], tuple[str, str]], keys: Callable[[str], bool]) -> str:
+    rows = [f"| Key | Default | {column} | Where it goes / why |", "|---|---|---|---|"]
+    for key, value in _defaults_flat().items():
+        if keys(key):
+            kind, why = classify(key)
+            rows.append(f"| `{key}` | `{_show(value)}` | {kind} | {why.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
 def key_table() -> str:
     """The markdown table of every key of the original's defaults: default, class, and where it goes or why."""
-    rows = ["| Key | Default | Class | Where it goes / why |", "|---|---|---|---|"]
-    for key, value in _defaults_flat().items():
-        kind, why = key_class(key)
-        rows.append(f"| `{key}` | `{_show(value)}` | {kind} | {why.replace('|', chr(92) + '|')} |")
-    return "\n".join(rows) + "\n"
+    return _table("Class", key_class, lambda key: True)
 
 
 @dataclass(frozen=True)
@@ -427,13 +432,15 @@ class OriginalRun:
     aspect_ratio_grouping: bool = True
 
 
-def _check_supported(cfg: dict[str, Any], source: str, skip: Sequence[str] = ()) -> None:
-    for key, rule in REFUSED.items():
-        if key in skip:
-            continue
+def _check_refused(cfg: dict[str, Any], source: str, rules: dict[str, Refused], what: str = "") -> None:
+    for key, rule in rules.items():
         value = get(cfg, key)
         if not (rule.accepts(value, cfg) if rule.accepts else value == _default(key)):
-            raise ConfigError(f"{source}: {key} {value!r} is not supported ({rule.why})")
+            raise ConfigError(f"{source}: {key} {value!r} is not supported{what} ({rule.why})")
+
+
+def _check_supported(cfg: dict[str, Any], source: str, skip: Sequence[str] = ()) -> None:
+    _check_refused(cfg, source, {k: r for k, r in REFUSED.items() if k not in skip})
     body = get(cfg, "MODEL.BACKBONE.CONV_BODY")
     if body not in _BODIES:
         raise ConfigError(
@@ -668,12 +675,8 @@ def training_key_class(key: str) -> tuple[str, str]:
 
 def training_key_table() -> str:
     """The markdown table of the keys that act otherwise in training than in extraction."""
-    rows = ["| Key | Default | In training | Where it goes / why |", "|---|---|---|---|"]
-    for key, value in _defaults_flat().items():
-        if key in TRAINING or (key in TRAINING_REFUSED and key not in REFUSED):
-            kind, why = training_key_class(key)
-            rows.append(f"| `{key}` | `{_show(value)}` | {kind} | {why.replace('|', chr(92) + '|')} |")
-    return "\n".join(rows) + "\n"
+    return _table("In training", training_key_class,
+                  lambda key: key in TRAINING or (key in TRAINING_REFUSED and key not in REFUSED))
 
 
 @dataclass(frozen=True)
@@ -696,10 +699,7 @@ def _dataset_file(data_dir: str, name: str) -> str:
 def to_training(cfg: dict[str, Any], source: str = "config") -> OriginalTraining:
     """Map a merged original config onto vinvl's typed detector config and training settings, refusing by name
     what vinvl cannot honour."""
-    for key, rule in TRAINING_REFUSED.items():
-        value = get(cfg, key)
-        if not (rule.accepts(value, cfg) if rule.accepts else value == _default(key)):
-            raise ConfigError(f"{source}: {key} {value!r} is not supported for training ({rule.why})")
+    _check_refused(cfg, source, TRAINING_REFUSED, " for training")
     _check_supported(cfg, source, skip=("DTYPE",))
     run = _run_of(cfg, source)
     g = lambda key: get(cfg, key)  # noqa: E731
