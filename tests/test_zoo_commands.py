@@ -374,3 +374,90 @@ def test_every_zoo_command_has_a_row() -> None:
     lines = [r.vinvl for r in ROWS if r.vinvl]
     repeated = {line for line in lines if lines.count(line) > 1}
     assert {r.id for r in ROWS if r.vinvl in repeated} == {"V06", "M06"}  # the same commented-out NLVR2 command
+
+
+# -- the option tables ------------------------------------------------------------------------------------------------
+# Every option each original script declares (the names of its argparse options, at microsoft/Oscar 266075f and
+# microsoft/scene_graph_benchmark 8e14944), and the doc's tables that must give each its vinvl equivalent or the one
+# reason it needs none: a table under a "###" heading naming the script.
+_CLASSIFY = ("--data_dir --model_type --model_name_or_path --task_name --output_dir --loss_type --config_name "
+             "--tokenizer_name --cache_dir --max_seq_length --do_train --do_eval --evaluate_during_training "
+             "--do_lower_case --drop_out --classifier --cls_hidden_scale --max_img_seq_length --img_feature_dim "
+             "--img_feature_type --code_voc --code_level --per_gpu_train_batch_size --per_gpu_eval_batch_size "
+             "--gradient_accumulation_steps --learning_rate --weight_decay --adam_epsilon --max_grad_norm "
+             "--num_train_epochs --max_steps --warmup_steps --logging_steps --save_steps --save_epoch "
+             "--eval_all_checkpoints --no_cuda --overwrite_output_dir --overwrite_cache --seed --fp16 --fp16_opt_level "
+             "--local_rank --server_ip --server_port --philly -j --workers")
+SCRIPT_OPTIONS: dict[str, str] = {
+    "run_captioning.py": "--data_dir --train_yaml --test_yaml --val_yaml --model_name_or_path --output_dir --loss_type "
+    "--config_name --tokenizer_name --max_seq_length --max_seq_a_length --do_train --do_test --do_eval --do_lower_case "
+    "--mask_prob --max_masked_tokens --add_od_labels --drop_out --max_img_seq_length --img_feature_dim "
+    "--img_feature_type --tie_weights --freeze_embedding --label_smoothing --drop_worst_ratio --drop_worst_after "
+    "--per_gpu_train_batch_size --per_gpu_eval_batch_size --output_mode --num_labels --gradient_accumulation_steps "
+    "--learning_rate --weight_decay --adam_epsilon --max_grad_norm --warmup_steps --scheduler --num_workers "
+    "--num_train_epochs --max_steps --logging_steps --save_steps --evaluate_during_training --no_cuda --local_rank "
+    "--seed --scst --sc_train_sample_n --sc_baseline_type --sc_beam_size --cider_cached_tokens --eval_model_dir "
+    "--max_gen_length --output_hidden_states --num_return_sequences --num_beams --num_keep_best --temperature --top_k "
+    "--top_p --repetition_penalty --length_penalty --use_cbs --min_constraints_to_satisfy",
+    "run_retrieval.py": "--data_dir --img_feat_file --model_name_or_path --output_dir --loss_type --config_name "
+    "--tokenizer_name --max_seq_length --do_train --do_test --do_eval --test_split --eval_img_keys_file "
+    "--eval_caption_index_file --cross_image_eval --add_od_labels --od_label_type --att_mask_type --do_lower_case "
+    "--drop_out --max_img_seq_length --img_feature_dim --img_feature_type --use_img_layernorm --img_layer_norm_eps "
+    "--per_gpu_train_batch_size --per_gpu_eval_batch_size --output_mode --num_labels --num_captions_per_img_train "
+    "--num_captions_per_img_val --gradient_accumulation_steps --learning_rate --weight_decay --adam_epsilon "
+    "--max_grad_norm --warmup_steps --scheduler --num_workers --num_train_epochs --max_steps --logging_steps "
+    "--save_steps --evaluate_during_training --eval_model_dir --no_cuda --seed",
+    "run_vqa.py": _CLASSIFY + " --txt_data_dir --label_file --label2ans_file --img_feat_dir --img_feat_format "
+    "--data_label_type --use_vg --use_vg_dev --do_train_val --do_test --do_test_dev --adjust_dp "
+    "--adjust_loss --adjust_loss_epoch --hard_label --scheduler --save_after_epoch --load_fast",
+    "run_gqa.py": _CLASSIFY + " --label_file --label2ans_file --data_label_type --train_data_type --eval_data_type "
+    "--spatial_dim --max_label_pos_length --do_train_val --do_test --do_test_dev --load_fast",
+    "run_nlvr.py": _CLASSIFY + " --data_label_type --train_data_type --eval_data_type --use_layernorm --use_label_seq "
+    "--use_pair --num_choice --optim --do_test",
+    "run_oscarplus_pretrain.py": "--data_dir --dataset_file --extra_dataset_file --bert_model --output_dir "
+    "--chunk_start_id --chunk_end_id --max_img_seq_length --img_feature_dim --img_feature_type --use_layernorm "
+    "--drop_out --use_b --textb_sample_mode --extra_textb_sample_mode --texta_false_prob --model_name_or_path "
+    "--config_name --tokenizer_name --cache_dir --max_seq_length --do_train --learning_rate --max_iters "
+    "--train_batch_size --num_workers --adam_epsilon --optim --max_grad_norm --warmup_steps --no_cuda --on_memory "
+    "--do_lower_case --local_rank --seed --gradient_accumulation_steps --from_scratch --use_img_layernorm "
+    "--img_layer_norm_eps --gpu_ids --mask_loss_for_unmatched --extra_loss_weight --use_gtlabels --ckpt_period "
+    "--log_period",
+    "train_sg_net.py": "--config-file --local_rank --skip-test opts",
+    "test_sg_net.py": "--config-file --local_rank --ckpt opts",
+}
+COUNTS = {"run_captioning.py": 65, "run_retrieval.py": 47, "run_vqa.py": 66, "run_gqa.py": 59, "run_nlvr.py": 57,
+          "run_oscarplus_pretrain.py": 45, "train_sg_net.py": 4, "test_sg_net.py": 4}  # -j/--workers: two names
+
+
+def option_tables(text: Optional[str] = None) -> dict[str, list[tuple[str, str]]]:
+    """The doc's option tables by their "###" heading: each row's (original column, vinvl column)."""
+    text = DOC.read_text(encoding="utf-8") if text is None else text
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for part in re.split(r"^### ", text, flags=re.M)[1:]:
+        heading, _, body = part.partition("\n")
+        rows = [re.split(r"(?<!\\)\|", line.strip().strip("|")) for line in body.split("\n## ", 1)[0].splitlines()
+                if line.startswith("| `")]
+        if rows:
+            tables[heading] = [(r[0].strip(), "|".join(r[1:]).strip()) for r in rows]
+    return tables
+
+
+def test_every_option_of_every_script_has_a_row() -> None:
+    """Each script's options are named in its tables' first column, nothing else is, and every row gives a vinvl
+    equivalent or a reason (no row says missing)."""
+    tables = option_tables()
+    for script, options in SCRIPT_OPTIONS.items():
+        declared = set(options.split())
+        assert len(declared) == COUNTS[script], script
+        mine = [(heading, row) for heading, rows in tables.items() if f"`{script}`" in heading or
+                f"`tools/{script}`" in heading for row in rows]
+        named = {name for _, (original, _) in mine for name in re.findall(r"`(-[-\w]+|opts)`", original)}
+        assert declared - named == set(), (script, sorted(declared - named))
+        assert named - declared == set(), (script, sorted(named - declared))  # no option the script lacks
+        for heading, (original, vinvl) in mine:
+            # an equivalent, or "not needed: <the reason>"; never missing, unsupported or unexposed
+            assert not re.match(r"\W*(missing|none|not (exposed|supported|implemented))\b", vinvl, re.I), (heading, original)
+            assert not vinvl.startswith("not needed") or re.match(r"not needed: \S", vinvl), (heading, original)
+    shared = next(rows for heading, rows in tables.items() if heading.endswith("the options they share"))
+    in_all = set.intersection(*(set(SCRIPT_OPTIONS[s].split()) for s in ("run_vqa.py", "run_gqa.py", "run_nlvr.py")))
+    assert {n for original, _ in shared for n in re.findall(r"`(-[-\w]+)`", original)} <= in_all
