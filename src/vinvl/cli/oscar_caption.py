@@ -16,7 +16,8 @@ app = typer.Typer(help="Oscar+ image captioning: XE/SCST training, COCO-metric e
                   no_args_is_help=True)
 
 _SPLIT_HELP = "Split yaml (feature, label, caption; the original layout) or a feature folder."
-DECODING = ("num_beams", "max_gen_length", "length_penalty", "repetition_penalty", "eval_batch_size")
+DECODING = ("num_beams", "num_keep_best", "max_gen_length", "length_penalty", "repetition_penalty",
+            "eval_batch_size")
 
 
 @app.command("train")

@@ -215,6 +215,9 @@ OPTIONS: dict[str, Opt] = {
     "top_k": _o("--top-k", min=0, help="SCST sampling: keep the k most likely tokens (0: all)."),
     "top_p": _o("--top-p", type=float, min=0, max=1, help="SCST nucleus sampling threshold."),
     "num_beams": _o("--num-beams", min=1, help="Beam search width."),
+    "num_keep_best": _o("--num-keep-best", min=1, help="Keep each image's K best finished beams (at most --num-beams): "
+                        "OUT/predictions.tsv lists them with their conf, best first (the original's prediction file); "
+                        "results.json and the metrics take the first."),
     "length_penalty": _o("--length-penalty", type=float, min=0, help="Hypotheses score sum(log p) / length ** this."),
     "repetition_penalty": _o("--repetition-penalty", type=float, min=1, help="Logits of tokens already generated "
                              "divided (positive) or multiplied (negative) by this."),

@@ -248,13 +248,16 @@ class CaptionOptions(TrainingOptions):
 
 @dataclass
 class DecodeOptions:
-    """Decoding of captioning evaluation and prediction (``--num_beams --max_gen_length ...``; the model zoo's)."""
+    """Decoding of captioning evaluation and prediction (``--num_beams --max_gen_length ...``; the model zoo's).
+    ``num_keep_best``: each image's K best finished beams, best first (the original's ``--num_keep_best``; at most
+    ``num_beams``); the first is the caption."""
 
     num_beams: int = 5
     max_gen_length: int = 20
     length_penalty: float = 1.0
     repetition_penalty: float = 1.0
     eval_batch_size: int = 16
+    num_keep_best: int = 1
     use_cache: bool = True
 
 

@@ -301,16 +301,17 @@ class CaptionTask(Task):
 
     def predict(self, model: torch.nn.Module, regions: RegionSource, keys: Sequence[Key], texts: Sequence[str] = ()
                 ) -> list[dict[str, Any]]:
-        """``[{image_id, caption}]`` of images ``keys`` (beam search with ``decode``; ``texts`` unused); with CBS also
-        each caption's ``conf`` and the image's ``constraints``."""
+        """``[{image_id, caption, conf}]`` of images ``keys`` (beam search with ``decode``; ``texts`` unused), with
+        ``kept``: the ``decode.num_keep_best`` best ``[{caption, conf}]`` (:func:`ranked_captions`); with CBS the
+        image's ``constraints`` instead."""
         if regions.dim != model.config.img_feature_dim:
             raise VinvlError(f"the regions are {regions.dim}-d but the captioner takes {model.config.img_feature_dim}-d: "
                              "use the detector it was trained on")
         if self.cbs is not None:
             return constrained_captions(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode,
                                         self.cbs)
-        caps = caption_images(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode)
-        return [{"image_id": k, "caption": c} for k, c in zip(keys, caps)]
+        ranked = ranked_captions(model, self.tokenizer, list(keys), regions, self.layout_settings(), self.decode)
+        return [{"image_id": k, **best[0], "kept": best} for k, best in zip(keys, ranked)]
 
 
 def train(data: CaptionData, out_dir: PathLike, options: Optional[CaptionOptions] = None, init: Optional[PathLike] = None,
@@ -381,18 +382,38 @@ def caption_images(model: OscarForCaptioning, tok: Any, keys: Sequence[str], reg
                    dcfg: DecodeOptions = DecodeOptions()) -> list[str]:
     """Beam-search captions of images ``keys`` of a region source, decoded in the layout the model was trained
     with (``settings``: its training settings)."""
+    return [best[0]["caption"] for best in ranked_captions(model, tok, keys, regions, settings, dcfg)]
+
+
+def check_keep_best(dcfg: DecodeOptions, constrained: bool = False) -> None:
+    """``num_keep_best`` the decoding can honour: 1..num_beams, and 1 with constrained beam search (the original
+    asserts both: its greedy search and its CBS keep one caption)."""
+    k = dcfg.num_keep_best
+    if not 1 <= k <= dcfg.num_beams:
+        raise VinvlError(f"--num-keep-best {k}: 1 to --num-beams ({dcfg.num_beams}), the best finished beams kept")
+    if constrained and k != 1:
+        raise VinvlError(f"--num-keep-best {k}: constrained beam search (--cbs) keeps one caption per image")
+
+
+def ranked_captions(model: OscarForCaptioning, tok: Any, keys: Sequence[str], regions: Any,
+                    settings: Mapping[str, Any], dcfg: DecodeOptions = DecodeOptions()) -> list[list[dict[str, Any]]]:
+    """Each image's ``dcfg.num_keep_best`` best beam-search captions, best first: ``[{caption, conf}]`` with ``conf``
+    = exp(score) (the length-normalised log-probability), the original's prediction-file row; decoded as
+    :func:`caption_images`."""
+    check_keep_best(dcfg)
     lay = decoding_layout(settings, dcfg.max_gen_length)
     t = decode_tensorizer(tok, lay)
     hf.use_attention(model.config, "sdpa")  # the decoding cache asks before any forward has chosen it
     dev = next(model.parameters()).device
-    out: list[str] = []
+    out: list[list[dict[str, Any]]] = []
     for s in range(0, len(keys), dcfg.eval_batch_size):
         chunk = keys[s : s + dcfg.eval_batch_size]
         batch = stack([t.decode_inputs(regions.tags(k) if lay.add_od_labels else None, regions.regions(k)) for k in chunk])
         res = generate(model, **decode_kwargs(batch, lay, dev), num_beams=dcfg.num_beams,
                        length_penalty=dcfg.length_penalty, repetition_penalty=dcfg.repetition_penalty,
-                       use_cache=dcfg.use_cache, **special_ids(tok))
-        out += texts(tok, res.token_ids[:, 0])
+                       num_return_sequences=dcfg.num_keep_best, use_cache=dcfg.use_cache, **special_ids(tok))
+        confs = res.logprobs.float().exp().tolist()
+        out += [[{"caption": c, "conf": p} for c, p in zip(texts(tok, ids), conf)] for ids, conf in zip(res.token_ids, confs)]
     return out
 
 
@@ -435,13 +456,20 @@ def constrained_captions(model: OscarForCaptioning, tok: Any, keys: Sequence[Key
     return out
 
 
+def write_predictions(out_dir: PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """``out_dir/predictions.tsv``, the original's prediction file: ``key \t [{"caption", "conf"}, ...]``, each
+    image's kept captions best first (one without ``--num-keep-best``)."""
+    return write_tsv(Path(out_dir) / "predictions.tsv",
+                     [(str(r["image_id"]), json.dumps(r.get("kept") or [{"caption": r["caption"], "conf": r["conf"]}]))
+                      for r in rows], columns=2)
+
+
 def write_constrained(out_dir: PathLike, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """CBS outputs beside results.json: ``predictions.tsv`` (the original's prediction file: ``key \t [{"caption",
-    "conf"}]``) and ``constraints.tsv`` (``key \t ["class", ...]``, each image's constraints)."""
-    out = Path(out_dir)
-    preds = write_tsv(out / "predictions.tsv", [(str(r["image_id"]), json.dumps([{"caption": r["caption"], "conf": r["conf"]}]))
-                                              for r in rows], columns=2)
-    cons = write_tsv(out / "constraints.tsv", [(str(r["image_id"]), json.dumps(r["constraints"])) for r in rows], columns=2)
+    """CBS outputs beside results.json: ``predictions.tsv`` (:func:`write_predictions`) and ``constraints.tsv``
+    (``key \t ["class", ...]``, each image's constraints)."""
+    preds = write_predictions(out_dir, rows)
+    cons = write_tsv(Path(out_dir) / "constraints.tsv", [(str(r["image_id"]), json.dumps(r["constraints"])) for r in rows],
+                     columns=2)
     return {"predictions": str(preds), "constraints": str(cons)}
 
 
@@ -458,15 +486,17 @@ def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: 
     ``out_dir/results.json`` ([{image_id, caption}]) and, with references, ``out_dir/metrics.json``. ``data``: a
     split, or what :class:`CaptionData` opens (with ``captions``), read once the checkpoint is found. ``cbs``:
     constrained beam search (the split yaml's CBS files unless ``cbs`` names them), which also writes
-    ``predictions.tsv`` and ``constraints.tsv`` (:func:`write_constrained`); ``nocaps_image_info``: also the EvalAI
-    submission ``out_dir/nocaps_submission.json`` (:func:`write_nocaps_submission`). Every file is checked before
-    decoding starts."""
+    ``predictions.tsv`` and ``constraints.tsv`` (:func:`write_constrained`); ``dcfg.num_keep_best`` > 1: also
+    ``predictions.tsv`` with each image's kept captions (:func:`write_predictions`; results.json and the metrics take
+    the first, the best); ``nocaps_image_info``: also the EvalAI submission ``out_dir/nocaps_submission.json``
+    (:func:`write_nocaps_submission`). Every file is checked before decoding starts."""
     ckpt = OscarCheckpoint.open(checkpoint)
     data = data if isinstance(data, CaptionData) else CaptionData(data, captions)
     keys = data.captioned_keys() or list(data.keys)
     if not keys:
         raise VinvlError(f"{data.name}: no images to caption")
     cbs_data = None
+    check_keep_best(dcfg, cbs is not None)
     if cbs is not None:
         check_constrained(dcfg, cbs)
         cbs_data = CBSData.open(cbs, data.spec)
@@ -485,6 +515,8 @@ def evaluate(checkpoint: PathLike, data: Union[CaptionData, PathLike], out_dir: 
     report: dict[str, Any] = {"results": str(out / "results.json"), "images": len(keys)}
     if cbs_data is not None:
         report.update(write_constrained(out, rows))
+    elif dcfg.num_keep_best > 1:
+        report["predictions"] = str(write_predictions(out, rows))
     if nocaps_ids is not None:
         report["nocaps_submission"] = str(write_nocaps_submission(out / "nocaps_submission.json", rows, nocaps_ids))
     if metrics and data.refs:
@@ -511,8 +543,9 @@ def predict_images(checkpoint: PathLike, detect: Callable[[Any], tuple[Sequence[
     which also writes ``predictions.tsv`` and ``constraints.tsv``, with the boxes of its box file (keyed by the image
     keys) or, without one, the detector's own (:func:`vinvl.oscar.cbs.detected_boxes`; ``cbs_classes`` maps their
     classes to the hierarchy's vocabulary, e.g. Open Images'); without a constraint2tokens file a word's pieces are
-    the captioner's tokenizer's."""
+    the captioner's tokenizer's. ``dcfg.num_keep_best`` > 1: also ``predictions.tsv`` (:func:`write_predictions`)."""
     cbs_data = None
+    check_keep_best(dcfg, cbs is not None)
     own_boxes = cbs is not None and cbs.cbs_box is None
     if cbs is not None:
         check_constrained(dcfg, cbs)
@@ -534,11 +567,14 @@ def predict_images(checkpoint: PathLike, detect: Callable[[Any], tuple[Sequence[
     atomic_write_json(path, [{"image_id": r["image_id"], "caption": r["caption"]} for r in rows], indent=1)
     if cbs_data is not None:
         write_constrained(out_dir, rows)
+    elif dcfg.num_keep_best > 1:
+        write_predictions(out_dir, rows)
     return path
 
 
 __all__ = [
     "CaptionData", "CaptionTask", "DecodingLayout", "VINVL_CAPTION_RECIPE", "caption_images", "caption_loss",
-    "check_constrained", "constrained_captions", "decoding_layout", "decoding_settings", "evaluate", "load_captioner",
-    "predict", "predict_images", "train", "trained_layout", "write_constrained", "write_nocaps_submission",
+    "check_constrained", "check_keep_best", "constrained_captions", "decoding_layout", "decoding_settings", "evaluate",
+    "load_captioner", "predict", "predict_images", "ranked_captions", "train", "trained_layout", "write_constrained",
+    "write_nocaps_submission", "write_predictions",
 ]
