@@ -163,9 +163,12 @@ def test_caption_offline_fails_in_seconds_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["extract", IMAGES, "-o", "out", "--model", "vinvl_vg_x152c4"],
-                                  ["extract", IMAGES, "-o", "out", "--weights", "missing.pth"]])
+                                  ["extract", IMAGES, "-o", "out", "--weights", "missing.pth"],
+                                  ["detector", "train", "--config-file", "train.yaml", "INPUT.HUE", "0.1"]])
 def test_extract_with_a_missing_model_fails_in_seconds_without_torch(tmp_path: Path, argv: list) -> None:
-    """The same promise for `vinvl extract`: the model's files are resolved before torch is imported."""
+    """The same promise for `vinvl extract`: the model's files are resolved before torch is imported; and for the
+    original form of `vinvl detector train`: its config's refusals."""
+    (tmp_path / "train.yaml").write_text("SOLVER: {BASE_LR: 0.01}\n")
     env = {**os.environ, **_offline(tmp_path), "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.monotonic()
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "vinvl", *argv], cwd=tmp_path, env=env,

@@ -370,6 +370,7 @@ def test_the_original_form_trains_as_train_sg_net(shapes: Path, tmp_path: Path, 
 @pytest.mark.parametrize("extra, named", [
     (["INPUT.BRIGHTNESS", "0.2"], "INPUT.BRIGHTNESS 0.2 is not supported for training"),
     (["DATASETS.TRAIN", "('a.yaml', 'b.yaml')"], "DATASETS.TRAIN"),
+    (["DATASETS.TRAIN", "()"], "DATASETS.TRAIN names no training dataset yaml"),
     (["SOLVER.TEST_PERIOD", "3"], "SOLVER.TEST_PERIOD 3"),
     (["SOLVER.IMS_PER_BATCH", "2"], "DATALOADER.ASPECT_RATIO_GROUPING True"),
     (["SOLVER.WARMUP_METHOD", "'cosine'"], "warmup_method 'cosine'"),

@@ -62,9 +62,12 @@ def train(
         if given:
             flags = next(o.opts[-1] for o in ctx.command.params if o.name == given[0])
             raise VinvlError(f"{flags}: the original form takes its settings from --config-file and KEY VALUE pairs")
+        from ..config.original import load_original_training
+
+        run = load_original_training(config_file, list(args or []))  # every refusal before torch is imported
         from ..detection.train import train_original
 
-        typer.echo(f"{train_original(config_file, list(args or []), out_dir=out, device=device, resume=resume)}")
+        typer.echo(f"{train_original(run, out_dir=out, device=device, resume=resume)}")
         return
     if len(args or []) != 1 or out is None:
         raise VinvlError("give one DATA.yaml and -o OUT (or the original form: --config-file F.yaml [KEY VALUE ...])")

@@ -699,6 +699,8 @@ def _dataset_file(data_dir: str, name: str) -> str:
 def to_training(cfg: dict[str, Any], source: str = "config") -> OriginalTraining:
     """Map a merged original config onto vinvl's typed detector config and training settings, refusing by name
     what vinvl cannot honour."""
+    if not get(cfg, "DATASETS.TRAIN"):
+        raise ConfigError(f"{source}: DATASETS.TRAIN names no training dataset yaml")
     _check_refused(cfg, source, TRAINING_REFUSED, " for training")
     _check_supported(cfg, source, skip=("DTYPE",))
     run = _run_of(cfg, source)

@@ -31,7 +31,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..atomic import atomic_write, atomic_write_json
 from ..config import DetectorConfig, InputConfig, TrainConfig, detector_preset
-from ..config.original import apply_set_options, load_original_training
+from ..config.original import OriginalTraining, apply_set_options, load_original_training
 from ..errors import VinvlError
 from ..training.checkpoints import latest_checkpoint
 from ..training.engine import Engine, warmup_schedule
@@ -296,13 +296,15 @@ def train(
     return out / FINAL
 
 
-def train_original(config_file: PathLike, opts: Sequence[str] = (), out_dir: Optional[PathLike] = None,
+def train_original(run: Union[OriginalTraining, PathLike], opts: Sequence[str] = (), out_dir: Optional[PathLike] = None,
                    device: Optional[str] = None, resume: bool = False, log: Optional[Callable[[str], None]] = None,
                    callbacks: Sequence[Callable[[int], None]] = ()) -> Path:
-    """``tools/train_sg_net.py --config-file F KEY VALUE ...`` in vinvl: the original's yaml and options read by
-    :func:`vinvl.config.original.load_original_training` (every key honoured or refused by name), then :func:`train`
-    (``out_dir`` and ``device``, when given, win over OUTPUT_DIR and MODEL.DEVICE)."""
-    run = load_original_training(config_file, opts)
+    """``tools/train_sg_net.py --config-file F KEY VALUE ...`` in vinvl: the original's yaml and ``opts`` read by
+    :func:`vinvl.config.original.load_original_training` (every key honoured or refused by name; torch-free, so a
+    caller can refuse before importing torch and pass the result), then :func:`train` (``out_dir`` and ``device``,
+    when given, win over OUTPUT_DIR and MODEL.DEVICE)."""
+    if not isinstance(run, OriginalTraining):
+        run = load_original_training(run, opts)
     options = run.options if device is None else dataclasses.replace(run.options, device=device)
     out = Path(out_dir) if out_dir is not None else Path(run.output_dir)
     return train(run.detector, run.dataset, out, options, init=run.init, resume=resume, eval_dataset=run.eval_dataset,
