@@ -18,7 +18,7 @@ from vinvl.oscar import options as O
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _oscar_commands():  # type: ignore[no-untyped-def]
+def _all_commands():  # type: ignore[no-untyped-def]
     def walk(cmd, path):  # type: ignore[no-untyped-def]
         for name, sub in sorted(getattr(cmd, "commands", {}).items()):
             if hasattr(sub, "commands"):
@@ -26,8 +26,11 @@ def _oscar_commands():  # type: ignore[no-untyped-def]
             else:
                 yield (*path, name), sub
 
-    root = typer.main.get_command(app).commands["oscar"]
-    return list(walk(root, ("oscar",)))
+    return list(walk(typer.main.get_command(app), ()))
+
+
+def _oscar_commands():  # type: ignore[no-untyped-def]
+    return [(path, cmd) for path, cmd in _all_commands() if path[0] == "oscar"]
 
 
 COMMANDS = _oscar_commands()
@@ -166,17 +169,6 @@ def test_the_oscar_command_modules_form_a_tree() -> None:
         return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in imports[a])
 
     assert [n for n in names if reaches(n, n)] == []
-
-
-def _all_commands():  # type: ignore[no-untyped-def]
-    def walk(cmd, path):  # type: ignore[no-untyped-def]
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            if hasattr(sub, "commands"):
-                yield from walk(sub, (*path, name))
-            else:
-                yield (*path, name), sub
-
-    return list(walk(typer.main.get_command(app), ()))
 
 
 def test_one_dtype_vocabulary_for_every_command() -> None:

@@ -20,8 +20,7 @@ app = typer.Typer(help="Train and evaluate the detector on TSV datasets (image T
 _T = TrainConfig  # the defaults below are the training configuration's, so they are stated once
 
 
-NATIVE_ONLY = ("preset", "init", "iterations", "batch_size", "accumulation", "lr", "warmup", "rois", "positive_fraction",
-               "set_", "trainable_bn", "seed", "precision", "checkpoint_every", "log_every", "eval_data")
+BOTH_FORMS = ("args", "config_file", "out", "threads", "device", "resume")  # every other option is the native form's
 
 
 @app.command("train")
@@ -58,7 +57,8 @@ def train(
 
         torch.set_num_threads(threads)
     if config_file is not None:
-        given = sorted(given_on_command_line(ctx, NATIVE_ONLY))
+        native = [p.name for p in ctx.command.params if p.name not in BOTH_FORMS]
+        given = [n for n in native if n in given_on_command_line(ctx, native)]
         if given:
             flags = next(o.opts[-1] for o in ctx.command.params if o.name == given[0])
             raise VinvlError(f"{flags}: the original form takes its settings from --config-file and KEY VALUE pairs")
